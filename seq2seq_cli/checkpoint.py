@@ -1,0 +1,96 @@
+"""Checkpoints: written atomically, read without ever running code from the file.
+
+A checkpoint is a plain dict of tensors, numbers and strings saved with ``torch.save`` and
+read with ``torch.load(weights_only=True)``. It carries the resolved config and the model's
+structural sizes, so a checkpoint plus its run directory's tokenizer rebuild the model.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq_cli.config import Config, config_from_dict
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.tokenization import Vocabularies
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write a file through ``write(handle)`` so that a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda out: torch.save({"format_version": FORMAT_VERSION, **payload}, out))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: not a readable s2s checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "model_args" not in payload:
+        raise UserError(f"{path}: not an s2s checkpoint (no model weights or sizes in it)")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {version} but this s2s reads format {FORMAT_VERSION}")
+    return payload
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """A checkpoint file, or a run directory (meaning its best checkpoint); returns (file, run dir)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            candidate = path / "checkpoints" / name
+            if candidate.is_file():
+                return candidate, path
+        raise UserError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt; is this a run directory?")
+    if path.is_file():
+        return path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    raise UserError(f"{path}: no such checkpoint file or run directory")
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabularies, Config]:
+    """Everything needed to translate: the model (in eval mode), its tokenizers and its config."""
+    checkpoint_file, run_dir = find_checkpoint(path)
+    payload = load_checkpoint(checkpoint_file)
+    config = config_from_dict(payload["config"], source=str(checkpoint_file))
+    tokenizer_dir = run_dir / "tokenizer"
+    if not tokenizer_dir.is_dir():
+        raise UserError(f"{tokenizer_dir}: tokenizer folder missing; a run directory needs it to translate")
+    vocabs = Vocabularies.load(tokenizer_dir)
+    model = Seq2Seq(config.model, **payload["model_args"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise UserError(f"{checkpoint_file}: weights do not fit the model in its config "
+                        f"({str(err).splitlines()[0]})") from None
+    if (vocabs.src_size, vocabs.tgt_size) != (payload["model_args"]["src_vocab_size"],
+                                              payload["model_args"]["tgt_vocab_size"]):
+        raise UserError(f"{tokenizer_dir}: vocabulary sizes do not match {checkpoint_file}")
+    return model.to(device).eval(), vocabs, config

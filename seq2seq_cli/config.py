@@ -1,0 +1,292 @@
+"""Configuration: a typed schema, YAML loading, command-line overrides and checks.
+
+A config file is OmegaConf YAML merged onto the dataclasses below, so a misspelt key or a
+string where a number belongs is caught when the file is read, named by its full path
+(``training.batch_tokens``), not an hour into training.
+
+Relative paths (data files, ``run_dir``, a pretrained tokenizer folder) are resolved against
+the current working directory, as in JoeyNMT and fairseq: run ``s2s`` from the project root
+and write ``data/toy/train.en``. The resolved config saved in a run directory holds absolute
+paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from seq2seq_cli.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Parallel corpora: one sentence per line, line i of ``*_src`` translates line i of ``*_tgt``."""
+
+    train_src: str = MISSING
+    train_tgt: str = MISSING
+    dev_src: str = MISSING
+    dev_tgt: str = MISSING
+    test_src: Optional[str] = None
+    test_tgt: Optional[str] = None
+    # Training pairs with more subword tokens than this on either side are dropped.
+    max_len: int = 100
+    # Where tokenized corpora are cached; None means $XDG_CACHE_HOME/s2s (~/.cache/s2s).
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class TokenizerConfig:
+    """A BERT WordPiece tokenizer: loaded (``pretrained``) or trained on the training corpus."""
+
+    # A folder written by ``save_pretrained`` or a model name in the local Hugging Face cache.
+    pretrained: Optional[str] = None
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    # One vocabulary for both languages: German and English share names, numbers and many
+    # subwords, and a joint vocabulary keeps them one token each on both sides.
+    shared_vocab: bool = True
+    lowercase: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Bidirectional LSTM encoder, additive attention, GRU decoder."""
+
+    embed_dim: int = 256
+    hidden_size: int = 512
+    encoder_layers: int = 1
+    # Size of the additive attention's hidden layer; 0 means hidden_size.
+    attention_dim: int = 0
+    dropout: float = 0.3
+    # rand: learned from scratch; bert: initialised from a pretrained BertModel's word embeddings.
+    embed_type: str = "rand"
+    # The BertModel for embed_type=bert; None means the same path/name as tokenizer.pretrained.
+    bert_model: Optional[str] = None
+    # 0: project [gru output; context; embedding] straight to the vocabulary (the seed's design);
+    # N > 0: a tanh layer down to N units first, which shrinks the largest matmul.
+    output_dim: int = 0
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = 42
+    # auto (CUDA when available), cpu, cuda or cuda:N.
+    device: str = "auto"
+    # CPU threads for PyTorch; 0 keeps PyTorch's default.
+    num_threads: int = 0
+    # Stop at whichever limit comes first; 0 means no limit (max_epochs must then be set).
+    max_steps: int = 0
+    max_epochs: int = 10
+    max_minutes: float = 0.0
+    # Tokens per batch, padding included, counted on the longer side of each pair.
+    batch_tokens: int = 4096
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 1.0
+    # constant | plateau (decay when dev BLEU stops improving) | inverse_sqrt (after warm-up)
+    lr_schedule: str = "plateau"
+    warmup_steps: int = 0
+    lr_decay_factor: float = 0.5
+    lr_decay_patience: int = 2
+    min_learning_rate: float = 1e-5
+    label_smoothing: float = 0.1
+    # Probability of feeding the gold previous token to the decoder (1.0 = always).
+    teacher_forcing_ratio: float = 1.0
+    # Validate every N steps; 0 means at the end of every epoch.
+    validate_every: int = 1000
+    # Write checkpoints/last every N steps; 0 means at every validation only.
+    save_every: int = 0
+    keep_last: int = 1
+    # Stop after this many validations without a better dev BLEU; 0 disables early stopping.
+    patience: int = 0
+    log_every: int = 100
+
+
+@dataclass
+class DecodingConfig:
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    # Hypotheses stop at max_length_ratio * source length + max_length_offset tokens.
+    max_length_ratio: float = 1.5
+    max_length_offset: int = 10
+    # Sentences per batch when translating and validating.
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides, check it and resolve its paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found: pass an existing YAML file to --config")
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}:{line} malformed YAML: {problem}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a config must be a YAML mapping of sections, got {type(loaded).__name__}")
+    config = _merge(loaded, overrides, source=str(path))
+    check_config(config, source=str(path))
+    return resolve_paths(config)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """Build and check a Config from a plain dict (a checkpoint's or a saved run's config)."""
+    config = _merge(values, (), source=source)
+    check_config(config, source=source)
+    return config
+
+
+def _merge(values: dict[str, Any], overrides, source: str) -> Config:
+    schema = OmegaConf.structured(Config)
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override {item!r} is not KEY=VALUE (e.g. training.max_steps=200)")
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(values))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            source = f"{source} (with command-line overrides)"
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            raise UserError(f"{source}: {', '.join(missing)} {verb} required but not set")
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+        message = str(err).splitlines()[0]
+        raise UserError(f"{source}: {key}: {message}") from None
+
+
+# Each entry: key path, a test the value must pass, what it must be.
+_RULES: list[tuple[str, Any, str]] = [
+    ("data.max_len", lambda v: v >= 1, "a positive number of tokens"),
+    ("tokenizer.vocab_size", lambda v: v >= 10, "at least 10"),
+    ("tokenizer.min_frequency", lambda v: v >= 1, "at least 1"),
+    ("model.embed_dim", lambda v: v >= 1, "positive"),
+    ("model.hidden_size", lambda v: v >= 1, "positive"),
+    ("model.encoder_layers", lambda v: v >= 1, "at least 1"),
+    ("model.attention_dim", lambda v: v >= 0, "0 (= hidden_size) or positive"),
+    ("model.dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("model.embed_type", lambda v: v in ("rand", "bert"), "'rand' or 'bert'"),
+    ("model.output_dim", lambda v: v >= 0, "0 (direct projection) or positive"),
+    ("training.num_threads", lambda v: v >= 0, "0 (PyTorch default) or positive"),
+    ("training.max_steps", lambda v: v >= 0, "0 (no limit) or positive"),
+    ("training.max_epochs", lambda v: v >= 0, "0 (no limit) or positive"),
+    ("training.max_minutes", lambda v: v >= 0 and math.isfinite(v), "0 (no limit) or positive"),
+    ("training.batch_tokens", lambda v: v >= 1, "positive"),
+    ("training.learning_rate", lambda v: v > 0 and math.isfinite(v), "positive"),
+    ("training.weight_decay", lambda v: v >= 0, "0 or positive"),
+    ("training.clip_grad_norm", lambda v: v >= 0, "0 (off) or positive"),
+    ("training.lr_schedule", lambda v: v in ("constant", "plateau", "inverse_sqrt"),
+     "'constant', 'plateau' or 'inverse_sqrt'"),
+    ("training.warmup_steps", lambda v: v >= 0, "0 or positive"),
+    ("training.lr_decay_factor", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("training.lr_decay_patience", lambda v: v >= 0, "0 or positive"),
+    ("training.min_learning_rate", lambda v: v >= 0, "0 or positive"),
+    ("training.label_smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("training.teacher_forcing_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("training.validate_every", lambda v: v >= 0, "0 (every epoch) or positive"),
+    ("training.save_every", lambda v: v >= 0, "0 (at validation) or positive"),
+    ("training.keep_last", lambda v: v >= 1, "at least 1"),
+    ("training.patience", lambda v: v >= 0, "0 (off) or positive"),
+    ("training.log_every", lambda v: v >= 1, "positive"),
+    ("decoding.beam_size", lambda v: v >= 1, "at least 1"),
+    ("decoding.length_penalty", lambda v: v >= 0, "0 or positive"),
+    ("decoding.max_length_ratio", lambda v: v > 0, "positive"),
+    ("decoding.max_length_offset", lambda v: v >= 0, "0 or positive"),
+    ("decoding.batch_size", lambda v: v >= 1, "positive"),
+]
+
+
+def get_key(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_config(config: Config, source: str = "config") -> None:
+    """Reject values that type-check but cannot work, naming the key."""
+    for key, test, expected in _RULES:
+        value = get_key(config, key)
+        if not test(value):
+            raise UserError(f"{source}: {key} must be {expected}, got {value!r}")
+    training = config.training
+    if training.max_steps == 0 and training.max_epochs == 0 and training.max_minutes == 0:
+        raise UserError(f"{source}: training.max_steps, max_epochs and max_minutes are all 0; "
+                        "set at least one limit")
+    if config.model.embed_type == "bert" and not (config.model.bert_model or config.tokenizer.pretrained):
+        raise UserError(f"{source}: model.embed_type=bert needs model.bert_model or tokenizer.pretrained")
+    if config.model.embed_type == "bert" and not config.tokenizer.pretrained:
+        raise UserError(f"{source}: model.embed_type=bert needs the model's own tokenizer: "
+                        "set tokenizer.pretrained to the same BERT model")
+    device = training.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise UserError(f"{source}: training.device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if (config.data.test_src is None) != (config.data.test_tgt is None):
+        raise UserError(f"{source}: set both data.test_src and data.test_tgt, or neither")
+
+
+def _absolute(path: Optional[str]) -> Optional[str]:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(config: Config) -> Config:
+    """Make every relative path absolute against the current working directory."""
+    data = config.data
+    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt", "cache_dir"):
+        setattr(data, name, _absolute(getattr(data, name)))
+    config.run_dir = _absolute(config.run_dir)
+    # A pretrained tokenizer or model is a folder if one exists there, otherwise a hub name.
+    for section, name in ((config.tokenizer, "pretrained"), (config.model, "bert_model")):
+        value = getattr(section, name)
+        if value is not None and Path(value).expanduser().exists():
+            setattr(section, name, _absolute(value))
+    return config
+
+
+def check_training_files(config: Config) -> None:
+    """Training needs its corpora; fail before any work if one is missing."""
+    data = config.data
+    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt"):
+        value = getattr(data, name)
+        if value is not None and not Path(value).is_file():
+            raise UserError(f"data.{name}: file {value} not found; check the path "
+                            "(relative paths are read from the current directory)")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def as_dictconfig(config: Config) -> DictConfig:
+    return OmegaConf.structured(config)

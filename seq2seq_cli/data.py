@@ -1,0 +1,243 @@
+"""Parallel corpora: reading, tokenizing (with a cache), filtering and token-count batching.
+
+Reading is strict where a silent mistake would misalign the corpus: line counts must match,
+bytes must be UTF-8, and lines are split on ``\\n`` only (``str.splitlines`` would also split
+on U+2028 and friends, shifting every later pair). A UTF-8 BOM and CRLF line ends are
+normalised and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.tokenization import Vocabularies
+
+log = logging.getLogger(__name__)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Read a UTF-8 text file as a list of lines (without line ends)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        log.info("%s: removed the UTF-8 byte-order mark", path)
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}: line {line} is not valid UTF-8 ({err.reason}); "
+                        "convert the file to UTF-8 (e.g. iconv -t UTF-8)") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if any(line.endswith("\r") for line in lines):
+        log.info("%s: converted CRLF line ends to LF", path)
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
+    """Read two line-aligned files; unequal line counts are an error, never a truncation."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise UserError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+                        "parallel files must have one line per sentence pair")
+    if not src:
+        raise UserError(f"{src_path} and {tgt_path} are empty; a corpus needs at least one pair")
+    return src, tgt
+
+
+@dataclass
+class ParallelCorpus:
+    """Token ids of a corpus, without special tokens; ``lines`` keep the raw target text."""
+
+    src_ids: list[list[int]]
+    tgt_ids: list[list[int]]
+    src_lines: list[str]
+    tgt_lines: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "s2s"
+
+
+def _flatten(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+    flat = torch.tensor([t for s in sequences for t in s], dtype=torch.int32)
+    return flat, lengths
+
+
+def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    return [chunk.tolist() for chunk in torch.split(flat, lengths.tolist())]
+
+
+def tokenize_corpus(vocabs: Vocabularies, src_path: str, tgt_path: str,
+                    cache_dir: Optional[str] = None) -> ParallelCorpus:
+    """Read and tokenize a parallel corpus, reusing a cached result for the same files and tokenizer."""
+    src_lines, tgt_lines = read_parallel(src_path, tgt_path)
+    cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = hashlib.sha256(
+        f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{vocabs.fingerprint()}".encode()).hexdigest()[:32]
+    cache_file = cache_folder / f"corpus-{key}.pt"
+    if cache_file.is_file():
+        try:
+            cached = torch.load(cache_file, weights_only=True)
+            src_ids = _unflatten(cached["src_ids"], cached["src_lengths"])
+            tgt_ids = _unflatten(cached["tgt_ids"], cached["tgt_lengths"])
+            if len(src_ids) == len(src_lines):
+                log.info("%s: tokenized corpus read from cache %s", src_path, cache_file)
+                return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
+        except Exception as err:  # a damaged cache is rebuilt, never trusted
+            log.warning("ignoring unreadable corpus cache %s (%s)", cache_file, err)
+    src_ids, tgt_ids = vocabs.encode_src(src_lines), vocabs.encode_tgt(tgt_lines)
+    _write_cache(cache_file, src_ids, tgt_ids)
+    return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
+
+
+def _write_cache(cache_file: Path, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
+    src_flat, src_lengths = _flatten(src_ids)
+    tgt_flat, tgt_lengths = _flatten(tgt_ids)
+    payload = {"src_ids": src_flat, "src_lengths": src_lengths, "tgt_ids": tgt_flat, "tgt_lengths": tgt_lengths}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            torch.save(payload, out)
+        os.replace(tmp, cache_file)
+    except OSError as err:  # the cache only saves time; a read-only home must not stop training
+        log.warning("could not write corpus cache %s (%s)", cache_file, err)
+
+
+def filter_pairs(corpus: ParallelCorpus, max_len: int) -> tuple[ParallelCorpus, int, int]:
+    """Drop empty pairs and pairs longer than ``max_len`` tokens; return the counts dropped."""
+    keep, empty, too_long = [], 0, 0
+    for i, (src, tgt) in enumerate(zip(corpus.src_ids, corpus.tgt_ids)):
+        if not src or not tgt:
+            empty += 1
+        elif len(src) > max_len or len(tgt) > max_len:
+            too_long += 1
+        else:
+            keep.append(i)
+    filtered = ParallelCorpus([corpus.src_ids[i] for i in keep], [corpus.tgt_ids[i] for i in keep],
+                              [corpus.src_lines[i] for i in keep], [corpus.tgt_lines[i] for i in keep])
+    return filtered, empty, too_long
+
+
+@dataclass
+class Batch:
+    """A padded batch. Source sequences end in [SEP]; the decoder reads ``tgt_in``
+    ([CLS] y1 .. yn) and is trained to predict ``tgt_out`` (y1 .. yn [SEP])."""
+
+    src_ids: torch.Tensor  # (B, S)
+    src_lengths: torch.Tensor  # (B,) int64, kept on the CPU for pack_padded_sequence
+    tgt_in: torch.Tensor  # (B, T)
+    tgt_out: torch.Tensor  # (B, T)
+    n_tgt_tokens: int  # real (non-pad) target tokens, [SEP] included
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.src_ids.to(device, non_blocking=True), self.src_lengths,
+                     self.tgt_in.to(device, non_blocking=True), self.tgt_out.to(device, non_blocking=True),
+                     self.n_tgt_tokens)
+
+
+def pad_sources(sequences: Sequence[Sequence[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append [SEP] to each source and pad: (B, S) ids and (B,) lengths."""
+    lengths = torch.tensor([len(s) + 1 for s in sequences], dtype=torch.int64)
+    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+        ids[row, len(seq)] = eos_id
+    return ids, lengths
+
+
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], vocabs: Vocabularies) -> Batch:
+    src_ids, src_lengths = pad_sources(src, vocabs.pad_id, vocabs.eos_id)
+    max_tgt = max(len(t) for t in tgt) + 1
+    tgt_in = torch.full((len(tgt), max_tgt), vocabs.pad_id, dtype=torch.int64)
+    tgt_out = torch.full((len(tgt), max_tgt), vocabs.pad_id, dtype=torch.int64)
+    for row, seq in enumerate(tgt):
+        ids = torch.tensor(seq, dtype=torch.int64)
+        tgt_in[row, 0] = vocabs.bos_id
+        tgt_in[row, 1: len(seq) + 1] = ids
+        tgt_out[row, : len(seq)] = ids
+        tgt_out[row, len(seq)] = vocabs.eos_id
+    return Batch(src_ids, src_lengths, tgt_in, tgt_out, sum(len(t) + 1 for t in tgt))
+
+
+class TokenBatches:
+    """Batches of at most ``batch_tokens`` padded tokens, built from length-sorted sentences.
+
+    Each epoch the corpus is shuffled (seeded by ``seed`` and the epoch), sorted by length
+    with a stable sort so equal lengths stay in random order, cut into batches, and the
+    batch order is shuffled. Sentences in a batch therefore have nearly equal lengths and
+    padding stays small. The batch list of an epoch is a pure function of (seed, epoch).
+    """
+
+    def __init__(self, corpus: ParallelCorpus, vocabs: Vocabularies, batch_tokens: int,
+                 shuffle: bool = True, seed: int = 0):
+        self.corpus = corpus
+        self.vocabs = vocabs
+        self.batch_tokens = batch_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        # +1 for [SEP] on the source and [CLS]/[SEP] on the target.
+        self.src_lengths = [len(s) + 1 for s in corpus.src_ids]
+        self.tgt_lengths = [len(t) + 1 for t in corpus.tgt_ids]
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        n = len(self.corpus)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        order.sort(key=lambda i: (self.tgt_lengths[i], self.src_lengths[i]))
+        batches, current, longest = [], [], 0
+        for i in order:
+            length = max(self.src_lengths[i], self.tgt_lengths[i])
+            if current and max(longest, length) * (len(current) + 1) > self.batch_tokens:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, length)
+        if current:
+            batches.append(current)
+        if self.shuffle:
+            permutation = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[j] for j in permutation]
+        return batches
+
+    def make_batch(self, indices: Sequence[int]) -> Batch:
+        return collate([self.corpus.src_ids[i] for i in indices],
+                       [self.corpus.tgt_ids[i] for i in indices], self.vocabs)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for indices in self.epoch_batches(0):
+            yield self.make_batch(indices)

@@ -1,0 +1,198 @@
+"""The attention RNN translator (Bahdanau et al., 2015), read top to bottom.
+
+Encoder: embeddings -> bidirectional LSTM over packed sequences. Its last layer's final
+forward and backward states, through tanh(Linear), start the decoder.
+
+Attention: additive, ``v^T tanh(W_h h + W_e e)``. The encoder side ``W_e e`` is projected once
+per batch (``keys``), not once per decoder step, and source padding is masked out.
+
+Decoder: a GRU cell fed ``[context; embedded previous token]``; the output layer reads
+``[gru output; context; embedded]``, optionally through a smaller tanh layer first
+(``output_dim``).
+
+Shapes: B batch, S source length, T target length, E embedding, H hidden size,
+A attention size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.errors import UserError
+
+
+def make_embedding(vocab_size: int, embed_dim: int, pad_id: int, pretrained_dim: int = 0) -> nn.Module:
+    """A token embedding; with ``pretrained_dim`` a table of that width projected to ``embed_dim``."""
+    if pretrained_dim and pretrained_dim != embed_dim:
+        return nn.Sequential(nn.Embedding(vocab_size, pretrained_dim, padding_idx=pad_id),
+                             nn.Linear(pretrained_dim, embed_dim, bias=False))
+    return nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+
+
+def embedding_table(embedding: nn.Module) -> nn.Embedding:
+    return embedding[0] if isinstance(embedding, nn.Sequential) else embedding
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int, pretrained_dim: int = 0):
+        super().__init__()
+        self.embedding = make_embedding(vocab_size, config.embed_dim, pad_id, pretrained_dim)
+        self.rnn = nn.LSTM(config.embed_dim, config.hidden_size, num_layers=config.encoder_layers,
+                           batch_first=True, bidirectional=True,
+                           dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        self.bridge = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedded = self.dropout(self.embedding(src_ids))  # (B, S, E)
+        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_outputs, (final_hidden, _) = self.rnn(packed)
+        encoder_outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True,
+                                                 total_length=src_ids.size(1))  # (B, S, 2H)
+        # final_hidden: (layers * 2, B, H); the last two rows are the top layer's two directions.
+        final = torch.cat([final_hidden[-2], final_hidden[-1]], dim=-1)  # (B, 2H)
+        decoder_hidden = torch.tanh(self.bridge(final))  # (B, H)
+        return self.dropout(encoder_outputs), decoder_hidden
+
+
+class AdditiveAttention(nn.Module):
+    def __init__(self, query_dim: int, key_dim: int, attention_dim: int):
+        super().__init__()
+        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
+        self.key_proj = nn.Linear(key_dim, attention_dim)
+        self.v = nn.Linear(attention_dim, 1, bias=False)
+
+    def project_keys(self, encoder_outputs: torch.Tensor) -> torch.Tensor:
+        return self.key_proj(encoder_outputs)  # (B, S, A), once per batch
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                src_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, H), keys (B, S, A), values (B, S, 2H), src_mask (B, S) True on real tokens."""
+        energy = torch.tanh(keys + self.query_proj(query).unsqueeze(1))  # (B, S, A)
+        scores = self.v(energy).squeeze(2).masked_fill(~src_mask, float("-inf"))  # (B, S)
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 2H)
+        return context, weights
+
+
+@dataclass
+class EncoderState:
+    """What every decoder step reads; ``select`` reorders it for beams or finished rows."""
+
+    encoder_outputs: torch.Tensor  # (B, S, 2H)
+    keys: torch.Tensor  # (B, S, A)
+    src_mask: torch.Tensor  # (B, S)
+    hidden: torch.Tensor  # (B, H), the decoder's initial state
+
+    def select(self, index: torch.Tensor) -> "EncoderState":
+        return EncoderState(self.encoder_outputs.index_select(0, index), self.keys.index_select(0, index),
+                            self.src_mask.index_select(0, index), self.hidden.index_select(0, index))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int, pretrained_dim: int = 0):
+        super().__init__()
+        hidden, context_dim = config.hidden_size, 2 * config.hidden_size
+        self.embedding = make_embedding(vocab_size, config.embed_dim, pad_id, pretrained_dim)
+        self.attention = AdditiveAttention(hidden, context_dim, config.attention_dim or hidden)
+        self.rnn = nn.GRUCell(context_dim + config.embed_dim, hidden)
+        features = hidden + context_dim + config.embed_dim
+        self.pre_output = nn.Linear(features, config.output_dim) if config.output_dim else None
+        self.output = nn.Linear(config.output_dim or features, vocab_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.embedding(tokens))
+
+    def step(self, embedded: torch.Tensor, hidden: torch.Tensor, state: EncoderState):
+        """One step from the previous token's embedding (B, E) and state (B, H).
+
+        Returns the output-layer features (B, F), the new hidden state (B, H) and the
+        attention weights (B, S)."""
+        context, weights = self.attention(hidden, state.keys, state.encoder_outputs, state.src_mask)
+        hidden = self.rnn(torch.cat([context, embedded], dim=-1), hidden)
+        features = torch.cat([hidden, context, embedded], dim=-1)
+        return features, hidden, weights
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., F) -> (..., V); runs once over all steps when the gold tokens are fed."""
+        features = self.dropout(features)
+        if self.pre_output is not None:
+            features = torch.tanh(self.pre_output(features))
+        return self.output(features)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int,
+                 pretrained_dim: int = 0):
+        super().__init__()
+        self.pad_id = pad_id
+        self.encoder = Encoder(config, src_vocab_size, pad_id, pretrained_dim)
+        self.decoder = Decoder(config, tgt_vocab_size, pad_id, pretrained_dim)
+
+    def encode(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> EncoderState:
+        encoder_outputs, hidden = self.encoder(src_ids, src_lengths)
+        keys = self.decoder.attention.project_keys(encoder_outputs)
+        return EncoderState(encoder_outputs, keys, src_ids != self.pad_id, hidden)
+
+    def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
+                teacher_forcing_ratio: float = 1.0) -> torch.Tensor:
+        """Logits (B, T, V) for predicting each next target token.
+
+        With ``teacher_forcing_ratio`` < 1 each sentence is fed, at each step and with that
+        probability, the gold previous token, else the model's own previous prediction."""
+        state = self.encode(src_ids, src_lengths)
+        hidden = state.hidden
+        gold_embedded = self.decoder.embed(tgt_in)  # (B, T, E)
+        steps = tgt_in.size(1)
+        if teacher_forcing_ratio >= 1.0:
+            features = []
+            for t in range(steps):
+                step_features, hidden, _ = self.decoder.step(gold_embedded[:, t], hidden, state)
+                features.append(step_features)
+            return self.decoder.logits(torch.stack(features, dim=1))  # (B, T, V)
+
+        logits, embedded = [], gold_embedded[:, 0]
+        for t in range(steps):
+            step_features, hidden, _ = self.decoder.step(embedded, hidden, state)
+            step_logits = self.decoder.logits(step_features)  # (B, V)
+            logits.append(step_logits)
+            if t + 1 < steps:
+                use_gold = torch.rand(tgt_in.size(0), 1, device=tgt_in.device) < teacher_forcing_ratio
+                predicted = self.decoder.embed(step_logits.argmax(-1))
+                embedded = torch.where(use_gold, gold_embedded[:, t + 1], predicted)
+        return torch.stack(logits, dim=1)
+
+
+def load_bert_embeddings(name_or_path: str) -> torch.Tensor:
+    """The word-embedding matrix (V, D) of a pretrained BertModel, loaded offline."""
+    from transformers import BertModel
+
+    try:
+        bert = BertModel.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model.bert_model: cannot load BertModel {name_or_path!r} "
+                        f"({str(err).splitlines()[0]})") from None
+    return bert.embeddings.word_embeddings.weight.detach().clone()
+
+
+def build_model(config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int,
+                bert_embeddings: Optional[torch.Tensor] = None) -> Seq2Seq:
+    """A fresh model; with ``bert_embeddings`` both embedding tables start from BERT's."""
+    pretrained_dim = 0 if bert_embeddings is None else bert_embeddings.size(1)
+    model = Seq2Seq(config, src_vocab_size, tgt_vocab_size, pad_id, pretrained_dim)
+    if bert_embeddings is not None:
+        for side, size in (("source", src_vocab_size), ("target", tgt_vocab_size)):
+            if bert_embeddings.size(0) != size:
+                raise UserError(f"model.bert_model has {bert_embeddings.size(0)} embeddings but the {side} "
+                                f"vocabulary has {size}; use the BERT model's own tokenizer")
+        with torch.no_grad():
+            for module in (model.encoder.embedding, model.decoder.embedding):
+                embedding_table(module).weight.copy_(bert_embeddings)
+    return model

@@ -1,0 +1,377 @@
+"""Training: from a checked config to a run directory with a model that has learned.
+
+Run directory layout::
+
+    RUN/config.yaml              the fully resolved config
+    RUN/tokenizer/               the tokenizer(s), save_pretrained form
+    RUN/checkpoints/best.pt      best dev BLEU so far (weights, config, sizes)
+    RUN/checkpoints/last.pt      latest state (plus optimizer and schedule)
+    RUN/metrics.jsonl            one JSON object per log, validation or test event
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from seq2seq_cli.checkpoint import atomic_write, save_checkpoint
+from seq2seq_cli.config import Config, TrainingConfig, check_training_files, to_dict, to_yaml
+from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_parallel, tokenize_corpus
+from seq2seq_cli.decoding import translate_corpus
+from seq2seq_cli.device import autocast, select_device
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.evaluation import corpus_bleu
+from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
+from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
+
+log = logging.getLogger(__name__)
+
+# What a run directory holds that s2s wrote; --overwrite removes these and nothing else.
+RUN_DIR_ENTRIES = ("config.yaml", "tokenizer", "checkpoints", "metrics.jsonl")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to reuse a run directory unless told to; never touch files s2s did not write."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; choose another --run-dir")
+    existing = [name for name in RUN_DIR_ENTRIES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise UserError(f"run directory {run_dir} already holds a run ({', '.join(existing)}); "
+                        "pass --overwrite to replace it or --run-dir to choose another")
+    for name in existing:
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run directory {run_dir} ({err.strerror})") from None
+    if not os.access(run_dir, os.W_OK):
+        raise UserError(f"run directory {run_dir} is not writable")
+
+
+class LearningRateSchedule:
+    """Linear warm-up, then constant, inverse-square-root decay, or decay on a dev-BLEU plateau."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainingConfig):
+        self.optimizer = optimizer
+        self.config = config
+        self.plateau_scale = 1.0
+        self.best = -math.inf
+        self.bad_validations = 0
+
+    def lr_at(self, step: int) -> float:
+        config = self.config
+        warmup = config.warmup_steps
+        scale = min(1.0, step / warmup) if warmup else 1.0
+        if config.lr_schedule == "inverse_sqrt":
+            scale *= math.sqrt(max(warmup, 1) / max(step, warmup, 1))
+        elif config.lr_schedule == "plateau":
+            scale *= self.plateau_scale
+        return max(config.learning_rate * scale, min(config.min_learning_rate, config.learning_rate))
+
+    def step(self, step: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+
+    def after_validation(self, dev_bleu: float) -> None:
+        if self.config.lr_schedule != "plateau":
+            return
+        if dev_bleu > self.best:
+            self.best, self.bad_validations = dev_bleu, 0
+            return
+        self.bad_validations += 1
+        if self.bad_validations > self.config.lr_decay_patience:
+            self.plateau_scale *= self.config.lr_decay_factor
+            self.bad_validations = 0
+            log.info("dev BLEU has not improved for %d validations: learning rate x%g",
+                     self.config.lr_decay_patience + 1, self.config.lr_decay_factor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_validations": self.bad_validations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.plateau_scale, self.best, self.bad_validations = (
+            state["plateau_scale"], state["best"], state["bad_validations"])
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed cross-entropy over non-padding target tokens: logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=pad_id, label_smoothing=label_smoothing, reduction="sum")
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl, flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, **record: Any) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+
+class Trainer:
+    def __init__(self, config: Config, model: Seq2Seq, vocabs: Vocabularies, train_batches: TokenBatches,
+                 dev: ParallelCorpus, device: torch.device, run_dir: Path,
+                 test: Optional[ParallelCorpus] = None):
+        self.config = config
+        self.training = config.training
+        self.model = model
+        self.vocabs = vocabs
+        self.train_batches = train_batches
+        self.dev = dev
+        self.test = test
+        self.device = device
+        self.run_dir = run_dir
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.model_args = {"src_vocab_size": vocabs.src_size, "tgt_vocab_size": vocabs.tgt_size,
+                           "pad_id": vocabs.pad_id,
+                           "pretrained_dim": self._pretrained_dim()}
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.training.learning_rate,
+                                           weight_decay=self.training.weight_decay, **fused)
+        self.schedule = LearningRateSchedule(self.optimizer, self.training)
+        self.step = 0
+        self.epoch = 0
+        self.best_bleu = -math.inf
+        self.best_step = 0
+        self.validations_without_improvement = 0
+        self.saved_steps: list[int] = []
+
+    def _pretrained_dim(self) -> int:
+        embedding = self.model.encoder.embedding
+        return embedding[0].embedding_dim if isinstance(embedding, torch.nn.Sequential) else 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        training = self.training
+        start = time.perf_counter()
+        deadline = start + training.max_minutes * 60 if training.max_minutes else math.inf
+        progress = _progress_bar(training.max_steps)
+        interval_loss = torch.zeros((), device=self.device)
+        interval_tokens, interval_start, interval_steps = 0, time.perf_counter(), 0
+        validated_at = -1
+        stop_reason = None
+        self.model.train()
+        while stop_reason is None:
+            if training.max_epochs and self.epoch >= training.max_epochs:
+                stop_reason = f"reached max_epochs={training.max_epochs}"
+                break
+            for indices in self.train_batches.epoch_batches(self.epoch):
+                batch = self.train_batches.make_batch(indices).to(self.device)
+                self.step += 1
+                self.schedule.step(self.step)
+                with autocast(self.device):
+                    logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in,
+                                        training.teacher_forcing_ratio)
+                    loss = sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id, training.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                (loss / batch.n_tgt_tokens).backward()
+                if training.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm)
+                self.optimizer.step()
+                interval_loss += loss.detach()
+                interval_tokens += batch.n_tgt_tokens
+                interval_steps += 1
+                if progress is not None:
+                    progress.update(1)
+
+                if self.step % training.log_every == 0:
+                    elapsed = time.perf_counter() - interval_start
+                    record = {"event": "train", "step": self.step, "epoch": self.epoch + 1,
+                              "train_loss": round(float(interval_loss) / max(interval_tokens, 1), 5),
+                              "lr": self.optimizer.param_groups[0]["lr"],
+                              "tokens_per_s": round(interval_tokens / max(elapsed, 1e-9), 1)}
+                    self.metrics.write(**record)
+                    _report(progress, record)
+                    interval_loss.zero_()
+                    interval_tokens, interval_start, interval_steps = 0, time.perf_counter(), 0
+
+                if training.validate_every and self.step % training.validate_every == 0:
+                    validated_at = self.step
+                    if self.validate_and_save():
+                        stop_reason = f"dev BLEU did not improve for {training.patience} validations"
+                elif training.save_every and self.step % training.save_every == 0:
+                    self.save_last()
+
+                if training.max_steps and self.step >= training.max_steps:
+                    stop_reason = stop_reason or f"reached max_steps={training.max_steps}"
+                if time.perf_counter() > deadline:
+                    stop_reason = stop_reason or f"reached max_minutes={training.max_minutes:g}"
+                if stop_reason:
+                    break
+            else:
+                if not training.validate_every:
+                    validated_at = self.step
+                    if self.validate_and_save():
+                        stop_reason = f"dev BLEU did not improve for {training.patience} validations"
+                self.epoch += 1
+        if progress is not None:
+            progress.close()
+        if validated_at != self.step:
+            self.validate_and_save()
+        wall = time.perf_counter() - start
+        log.info("stopped: %s after %d steps (%.1f min); best dev BLEU %.2f at step %d",
+                 stop_reason, self.step, wall / 60, self.best_bleu, self.best_step)
+        summary = {"event": "end", "step": self.step, "epoch": self.epoch + 1, "reason": stop_reason,
+                   "best_dev_bleu": self.best_bleu, "best_step": self.best_step, "wall_s": round(wall, 1)}
+        if self.test is not None:
+            summary["test_bleu"] = self.evaluate_test()
+        self.metrics.write(**summary)
+        return summary
+
+    # -- validation and checkpoints -------------------------------------------------------------
+
+    @torch.no_grad()
+    def dev_loss(self) -> float:
+        self.model.eval()
+        batches = TokenBatches(self.dev, self.vocabs, self.training.batch_tokens, shuffle=False)
+        total, tokens = torch.zeros((), dtype=torch.float64), 0
+        for batch in batches:
+            batch = batch.to(self.device)
+            with autocast(self.device):
+                logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in)
+            total += sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id).double().cpu()
+            tokens += batch.n_tgt_tokens
+        self.model.train()
+        return float(total) / max(tokens, 1)
+
+    def translate(self, corpus: ParallelCorpus) -> list[str]:
+        hypotheses = translate_corpus(self.model, self.vocabs, corpus.src_ids, self.config.decoding, self.device)
+        return self.vocabs.decode_tgt([h.tokens for h in hypotheses])
+
+    def validate_and_save(self) -> bool:
+        """Validate, write checkpoints; True when early stopping says to stop."""
+        started = time.perf_counter()
+        loss = self.dev_loss()
+        hypotheses = self.translate(self.dev)
+        bleu = corpus_bleu(hypotheses, self.dev.tgt_lines)
+        improved = bleu > self.best_bleu
+        if improved:
+            self.best_bleu, self.best_step = bleu, self.step
+            self.validations_without_improvement = 0
+        else:
+            self.validations_without_improvement += 1
+        self.schedule.after_validation(bleu)
+        record = {"event": "valid", "step": self.step, "epoch": self.epoch + 1, "dev_loss": round(loss, 5),
+                  "dev_ppl": round(math.exp(min(loss, 50.0)), 3), "dev_bleu": round(bleu, 2),
+                  "best_dev_bleu": round(self.best_bleu, 2), "valid_s": round(time.perf_counter() - started, 1)}
+        self.metrics.write(**record)
+        log.info("validation at step %d: dev loss %.4f, ppl %.2f, BLEU %.2f%s", self.step, loss,
+                 record["dev_ppl"], bleu, " (new best)" if improved else "")
+        for source, reference, hypothesis in list(zip(self.dev.src_lines, self.dev.tgt_lines, hypotheses))[:2]:
+            log.info("  src: %s\n  ref: %s\n  hyp: %s", source, reference, hypothesis)
+        if improved:
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", self._payload(full=False))
+        self.save_last()
+        patience = self.training.patience
+        return bool(patience) and self.validations_without_improvement >= patience
+
+    def _payload(self, full: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = {"config": to_dict(self.config), "model_args": self.model_args,
+                                   "model": self.model.state_dict(), "step": self.step, "epoch": self.epoch,
+                                   "best_dev_bleu": self.best_bleu, "best_step": self.best_step}
+        if full:
+            payload.update(optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+                           validations_without_improvement=self.validations_without_improvement)
+        return payload
+
+    def save_last(self) -> None:
+        folder = self.run_dir / "checkpoints"
+        save_checkpoint(folder / "last.pt", self._payload(full=True))
+        if self.training.keep_last > 1:
+            # Older states are kept as hard links (no extra disk) to each saved last.pt.
+            snapshot = folder / f"step-{self.step:08d}.pt"
+            snapshot.unlink(missing_ok=True)
+            try:
+                os.link(folder / "last.pt", snapshot)
+            except OSError:
+                shutil.copyfile(folder / "last.pt", snapshot)
+            self.saved_steps = [s for s in self.saved_steps if s != self.step] + [self.step]
+            while len(self.saved_steps) > self.training.keep_last:
+                (folder / f"step-{self.saved_steps.pop(0):08d}.pt").unlink(missing_ok=True)
+
+    def evaluate_test(self) -> float:
+        best = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(best["model"])
+        bleu = corpus_bleu(self.translate(self.test), self.test.tgt_lines)
+        log.info("test BLEU (best checkpoint, greedy): %.2f", bleu)
+        return round(bleu, 2)
+
+
+def _progress_bar(total_steps: int):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total_steps or None, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _report(progress, record: dict[str, Any]) -> None:
+    if progress is not None:
+        progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                             lr=f"{record['lr']:.2e}", refresh=False)
+    else:
+        log.info("step %d epoch %d: loss %.4f, lr %.2e, %.0f tokens/s", record["step"], record["epoch"],
+                 record["train_loss"], record["lr"], record["tokens_per_s"])
+
+
+def train(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Train a model as ``config`` says; returns the end-of-training summary."""
+    check_training_files(config)
+    run_dir = Path(config.run_dir)
+    device = select_device(config.training.device)
+    prepare_run_dir(run_dir, overwrite)
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    set_seed(config.training.seed)
+
+    train_src_lines, train_tgt_lines = read_parallel(config.data.train_src, config.data.train_tgt)
+    vocabs = build_vocabularies(config.tokenizer, train_src_lines, train_tgt_lines)
+    vocabs.save(run_dir / "tokenizer")
+    atomic_write(run_dir / "config.yaml", lambda out: out.write(to_yaml(config).encode("utf-8")))
+
+    corpus = tokenize_corpus(vocabs, config.data.train_src, config.data.train_tgt, config.data.cache_dir)
+    corpus, empty, too_long = filter_pairs(corpus, config.data.max_len)
+    log.info("training pairs: %d kept, %d empty and %d longer than %d tokens dropped",
+             len(corpus), empty, too_long, config.data.max_len)
+    if not len(corpus):
+        raise UserError(f"{config.data.train_src}: no training pairs left after filtering; "
+                        f"check the files or raise data.max_len")
+    dev = tokenize_corpus(vocabs, config.data.dev_src, config.data.dev_tgt, config.data.cache_dir)
+    test = None
+    if config.data.test_src:
+        test = tokenize_corpus(vocabs, config.data.test_src, config.data.test_tgt, config.data.cache_dir)
+
+    set_seed(config.training.seed)
+    bert = None
+    if config.model.embed_type == "bert":
+        bert = load_bert_embeddings(config.model.bert_model or config.tokenizer.pretrained)
+    model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert).to(device)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("device %s, %d parameters, vocab %d/%d, %d train / %d dev pairs, %d tokens per batch, run dir %s",
+             device, parameters, vocabs.src_size, vocabs.tgt_size, len(corpus), len(dev),
+             config.training.batch_tokens, run_dir)
+    batches = TokenBatches(corpus, vocabs, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
+    trainer = Trainer(config, model, vocabs, batches, dev, device, run_dir, test)
+    return trainer.fit()

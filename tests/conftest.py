@@ -1,0 +1,58 @@
+"""Shared fixtures: small corpora and configs built in temporary folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ROOT / "data" / "toy"
+MULTI30K = Path(os.environ.get("S2S_MULTI30K", ROOT.parent / "shared" / "data" / "multi30k"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own corpus cache, so tests never see each other's files."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def write_corpus(folder: Path, name: str, src_lines, tgt_lines, src="en", tgt="de") -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    src_path, tgt_path = folder / f"{name}.{src}", folder / f"{name}.{tgt}"
+    src_path.write_text("".join(line + "\n" for line in src_lines), encoding="utf-8")
+    tgt_path.write_text("".join(line + "\n" for line in tgt_lines), encoding="utf-8")
+    return src_path, tgt_path
+
+
+def toy_lines(split: str, limit: int | None = None) -> tuple[list[str], list[str]]:
+    en = (TOY / f"{split}.en").read_text(encoding="utf-8").splitlines()[:limit]
+    de = (TOY / f"{split}.de").read_text(encoding="utf-8").splitlines()[:limit]
+    return en, de
+
+
+def tiny_config(tmp_path: Path, train_pairs: int = 400, dev_pairs: int = 40, **sections) -> Path:
+    """A config for a very small model on a slice of the toy corpus; ``sections`` update it."""
+    data_dir = tmp_path / "corpus"
+    train_src, train_tgt = write_corpus(data_dir, "train", *toy_lines("train", train_pairs))
+    dev_src, dev_tgt = write_corpus(data_dir, "dev", *toy_lines("dev", dev_pairs))
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "data": {"train_src": str(train_src), "train_tgt": str(train_tgt),
+                 "dev_src": str(dev_src), "dev_tgt": str(dev_tgt)},
+        "tokenizer": {"vocab_size": 300},
+        "model": {"embed_dim": 16, "hidden_size": 24, "dropout": 0.1},
+        "training": {"max_steps": 6, "max_epochs": 0, "batch_tokens": 400, "validate_every": 3,
+                     "log_every": 2, "device": "cpu"},
+        "decoding": {"max_length_offset": 5},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path

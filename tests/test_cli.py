@@ -1,0 +1,100 @@
+"""The command line as a user meets it: exit codes, one-line errors, pipes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_config, toy_lines, write_corpus
+
+
+def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seq2seq_cli", *map(str, args)], input=stdin.encode(),
+                          capture_output=True, cwd=cwd, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert fragment in stderr, stderr
+    assert result.stdout == b""
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cli")
+    config = tiny_config(tmp_path, training={"max_steps": 4, "validate_every": 0})
+    result = s2s("train", "--config", config, "--run-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr.decode()
+    return tmp_path / "run"
+
+
+def test_version():
+    result = s2s("--version")
+    assert result.returncode == 0 and result.stdout.decode().startswith("s2s ")
+
+
+def test_train_user_errors(tmp_path):
+    assert_user_error(s2s("train", "--config", tmp_path / "nope.yaml"), "nope.yaml not found")
+    config = tiny_config(tmp_path)
+    assert_user_error(s2s("train", "--config", config, "model.hidden_size=-1"), "model.hidden_size must be positive")
+    assert_user_error(s2s("train", "--config", config, "training.bogus=1"), "training.bogus")
+    broken = yaml.safe_load(config.read_text())
+    broken["data"]["dev_tgt"] = str(tmp_path / "missing.de")
+    config.write_text(yaml.safe_dump(broken))
+    assert_user_error(s2s("train", "--config", config), "data.dev_tgt")
+
+
+def test_misaligned_corpus_is_refused(tmp_path):
+    config = tiny_config(tmp_path)
+    data = yaml.safe_load(config.read_text())["data"]
+    Path(data["train_tgt"]).write_text("nur eine Zeile\n", encoding="utf-8")
+    assert_user_error(s2s("train", "--config", config), "parallel files must have one line per sentence pair")
+
+
+def test_existing_run_dir_is_refused(trained_run, tmp_path):
+    config = tiny_config(tmp_path)
+    before = (trained_run / "checkpoints" / "last.pt").read_bytes()
+    assert_user_error(s2s("train", "--config", config, "--run-dir", trained_run), "--overwrite")
+    assert (trained_run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_translate_one_line_per_input_line(trained_run, tmp_path):
+    lines = ["The man sees the dog.", "", "A woman reads a book today."]
+    result = s2s("translate", "--checkpoint", trained_run, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(result.stdout.decode("utf-8").split("\n")) == len(lines) + 1
+    # From a checkpoint file and a file argument the result is the same.
+    source = tmp_path / "in.en"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    again = s2s("translate", "--checkpoint", trained_run / "checkpoints" / "best.pt", "--input", source,
+                "--output", tmp_path / "out.de")
+    assert again.returncode == 0, again.stderr.decode()
+    assert (tmp_path / "out.de").read_bytes() == result.stdout
+
+
+def test_translate_rejects_a_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "run" / "checkpoints" / "best.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    assert_user_error(s2s("translate", "--checkpoint", tmp_path / "run"), "not a readable s2s checkpoint")
+
+
+def test_evaluate_matches_sacrebleu_cli(tmp_path):
+    refs = toy_lines("test", 100)[1]
+    hyps = [line.replace("der", "die") if i % 3 else line for i, line in enumerate(refs)]
+    hyp_path, ref_path = write_corpus(tmp_path, "x", hyps, refs, src="hyp", tgt="ref")
+    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path)
+    assert ours.returncode == 0, ours.stderr.decode()
+    reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-m", "bleu",
+                                "chrf", "ter", "-w", "2"], capture_output=True, check=True)
+    expected = [(item["name"], item["score"], item["signature"]) for item in json.loads(reference.stdout)]
+    found = [(name, float(score), signature) for name, score, signature in
+             (line.split() for line in ours.stdout.decode().splitlines())]
+    assert found == expected
+    short = write_corpus(tmp_path, "y", hyps[:5], refs, src="hyp", tgt="ref")[0]
+    assert_user_error(s2s("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")

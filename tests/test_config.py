@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from seq2seq_cli.config import load_config
+from seq2seq_cli.errors import UserError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL = "data: {train_src: a.en, train_tgt: a.de, dev_src: b.en, dev_tgt: b.de}\n"
+
+
+def test_defaults_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write(tmp_path, MINIMAL), ["training.max_steps=200", "model.hidden_size=128"])
+    assert config.training.max_steps == 200
+    assert config.model.hidden_size == 128
+    assert config.model.embed_dim == 256
+
+
+def test_relative_paths_resolve_against_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    path = write(tmp_path / "sub", MINIMAL + "run_dir: runs/x\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(path)
+    assert config.data.train_src == str(tmp_path / "a.en")
+    assert config.run_dir == str(tmp_path / "runs" / "x")
+
+
+@pytest.mark.parametrize("text, overrides, fragment", [
+    (MINIMAL + "model: {hiden_size: 3}\n", [], "model.hiden_size"),
+    (MINIMAL + "model: {hidden_size: big}\n", [], "model.hidden_size"),
+    (MINIMAL + "model: {hidden_size: -4}\n", [], "model.hidden_size must be positive"),
+    (MINIMAL + "model: {dropout: 1.0}\n", [], "model.dropout must be in [0, 1)"),
+    (MINIMAL, ["training.batch_tokens=0"], "training.batch_tokens"),
+    (MINIMAL, ["training.nope=1"], "training.nope"),
+    (MINIMAL, ["training.max_steps"], "not KEY=VALUE"),
+    ("data: {train_src: a.en}\n", [], "data.train_tgt"),
+    (MINIMAL + "model: [1, 2\n", [], "malformed YAML"),
+    ("- a\n- b\n", [], "mapping"),
+    (MINIMAL + "training: {device: tpu}\n", [], "training.device"),
+    (MINIMAL + "model: {embed_type: bert}\n", [], "model.embed_type=bert"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, overrides, fragment):
+    with pytest.raises(UserError) as caught:
+        load_config(write(tmp_path, text), overrides)
+    message = str(caught.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bundled_configs_load():
+    root = Path(__file__).resolve().parent.parent
+    for path in (root / "configs").glob("*.yaml"):
+        load_config(path)

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from seq2seq_cli.config import TokenizerConfig
+from seq2seq_cli.data import (ParallelCorpus, TokenBatches, collate, filter_pairs, read_lines, read_parallel,
+                              tokenize_corpus)
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.tokenization import build_vocabularies
+
+from conftest import toy_lines, write_corpus
+
+
+@pytest.fixture(scope="module")
+def vocabs():
+    en, de = toy_lines("train", 500)
+    return build_vocabularies(TokenizerConfig(vocab_size=300), en, de)
+
+
+def test_unequal_line_counts(tmp_path):
+    src, tgt = write_corpus(tmp_path, "c", ["a", "b"], ["x"])
+    with pytest.raises(UserError, match=r"has 2 lines but .* has 1"):
+        read_parallel(src, tgt)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.en"
+    path.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    with pytest.raises(UserError, match=r"bad.en: line 3 is not valid UTF-8"):
+        read_lines(path)
+
+
+def test_bom_crlf_and_unicode_line_separators(tmp_path):
+    path = tmp_path / "x.en"
+    path.write_bytes("\ufeffone\r\ntwo\u2028still two\r\nthree".encode("utf-8"))
+    assert read_lines(path) == ["one", "two\u2028still two", "three"]
+
+
+def test_empty_corpus_and_missing_file(tmp_path):
+    src, tgt = write_corpus(tmp_path, "c", [], [])
+    with pytest.raises(UserError, match="empty"):
+        read_parallel(src, tgt)
+    with pytest.raises(UserError, match="not found"):
+        read_lines(tmp_path / "missing.en")
+
+
+def test_filter_counts_empty_and_long_pairs():
+    corpus = ParallelCorpus([[1], [], [1, 2, 3], [4]], [[1], [2], [3], []], ["a", "", "c", "d"], ["a", "b", "c", ""])
+    kept, empty, too_long = filter_pairs(corpus, max_len=2)
+    assert (len(kept), empty, too_long) == (1, 2, 1)
+
+
+def test_collate_shapes_and_shifted_targets(vocabs):
+    batch = collate([[10, 11], [12]], [[20], [21, 22, 23]], vocabs)
+    assert batch.src_ids.tolist() == [[10, 11, vocabs.eos_id], [12, vocabs.eos_id, vocabs.pad_id]]
+    assert batch.src_lengths.tolist() == [3, 2]
+    pad, bos, eos = vocabs.pad_id, vocabs.bos_id, vocabs.eos_id
+    assert batch.tgt_in.tolist() == [[bos, 20, pad, pad], [bos, 21, 22, 23]]
+    assert batch.tgt_out.tolist() == [[20, eos, pad, pad], [21, 22, 23, eos]]
+    assert batch.n_tgt_tokens == 6
+
+
+def test_token_batches_cover_corpus_within_budget(tmp_path, vocabs):
+    src, tgt = write_corpus(tmp_path, "c", *toy_lines("train", 500))
+    corpus = tokenize_corpus(vocabs, str(src), str(tgt))
+    batches = TokenBatches(corpus, vocabs, batch_tokens=300, seed=3)
+    epoch0 = batches.epoch_batches(0)
+    assert sorted(i for b in epoch0 for i in b) == list(range(len(corpus)))
+    for indices in epoch0:
+        batch = batches.make_batch(indices)
+        assert len(indices) == 1 or max(batch.src_ids.numel(), batch.tgt_in.numel()) <= 300
+    assert epoch0 == TokenBatches(corpus, vocabs, 300, seed=3).epoch_batches(0)  # a function of (seed, epoch)
+    assert epoch0 != batches.epoch_batches(1)
+    # Length bucketing keeps padding small.
+    padded = sum(batches.make_batch(b).tgt_in.numel() for b in epoch0)
+    real = sum(len(t) + 1 for t in corpus.tgt_ids)
+    assert padded < 1.1 * real
+
+
+def test_tokenized_corpus_is_cached(tmp_path, vocabs, monkeypatch):
+    src, tgt = write_corpus(tmp_path, "c", *toy_lines("dev", 50))
+    first = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(type(vocabs), "encode_src", lambda *a: pytest.fail("tokenized again"))
+    second = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    assert second.src_ids == first.src_ids and second.tgt_ids == first.tgt_ids
+    # A changed file is a different key: it is tokenized again.
+    tgt.write_text(tgt.read_text(encoding="utf-8").replace("Der", "Die"), encoding="utf-8")
+    monkeypatch.undo()
+    third = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    assert third.tgt_ids != first.tgt_ids

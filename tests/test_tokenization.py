@@ -1,0 +1,76 @@
+import pytest
+from transformers import AutoTokenizer, BertTokenizer
+
+from seq2seq_cli.config import TokenizerConfig
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.tokenization import Vocabularies, build_vocabularies, load_pretrained, train_wordpiece
+
+from conftest import MULTI30K, toy_lines
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.skipif(not (MULTI30K / "train.de").is_file(), reason="Multi30k not found beside the project")
+def test_round_trip_on_multi30k_validation():
+    """decode(encode(line)) == line for >= 99.5% of Multi30k val.de and val.en (8k joint vocab)."""
+    train = read_lines(MULTI30K / "train.de") + read_lines(MULTI30K / "train.en")
+    tokenizer = train_wordpiece(train, vocab_size=8000)
+    for name in ("val.de", "val.en"):
+        lines = read_lines(MULTI30K / name)
+        ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
+        decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        exact = sum(normalise(d) == normalise(line) for d, line in zip(decoded, lines))
+        assert exact / len(lines) >= 0.995, (name, exact, len(lines))
+
+
+def test_cased_accents_and_punctuation_survive():
+    lines = ["Ein Mann fährt Fahrrad.", "Eine Frau trägt ein T-Shirt und „Schuhe“!", "Größe: 3,5 km/h (neu)"]
+    tokenizer = train_wordpiece(lines * 20, vocab_size=200, min_frequency=1)
+    for line in lines:
+        ids = tokenizer(line, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids, skip_special_tokens=True) == line
+    # Punctuation stays inside its whitespace-separated word, so pieces after the first are "##".
+    words = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str("ein T-Shirt.")
+    assert [word for word, _ in words] == ["ein", "T-Shirt."]
+
+
+def test_saved_tokenizer_reloads_identically(tmp_path):
+    en, de = toy_lines("train", 300)
+    vocabs = build_vocabularies(TokenizerConfig(vocab_size=300), en, de)
+    assert vocabs.shared
+    vocabs.save(tmp_path / "tok")
+    assert (tmp_path / "tok" / "vocab.txt").read_text(encoding="utf-8").splitlines()[:4] == \
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    reloaded = Vocabularies.load(tmp_path / "tok")
+    assert reloaded.encode_src(en[:50]) == vocabs.encode_src(en[:50])
+    assert reloaded.fingerprint() == vocabs.fingerprint()
+    # A stranger's AutoTokenizer gets the very same pipeline from tokenizer.json.
+    stranger = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert stranger(de[0], add_special_tokens=False)["input_ids"] == vocabs.encode_tgt(de[:1])[0]
+
+
+def test_separate_vocabularies(tmp_path):
+    en, de = toy_lines("train", 300)
+    vocabs = build_vocabularies(TokenizerConfig(vocab_size=200, shared_vocab=False), en, de)
+    assert not vocabs.shared
+    vocabs.save(tmp_path / "tok")
+    reloaded = Vocabularies.load(tmp_path / "tok")
+    assert not reloaded.shared
+    assert reloaded.decode_tgt(reloaded.encode_tgt(de[:20])) == de[:20]
+    assert reloaded.src.get_vocab() != reloaded.tgt.get_vocab()
+
+
+def test_pretrained_bert_tokenizer_from_folder(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ein", "mann", "##s", ".", "fahrt"]
+    BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(str(tmp_path / "bert"))
+    vocabs = build_vocabularies(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    assert vocabs.encode_src(["Ein Manns."]) == [[5, 6, 7, 8]]
+    assert (vocabs.pad_id, vocabs.bos_id, vocabs.eos_id) == (0, 2, 3)
+
+
+def test_unknown_pretrained_tokenizer_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="could not be loaded"):
+        load_pretrained(tmp_path / "missing-model")

@@ -1,0 +1,106 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from seq2seq_cli.config import load_config
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.evaluation import corpus_bleu
+from seq2seq_cli.train import train
+
+from conftest import tiny_config, toy_lines
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_is_complete(tmp_path):
+    config = load_config(tiny_config(tmp_path))
+    summary = train(config)
+    run = Path(config.run_dir)
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["training"]["max_steps"] == 6 and saved["data"]["train_src"] == config.data.train_src
+    events = read_metrics(run)
+    train_events = [e for e in events if e["event"] == "train"]
+    valid_events = [e for e in events if e["event"] == "valid"]
+    assert [e["step"] for e in train_events] == [2, 4, 6]
+    assert [e["step"] for e in valid_events] == [3, 6]
+    assert {"epoch", "train_loss", "lr", "tokens_per_s"} <= train_events[0].keys()
+    assert {"epoch", "dev_loss", "dev_ppl", "dev_bleu"} <= valid_events[0].keys()
+    assert summary["step"] == 6
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 6 and "optimizer" in last
+
+
+def test_fixed_seed_gives_bit_identical_runs(tmp_path):
+    finals = []
+    for name in ("a", "b"):
+        config = load_config(tiny_config(tmp_path / name), ["training.teacher_forcing_ratio=0.7"])
+        train(config)
+        finals.append(torch.load(Path(config.run_dir) / "checkpoints" / "last.pt", weights_only=True)["model"])
+    assert finals[0].keys() == finals[1].keys()
+    for key in finals[0]:
+        assert torch.equal(finals[0][key], finals[1][key]), key
+
+
+def test_existing_run_is_never_overwritten_silently(tmp_path):
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0}))
+    train(config)
+    run = Path(config.run_dir)
+    (run / "notes.txt").write_text("mine")
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="--overwrite"):
+        train(config)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    train(config, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine"  # only what s2s wrote is replaced
+
+
+def test_stops_at_max_epochs_and_validates_each_epoch(tmp_path):
+    config = load_config(tiny_config(tmp_path, train_pairs=60, training={
+        "max_steps": 0, "max_epochs": 2, "validate_every": 0, "batch_tokens": 1000}))
+    summary = train(config)
+    valid = [e for e in read_metrics(Path(config.run_dir)) if e["event"] == "valid"]
+    assert [e["epoch"] for e in valid] == [1, 2]
+    assert summary["reason"] == "reached max_epochs=2"
+
+
+def test_model_learns_the_toy_task(tmp_path):
+    """After a short run, dev BLEU is far above the copy-the-source baseline."""
+    config = load_config(tiny_config(
+        tmp_path, train_pairs=20000, dev_pairs=200, tokenizer={"vocab_size": 600},
+        model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
+        training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
+                  "log_every": 50}))
+    summary = train(config)
+    dev_en, dev_de = toy_lines("dev", 200)
+    copy_baseline = corpus_bleu(dev_en, dev_de)
+    assert copy_baseline < 5
+    assert summary["best_dev_bleu"] > 50, summary
+
+
+def test_bert_initialised_embeddings(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    en, de = toy_lines("train", 200)
+    words = sorted({w for line in en + de for w in line.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False).save_pretrained(str(tmp_path / "bert"))
+    bert_config = BertConfig(vocab_size=len(vocab), hidden_size=20, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=8)
+    torch.manual_seed(0)
+    bert = BertModel(bert_config)
+    bert.save_pretrained(str(tmp_path / "bert"))
+    config = load_config(tiny_config(tmp_path, train_pairs=200, tokenizer={"pretrained": str(tmp_path / "bert")},
+                                     model={"embed_type": "bert"}, training={"max_steps": 1, "validate_every": 0}))
+    train(config)
+    saved = torch.load(Path(config.run_dir) / "checkpoints" / "last.pt", weights_only=True)["model"]
+    table = saved["encoder.embedding.0.weight"]
+    assert table.shape == (len(vocab), 20)
+    # One Adam step moves weights by about the learning rate: still BERT's table.
+    torch.testing.assert_close(table, bert.embeddings.word_embeddings.weight.detach(), atol=0.01, rtol=0)
