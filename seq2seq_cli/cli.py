@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -51,13 +52,13 @@ def train(
     run_training(settings, overwrite=overwrite)
 
 
-def _open_output(path: Optional[Path]):
+def _open_binary(path: Optional[Path], mode: str, default):
     if path is None:
-        return sys.stdout
+        return default
     try:
-        return open(path, "w", encoding="utf-8")
+        return open(path, mode)
     except OSError as err:
-        raise UserError(f"cannot write {path} ({err.strerror})") from None
+        raise UserError(f"cannot open {path} ({err.strerror})") from None
 
 
 @app.command()
@@ -65,33 +66,57 @@ def translate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory (its best checkpoint) or checkpoint file."),
     input_file: Optional[Path] = typer.Option(None, "--input", "-i", help="Source text, one sentence per line (default: stdin)."),
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write translations (default: stdout)."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="Beam size; 1 is greedy search (default: the config's)."),
+    nbest: int = typer.Option(1, "--nbest", min=1, help="Hypotheses per sentence, as INDEX ||| HYPOTHESIS ||| SCORE lines."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, help="GNMT length penalty alpha."),
+    max_length_ratio: Optional[float] = typer.Option(None, "--max-length-ratio", min=0.01, help="Maximum output length per source token."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sentences per batch."),
+    plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", help="Write one attention heatmap PNG per sentence here."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Translate text, one output line per input line (greedy search).
+    """Translate text, one output line per input line.
 
-    Example: echo "Ein Mann fährt Fahrrad." | s2s translate --checkpoint runs/multi30k
+    Example: echo "Ein Mann fährt Fahrrad." | s2s translate --checkpoint runs/multi30k --beam-size 5
     """
     from seq2seq_cli.checkpoint import load_model
-    from seq2seq_cli.data import read_lines
-    from seq2seq_cli.decoding import translate_corpus
     from seq2seq_cli.device import select_device
+    from seq2seq_cli.translation import Translator, read_line_batches
 
     torch_device = select_device(device)
     model, vocabs, settings = load_model(checkpoint, torch_device)
-    if input_file is not None:
-        lines = read_lines(input_file)
-    else:
-        lines = sys.stdin.buffer.read().decode("utf-8", errors="replace").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-    hypotheses = translate_corpus(model, vocabs, vocabs.encode_src(lines), settings.decoding, torch_device,
-                                  batch_size)
-    out = _open_output(output_file)
-    for text in vocabs.decode_tgt([h.tokens for h in hypotheses]):
-        out.write(text.replace("\n", " ") + "\n")
-    out.flush()
-    if out is not sys.stdout:
+    beam = beam_size or settings.decoding.beam_size
+    if nbest > beam:
+        raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {beam})")
+    if plot_attention is not None:
+        try:
+            plot_attention.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create {plot_attention} ({err.strerror})") from None
+    translator = Translator(model, vocabs, settings, torch_device, nbest=nbest,
+                            keep_attention=plot_attention is not None, beam_size=beam,
+                            length_penalty=length_penalty, max_length_ratio=max_length_ratio,
+                            batch_size=batch_size)
+    source = _open_binary(input_file, "rb", sys.stdin.buffer)
+    out = _open_binary(output_file, "wb", sys.stdout.buffer)
+    index = 0
+    for raw_lines in read_line_batches(source, translator.decoding.batch_size):
+        sources, results = translator.translate_raw(raw_lines)
+        for source_ids, hypotheses in zip(sources, results):
+            texts = translator.detokenize(hypotheses)
+            if nbest > 1:
+                out.write("".join(f"{index} ||| {text} ||| {h.score:.4f}\n"
+                                  for text, h in zip(texts, hypotheses)).encode("utf-8"))
+            else:
+                out.write((texts[0] + "\n").encode("utf-8"))
+            best = hypotheses[0]
+            if plot_attention is not None and best.attention is not None:
+                from seq2seq_cli.plotting import plot_attention as plot
+
+                plot(plot_attention / f"{index:05d}.png", vocabs.src_pieces(source_ids + [vocabs.eos_id]),
+                     vocabs.tgt_pieces(best.tokens + [vocabs.eos_id]), best.attention)
+            index += 1
+        out.flush()
+    if out is not sys.stdout.buffer:
         out.close()
 
 
@@ -101,35 +126,62 @@ def evaluate(
     hyp: Optional[Path] = typer.Option(None, "--hyp", help="Existing translations to score (no model needed)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run directory or checkpoint to translate --src with."),
     src: Optional[Path] = typer.Option(None, "--src", help="Source sentences to translate and score."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="Beam size (default: the config's)."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, help="GNMT length penalty alpha."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Score translations with sacreBLEU (BLEU, chrF2, TER).
+    """Score translations with sacreBLEU: BLEU, chrF2 and TER with signatures.
 
     Example: s2s evaluate --checkpoint runs/toy --src data/toy/test.en --ref data/toy/test.de
     """
+    import json
+    import time
+
     from seq2seq_cli.data import read_lines
-    from seq2seq_cli.evaluation import score_report
+    from seq2seq_cli.evaluation import format_report, score_report
 
     references = read_lines(ref)
+    speed = None
     if hyp is not None:
         hypotheses = read_lines(hyp)
+        compared = hyp
     elif checkpoint is not None and src is not None:
         from seq2seq_cli.checkpoint import load_model
-        from seq2seq_cli.decoding import translate_corpus
         from seq2seq_cli.device import select_device
+        from seq2seq_cli.translation import Translator
 
-        torch_device = select_device(device)
-        model, vocabs, settings = load_model(checkpoint, torch_device)
         sources = read_lines(src)
         if len(sources) != len(references):
-            raise UserError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
-        found = translate_corpus(model, vocabs, vocabs.encode_src(sources), settings.decoding, torch_device)
-        hypotheses = vocabs.decode_tgt([h.tokens for h in found])
+            raise UserError(f"{src} has {len(sources)} lines but {ref} has {len(references)}; "
+                            "source and reference must be line-aligned")
+        torch_device = select_device(device)
+        model, vocabs, settings = load_model(checkpoint, torch_device)
+        translator = Translator(model, vocabs, settings, torch_device, beam_size=beam_size,
+                                length_penalty=length_penalty)
+        started = time.perf_counter()
+        _, results = translator.translate_raw([line.encode("utf-8") for line in sources])
+        seconds = time.perf_counter() - started
+        hypotheses = translator.detokenize([nbest[0] for nbest in results])
+        output_tokens = sum(len(nbest[0].tokens) for nbest in results)
+        speed = {"beam_size": translator.decoding.beam_size, "seconds": round(seconds, 3),
+                 "sentences_per_s": round(len(sources) / seconds, 2),
+                 "tokens_per_s": round(output_tokens / seconds, 1)}
+        compared = src
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
     if len(hypotheses) != len(references):
-        raise UserError(f"{hyp} has {len(hypotheses)} lines but {ref} has {len(references)}")
-    typer.echo(score_report(hypotheses, references))
+        raise UserError(f"{compared} has {len(hypotheses)} lines but {ref} has {len(references)}; "
+                        "they must be line-aligned")
+    report = score_report(hypotheses, references)
+    if speed:
+        report["decoding"] = speed
+    typer.echo(format_report(report))
+    if json_file is not None:
+        try:
+            json_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"cannot write {json_file} ({err.strerror})") from None
 
 
 def main() -> None:
@@ -138,3 +190,7 @@ def main() -> None:
     except UserError as err:
         print(f"s2s: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader went away (e.g. `s2s translate ... | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -11,6 +11,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -257,8 +258,10 @@ class Trainer:
         return float(total) / max(tokens, 1)
 
     def translate(self, corpus: ParallelCorpus) -> list[str]:
-        hypotheses = translate_corpus(self.model, self.vocabs, corpus.src_ids, self.config.decoding, self.device)
-        return self.vocabs.decode_tgt([h.tokens for h in hypotheses])
+        """Greedy translations: validation BLEU tracks training, not the search settings."""
+        greedy = dataclasses.replace(self.config.decoding, beam_size=1)
+        hypotheses = translate_corpus(self.model, self.vocabs, corpus.src_ids, greedy, self.device)
+        return self.vocabs.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 
     def validate_and_save(self) -> bool:
         """Validate, write checkpoints; True when early stopping says to stop."""

@@ -88,13 +88,17 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     refs = toy_lines("test", 100)[1]
     hyps = [line.replace("der", "die") if i % 3 else line for i, line in enumerate(refs)]
     hyp_path, ref_path = write_corpus(tmp_path, "x", hyps, refs, src="hyp", tgt="ref")
-    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path)
+    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "report.json")
     assert ours.returncode == 0, ours.stderr.decode()
     reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-m", "bleu",
                                 "chrf", "ter", "-w", "2"], capture_output=True, check=True)
-    expected = [(item["name"], item["score"], item["signature"]) for item in json.loads(reference.stdout)]
-    found = [(name, float(score), signature) for name, score, signature in
-             (line.split() for line in ours.stdout.decode().splitlines())]
-    assert found == expected
+    expected = json.loads(reference.stdout)
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key, metric in zip(("bleu", "chrf", "ter"), expected):
+        assert (report[key]["name"], report[key]["score"], report[key]["signature"]) == \
+            (metric["name"], metric["score"], metric["signature"])
+        assert f"{metric['score']:7.2f}   {metric['signature']}" in ours.stdout.decode()
+    assert f"ratio = {report['length_ratio']:.3f}" in expected[0]["verbose_score"]
+    assert report["sentences"] == 100
     short = write_corpus(tmp_path, "y", hyps[:5], refs, src="hyp", tgt="ref")[0]
     assert_user_error(s2s("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")

@@ -1,0 +1,111 @@
+"""From raw text lines to translated lines: the part of translating that deals with real input.
+
+Input is read as bytes and never stops the stream: invalid UTF-8 is replaced (with a
+warning), an empty line gives an empty translation, an over-long line is truncated to the
+model's limit (with a warning). Lines that are already available are translated together;
+a line typed at a terminal is answered without waiting for more input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+from typing import BinaryIO, Iterator, Optional
+
+import torch
+
+from seq2seq_cli.config import Config
+from seq2seq_cli.decoding import Hypothesis, translate_corpus
+from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.tokenization import Vocabularies
+
+log = logging.getLogger(__name__)
+
+
+def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]:
+    """Yield lists of complete lines (without line ends): all that can be read without waiting,
+    at most ``max_lines`` at a time, and at least one line unless at end of input."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream: everything is available
+        lines = stream.read().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for start in range(0, len(lines), max_lines):
+            yield lines[start: start + max_lines]
+        return
+    pending, complete, at_end = b"", [], False
+    while True:
+        # Block for the first complete line, then take whatever else is already there.
+        while not at_end and not complete:
+            chunk = os.read(fd, 1 << 16)
+            at_end = not chunk
+            pending += chunk
+            *new_lines, pending = pending.split(b"\n")
+            complete.extend(new_lines)
+        while not at_end and len(complete) < max_lines and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 1 << 16)
+            at_end = not chunk
+            pending += chunk
+            *new_lines, pending = pending.split(b"\n")
+            complete.extend(new_lines)
+        if at_end and pending:
+            complete.append(pending)  # a last line without a line end
+            pending = b""
+        while complete:
+            yield complete[:max_lines]
+            complete = complete[max_lines:]
+        if at_end:
+            return
+
+
+class Translator:
+    """Translates batches of raw lines with a loaded model and decoding settings."""
+
+    def __init__(self, model: Seq2Seq, vocabs: Vocabularies, config: Config, device: torch.device,
+                 nbest: int = 1, keep_attention: bool = False, **decoding_overrides):
+        self.model = model
+        self.vocabs = vocabs
+        self.device = device
+        self.nbest = nbest
+        self.keep_attention = keep_attention
+        overrides = {key: value for key, value in decoding_overrides.items() if value is not None}
+        self.decoding = dataclasses.replace(config.decoding, **overrides)
+        # The longest source the model was trained on; longer input is cut to it.
+        self.max_source_tokens = config.data.max_len
+        self.lines_read = 0
+
+    def decode_line(self, raw: bytes) -> str:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("input line %d: invalid UTF-8 replaced by U+FFFD", self.lines_read + 1)
+            return raw.decode("utf-8", errors="replace")
+
+    def translate_raw(self, raw_lines: list[bytes]) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+        """Source ids and n-best hypotheses for each raw input line."""
+        texts = []
+        for raw in raw_lines:
+            texts.append(self.decode_line(raw))
+            self.lines_read += 1
+        first_line = self.lines_read - len(texts) + 1
+        sources = self.vocabs.encode_src(texts)
+        for offset, source in enumerate(sources):
+            if len(source) > self.max_source_tokens:
+                log.warning("input line %d: %d tokens, truncated to the model's limit of %d (data.max_len)",
+                            first_line + offset, len(source), self.max_source_tokens)
+                sources[offset] = source[: self.max_source_tokens]
+        to_translate = [i for i, source in enumerate(sources) if source]
+        results = [[Hypothesis([], 0.0, 0.0)] * self.nbest for _ in sources]
+        found = translate_corpus(self.model, self.vocabs, [sources[i] for i in to_translate], self.decoding,
+                                 self.device, self.nbest, self.keep_attention)
+        for index, hypotheses in zip(to_translate, found):
+            results[index] = hypotheses
+        return sources, results
+
+    def detokenize(self, hypotheses: list[Hypothesis]) -> list[str]:
+        return [text.replace("\n", " ") for text in self.vocabs.decode_tgt([h.tokens for h in hypotheses])]

@@ -1,0 +1,115 @@
+"""Search correctness on tiny random models, where exact answers can be computed."""
+
+import itertools
+
+import pytest
+import torch
+
+from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.data import pad_sources
+from seq2seq_cli.decoding import SpecialIds, beam_search, greedy_search, length_penalty, translate_ids
+from seq2seq_cli.model import build_model
+
+IDS = SpecialIds(pad=0, bos=2, eos=3)
+VOCAB = 6  # [PAD] [UNK] [CLS] [SEP] a b: three tokens to choose from, plus [SEP]
+
+
+def tiny_model(seed: int, vocab: int = VOCAB, sharpness: float = 1.0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=8, dropout=0.0), vocab, vocab, IDS.pad).eval()
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(sharpness)
+        model.decoder.output.bias.mul_(sharpness)
+    return model
+
+
+def sequence_log_prob(model, source, tokens, limit):
+    """The model's score of one full hypothesis, computed teacher-forced (no search involved)."""
+    src_ids, src_lengths = pad_sources([source], IDS.pad, IDS.eos)
+    tgt_in = torch.tensor([[IDS.bos] + list(tokens)])
+    with torch.no_grad():
+        logits = model(src_ids, src_lengths, tgt_in)[0].float()
+    logits[:, [IDS.pad, IDS.bos]] = float("-inf")
+    log_probs = torch.log_softmax(logits, dim=-1)
+    total = sum(float(log_probs[i, token]) for i, token in enumerate(tokens))
+    assert len(tokens) <= limit
+    return total + float(log_probs[len(tokens), IDS.eos])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_large_beam_equals_exhaustive_search(seed, alpha):
+    model = tiny_model(seed, sharpness=3.0)
+    source, limit = [4, 5, 1], 4
+    choices = [1, 4, 5]
+    best = max(((sequence_log_prob(model, source, seq, limit) / length_penalty(len(seq) + 1, alpha), seq)
+                for n in range(limit + 1) for seq in itertools.product(choices, repeat=n)))
+    src_ids, src_lengths = pad_sources([source], IDS.pad, IDS.eos)
+    found = beam_search(model, src_ids, src_lengths, IDS, torch.tensor([limit]), beam_size=128, alpha=alpha)[0][0]
+    assert tuple(found.tokens) == best[1]
+    assert found.score == pytest.approx(best[0], abs=1e-4)
+    assert found.log_prob == pytest.approx(sequence_log_prob(model, source, found.tokens, limit), abs=1e-4)
+
+
+def make_batch(sources):
+    src_ids, src_lengths = pad_sources(sources, IDS.pad, IDS.eos)
+    return src_ids, src_lengths, torch.full((len(sources),), 7)
+
+
+SOURCES = [[4, 5, 1, 4], [5], [1, 1, 4, 5, 5, 4, 1], [4, 4], [5, 1, 5]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beam_never_scores_below_greedy(seed):
+    model = tiny_model(seed, vocab=12, sharpness=2.0)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    greedy = greedy_search(model, src_ids, src_lengths, IDS, limits)
+    for beam in (2, 5):
+        found = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=beam, alpha=0.0)
+        for g, b in zip(greedy, found):
+            assert b[0].log_prob >= g.log_prob - 1e-5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_beam_of_one_is_greedy(seed):
+    model = tiny_model(seed, vocab=12, sharpness=2.0)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    greedy = greedy_search(model, src_ids, src_lengths, IDS, limits, keep_attention=True)
+    beam = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=1, alpha=0.0, keep_attention=True)
+    for g, b in zip(greedy, beam):
+        assert b[0].tokens == g.tokens
+        assert b[0].log_prob == pytest.approx(g.log_prob, abs=1e-5)
+        torch.testing.assert_close(b[0].attention, g.attention)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_batch_composition_does_not_change_output(beam):
+    model = tiny_model(0, vocab=12, sharpness=3.0)
+    alone = [translate_ids(model, [s], IDS, torch.device("cpu"), beam_size=beam)[0] for s in SOURCES]
+    for batch_size in (2, 5):
+        for order in (SOURCES, SOURCES[::-1]):
+            together = translate_ids(model, order, IDS, torch.device("cpu"), batch_size=batch_size, beam_size=beam)
+            if order is not SOURCES:
+                together = together[::-1]
+            for a, t in zip(alone, together):
+                assert [h.tokens for h in t] == [h.tokens for h in a]
+                assert t[0].score == pytest.approx(a[0].score, abs=1e-4)
+
+
+def test_nbest_lists_and_length_limits():
+    model = tiny_model(1, vocab=12, sharpness=0.5)  # flat distributions: long hypotheses
+    src_ids, src_lengths, _ = make_batch(SOURCES)
+    limits = torch.tensor([3, 1, 6, 2, 0])
+    results = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=6, nbest=4, keep_attention=True)
+    for nbest, limit, length in zip(results, limits.tolist(), src_lengths.tolist()):
+        assert len(nbest) == (1 if limit == 0 else 4)  # at limit 0 the empty output is all there is
+        scores = [h.score for h in nbest]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in nbest}) == len(nbest)
+        for h in nbest:
+            assert len(h.tokens) <= limit
+            assert IDS.pad not in h.tokens and IDS.bos not in h.tokens and IDS.eos not in h.tokens
+            assert h.attention.shape == (len(h.tokens) + 1, length)
+            torch.testing.assert_close(h.attention.sum(-1), torch.ones(len(h.tokens) + 1))
+    greedy = greedy_search(model, src_ids, src_lengths, IDS, limits)
+    assert all(len(g.tokens) <= limit for g, limit in zip(greedy, limits.tolist()))
