@@ -184,6 +184,23 @@ def evaluate(
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
 
 
+@app.command()
+def info(
+    run_dir: Path = typer.Argument(..., help="A run directory written by s2s train."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a run: config highlights, size, best dev BLEU, speed, checkpoints.
+
+    Example: s2s info runs/toy --json
+    """
+    import json
+
+    from seq2seq_cli.metrics import format_summary, run_summary
+
+    summary = run_summary(run_dir)
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
 def main() -> None:
     try:
         app()

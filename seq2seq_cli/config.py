@@ -69,9 +69,10 @@ class ModelConfig:
     embed_type: str = "rand"
     # The BertModel for embed_type=bert; None means the same path/name as tokenizer.pretrained.
     bert_model: Optional[str] = None
-    # 0: project [gru output; context; embedding] straight to the vocabulary (the seed's design);
-    # N > 0: a tanh layer down to N units first, which shrinks the largest matmul.
-    output_dim: int = 0
+    # N > 0: a tanh layer from [gru output; context; embedding] down to N units before the
+    # vocabulary projection, which shrinks the largest matmul (1.6x faster training at
+    # emb/hidden 256, vocab 8k); 0: project straight to the vocabulary, as the seed did.
+    output_dim: int = 256
 
 
 @dataclass
@@ -107,6 +108,8 @@ class TrainingConfig:
     # Stop after this many validations without a better dev BLEU; 0 disables early stopping.
     patience: int = 0
     log_every: int = 100
+    # Also log the scalars of metrics.jsonl to RUN/tensorboard (needs the tensorboard extra).
+    tensorboard: bool = False
 
 
 @dataclass

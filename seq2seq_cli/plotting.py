@@ -35,3 +35,35 @@ def plot_attention(path: str | Path, source_pieces: Sequence[str], target_pieces
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
+
+
+CURVES_SIZE = (1200, 800)  # pixels
+
+
+def plot_curves(records: Sequence[dict], path: str | Path) -> None:
+    """Train loss, dev loss, dev perplexity and dev BLEU against step, as one PNG (written atomically)."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("train", "train_loss", "train loss (label-smoothed)"), ("valid", "dev_loss", "dev loss"),
+              ("valid", "dev_ppl", "dev perplexity"), ("valid", "dev_bleu", "dev BLEU (greedy)")]
+    width, height = CURVES_SIZE
+    figure, axes = plt.subplots(2, 2, figsize=(width / DPI, height / DPI), dpi=DPI)
+    for axis, (event, key, title) in zip(axes.flat, panels):
+        points = [(r["step"], r[key]) for r in records if r.get("event") == event and key in r]
+        if points:
+            steps, values = zip(*points)
+            axis.plot(steps, values, marker="o" if event == "valid" else None, markersize=3)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=DPI, format="png")
+    plt.close(figure)
+    os.replace(tmp, path)

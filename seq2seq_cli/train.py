@@ -6,13 +6,14 @@ Run directory layout::
     RUN/tokenizer/               the tokenizer(s), save_pretrained form
     RUN/checkpoints/best.pt      best dev BLEU so far (weights, config, sizes)
     RUN/checkpoints/last.pt      latest state (plus optimizer and schedule)
-    RUN/metrics.jsonl            one JSON object per log, validation or test event
+    RUN/metrics.jsonl            one JSON object per event: start, train, valid, end
+    RUN/curves.png               train/dev loss, dev perplexity and dev BLEU against step
+    RUN/tensorboard/             the same scalars for TensorBoard (training.tensorboard: true)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -33,13 +34,15 @@ from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import autocast, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
+from seq2seq_cli.metrics import MetricsLog, read_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
+from seq2seq_cli.plotting import plot_curves
 from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
 
 log = logging.getLogger(__name__)
 
 # What a run directory holds that s2s wrote; --overwrite removes these and nothing else.
-RUN_DIR_ENTRIES = ("config.yaml", "tokenizer", "checkpoints", "metrics.jsonl")
+RUN_DIR_ENTRIES = ("config.yaml", "tokenizer", "checkpoints", "metrics.jsonl", "curves.png", "tensorboard")
 
 
 def set_seed(seed: int) -> None:
@@ -118,18 +121,6 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
                            ignore_index=pad_id, label_smoothing=label_smoothing, reduction="sum")
 
 
-class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl, flushed at once."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, **record: Any) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-
-
 class Trainer:
     def __init__(self, config: Config, model: Seq2Seq, vocabs: Vocabularies, train_batches: TokenBatches,
                  dev: ParallelCorpus, device: torch.device, run_dir: Path,
@@ -143,7 +134,9 @@ class Trainer:
         self.test = test
         self.device = device
         self.run_dir = run_dir
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl",
+                                  run_dir / "tensorboard" if config.training.tensorboard else None)
+        self.started = time.perf_counter()
         self.model_args = {"src_vocab_size": vocabs.src_size, "tgt_vocab_size": vocabs.tgt_size,
                            "pad_id": vocabs.pad_id,
                            "pretrained_dim": self._pretrained_dim()}
@@ -158,6 +151,9 @@ class Trainer:
         self.validations_without_improvement = 0
         self.saved_steps: list[int] = []
 
+    def record(self, **values: Any) -> None:
+        self.metrics.write(**values, elapsed_s=round(time.perf_counter() - self.started, 1))
+
     def _pretrained_dim(self) -> int:
         embedding = self.model.encoder.embedding
         return embedding[0].embedding_dim if isinstance(embedding, torch.nn.Sequential) else 0
@@ -166,7 +162,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         training = self.training
-        start = time.perf_counter()
+        start = self.started = time.perf_counter()
         deadline = start + training.max_minutes * 60 if training.max_minutes else math.inf
         progress = _progress_bar(training.max_steps)
         interval_loss = torch.zeros((), device=self.device)
@@ -203,7 +199,7 @@ class Trainer:
                               "train_loss": round(float(interval_loss) / max(interval_tokens, 1), 5),
                               "lr": self.optimizer.param_groups[0]["lr"],
                               "tokens_per_s": round(interval_tokens / max(elapsed, 1e-9), 1)}
-                    self.metrics.write(**record)
+                    self.record(**record)
                     _report(progress, record)
                     interval_loss.zero_()
                     interval_tokens, interval_start, interval_steps = 0, time.perf_counter(), 0
@@ -238,7 +234,8 @@ class Trainer:
                    "best_dev_bleu": self.best_bleu, "best_step": self.best_step, "wall_s": round(wall, 1)}
         if self.test is not None:
             summary["test_bleu"] = self.evaluate_test()
-        self.metrics.write(**summary)
+        self.record(**summary)
+        self.metrics.close()
         return summary
 
     # -- validation and checkpoints -------------------------------------------------------------
@@ -279,7 +276,7 @@ class Trainer:
         record = {"event": "valid", "step": self.step, "epoch": self.epoch + 1, "dev_loss": round(loss, 5),
                   "dev_ppl": round(math.exp(min(loss, 50.0)), 3), "dev_bleu": round(bleu, 2),
                   "best_dev_bleu": round(self.best_bleu, 2), "valid_s": round(time.perf_counter() - started, 1)}
-        self.metrics.write(**record)
+        self.record(**record)
         log.info("validation at step %d: dev loss %.4f, ppl %.2f, BLEU %.2f%s", self.step, loss,
                  record["dev_ppl"], bleu, " (new best)" if improved else "")
         for source, reference, hypothesis in list(zip(self.dev.src_lines, self.dev.tgt_lines, hypotheses))[:2]:
@@ -287,6 +284,7 @@ class Trainer:
         if improved:
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", self._payload(full=False))
         self.save_last()
+        plot_curves(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
         patience = self.training.patience
         return bool(patience) and self.validations_without_improvement >= patience
 
@@ -377,4 +375,8 @@ def train(config: Config, overwrite: bool = False) -> dict[str, Any]:
              config.training.batch_tokens, run_dir)
     batches = TokenBatches(corpus, vocabs, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
     trainer = Trainer(config, model, vocabs, batches, dev, device, run_dir, test)
+    trainer.record(event="start", step=0, epoch=1, device=str(device), parameters=parameters,
+                   src_vocab_size=vocabs.src_size, tgt_vocab_size=vocabs.tgt_size, train_pairs=len(corpus),
+                   dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(dev),
+                   batch_tokens=config.training.batch_tokens, seed=config.training.seed)
     return trainer.fit()

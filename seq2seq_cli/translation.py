@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import select
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator
 
 import torch
 

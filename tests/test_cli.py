@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_config, toy_lines, write_corpus
+from conftest import tiny_config, toy_lines, write_corpus
 
 
 def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from seq2seq_cli.config import TokenizerConfig
 from seq2seq_cli.data import (ParallelCorpus, TokenBatches, collate, filter_pairs, read_lines, read_parallel,

@@ -1,0 +1,227 @@
+"""Training and decoding throughput of s2s against a seed-style reference, with MFU.
+
+    python benchmarks/speed.py --data ../shared/data/multi30k [--device cpu|cuda] [--json out.json]
+
+Multi30k de->en, emb 256 / hidden 256 / joint WordPiece vocabulary of 8000. In one run on one
+machine it measures:
+
+1. s2s training throughput (target tokens/s over real tokens; forward, backward, optimizer step)
+   with length-bucketed batches of --batch-tokens;
+2. the same for benchmarks/reference.py (sentence batches of --ref-batch-sentences in file order);
+3. greedy and beam-5 decoding of test2016: s2s batched, the reference one sentence at a time.
+   Both decode with the weights s2s has after its timed training, so they produce the same
+   translations (the run checks how many greedy outputs agree);
+4. peak memory (RSS on CPU, max allocated on CUDA);
+5. model FLOPs per target token counted from the layer sizes (only work the model needs:
+   real tokens, attention keys once per source position), the achieved FLOP/s, and that as a
+   fraction of the fp32 matmul peak measured in this run (MFU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seq2seq_cli.config import DecodingConfig, ModelConfig, TokenizerConfig
+from seq2seq_cli.data import TokenBatches, collate, filter_pairs, read_lines, read_parallel, tokenize_corpus
+from seq2seq_cli.decoding import translate_corpus
+from seq2seq_cli.device import autocast, select_device
+from seq2seq_cli.model import build_model
+from seq2seq_cli.tokenization import build_vocabularies
+from seq2seq_cli.train import sequence_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, size: int = 2048) -> float:
+    """Best fp32 FLOP/s (bf16 on CUDA, as training uses) of a square matmul."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        size = 8192
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(8):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best
+
+
+def flops_per_target_token(config: ModelConfig, vocab: int, src_per_tgt: float, attended_per_tgt: float) -> float:
+    """Forward+backward FLOPs per target token: 3x the forward multiply-adds, times 2.
+
+    ``src_per_tgt``: source tokens per target token; ``attended_per_tgt``: source positions
+    each target step attends over (averaged over target tokens)."""
+    e, h = config.embed_dim, config.hidden_size
+    a = config.attention_dim or h
+    features = h + 2 * h + e
+    decoder = 3 * h * (2 * h + e) + 3 * h * h  # GRU cell
+    decoder += h * a + attended_per_tgt * (a + 2 * h)  # query projection, v . tanh, context
+    decoder += features * config.output_dim + config.output_dim * vocab if config.output_dim else features * vocab
+    encoder = 2 * 4 * h * (e + h) + (config.encoder_layers - 1) * 2 * 4 * h * (2 * h + h) + 2 * h * a
+    return 2 * 3 * (decoder + encoder * src_per_tgt)
+
+
+def train_throughput(step, batches, seconds: float, device, warmup: int = 3):
+    """Run ``step(batch)`` over ``batches`` (cycled) for about ``seconds``; return tokens/s."""
+    for batch in batches[:warmup]:
+        step(batch)
+    synchronize(device)
+    tokens, count, started = 0, 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch = batches[(warmup + count) % len(batches)]
+        step(batch)
+        tokens += batch.n_tgt_tokens
+        count += 1
+    synchronize(device)
+    return tokens / (time.perf_counter() - started), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--output-dim", type=int, default=ModelConfig.output_dim)
+    parser.add_argument("--batch-tokens", type=int, default=4000)
+    parser.add_argument("--ref-batch-sentences", type=int, default=128)
+    parser.add_argument("--train-seconds", type=float, default=90.0)
+    parser.add_argument("--ref-train-seconds", type=float, default=45.0)
+    parser.add_argument("--ref-sentences", type=int, default=200, help="test sentences the reference decodes")
+    parser.add_argument("--beam-size", type=int, default=5)
+    args = parser.parse_args()
+    device = select_device(args.device)
+    torch.manual_seed(1)
+
+    src_lines, tgt_lines = read_parallel(args.data / "train.de", args.data / "train.en")
+    vocabs = build_vocabularies(TokenizerConfig(vocab_size=8000), src_lines, tgt_lines)
+    corpus, _, _ = filter_pairs(tokenize_corpus(vocabs, str(args.data / "train.de"), str(args.data / "train.en")), 100)
+    config = ModelConfig(embed_dim=256, hidden_size=256, dropout=0.3, output_dim=args.output_dim)
+    src_per_tgt = sum(len(s) + 1 for s in corpus.src_ids) / sum(len(t) + 1 for t in corpus.tgt_ids)
+    attended = sum((len(s) + 1) * (len(t) + 1) for s, t in zip(corpus.src_ids, corpus.tgt_ids)) / sum(
+        len(t) + 1 for t in corpus.tgt_ids)
+    flops = flops_per_target_token(config, vocabs.tgt_size, src_per_tgt, attended)
+
+    peak = matmul_peak(device)
+
+    # 1. s2s training
+    model = build_model(config, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id).to(device).train()
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused)
+    token_batches = TokenBatches(corpus, vocabs, args.batch_tokens, seed=1)
+    s2s_batches = [token_batches.make_batch(b).to(device) for b in token_batches.epoch_batches(0)]
+
+    def s2s_step(batch):
+        with autocast(device):
+            logits = model(batch.src_ids, batch.src_lengths, batch.tgt_in)
+            loss = sequence_loss(logits, batch.tgt_out, vocabs.pad_id, 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        (loss / batch.n_tgt_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    s2s_tps, s2s_steps = train_throughput(s2s_step, s2s_batches, args.train_seconds, device)
+
+    # 2. reference training, on its own copy of the initial-size model
+    torch.manual_seed(1)
+    seed_style = reference.from_s2s(build_model(config, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id)).to(device)
+    seed_style.train()
+    ref_optimizer = torch.optim.AdamW(seed_style.parameters(), lr=1e-3)
+    n = args.ref_batch_sentences
+    ref_batches = [collate(corpus.src_ids[i: i + n], corpus.tgt_ids[i: i + n], vocabs).to(device)
+                   for i in range(0, len(corpus), n)]
+
+    def ref_step(batch):
+        logits = seed_style(batch.src_ids, batch.src_lengths, batch.tgt_in)
+        loss = sequence_loss(logits, batch.tgt_out, vocabs.pad_id, 0.1)
+        ref_optimizer.zero_grad(set_to_none=True)
+        (loss / batch.n_tgt_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(seed_style.parameters(), 1.0)
+        ref_optimizer.step()
+
+    ref_tps, ref_steps = train_throughput(ref_step, ref_batches, args.ref_train_seconds, device)
+
+    # 3. decoding test2016 with the weights s2s has now
+    model.eval()
+    test = vocabs.encode_src(read_lines(args.data / "test_2016_flickr.de"))
+    decoding = DecodingConfig(batch_size=128)
+    reference_model = reference.from_s2s(model).to(device).eval()
+    rows = {}
+    for name, beam in (("greedy", 1), (f"beam{args.beam_size}", args.beam_size)):
+        settings = dataclasses.replace(decoding, beam_size=beam)
+        translate_corpus(model, vocabs, test[:64], settings, device)  # warm-up
+        synchronize(device)
+        started = time.perf_counter()
+        ours = translate_corpus(model, vocabs, test, settings, device)
+        synchronize(device)
+        s2s_rate = len(test) / (time.perf_counter() - started)
+        subset = test[: args.ref_sentences]
+        started = time.perf_counter()
+        theirs = []
+        for source in subset:
+            src_ids = torch.tensor([source + [vocabs.eos_id]], device=device)
+            limit = int(len(source) * decoding.max_length_ratio) + decoding.max_length_offset
+            if beam == 1:
+                theirs.append(reference_model.greedy(src_ids, vocabs.bos_id, vocabs.eos_id, limit))
+            else:
+                theirs.append(reference_model.beam(src_ids, vocabs.bos_id, vocabs.eos_id, limit, beam,
+                                                   decoding.length_penalty))
+        synchronize(device)
+        ref_rate = len(subset) / (time.perf_counter() - started)
+        agree = sum(o[0].tokens == t for o, t in zip(ours, theirs)) / len(subset)
+        rows[name] = {"s2s_sentences_per_s": round(s2s_rate, 1), "reference_sentences_per_s": round(ref_rate, 1),
+                      "speedup": round(s2s_rate / ref_rate, 2), "same_output_fraction": round(agree, 3)}
+
+    achieved = flops * s2s_tps
+    result = {
+        "device": str(device), "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "model": dataclasses.asdict(config), "vocab_size": vocabs.tgt_size,
+        "batch_tokens": args.batch_tokens, "reference_batch_sentences": n,
+        "train_tokens_per_s": round(s2s_tps, 1), "train_steps_timed": s2s_steps,
+        "reference_train_tokens_per_s": round(ref_tps, 1), "reference_train_steps_timed": ref_steps,
+        "train_speedup": round(s2s_tps / ref_tps, 2),
+        "greedy_speedup": rows["greedy"]["speedup"], "beam_speedup": rows[f"beam{args.beam_size}"]["speedup"],
+        "decoding": rows,
+        "flops_per_target_token": round(flops), "achieved_flops_per_s": round(achieved),
+        "matmul_peak_flops_per_s": round(peak), "train_mfu": round(achieved / peak, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if device.type == "cuda":
+        result["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+
+    print(f"device {device}, {torch.get_num_threads()} threads, model emb 256 / hidden 256 / vocab {vocabs.tgt_size}, "
+          f"output_dim {config.output_dim}")
+    print(f"{'measure':<34} {'s2s':>12} {'reference':>12} {'ratio':>8}")
+    print(f"{'train target tokens/s':<34} {s2s_tps:>12.0f} {ref_tps:>12.0f} {result['train_speedup']:>7.2f}x")
+    for name, row in rows.items():
+        print(f"{name + ' sentences/s (test2016)':<34} {row['s2s_sentences_per_s']:>12.1f} "
+              f"{row['reference_sentences_per_s']:>12.1f} {row['speedup']:>7.2f}x   same output: "
+              f"{row['same_output_fraction']:.0%}")
+    print(f"model FLOPs per target token {flops / 1e6:.1f} M; achieved {achieved / 1e9:.1f} GFLOP/s; "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {result['train_mfu']:.1%}")
+    print(f"peak memory {result['peak_rss_mb']:.0f} MB RSS" + (
+        f", {result['peak_cuda_allocated_mb']:.0f} MB CUDA" if device.type == "cuda" else ""))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

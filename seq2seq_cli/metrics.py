@@ -1,0 +1,136 @@
+"""What a run records about itself: metrics.jsonl, optional TensorBoard scalars, and summaries.
+
+``metrics.jsonl`` holds one JSON object per event: ``start`` (device, sizes), ``train``
+(loss, learning rate, tokens/s), ``valid`` (dev loss, perplexity, BLEU), ``end``. Every
+record has ``step``, ``epoch`` and ``elapsed_s`` (seconds since training started).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from seq2seq_cli.errors import UserError
+
+# The scalars sent to TensorBoard, by event: record key -> tag.
+TENSORBOARD_TAGS = {
+    "train": {"train_loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s"},
+    "valid": {"dev_loss": "dev/loss", "dev_ppl": "dev/ppl", "dev_bleu": "dev/bleu"},
+}
+
+
+def open_tensorboard(folder: Path):
+    """A SummaryWriter, or a clear error when the optional TensorBoard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("training.tensorboard=true needs TensorBoard: pip install -e \".[tensorboard]\" "
+                        "(or set training.tensorboard=false)") from None
+    return SummaryWriter(log_dir=str(folder))
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl (flushed at once) and mirrors scalars to TensorBoard."""
+
+    def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None):
+        self.path = path
+        self.tensorboard = open_tensorboard(tensorboard_dir) if tensorboard_dir is not None else None
+
+    def write(self, **record: Any) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        if self.tensorboard is not None:
+            for key, tag in TENSORBOARD_TAGS.get(record.get("event"), {}).items():
+                if key in record:
+                    self.tensorboard.add_scalar(tag, record[key], record["step"])
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl; a torn last line (a crash mid-write) is skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """The facts ``s2s info`` prints about a run directory."""
+    from seq2seq_cli.config import config_from_dict
+
+    metrics_file = run_dir / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl; is this an s2s run directory?")
+    records = read_metrics(metrics_file)
+    start = next((r for r in records if r["event"] == "start"), {})
+    train = [r for r in records if r["event"] == "train"]
+    valid = [r for r in records if r["event"] == "valid"]
+    end = next((r for r in reversed(records) if r["event"] == "end"), None)
+    best = max(valid, key=lambda r: r["dev_bleu"], default=None)
+    checkpoints = {}
+    for name in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{name}.pt"
+        if path.is_file():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoints[name] = {"path": str(path), "step": payload["step"]}
+            parameters = sum(t.numel() for t in payload["model"].values())
+            config = config_from_dict(payload["config"], source=str(path))
+    if not checkpoints:
+        raise UserError(f"{run_dir}: no checkpoints/best.pt or last.pt yet")
+    return {
+        "run_dir": str(run_dir),
+        "data": {"train_src": config.data.train_src, "train_tgt": config.data.train_tgt},
+        "model": {"embed_dim": config.model.embed_dim, "hidden_size": config.model.hidden_size,
+                  "encoder_layers": config.model.encoder_layers, "output_dim": config.model.output_dim,
+                  "src_vocab_size": start.get("src_vocab_size"), "tgt_vocab_size": start.get("tgt_vocab_size")},
+        "parameters": parameters,
+        "device": start.get("device"),
+        "train_pairs": start.get("train_pairs"),
+        "best_dev_bleu": best["dev_bleu"] if best else None,
+        "best_step": best["step"] if best else None,
+        "last_step": max((r["step"] for r in records), default=0),
+        "finished": end is not None,
+        "wall_s": max((r.get("elapsed_s", 0.0) for r in records), default=0.0),
+        "tokens_per_s": round(sum(r["tokens_per_s"] for r in train) / len(train), 1) if train else None,
+        "test_bleu": end.get("test_bleu") if end else None,
+        "checkpoints": checkpoints,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    model = summary["model"]
+    minutes = summary["wall_s"] / 60
+    lines = [
+        f"run           {summary['run_dir']}" + ("" if summary["finished"] else "  (not finished)"),
+        f"data          {summary['data']['train_src']} -> {summary['data']['train_tgt']}"
+        + (f" ({summary['train_pairs']} pairs)" if summary["train_pairs"] else ""),
+        f"model         emb {model['embed_dim']}, hidden {model['hidden_size']}, {model['encoder_layers']} encoder "
+        f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}",
+        f"parameters    {summary['parameters']:,}",
+        f"device        {summary['device']}",
+        f"best dev BLEU {_number(summary['best_dev_bleu'])} at step {summary['best_step']}",
+        f"last step     {summary['last_step']}",
+        f"wall time     {minutes:.1f} min",
+        f"tokens/s      {_number(summary['tokens_per_s'], '.0f')}",
+    ]
+    if summary["test_bleu"] is not None:
+        lines.append(f"test BLEU     {summary['test_bleu']:.2f} (best checkpoint, greedy)")
+    for name, info in summary["checkpoints"].items():
+        lines.append(f"{name + ' checkpoint':<14}{info['path']} (step {info['step']})")
+    return "\n".join(lines)
+
+
+def _number(value, spec: str = ".2f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)

@@ -1,0 +1,97 @@
+"""Seeing what a run does: curves, TensorBoard scalars, s2s info, help texts, completion."""
+
+import builtins
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq_cli.config import load_config
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.metrics import read_metrics
+from seq2seq_cli.plotting import CURVES_SIZE
+from seq2seq_cli.train import train
+
+from conftest import tiny_config
+from test_cli import s2s
+from test_translate_cli import png_size
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("observe")
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 8, "validate_every": 4, "tensorboard": True}))
+    train(config)
+    return Path(config.run_dir)
+
+
+def test_curves_png(run):
+    width, height = png_size(run / "curves.png")
+    assert (width, height) == CURVES_SIZE and width >= 800
+
+
+def test_tensorboard_event_files_hold_the_tags(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "dev/loss", "dev/ppl", "dev/bleu"} <= tags
+    assert [e.step for e in events.Scalars("dev/bleu")] == [4, 8]
+
+
+def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    config = load_config(tiny_config(tmp_path, training={"tensorboard": True}))
+    with pytest.raises(UserError, match=r"pip install -e \".\[tensorboard\]\""):
+        train(config)
+
+
+def test_info_json_matches_metrics(run):
+    result = s2s("info", run, "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    summary = json.loads(result.stdout)
+    records = read_metrics(run / "metrics.jsonl")
+    valid = [r for r in records if r["event"] == "valid"]
+    train_events = [r for r in records if r["event"] == "train"]
+    best = max(valid, key=lambda r: r["dev_bleu"])
+    assert summary["best_dev_bleu"] == best["dev_bleu"] and summary["best_step"] == best["step"]
+    assert summary["last_step"] == 8 and summary["finished"]
+    assert summary["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in train_events) / len(train_events),
+                                                    abs=0.1)
+    assert summary["device"] == "cpu" and summary["parameters"] > 0
+    assert summary["checkpoints"]["last"]["step"] == 8
+    human = s2s("info", run)
+    assert "best dev BLEU" in human.stdout.decode() and human.returncode == 0
+
+
+def test_info_on_a_folder_that_is_not_a_run(tmp_path):
+    result = s2s("info", tmp_path)
+    assert result.returncode == 2 and "no metrics.jsonl" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("command", ["train", "translate", "evaluate", "info"])
+def test_help_has_purpose_and_example(command):
+    result = s2s(command, "--help")
+    text = result.stdout.decode()
+    assert result.returncode == 0
+    assert "Example:" in text and f"s2s {command}" in text
+
+
+def test_shell_completion_lists_commands():
+    script = shutil.which("s2s") or str(Path(sys.executable).parent / "s2s")
+    env = dict(os.environ, _S2S_COMPLETE="complete_bash", COMP_WORDS="s2s tr", COMP_CWORD="1")
+    result = subprocess.run([script], env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0
+    assert {"train", "translate"} <= set(result.stdout.decode().split())
