@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from seq2seq_cli import __version__
 from seq2seq_cli.config import Config, config_from_dict
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
@@ -40,8 +42,28 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def save_atomically(folder: str | Path, save) -> None:
+    """Fill a folder through ``save(path)`` in a temporary sibling, then rename it into place."""
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda out: torch.save({"format_version": FORMAT_VERSION, **payload}, out))
+    """Save atomically; a full disk is a clear error and leaves the previous checkpoint as it was."""
+    payload = {"format_version": FORMAT_VERSION, "s2s_version": __version__, **payload}
+    try:
+        atomic_write(path, lambda out: torch.save(payload, out))
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous one is "
+                        "unchanged. Free disk space, then continue with s2s train --resume") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,8 +79,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not an s2s checkpoint (no model weights or sizes in it)")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {version} but this s2s reads format {FORMAT_VERSION}")
+        raise UserError(f"{path}: checkpoint format {version} (written by s2s {payload.get('s2s_version', '?')}) "
+                        f"but this s2s {__version__} reads format {FORMAT_VERSION}")
     return payload
+
+
+def checkpoint_config(payload: dict[str, Any], path: Path) -> Config:
+    """The config stored in a checkpoint, or an error that says how it does not fit this s2s."""
+    try:
+        return config_from_dict(payload["config"], source=str(path))
+    except UserError as err:
+        raise UserError(f"{path} was written by s2s {payload.get('s2s_version', '?')} with a config this "
+                        f"s2s {__version__} does not accept: {str(err).split(': ', 1)[-1]}") from None
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -79,7 +111,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabul
     """Everything needed to translate: the model (in eval mode), its tokenizers and its config."""
     checkpoint_file, run_dir = find_checkpoint(path)
     payload = load_checkpoint(checkpoint_file)
-    config = config_from_dict(payload["config"], source=str(checkpoint_file))
+    config = checkpoint_config(payload, checkpoint_file)
     tokenizer_dir = run_dir / "tokenizer"
     if not tokenizer_dir.is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer folder missing; a run directory needs it to translate")

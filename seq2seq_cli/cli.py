@@ -27,29 +27,41 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)
 
 
 @app.command()
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config file."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (with --resume: default RUN/config.yaml)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: the config's run_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run an existing run directory holds."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
                                                     help="Config overrides, e.g. training.max_steps=200."),
 ) -> None:
-    """Train a model from a config file.
+    """Train a model from a config file, or resume a run.
 
     Example: s2s train --config configs/toy.yaml training.max_steps=200
     """
     from seq2seq_cli.config import load_config, resolve_paths
+    from seq2seq_cli.train import TrainingInterrupted
     from seq2seq_cli.train import train as run_training
 
-    settings = load_config(config, overrides or [])
-    if run_dir is not None:
-        settings.run_dir = str(run_dir)
+    if config is None and resume is None:
+        raise UserError("give --config FILE to start a run, or --resume RUN_DIR to continue one")
+    if resume is not None and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it; choose one")
+    if resume is not None and run_dir is not None and run_dir.resolve() != resume.resolve():
+        raise UserError(f"--run-dir {run_dir} and --resume {resume} name different runs; give only --resume")
+    settings = load_config(config if config is not None else resume / "config.yaml", overrides or [])
+    if resume is not None or run_dir is not None:
+        settings.run_dir = str(resume if resume is not None else run_dir)
         resolve_paths(settings)
-    run_training(settings, overwrite=overwrite)
+    try:
+        run_training(settings, overwrite=overwrite, resume=resume is not None)
+    except TrainingInterrupted as stop:
+        print(f"s2s: {stop}", file=sys.stderr)
+        raise typer.Exit(stop.exit_code)
 
 
 def _open_binary(path: Optional[Path], mode: str, default):

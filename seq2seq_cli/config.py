@@ -110,6 +110,8 @@ class TrainingConfig:
     log_every: int = 100
     # Also log the scalars of metrics.jsonl to RUN/tensorboard (needs the tensorboard extra).
     tensorboard: bool = False
+    # Stop (keeping the last good checkpoint) after this many non-finite losses in a row.
+    max_nonfinite_steps: int = 5
 
 
 @dataclass
@@ -218,6 +220,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("training.keep_last", lambda v: v >= 1, "at least 1"),
     ("training.patience", lambda v: v >= 0, "0 (off) or positive"),
     ("training.log_every", lambda v: v >= 1, "positive"),
+    ("training.max_nonfinite_steps", lambda v: v >= 1, "at least 1"),
     ("decoding.beam_size", lambda v: v >= 1, "at least 1"),
     ("decoding.length_penalty", lambda v: v >= 0, "0 or positive"),
     ("decoding.max_length_ratio", lambda v: v > 0, "positive"),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from seq2seq_cli.errors import UserError
 
@@ -23,27 +23,31 @@ TENSORBOARD_TAGS = {
 }
 
 
-def open_tensorboard(folder: Path):
+def open_tensorboard(folder: Path, purge_step: Optional[int] = None):
     """A SummaryWriter, or a clear error when the optional TensorBoard package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("training.tensorboard=true needs TensorBoard: pip install -e \".[tensorboard]\" "
                         "(or set training.tensorboard=false)") from None
-    return SummaryWriter(log_dir=str(folder))
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
 
 class MetricsLog:
     """Appends records to metrics.jsonl (flushed at once) and mirrors scalars to TensorBoard."""
 
-    def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None):
+    def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None, first_step: int = 1):
         self.path = path
-        self.tensorboard = open_tensorboard(tensorboard_dir) if tensorboard_dir is not None else None
+        self.tensorboard = None
+        if tensorboard_dir is not None:
+            # A resumed run drops what TensorBoard holds from the steps it trains again.
+            self.tensorboard = open_tensorboard(tensorboard_dir, purge_step=first_step if first_step > 1 else None)
 
     def write(self, **record: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+            os.fsync(handle.fileno())
         if self.tensorboard is not None:
             for key, tag in TENSORBOARD_TAGS.get(record.get("event"), {}).items():
                 if key in record:
@@ -66,9 +70,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run writes the later ones again), atomically."""
+    from seq2seq_cli.checkpoint import atomic_write
+
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("event") != "end"]
+    atomic_write(path, lambda out: out.write("".join(json.dumps(r) + "\n" for r in kept).encode("utf-8")))
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
-    from seq2seq_cli.config import config_from_dict
+    from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
 
     metrics_file = run_dir / "metrics.jsonl"
     if not metrics_file.is_file():
@@ -83,10 +97,10 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     for name in ("best", "last"):
         path = run_dir / "checkpoints" / f"{name}.pt"
         if path.is_file():
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_checkpoint(path)
             checkpoints[name] = {"path": str(path), "step": payload["step"]}
             parameters = sum(t.numel() for t in payload["model"].values())
-            config = config_from_dict(payload["config"], source=str(path))
+            config = checkpoint_config(payload, path)
     if not checkpoints:
         raise UserError(f"{run_dir}: no checkpoints/best.pt or last.pt yet")
     return {

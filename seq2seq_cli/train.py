@@ -19,7 +19,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -27,14 +29,14 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from seq2seq_cli.checkpoint import atomic_write, save_checkpoint
+from seq2seq_cli.checkpoint import atomic_write, checkpoint_config, load_checkpoint, save_atomically, save_checkpoint
 from seq2seq_cli.config import Config, TrainingConfig, check_training_files, to_dict, to_yaml
 from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_parallel, tokenize_corpus
 from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import autocast, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
-from seq2seq_cli.metrics import MetricsLog, read_metrics
+from seq2seq_cli.metrics import MetricsLog, read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
 from seq2seq_cli.plotting import plot_curves
 from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
@@ -121,10 +123,25 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
                            ignore_index=pad_id, label_smoothing=label_smoothing, reduction="sum")
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``last`` was saved. ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Trainer:
+    """The training loop and everything it must carry across a restart.
+
+    ``epoch`` counts finished epochs and ``batch_in_epoch`` the batches of the current epoch
+    already trained on; with the epoch's batch order a pure function of (seed, epoch) and the
+    RNG states saved, a resumed run continues exactly where the saved one was.
+    """
+
     def __init__(self, config: Config, model: Seq2Seq, vocabs: Vocabularies, train_batches: TokenBatches,
                  dev: ParallelCorpus, device: torch.device, run_dir: Path,
-                 test: Optional[ParallelCorpus] = None):
+                 test: Optional[ParallelCorpus] = None, resume_from: Optional[dict[str, Any]] = None):
         self.config = config
         self.training = config.training
         self.model = model
@@ -134,25 +151,37 @@ class Trainer:
         self.test = test
         self.device = device
         self.run_dir = run_dir
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl",
-                                  run_dir / "tensorboard" if config.training.tensorboard else None)
-        self.started = time.perf_counter()
         self.model_args = {"src_vocab_size": vocabs.src_size, "tgt_vocab_size": vocabs.tgt_size,
-                           "pad_id": vocabs.pad_id,
-                           "pretrained_dim": self._pretrained_dim()}
+                           "pad_id": vocabs.pad_id, "pretrained_dim": self._pretrained_dim()}
         fused = {"fused": True} if device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.training.learning_rate,
                                            weight_decay=self.training.weight_decay, **fused)
         self.schedule = LearningRateSchedule(self.optimizer, self.training)
         self.step = 0
         self.epoch = 0
+        self.batch_in_epoch = 0
         self.best_bleu = -math.inf
         self.best_step = 0
         self.validations_without_improvement = 0
         self.saved_steps: list[int] = []
+        self.interval_loss = 0.0
+        self.interval_tokens = 0
+        self.skipped_steps = 0
+        self.elapsed_before = 0.0  # training seconds of earlier runs of this training
+        self.validated_at = -1  # the step of the latest validation
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl",
+                                  run_dir / "tensorboard" if config.training.tensorboard else None,
+                                  first_step=self.step + 1)
+        self.started = time.perf_counter()
+        self.signal_received: Optional[int] = None
 
     def record(self, **values: Any) -> None:
-        self.metrics.write(**values, elapsed_s=round(time.perf_counter() - self.started, 1))
+        self.metrics.write(**values, elapsed_s=round(self.elapsed(), 1))
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
 
     def _pretrained_dim(self) -> int:
         embedding = self.model.encoder.embedding
@@ -162,81 +191,115 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         training = self.training
-        start = self.started = time.perf_counter()
-        deadline = start + training.max_minutes * 60 if training.max_minutes else math.inf
-        progress = _progress_bar(training.max_steps)
-        interval_loss = torch.zeros((), device=self.device)
-        interval_tokens, interval_start, interval_steps = 0, time.perf_counter(), 0
-        validated_at = -1
+        self.started = time.perf_counter()
+        progress = _progress_bar(training.max_steps, self.step)
+        interval_start = time.perf_counter()
+        interval_tokens_timed = 0
         stop_reason = None
+        nonfinite_in_row = 0
         self.model.train()
-        while stop_reason is None:
-            if training.max_epochs and self.epoch >= training.max_epochs:
-                stop_reason = f"reached max_epochs={training.max_epochs}"
-                break
-            for indices in self.train_batches.epoch_batches(self.epoch):
-                batch = self.train_batches.make_batch(indices).to(self.device)
-                self.step += 1
-                self.schedule.step(self.step)
-                with autocast(self.device):
-                    logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in,
-                                        training.teacher_forcing_ratio)
-                    loss = sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id, training.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss / batch.n_tgt_tokens).backward()
-                if training.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm)
-                self.optimizer.step()
-                interval_loss += loss.detach()
-                interval_tokens += batch.n_tgt_tokens
-                interval_steps += 1
-                if progress is not None:
-                    progress.update(1)
-
-                if self.step % training.log_every == 0:
-                    elapsed = time.perf_counter() - interval_start
-                    record = {"event": "train", "step": self.step, "epoch": self.epoch + 1,
-                              "train_loss": round(float(interval_loss) / max(interval_tokens, 1), 5),
-                              "lr": self.optimizer.param_groups[0]["lr"],
-                              "tokens_per_s": round(interval_tokens / max(elapsed, 1e-9), 1)}
-                    self.record(**record)
-                    _report(progress, record)
-                    interval_loss.zero_()
-                    interval_tokens, interval_start, interval_steps = 0, time.perf_counter(), 0
-
-                if training.validate_every and self.step % training.validate_every == 0:
-                    validated_at = self.step
-                    if self.validate_and_save():
-                        stop_reason = f"dev BLEU did not improve for {training.patience} validations"
-                elif training.save_every and self.step % training.save_every == 0:
-                    self.save_last()
-
-                if training.max_steps and self.step >= training.max_steps:
-                    stop_reason = stop_reason or f"reached max_steps={training.max_steps}"
-                if time.perf_counter() > deadline:
-                    stop_reason = stop_reason or f"reached max_minutes={training.max_minutes:g}"
-                if stop_reason:
+        if training.max_steps and self.step >= training.max_steps:
+            stop_reason = f"reached max_steps={training.max_steps}"
+        with _catch_signals(self):
+            while stop_reason is None:
+                if training.max_epochs and self.epoch >= training.max_epochs:
+                    stop_reason = f"reached max_epochs={training.max_epochs}"
                     break
-            else:
-                if not training.validate_every:
-                    validated_at = self.step
-                    if self.validate_and_save():
-                        stop_reason = f"dev BLEU did not improve for {training.patience} validations"
-                self.epoch += 1
+                epoch_batches = self.train_batches.epoch_batches(self.epoch)
+                while self.batch_in_epoch < len(epoch_batches):
+                    batch = self.train_batches.make_batch(epoch_batches[self.batch_in_epoch]).to(self.device)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    loss = self._train_step(batch)
+                    if loss is None:
+                        nonfinite_in_row += 1
+                        self.skipped_steps += 1
+                        log.warning("step %d: loss or gradients not finite, update skipped (%d in a row)",
+                                    self.step, nonfinite_in_row)
+                        if nonfinite_in_row >= training.max_nonfinite_steps:
+                            raise UserError(
+                                f"training diverged: {nonfinite_in_row} steps in a row with a non-finite loss at "
+                                f"step {self.step}; the last good checkpoint is {self.run_dir}/checkpoints/last.pt. "
+                                "Lower training.learning_rate or raise training.clip_grad_norm, then --resume")
+                    else:
+                        nonfinite_in_row = 0
+                        self.interval_loss += loss
+                        self.interval_tokens += batch.n_tgt_tokens
+                    interval_tokens_timed += batch.n_tgt_tokens
+                    if progress is not None:
+                        progress.update(1)
+
+                    if self.step % training.log_every == 0:
+                        seconds = time.perf_counter() - interval_start
+                        record = {"event": "train", "step": self.step, "epoch": self.epoch + 1,
+                                  "train_loss": round(self.interval_loss / max(self.interval_tokens, 1), 5),
+                                  "lr": self.optimizer.param_groups[0]["lr"],
+                                  "tokens_per_s": round(interval_tokens_timed / max(seconds, 1e-9), 1),
+                                  "skipped_steps": self.skipped_steps}
+                        self.record(**record)
+                        _report(progress, record)
+                        self.interval_loss, self.interval_tokens = 0.0, 0
+                        interval_start, interval_tokens_timed = time.perf_counter(), 0
+
+                    if training.validate_every and self.step % training.validate_every == 0:
+                        if self.validate_and_save():
+                            stop_reason = f"dev BLEU did not improve for {training.patience} validations"
+                    elif training.save_every and self.step % training.save_every == 0:
+                        self.save_last()
+
+                    if training.max_steps and self.step >= training.max_steps:
+                        stop_reason = stop_reason or f"reached max_steps={training.max_steps}"
+                    if training.max_minutes and self.elapsed() > training.max_minutes * 60:
+                        stop_reason = stop_reason or f"reached max_minutes={training.max_minutes:g}"
+                    if self.signal_received is not None:
+                        self._stop_for_signal()
+                    if stop_reason:
+                        break
+                else:
+                    if not training.validate_every:
+                        if self.validate_and_save(end_of_epoch=True):
+                            stop_reason = f"dev BLEU did not improve for {training.patience} validations"
+                    else:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         if progress is not None:
             progress.close()
-        if validated_at != self.step:
+        if self.validated_at != self.step:
             self.validate_and_save()
-        wall = time.perf_counter() - start
         log.info("stopped: %s after %d steps (%.1f min); best dev BLEU %.2f at step %d",
-                 stop_reason, self.step, wall / 60, self.best_bleu, self.best_step)
-        summary = {"event": "end", "step": self.step, "epoch": self.epoch + 1, "reason": stop_reason,
-                   "best_dev_bleu": self.best_bleu, "best_step": self.best_step, "wall_s": round(wall, 1)}
+                 stop_reason, self.step, self.elapsed() / 60, self.best_bleu, self.best_step)
+        summary = {"event": "end", "step": self.step, "epoch": self.epoch + (1 if self.batch_in_epoch else 0),
+                   "reason": stop_reason, "best_dev_bleu": self.best_bleu, "best_step": self.best_step,
+                   "skipped_steps": self.skipped_steps, "wall_s": round(self.elapsed(), 1)}
         if self.test is not None:
             summary["test_bleu"] = self.evaluate_test()
         self.record(**summary)
         self.metrics.close()
         return summary
+
+    def _train_step(self, batch) -> Optional[float]:
+        """One update; returns the summed loss, or None when it was not finite (no update made)."""
+        training = self.training
+        self.schedule.step(self.step)
+        with autocast(self.device):
+            logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio)
+            loss = sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id, training.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / batch.n_tgt_tokens).backward()
+        # The gradient norm is needed anyway for clipping; a non-finite one means a bad loss.
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm or math.inf)
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _stop_for_signal(self) -> None:
+        self.save_last()
+        name = signal.Signals(self.signal_received).name
+        message = (f"{name} received: stopped at step {self.step} (epoch {self.epoch + 1}) and saved "
+                   f"{self.run_dir / 'checkpoints' / 'last.pt'}; resume with: s2s train --resume {self.run_dir}")
+        self.metrics.close()
+        raise TrainingInterrupted(message, 128 + self.signal_received)
 
     # -- validation and checkpoints -------------------------------------------------------------
 
@@ -260,9 +323,13 @@ class Trainer:
         hypotheses = translate_corpus(self.model, self.vocabs, corpus.src_ids, greedy, self.device)
         return self.vocabs.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 
-    def validate_and_save(self) -> bool:
-        """Validate, write checkpoints; True when early stopping says to stop."""
+    def validate_and_save(self, end_of_epoch: bool = False) -> bool:
+        """Validate and write checkpoints; True when early stopping says to stop.
+
+        At the end of an epoch the epoch counter moves on before saving, so that a resumed
+        run starts the next epoch rather than repeating the validation."""
         started = time.perf_counter()
+        self.validated_at = self.step
         loss = self.dev_loss()
         hypotheses = self.translate(self.dev)
         bleu = corpus_bleu(hypotheses, self.dev.tgt_lines)
@@ -281,6 +348,8 @@ class Trainer:
                  record["dev_ppl"], bleu, " (new best)" if improved else "")
         for source, reference, hypothesis in list(zip(self.dev.src_lines, self.dev.tgt_lines, hypotheses))[:2]:
             log.info("  src: %s\n  ref: %s\n  hyp: %s", source, reference, hypothesis)
+        if end_of_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         if improved:
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", self._payload(full=False))
         self.save_last()
@@ -293,24 +362,50 @@ class Trainer:
                                    "model": self.model.state_dict(), "step": self.step, "epoch": self.epoch,
                                    "best_dev_bleu": self.best_bleu, "best_step": self.best_step}
         if full:
-            payload.update(optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
-                           validations_without_improvement=self.validations_without_improvement)
+            payload["trainer"] = {
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "batch_in_epoch": self.batch_in_epoch,
+                "validations_without_improvement": self.validations_without_improvement,
+                "saved_steps": list(self.saved_steps), "interval_loss": self.interval_loss,
+                "interval_tokens": self.interval_tokens, "skipped_steps": self.skipped_steps,
+                "elapsed_s": self.elapsed(), "validated_at": self.validated_at, "rng": _rng_states(),
+            }
         return payload
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        state = payload["trainer"]
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.epoch = payload["step"], payload["epoch"]
+        self.best_bleu, self.best_step = payload["best_dev_bleu"], payload["best_step"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.validations_without_improvement = state["validations_without_improvement"]
+        self.saved_steps = list(state["saved_steps"])
+        self.interval_loss, self.interval_tokens = state["interval_loss"], state["interval_tokens"]
+        self.skipped_steps, self.elapsed_before = state["skipped_steps"], state["elapsed_s"]
+        self.validated_at = state["validated_at"]
+        _set_rng_states(state["rng"])
 
     def save_last(self) -> None:
         folder = self.run_dir / "checkpoints"
+        keep = self.training.keep_last
+        if keep > 1:
+            self.saved_steps = ([s for s in self.saved_steps if s != self.step] + [self.step])[-keep:]
         save_checkpoint(folder / "last.pt", self._payload(full=True))
-        if self.training.keep_last > 1:
-            # Older states are kept as hard links (no extra disk) to each saved last.pt.
+        if keep > 1:
+            # Older states are kept as hard links (no extra disk) to each saved last.pt; any other
+            # step file (e.g. from a killed run's future) goes.
             snapshot = folder / f"step-{self.step:08d}.pt"
             snapshot.unlink(missing_ok=True)
             try:
                 os.link(folder / "last.pt", snapshot)
             except OSError:
                 shutil.copyfile(folder / "last.pt", snapshot)
-            self.saved_steps = [s for s in self.saved_steps if s != self.step] + [self.step]
-            while len(self.saved_steps) > self.training.keep_last:
-                (folder / f"step-{self.saved_steps.pop(0):08d}.pt").unlink(missing_ok=True)
+            wanted = {f"step-{s:08d}.pt" for s in self.saved_steps}
+            for stale in folder.glob("step-*.pt"):
+                if stale.name not in wanted:
+                    stale.unlink(missing_ok=True)
 
     def evaluate_test(self) -> float:
         best = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
@@ -320,12 +415,52 @@ class Trainer:
         return round(bleu, 2)
 
 
-def _progress_bar(total_steps: int):
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class _catch_signals:
+    """While training, SIGINT and SIGTERM ask the loop to save and stop after the current step.
+
+    A second signal of either kind stops at once, as it would without s2s."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.trainer.signal_received = signum
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress_bar(total_steps: int, initial: int = 0):
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total_steps or None, unit="step", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total_steps or None, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
 def _report(progress, record: dict[str, Any]) -> None:
@@ -337,19 +472,41 @@ def _report(progress, record: dict[str, Any]) -> None:
                  record["train_loss"], record["lr"], record["tokens_per_s"])
 
 
-def train(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    """Train a model as ``config`` says; returns the end-of-training summary."""
+def _same_experiment(config: Config, saved: Config, run_dir: Path) -> None:
+    """A resumed run may change how long it trains, not what it trains."""
+    for section in ("data", "tokenizer", "model"):
+        ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
+        for key in ours:
+            if ours[key] != theirs[key]:
+                raise UserError(f"cannot resume {run_dir}: {section}.{key} is {ours[key]!r} but the run was "
+                                f"trained with {theirs[key]!r}; drop the change or start a new run")
+
+
+def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train a model as ``config`` says (or continue the run in its run_dir); returns the end summary."""
     check_training_files(config)
     run_dir = Path(config.run_dir)
     device = select_device(config.training.device)
-    prepare_run_dir(run_dir, overwrite)
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
-    set_seed(config.training.seed)
-
-    train_src_lines, train_tgt_lines = read_parallel(config.data.train_src, config.data.train_tgt)
-    vocabs = build_vocabularies(config.tokenizer, train_src_lines, train_tgt_lines)
-    vocabs.save(run_dir / "tokenizer")
+    resume_from = None
+    if resume:
+        last = run_dir / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise UserError(f"cannot resume {run_dir}: no checkpoints/last.pt there; start it without --resume")
+        resume_from = load_checkpoint(last)
+        if "trainer" not in resume_from:
+            raise UserError(f"{last}: holds no training state to resume from")
+        _same_experiment(config, checkpoint_config(resume_from, last), run_dir)
+        vocabs = Vocabularies.load(run_dir / "tokenizer")
+        truncate_metrics(run_dir / "metrics.jsonl", resume_from["step"])
+        log.info("resuming %s from step %d", run_dir, resume_from["step"])
+    else:
+        prepare_run_dir(run_dir, overwrite)
+        set_seed(config.training.seed)
+        train_src_lines, train_tgt_lines = read_parallel(config.data.train_src, config.data.train_tgt)
+        vocabs = build_vocabularies(config.tokenizer, train_src_lines, train_tgt_lines)
+        save_atomically(run_dir / "tokenizer", vocabs.save)
     atomic_write(run_dir / "config.yaml", lambda out: out.write(to_yaml(config).encode("utf-8")))
 
     corpus = tokenize_corpus(vocabs, config.data.train_src, config.data.train_tgt, config.data.cache_dir)
@@ -366,17 +523,22 @@ def train(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     set_seed(config.training.seed)
     bert = None
-    if config.model.embed_type == "bert":
+    if config.model.embed_type == "bert" and resume_from is None:
         bert = load_bert_embeddings(config.model.bert_model or config.tokenizer.pretrained)
-    model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert).to(device)
+    if resume_from is not None:
+        model = Seq2Seq(config.model, **resume_from["model_args"])
+    else:
+        model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert)
+    model = model.to(device)
     parameters = sum(p.numel() for p in model.parameters())
     log.info("device %s, %d parameters, vocab %d/%d, %d train / %d dev pairs, %d tokens per batch, run dir %s",
              device, parameters, vocabs.src_size, vocabs.tgt_size, len(corpus), len(dev),
              config.training.batch_tokens, run_dir)
     batches = TokenBatches(corpus, vocabs, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
-    trainer = Trainer(config, model, vocabs, batches, dev, device, run_dir, test)
-    trainer.record(event="start", step=0, epoch=1, device=str(device), parameters=parameters,
-                   src_vocab_size=vocabs.src_size, tgt_vocab_size=vocabs.tgt_size, train_pairs=len(corpus),
-                   dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(dev),
-                   batch_tokens=config.training.batch_tokens, seed=config.training.seed)
+    trainer = Trainer(config, model, vocabs, batches, dev, device, run_dir, test, resume_from)
+    trainer.record(event="resume" if resume else "start", step=trainer.step, epoch=trainer.epoch + 1,
+                   device=str(device), parameters=parameters, src_vocab_size=vocabs.src_size,
+                   tgt_vocab_size=vocabs.tgt_size, train_pairs=len(corpus), dropped_empty=empty,
+                   dropped_too_long=too_long, dev_pairs=len(dev), batch_tokens=config.training.batch_tokens,
+                   seed=config.training.seed)
     return trainer.fit()

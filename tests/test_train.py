@@ -34,7 +34,7 @@ def test_run_directory_is_complete(tmp_path):
     assert {"epoch", "dev_loss", "dev_ppl", "dev_bleu"} <= valid_events[0].keys()
     assert summary["step"] == 6
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert last["step"] == 6 and "optimizer" in last
+    assert last["step"] == 6 and "optimizer" in last["trainer"]
 
 
 def test_fixed_seed_gives_bit_identical_runs(tmp_path):

@@ -1,0 +1,232 @@
+"""Nothing lost: exact resume after SIGKILL, clean stops on SIGINT/SIGTERM, safe checkpoints."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import seq2seq_cli.checkpoint as checkpoint_module
+import seq2seq_cli.train as train_module
+from seq2seq_cli.config import load_config
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.metrics import read_metrics
+from seq2seq_cli.train import train
+
+from conftest import tiny_config
+
+STEPS = 36
+SCHEDULE = {"max_steps": STEPS, "validate_every": 9, "save_every": 2, "log_every": 1, "keep_last": 3,
+            "teacher_forcing_ratio": 0.8, "lr_decay_patience": 0}
+
+
+def start(config: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config), *map(str, extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def saved_step(run: Path) -> int:
+    try:
+        return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def run_until_killed(config: Path, run: Path, after_step: int, *extra) -> None:
+    """Start training and SIGKILL it once it has saved a checkpoint at or after ``after_step``."""
+    proc = start(config, *extra)
+    deadline = time.time() + 120
+    while saved_step(run) < after_step:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert saved_step(run) < STEPS, "the run finished before it could be killed"
+
+
+def resume(run: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", str(run)],
+                            capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def final_weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    ours, theirs = final_weights(run), final_weights(reference)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    records = read_metrics(run / "metrics.jsonl")
+    expected = read_metrics(reference / "metrics.jsonl")
+    for event in ("train", "valid"):
+        steps = [r["step"] for r in records if r["event"] == event]
+        assert steps == [r["step"] for r in expected if r["event"] == event]
+        assert len(steps) == len(set(steps))
+    assert [r["dev_bleu"] for r in records if r["event"] == "valid"] == \
+        [r["dev_bleu"] for r in expected if r["event"] == "valid"]
+    assert [r["train_loss"] for r in records if r["event"] == "train"] == \
+        [r["train_loss"] for r in expected if r["event"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("straight")
+    config = tiny_config(tmp_path, training=SCHEDULE)
+    result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)],
+                            capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    return tmp_path / "run"
+
+
+def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    config = tiny_config(tmp_path, training=SCHEDULE)
+    run = tmp_path / "run"
+    run_until_killed(config, run, after_step=7)  # between validations, mid-epoch
+    resume(run)
+    assert_same_run(run, uninterrupted)
+
+
+def test_killed_twice_then_resumed(uninterrupted, tmp_path):
+    config = tiny_config(tmp_path, training=SCHEDULE)
+    run = tmp_path / "run"
+    run_until_killed(config, run, after_step=3)
+    proc = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--resume", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = saved_step(run)
+    while saved_step(run) < first + 9 and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    resume(run)
+    assert_same_run(run, uninterrupted)
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert kept == [f"step-{s:08d}.pt" for s in (32, 34, 36)]  # keep_last=3
+
+
+def test_crash_during_a_save_keeps_the_previous_checkpoint(uninterrupted, tmp_path, monkeypatch):
+    config = load_config(tiny_config(tmp_path, training=SCHEDULE))
+    run = Path(config.run_dir)
+    real_save = torch.save
+    saves = {"count": 0}
+
+    def dying_save(payload, handle):
+        saves["count"] += "format_version" in payload  # checkpoints, not the corpus cache
+        if saves["count"] == 6:  # die half-way through writing the sixth checkpoint
+            handle.write(b"PK\x03\x04 half a checkpoint")
+            raise KeyboardInterrupt
+        real_save(payload, handle)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
+    step = saved_step(run)
+    assert 0 < step < STEPS
+    train(config, resume=True)
+    assert_same_run(run, uninterrupted)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigint_and_sigterm_save_and_say_how_to_resume(tmp_path, sig, code):
+    config = tiny_config(tmp_path, training={**SCHEDULE, "max_steps": 100000})
+    run = tmp_path / "run"
+    proc = start(config)
+    deadline = time.time() + 120
+    while saved_step(run) < 4:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert proc.returncode == code, stderr
+    assert f"s2s train --resume {run}" in stderr and "Traceback" not in stderr
+    stopped_at = int(stderr.split("stopped at step ")[1].split()[0])
+    assert saved_step(run) == stopped_at
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 2}))
+    train(config)
+    result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", config.run_dir,
+                             "model.hidden_size=64"], capture_output=True, timeout=120)
+    assert result.returncode == 2
+    assert "model.hidden_size is 64 but the run was trained with 24" in result.stderr.decode()
+    missing = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", tmp_path / "nothing"],
+                             capture_output=True, timeout=120)
+    assert missing.returncode == 2 and "nothing/config.yaml not found" in missing.stderr.decode()
+
+
+def test_nonfinite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
+    real_loss = train_module.sequence_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, *args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(logits, *args, **kwargs)
+        return loss * float("nan") if calls["n"] in (2, 3) or calls["n"] > 8 else loss
+
+    monkeypatch.setattr(train_module, "sequence_loss", sometimes_nan)
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 40, "validate_every": 0, "save_every": 4,
+                                                         "log_every": 1, "max_nonfinite_steps": 3}))
+    with pytest.raises(UserError, match="training diverged: 3 steps in a row"):
+        train(config)
+    records = read_metrics(Path(config.run_dir) / "metrics.jsonl")
+    assert [r["skipped_steps"] for r in records if r["event"] == "train"][:4] == [0, 1, 2, 2]
+    last = torch.load(Path(config.run_dir) / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 8  # the last save before the losses went bad for good
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+
+
+def test_full_disk_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 10, "validate_every": 0, "save_every": 2}))
+    real_save = torch.save
+    saves = {"count": 0}
+
+    def full_disk(payload, handle):
+        saves["count"] += "format_version" in payload
+        if saves["count"] == 3:
+            raise OSError(28, "No space left on device")
+        real_save(payload, handle)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*previous one is unchanged"):
+        train(config)
+    assert saved_step(Path(config.run_dir)) == 4
+
+
+def test_incompatible_checkpoints_say_what_differs(tmp_path):
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 1}))
+    train(config)
+    best = Path(config.run_dir) / "checkpoints" / "best.pt"
+    payload = torch.load(best, weights_only=True)
+    torch.save({**payload, "format_version": 99, "s2s_version": "9.0"}, best)
+    with pytest.raises(UserError, match=r"checkpoint format 99 \(written by s2s 9.0\) but this s2s .* reads format 1"):
+        checkpoint_module.load_model(config.run_dir, torch.device("cpu"))
+    payload["config"]["model"]["new_knob"] = 3
+    torch.save(payload, best)
+    with pytest.raises(UserError, match="does not accept: model.new_knob"):
+        checkpoint_module.load_model(config.run_dir, torch.device("cpu"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "run" / "checkpoints" / "best.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": Evil(), "model_args": {}}, path)
+    with pytest.raises(UserError, match="not a readable s2s checkpoint"):
+        checkpoint_module.load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(UserError, match="not a readable s2s checkpoint"):
+        checkpoint_module.load_checkpoint(path)
