@@ -60,46 +60,55 @@ def next_token_log_probs(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds
     logits[:, ids.pad] = float("-inf")
     logits[:, ids.bos] = float("-inf")
     log_probs = torch.log_softmax(logits, dim=-1)
-    only_eos = torch.full_like(log_probs[0], float("-inf"))
-    only_eos[ids.eos] = 0.0
-    # Keep the true log P([SEP]) at the limit, so a score is always the model's own.
-    return torch.where(at_limit.unsqueeze(1), log_probs + only_eos, log_probs)
+    if bool(at_limit.any()):
+        # Keep the true log P([SEP]) at the limit, so a score is always the model's own.
+        eos = log_probs[:, ids.eos].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[:, ids.eos] = eos
+    return log_probs
 
 
 @torch.inference_mode()
 def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
                   limits: torch.Tensor, keep_attention: bool = False) -> list[Hypothesis]:
-    """Pick the most probable token at each step, for a whole batch at once."""
+    """Pick the most probable token at each step, for a whole batch at once.
+
+    Sentences that have ended leave the batch, so a long sentence does not make the short
+    ones in its batch cost as much as itself."""
     device = src_ids.device
     batch_size = src_ids.size(0)
     state = model.encode(src_ids, src_lengths)
     hidden = state.hidden
-    tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=device)
     limits = limits.to(device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    steps = int(limits.max()) + 1
+    active = torch.arange(batch_size, device=device)  # original rows still decoding
+    tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=device)
+    output = torch.full((batch_size, steps), ids.eos, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch_size, device=device)
-    steps, attentions = [], []
-    for t in range(int(limits.max()) + 1):
+    attention = torch.zeros(batch_size, steps, src_ids.size(1)) if keep_attention else None
+    for t in range(steps):
         features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, state)
-        log_probs = next_token_log_probs(model, features, ids, limits <= t)  # (B, V)
+        log_probs = next_token_log_probs(model, features, ids, limits <= t)  # (active, V)
         best, tokens = log_probs.max(dim=-1)
-        log_prob += best.masked_fill(finished, 0.0)
-        steps.append(tokens.masked_fill(finished, ids.eos))
-        if keep_attention:
-            attentions.append(weights.float())
-        finished |= tokens == ids.eos
-        if bool(finished.all()):
-            break
-    output = torch.stack(steps, dim=1).tolist()  # (B, steps)
-    stacked_attention = torch.stack(attentions, dim=1).cpu() if keep_attention else None  # (B, steps, S)
+        output[active, t] = tokens
+        log_prob[active] += best
+        if attention is not None:
+            attention[active.cpu(), t] = weights.float().cpu()
+        going = tokens != ids.eos
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            active, tokens, hidden, limits = active[keep], tokens[keep], hidden[keep], limits[keep]
+            state = state.select(keep)
     hypotheses = []
-    for row, sequence in enumerate(output):
+    for row, sequence in enumerate(output.tolist()):
         length = sequence.index(ids.eos)
-        attention = None
-        if stacked_attention is not None:
-            attention = stacked_attention[row, : length + 1, : int(src_lengths[row])]
+        row_attention = None
+        if attention is not None:
+            row_attention = attention[row, : length + 1, : int(src_lengths[row])]
         score = float(log_prob[row])
-        hypotheses.append(Hypothesis(sequence[:length], score, score, attention))
+        hypotheses.append(Hypothesis(sequence[:length], score, score, row_attention))
     return hypotheses
 
 
@@ -113,12 +122,13 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
     among the first K are finished; the K best others live on. A sentence is done when it has
     K finished hypotheses, or when no live beam can still beat its n-th best finished one
     (log-probabilities only fall and the length penalty is largest at the length limit).
+    Done sentences leave the batch.
     """
     device = src_ids.device
     batch_size, k = src_ids.size(0), beam_size
     limits = limits.to(device)
     state = model.encode(src_ids, src_lengths)
-    # Every beam of a sentence reads the same encoder state, so it is expanded once, never reordered.
+    # Every beam of a sentence reads the same encoder state: expanded once, never reordered.
     beam_state = state.select(torch.arange(batch_size, device=device).repeat_interleave(k))  # (B*K, ...)
     hidden = beam_state.hidden  # (B*K, H)
     beam_limits = limits.repeat_interleave(k)  # (B*K,)
@@ -126,65 +136,75 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam to start with
     rank = torch.arange(2 * k, device=device)
-    row_offset = (torch.arange(batch_size, device=device) * k).unsqueeze(1)  # (B, 1)
-    best_bound = length_penalty(limits.double() + 1, alpha).float()  # the largest penalty a hypothesis can get
-    parents, chosen, attentions = [], [], []
+    best_bound = length_penalty(limits.double() + 1, alpha).float().tolist()  # the largest penalty possible
+    active = list(range(batch_size))  # original rows still searching, in batch order
+    # Per step: the active rows, the parent beam and token of each new beam, attention weights.
+    history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
     finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]
-    done = [False] * batch_size
     for t in range(int(limits.max()) + 1):
+        n = len(active)
         features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, beam_state)
-        log_probs = next_token_log_probs(model, features, ids, beam_limits <= t)  # (B*K, V)
+        log_probs = next_token_log_probs(model, features, ids, beam_limits <= t)  # (n*K, V)
         vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(batch_size, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
+        candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (n, 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == ids.eos
-        if keep_attention:
-            attentions.append(weights.view(batch_size, k, -1).float().cpu())
 
         ending = is_eos & (rank[: top_scores.size(1)] < k) & torch.isfinite(top_scores)
         if bool(ending.any()):
-            penalties = length_penalty(t + 1, alpha)
-            for row, col in ending.nonzero().tolist():
-                if not done[row]:
-                    raw = float(top_scores[row, col])
-                    finished[row].append((raw / penalties, raw, t, int(top_beam[row, col])))
+            penalty = length_penalty(t + 1, alpha)
+            where = ending.nonzero().tolist()
+            for (position, _), raw, beam in zip(where, top_scores[ending].tolist(), top_beam[ending].tolist()):
+                finished[active[position]].append((raw / penalty, raw, t, beam))
 
-        live_scores, position = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (B, K)
-        parent = top_beam.gather(1, position)
-        next_tokens = top_token.gather(1, position)
-        parents.append(parent.cpu())
-        chosen.append(next_tokens.cpu())
+        live_scores, choice = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, K)
+        parent = top_beam.gather(1, choice)
+        next_tokens = top_token.gather(1, choice)
+        attention = weights.view(n, k, -1).float().cpu() if keep_attention else None
+        history.append(({row: i for i, row in enumerate(active)}, parent.cpu(), next_tokens.cpu(), attention))
         scores = live_scores
-        hidden = hidden.index_select(0, (parent + row_offset).view(-1))
+        offsets = (torch.arange(n, device=device) * k).unsqueeze(1)
+        hidden = hidden.index_select(0, (parent + offsets).view(-1))
         tokens = next_tokens.view(-1)
 
-        best_live = (scores[:, 0] / best_bound).tolist()  # no live beam can end better than this
-        for row in range(batch_size):
-            if done[row]:
-                continue
+        best_live = scores[:, 0].tolist()
+        keep = []
+        for position, row in enumerate(active):
+            bound = best_live[position] / best_bound[row]  # no live beam can end better than this
             ranked = sorted(finished[row], reverse=True)
-            done[row] = (len(ranked) >= k or best_live[row] == float("-inf")
-                         or (len(ranked) >= nbest and ranked[nbest - 1][0] >= best_live[row]))
-        if all(done):
+            done = (len(ranked) >= k or bound == float("-inf")
+                    or (len(ranked) >= nbest and ranked[nbest - 1][0] >= bound))
+            if not done:
+                keep.append(position)
+        if not keep:
             break
+        if len(keep) < n:
+            rows = torch.tensor(keep, device=device)
+            beams = (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            active = [active[p] for p in keep]
+            scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
+            tokens, beam_limits = tokens[beams], beam_limits[beams]
 
     results = []
     for row in range(batch_size):
         hypotheses = []
         for score, raw, step, beam in sorted(finished[row], reverse=True)[:nbest]:
-            sequence, rows, current = [], [], beam
+            sequence, rows_of_attention, current = [], [], beam
+            for s in range(step, -1, -1):
+                positions, parents, chosen, attention = history[s]
+                position = positions[row]
+                if attention is not None:
+                    rows_of_attention.append(attention[position, current])
+                if s > 0:
+                    previous_positions, previous_parents, previous_chosen, _ = history[s - 1]
+                    previous = previous_positions[row]
+                    sequence.append(int(previous_chosen[previous, current]))
+                    current = int(previous_parents[previous, current])
+            row_attention = None
             if keep_attention:
-                rows.append(attentions[step][row, current])
-            for s in range(step - 1, -1, -1):
-                sequence.append(int(chosen[s][row, current]))
-                current = int(parents[s][row, current])
-                if keep_attention:
-                    rows.append(attentions[s][row, current])
-            attention = None
-            if keep_attention:
-                attention = torch.stack(rows[::-1])[:, : int(src_lengths[row])]
-            hypotheses.append(Hypothesis(sequence[::-1], score, raw, attention))
+                row_attention = torch.stack(rows_of_attention[::-1])[:, : int(src_lengths[row])]
+            hypotheses.append(Hypothesis(sequence[::-1], score, raw, row_attention))
         results.append(hypotheses)
     return results
 
