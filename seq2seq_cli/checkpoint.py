@@ -126,3 +126,32 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabul
                                               payload["model_args"]["tgt_vocab_size"]):
         raise UserError(f"{tokenizer_dir}: vocabulary sizes do not match {checkpoint_file}")
     return model.to(device).eval(), vocabs, config
+
+
+def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | None = None) -> Path:
+    """Average the weights of the run's ``last`` newest step checkpoints into one checkpoint.
+
+    Returns the path written (default ``checkpoints/averaged.pt``), which ``translate`` and
+    ``evaluate`` take like any other checkpoint."""
+    folder = Path(run_dir) / "checkpoints"
+    snapshots = sorted(folder.glob("step-*.pt"))
+    if last < 2:
+        raise UserError(f"--last must be at least 2 to average, got {last}")
+    if len(snapshots) < last:
+        raise UserError(f"{folder} has {len(snapshots)} step checkpoints but --last {last} asks for more; "
+                        f"train with training.keep_last={last} (or more)")
+    chosen = snapshots[-last:]
+    payloads = [load_checkpoint(path) for path in chosen]
+    newest = payloads[-1]
+    averaged = {}
+    for name, tensor in newest["model"].items():
+        if tensor.is_floating_point():
+            averaged[name] = sum(p["model"][name].double() for p in payloads).div(last).to(tensor.dtype)
+        else:
+            averaged[name] = tensor
+    target = Path(output) if output is not None else folder / "averaged.pt"
+    save_checkpoint(target, {"config": newest["config"], "model_args": newest["model_args"], "model": averaged,
+                             "step": newest["step"], "epoch": newest["epoch"],
+                             "best_dev_bleu": newest.get("best_dev_bleu"), "best_step": newest.get("best_step"),
+                             "averaged_steps": [p["step"] for p in payloads]})
+    return target

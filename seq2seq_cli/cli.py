@@ -83,6 +83,7 @@ def translate(
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, help="GNMT length penalty alpha."),
     max_length_ratio: Optional[float] = typer.Option(None, "--max-length-ratio", min=0.01, help="Maximum output length per source token."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sentences per batch."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this size (0 = off)."),
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", help="Write one attention heatmap PNG per sentence here."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -107,7 +108,7 @@ def translate(
     translator = Translator(model, vocabs, settings, torch_device, nbest=nbest,
                             keep_attention=plot_attention is not None, beam_size=beam,
                             length_penalty=length_penalty, max_length_ratio=max_length_ratio,
-                            batch_size=batch_size)
+                            batch_size=batch_size, no_repeat_ngram_size=no_repeat_ngram_size)
     source = _open_binary(input_file, "rb", sys.stdin.buffer)
     out = _open_binary(output_file, "wb", sys.stdout.buffer)
     index = 0
@@ -140,6 +141,7 @@ def evaluate(
     src: Optional[Path] = typer.Option(None, "--src", help="Source sentences to translate and score."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="Beam size (default: the config's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, help="GNMT length penalty alpha."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this size (0 = off)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -170,7 +172,7 @@ def evaluate(
         torch_device = select_device(device)
         model, vocabs, settings = load_model(checkpoint, torch_device)
         translator = Translator(model, vocabs, settings, torch_device, beam_size=beam_size,
-                                length_penalty=length_penalty)
+                                length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         started = time.perf_counter()
         _, results = translator.translate_raw([line.encode("utf-8") for line in sources])
         seconds = time.perf_counter() - started
@@ -194,6 +196,22 @@ def evaluate(
             json_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as err:
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
+
+
+@app.command()
+def average(
+    run_dir: Path = typer.Argument(..., help="A run directory trained with training.keep_last >= K."),
+    last: int = typer.Option(..., "--last", help="Average the K newest step checkpoints."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN/checkpoints/averaged.pt)."),
+) -> None:
+    """Average the weights of the last K checkpoints into one (often +0.3-1 BLEU).
+
+    Example: s2s average runs/multi30k --last 5
+    """
+    from seq2seq_cli.checkpoint import average_checkpoints
+
+    written = average_checkpoints(run_dir, last, output)
+    typer.echo(f"wrote {written}")
 
 
 @app.command()

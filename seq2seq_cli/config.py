@@ -121,6 +121,8 @@ class DecodingConfig:
     # Hypotheses stop at max_length_ratio * source length + max_length_offset tokens.
     max_length_ratio: float = 1.5
     max_length_offset: int = 10
+    # Never produce the same n-gram of this many tokens twice in one hypothesis (0 = off).
+    no_repeat_ngram_size: int = 0
     # Sentences per batch when translating and validating.
     batch_size: int = 64
 
@@ -225,6 +227,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("decoding.length_penalty", lambda v: v >= 0, "0 or positive"),
     ("decoding.max_length_ratio", lambda v: v > 0, "positive"),
     ("decoding.max_length_offset", lambda v: v >= 0, "0 or positive"),
+    ("decoding.no_repeat_ngram_size", lambda v: v >= 0, "0 (off) or positive"),
     ("decoding.batch_size", lambda v: v >= 1, "positive"),
 ]
 

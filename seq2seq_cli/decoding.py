@@ -68,9 +68,26 @@ def next_token_log_probs(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds
     return log_probs
 
 
+def ban_repeated_ngrams(log_probs: torch.Tensor, generated: torch.Tensor, size: int) -> None:
+    """Forbid, in place, each next token that would repeat an n-gram of ``size`` tokens.
+
+    log_probs (R, V); generated (R, t): the tokens each row has produced so far."""
+    steps = generated.size(1)
+    if size <= 0 or steps < size - 1:
+        return
+    if size == 1:
+        log_probs.scatter_(1, generated, float("-inf"))
+        return
+    prefix = generated[:, steps - size + 1:]  # (R, size-1): what the next token would extend
+    windows = generated.unfold(1, size - 1, 1)[:, : steps - size + 1]  # (R, steps-size+1, size-1)
+    matches = (windows == prefix.unsqueeze(1)).all(-1)  # (R, steps-size+1)
+    rows, starts = matches.nonzero(as_tuple=True)
+    log_probs[rows, generated[rows, starts + size - 1]] = float("-inf")
+
+
 @torch.inference_mode()
 def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
-                  limits: torch.Tensor, keep_attention: bool = False) -> list[Hypothesis]:
+                  limits: torch.Tensor, keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
     """Pick the most probable token at each step, for a whole batch at once.
 
     Sentences that have ended leave the batch, so a long sentence does not make the short
@@ -89,6 +106,8 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tens
     for t in range(steps):
         features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, state)
         log_probs = next_token_log_probs(model, features, ids, limits <= t)  # (active, V)
+        if no_repeat_ngram_size:
+            ban_repeated_ngrams(log_probs, output[active, :t], no_repeat_ngram_size)
         best, tokens = log_probs.max(dim=-1)
         output[active, t] = tokens
         log_prob[active] += best
@@ -115,7 +134,7 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tens
 @torch.inference_mode()
 def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
                 limits: torch.Tensor, beam_size: int, alpha: float = 1.0, nbest: int = 1,
-                keep_attention: bool = False) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """The ``nbest`` best hypotheses of each sentence, best first, with all beams in one batch.
 
     At each step the 2K best extensions of the K live beams are ranked. Those ending in [SEP]
@@ -133,6 +152,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
     hidden = beam_state.hidden  # (B*K, H)
     beam_limits = limits.repeat_interleave(k)  # (B*K,)
     tokens = torch.full((batch_size * k,), ids.bos, dtype=torch.long, device=device)
+    generated = torch.zeros(batch_size * k, 0, dtype=torch.long, device=device)  # for no_repeat_ngram_size
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam to start with
     rank = torch.arange(2 * k, device=device)
@@ -145,6 +165,8 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
         n = len(active)
         features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, beam_state)
         log_probs = next_token_log_probs(model, features, ids, beam_limits <= t)  # (n*K, V)
+        if no_repeat_ngram_size:
+            ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
         vocab = log_probs.size(1)
         candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (n, 2K)
@@ -165,8 +187,11 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
         history.append(({row: i for i, row in enumerate(active)}, parent.cpu(), next_tokens.cpu(), attention))
         scores = live_scores
         offsets = (torch.arange(n, device=device) * k).unsqueeze(1)
-        hidden = hidden.index_select(0, (parent + offsets).view(-1))
+        parent_rows = (parent + offsets).view(-1)
+        hidden = hidden.index_select(0, parent_rows)
         tokens = next_tokens.view(-1)
+        if no_repeat_ngram_size:
+            generated = torch.cat([generated.index_select(0, parent_rows), tokens.unsqueeze(1)], dim=1)
 
         best_live = scores[:, 0].tolist()
         keep = []
@@ -184,7 +209,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
             beams = (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             active = [active[p] for p in keep]
             scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
-            tokens, beam_limits = tokens[beams], beam_limits[beams]
+            tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
 
     results = []
     for row in range(batch_size):
@@ -212,7 +237,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
 def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
                   batch_size: int = 64, beam_size: int = 1, length_penalty_alpha: float = 1.0, nbest: int = 1,
                   max_length_ratio: float = 1.5, max_length_offset: int = 10,
-                  keep_attention: bool = False) -> list[list[Hypothesis]]:
+                  keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order.
 
     Sentences are sorted by length so that a batch holds similar lengths, then put back."""
@@ -229,10 +254,11 @@ def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: Special
             limits = max_lengths(src_lengths - 1, max_length_ratio, max_length_offset)
             src_ids = src_ids.to(device)
             if beam_size == 1:
-                found = [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention)]
+                found = [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
+                                                    no_repeat_ngram_size)]
             else:
                 found = beam_search(model, src_ids, src_lengths, ids, limits, beam_size, length_penalty_alpha,
-                                    nbest, keep_attention)
+                                    nbest, keep_attention, no_repeat_ngram_size)
             for index, hypotheses in zip(chunk, found):
                 results[index] = hypotheses
     finally:
@@ -247,4 +273,4 @@ def translate_corpus(model: Seq2Seq, vocabs: Vocabularies, sources: Sequence[Seq
     with autocast(device):
         return translate_ids(model, sources, SpecialIds.of(vocabs), device, decoding.batch_size, decoding.beam_size,
                              decoding.length_penalty, nbest, decoding.max_length_ratio,
-                             decoding.max_length_offset, keep_attention)
+                             decoding.max_length_offset, keep_attention, decoding.no_repeat_ngram_size)

@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -67,8 +68,21 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create run directory {run_dir} ({err.strerror})") from None
-    if not os.access(run_dir, os.W_OK):
-        raise UserError(f"run directory {run_dir} is not writable")
+    try:  # a real write: permission bits say little to root or on a read-only mount
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise UserError(f"run directory {run_dir} is not writable ({err.strerror})") from None
+
+
+def check_disk_space(run_dir: Path, parameters: int) -> None:
+    """Fail before training when checkpoints cannot fit: best + last (with Adam's two moments)
+    + the temporary copy written before each rename, 4 bytes per number."""
+    needed = parameters * 4 * (1 + 3 + 3)
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise UserError(f"run directory {run_dir} has {free / 2**20:.0f} MB free but checkpoints of this "
+                        f"model need about {needed / 2**20:.0f} MB; free space or choose another --run-dir")
 
 
 class LearningRateSchedule:
@@ -531,6 +545,7 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
         model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert)
     model = model.to(device)
     parameters = sum(p.numel() for p in model.parameters())
+    check_disk_space(run_dir, parameters)
     log.info("device %s, %d parameters, vocab %d/%d, %d train / %d dev pairs, %d tokens per batch, run dir %s",
              device, parameters, vocabs.src_size, vocabs.tgt_size, len(corpus), len(dev),
              config.training.batch_tokens, run_dir)

@@ -113,3 +113,37 @@ def test_nbest_lists_and_length_limits():
             torch.testing.assert_close(h.attention.sum(-1), torch.ones(len(h.tokens) + 1))
     greedy = greedy_search(model, src_ids, src_lengths, IDS, limits)
     assert all(len(g.tokens) <= limit for g, limit in zip(greedy, limits.tolist()))
+
+
+def test_ban_repeated_ngrams():
+    from seq2seq_cli.decoding import ban_repeated_ngrams
+
+    generated = torch.tensor([[4, 5, 6, 4, 5], [7, 7, 7, 7, 8]])
+    log_probs = torch.zeros(2, 10)
+    ban_repeated_ngrams(log_probs, generated, 3)
+    assert torch.isinf(log_probs).nonzero().tolist() == [[0, 6]]  # "4 5" was followed by 6 before
+    log_probs = torch.zeros(2, 10)
+    ban_repeated_ngrams(log_probs, generated, 2)
+    assert torch.isinf(log_probs).nonzero().tolist() == [[0, 6]]  # row 1 ends in 8, never seen before
+    log_probs = torch.zeros(1, 10)
+    ban_repeated_ngrams(log_probs, torch.tensor([[4, 5]]), 1)
+    assert torch.isinf(log_probs).nonzero().tolist() == [[0, 4], [0, 5]]
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_no_repeat_ngram_size_holds(beam):
+    model = tiny_model(2, vocab=8, sharpness=0.3)
+    with torch.no_grad():
+        model.decoder.output.bias[IDS.eos] -= 10.0  # [SEP] unlikely: long outputs full of repeats
+    sources = [[4, 5, 6, 7] * 3, [5, 6]]
+    plain = translate_ids(model, sources, IDS, torch.device("cpu"), beam_size=beam, max_length_offset=30)
+    banned = translate_ids(model, sources, IDS, torch.device("cpu"), beam_size=beam, max_length_offset=30,
+                           no_repeat_ngram_size=2)
+
+    def bigrams(tokens):
+        return list(zip(tokens, tokens[1:]))
+
+    assert any(len(bigrams(h[0].tokens)) != len(set(bigrams(h[0].tokens))) for h in plain)
+    for hypotheses in banned:
+        pairs = bigrams(hypotheses[0].tokens)
+        assert len(pairs) == len(set(pairs))

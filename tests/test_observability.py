@@ -95,3 +95,23 @@ def test_shell_completion_lists_commands():
     result = subprocess.run([script], env=env, capture_output=True, timeout=60)
     assert result.returncode == 0
     assert {"train", "translate"} <= set(result.stdout.decode().split())
+
+
+def test_average_checkpoints(tmp_path):
+    import torch
+
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 6, "validate_every": 0, "save_every": 2,
+                                                         "keep_last": 3}))
+    train(config)
+    run = Path(config.run_dir)
+    result = s2s("average", run, "--last", "3")
+    assert result.returncode == 0, result.stderr.decode()
+    averaged = torch.load(run / "checkpoints" / "averaged.pt", weights_only=True)
+    steps = [torch.load(run / "checkpoints" / f"step-{s:08d}.pt", weights_only=True)["model"] for s in (2, 4, 6)]
+    name = "decoder.output.weight"
+    torch.testing.assert_close(averaged["model"][name], sum(s[name] for s in steps) / 3)
+    assert averaged["averaged_steps"] == [2, 4, 6]
+    translated = s2s("translate", "--checkpoint", run / "checkpoints" / "averaged.pt", stdin="The man sees a dog.\n")
+    assert translated.returncode == 0 and translated.stdout.count(b"\n") == 1
+    too_many = s2s("average", run, "--last", "5")
+    assert too_many.returncode == 2 and "training.keep_last=5" in too_many.stderr.decode()

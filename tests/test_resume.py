@@ -230,3 +230,22 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:100])  # truncated
     with pytest.raises(UserError, match="not a readable s2s checkpoint"):
         checkpoint_module.load_checkpoint(path)
+
+
+def test_not_enough_disk_is_caught_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    config = load_config(tiny_config(tmp_path))
+    with pytest.raises(UserError, match=r"has 0 MB free but checkpoints of this model need about"):
+        train(config)
+    assert not (Path(config.run_dir) / "checkpoints" / "last.pt").exists()
+
+
+def test_run_dir_that_cannot_be_created(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    config = load_config(tiny_config(tmp_path), [f"run_dir={tmp_path / 'a-file' / 'run'}"])
+    with pytest.raises(UserError, match="cannot create run directory"):
+        train(config)
