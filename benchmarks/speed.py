@@ -20,6 +20,7 @@ machine it measures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -79,6 +80,21 @@ def flops_per_target_token(config: ModelConfig, vocab: int, src_per_tgt: float, 
     return 2 * 3 * (decoder + encoder * src_per_tgt)
 
 
+def training_step(model, optimizer, pad_id: int, device: torch.device, mixed_precision: bool):
+    """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``."""
+
+    def step(batch):
+        with autocast(device) if mixed_precision else contextlib.nullcontext():
+            logits = model(batch.src_ids, batch.src_lengths, batch.tgt_in)
+            loss = sequence_loss(logits, batch.tgt_out, pad_id, 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        (loss / batch.n_tgt_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
 def train_throughput(step, batches, seconds: float, device, warmup: int = 3):
     """Run ``step(batch)`` over ``batches`` (cycled) for about ``seconds``; return tokens/s."""
     for batch in batches[:warmup]:
@@ -128,15 +144,7 @@ def main() -> None:
     token_batches = TokenBatches(corpus, vocabs, args.batch_tokens, seed=1)
     s2s_batches = [token_batches.make_batch(b).to(device) for b in token_batches.epoch_batches(0)]
 
-    def s2s_step(batch):
-        with autocast(device):
-            logits = model(batch.src_ids, batch.src_lengths, batch.tgt_in)
-            loss = sequence_loss(logits, batch.tgt_out, vocabs.pad_id, 0.1)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / batch.n_tgt_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
+    s2s_step = training_step(model, optimizer, vocabs.pad_id, device, mixed_precision=True)
     s2s_tps, s2s_steps = train_throughput(s2s_step, s2s_batches, args.train_seconds, device)
 
     # 2. reference training, on its own copy of the initial-size model
@@ -148,14 +156,8 @@ def main() -> None:
     ref_batches = [collate(corpus.src_ids[i: i + n], corpus.tgt_ids[i: i + n], vocabs).to(device)
                    for i in range(0, len(corpus), n)]
 
-    def ref_step(batch):
-        logits = seed_style(batch.src_ids, batch.src_lengths, batch.tgt_in)
-        loss = sequence_loss(logits, batch.tgt_out, vocabs.pad_id, 0.1)
-        ref_optimizer.zero_grad(set_to_none=True)
-        (loss / batch.n_tgt_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(seed_style.parameters(), 1.0)
-        ref_optimizer.step()
-
+    # The seed ran in full precision: the reference gets no autocast.
+    ref_step = training_step(seed_style, ref_optimizer, vocabs.pad_id, device, mixed_precision=False)
     ref_tps, ref_steps = train_throughput(ref_step, ref_batches, args.ref_train_seconds, device)
 
     # 3. decoding test2016 with the weights s2s has now

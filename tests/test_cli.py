@@ -29,7 +29,12 @@ def trained_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("cli")
     config = tiny_config(tmp_path, training={"max_steps": 4, "validate_every": 0})
     result = s2s("train", "--config", config, "--run-dir", tmp_path / "run")
-    assert result.returncode == 0, result.stderr.decode()
+    log = result.stderr.decode()
+    assert result.returncode == 0, log
+    # A summary before training, dev examples at validation, all on stderr.
+    assert "parameters" in log and "tokens per batch" in log and f"run dir {tmp_path / 'run'}" in log
+    assert "src: " in log and "ref: " in log and "hyp: " in log
+    assert result.stdout == b""
     return tmp_path / "run"
 
 

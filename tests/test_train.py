@@ -104,3 +104,35 @@ def test_bert_initialised_embeddings(tmp_path):
     assert table.shape == (len(vocab), 20)
     # One Adam step moves weights by about the learning rate: still BERT's table.
     torch.testing.assert_close(table, bert.embeddings.word_embeddings.weight.detach(), atol=0.01, rtol=0)
+
+
+def test_early_stopping_after_patience(tmp_path, monkeypatch):
+    import seq2seq_cli.train as train_module
+
+    monkeypatch.setattr(train_module, "corpus_bleu", lambda hypotheses, references: 5.0)  # never improves
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 100, "validate_every": 2, "patience": 3}))
+    summary = train(config)
+    assert summary["step"] == 8  # best at step 2, then 3 validations without a better BLEU
+    assert summary["reason"] == "dev BLEU did not improve for 3 validations"
+    assert summary["best_step"] == 2
+
+
+def test_toy_corpus_properties():
+    from conftest import TOY
+
+    splits = {name: toy_lines(name) for name in ("train", "dev", "test")}
+    assert [len(splits[n][0]) for n in ("train", "dev", "test")] == [20000, 500, 500]
+    assert all(len(en) == len(de) for en, de in splits.values())
+    assert not set(splits["test"][0]) & set(splits["train"][0])
+    assert not set(splits["dev"][0]) & set(splits["train"][0])
+    words = {w for en, de in splits.values() for line in en + de for w in line.split()}
+    assert len(words) >= 300
+    # The committed files are exactly what the generator makes.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate", TOY / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    regenerated = generate.generate(1234, 20000, 500, 500)
+    assert [pair[0] for pair in regenerated["test"]] == splits["test"][0]
+    assert [pair[1] for pair in regenerated["train"]] == splits["train"][1]
