@@ -36,6 +36,7 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: the config's run_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run an existing run directory holds."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine (runs torchrun): GPUs, or CPU cores."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
                                                     help="Config overrides, e.g. training.max_steps=200."),
 ) -> None:
@@ -49,6 +50,8 @@ def train(
 
     if config is None and resume is None:
         raise UserError("give --config FILE to start a run, or --resume RUN_DIR to continue one")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides or [])
     if resume is not None and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it; choose one")
     if resume is not None and run_dir is not None and run_dir.resolve() != resume.resolve():
@@ -62,6 +65,20 @@ def train(
     except TrainingInterrupted as stop:
         print(f"s2s: {stop}", file=sys.stderr)
         raise typer.Exit(stop.exit_code)
+
+
+def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
+    """Start ``nproc`` training processes on this machine with torchrun, and exit as they do."""
+    import subprocess
+
+    args = ["train"]
+    for flag, value in (("--config", config), ("--run-dir", run_dir), ("--resume", resume)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += ["--overwrite"] if overwrite else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "seq2seq_cli", *args, *overrides]
+    raise typer.Exit(subprocess.run(command).returncode)
 
 
 def _open_binary(path: Optional[Path], mode: str, default):

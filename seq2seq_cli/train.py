@@ -35,6 +35,7 @@ from seq2seq_cli.config import Config, TrainingConfig, check_training_files, to_
 from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_parallel, tokenize_corpus
 from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import autocast, select_device
+from seq2seq_cli.distributed import World, barrier, from_main, gather_all, join, leave, sum_all
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.metrics import MetricsLog, read_metrics, truncate_metrics
@@ -155,8 +156,10 @@ class Trainer:
 
     def __init__(self, config: Config, model: Seq2Seq, vocabs: Vocabularies, train_batches: TokenBatches,
                  dev: ParallelCorpus, device: torch.device, run_dir: Path,
-                 test: Optional[ParallelCorpus] = None, resume_from: Optional[dict[str, Any]] = None):
+                 test: Optional[ParallelCorpus] = None, resume_from: Optional[dict[str, Any]] = None,
+                 world: World = World()):
         self.config = config
+        self.world = world
         self.training = config.training
         self.model = model
         self.vocabs = vocabs
@@ -167,6 +170,12 @@ class Trainer:
         self.run_dir = run_dir
         self.model_args = {"src_vocab_size": vocabs.src_size, "tgt_vocab_size": vocabs.tgt_size,
                            "pad_id": vocabs.pad_id, "pretrained_dim": self._pretrained_dim()}
+        # Under torchrun, DDP averages the gradients; evaluation and saving use the plain model.
+        self.train_model = model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         fused = {"fused": True} if device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.training.learning_rate,
                                            weight_decay=self.training.weight_decay, **fused)
@@ -185,14 +194,25 @@ class Trainer:
         self.validated_at = -1  # the step of the latest validation
         if resume_from is not None:
             self._restore(resume_from)
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl",
-                                  run_dir / "tensorboard" if config.training.tensorboard else None,
-                                  first_step=self.step + 1)
+        self.metrics = None  # only rank 0 writes
+        if world.is_main:
+            self.metrics = MetricsLog(run_dir / "metrics.jsonl",
+                                      run_dir / "tensorboard" if config.training.tensorboard else None,
+                                      first_step=self.step + 1)
         self.started = time.perf_counter()
         self.signal_received: Optional[int] = None
 
     def record(self, **values: Any) -> None:
-        self.metrics.write(**values, elapsed_s=round(self.elapsed(), 1))
+        if self.metrics is not None:
+            self.metrics.write(**values, elapsed_s=round(self.elapsed(), 1))
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's batches of an epoch: every world.size-th, the same number in every process."""
+        batches = self.train_batches.epoch_batches(epoch)
+        if not self.world.distributed:
+            return batches
+        per_process = len(batches) // self.world.size
+        return batches[self.world.rank:: self.world.size][:per_process]
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -206,7 +226,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         training = self.training
         self.started = time.perf_counter()
-        progress = _progress_bar(training.max_steps, self.step)
+        progress = _progress_bar(training.max_steps, self.step) if self.world.is_main else None
         interval_start = time.perf_counter()
         interval_tokens_timed = 0
         stop_reason = None
@@ -219,7 +239,7 @@ class Trainer:
                 if training.max_epochs and self.epoch >= training.max_epochs:
                     stop_reason = f"reached max_epochs={training.max_epochs}"
                     break
-                epoch_batches = self.train_batches.epoch_batches(self.epoch)
+                epoch_batches = self.epoch_batches(self.epoch)
                 while self.batch_in_epoch < len(epoch_batches):
                     batch = self.train_batches.make_batch(epoch_batches[self.batch_in_epoch]).to(self.device)
                     self.step += 1
@@ -245,10 +265,12 @@ class Trainer:
 
                     if self.step % training.log_every == 0:
                         seconds = time.perf_counter() - interval_start
+                        loss_sum, loss_tokens, timed_tokens = sum_all(
+                            self.world, [self.interval_loss, self.interval_tokens, interval_tokens_timed], self.device)
                         record = {"event": "train", "step": self.step, "epoch": self.epoch + 1,
-                                  "train_loss": round(self.interval_loss / max(self.interval_tokens, 1), 5),
+                                  "train_loss": round(loss_sum / max(loss_tokens, 1), 5),
                                   "lr": self.optimizer.param_groups[0]["lr"],
-                                  "tokens_per_s": round(interval_tokens_timed / max(seconds, 1e-9), 1),
+                                  "tokens_per_s": round(timed_tokens / max(seconds, 1e-9), 1),
                                   "skipped_steps": self.skipped_steps}
                         self.record(**record)
                         _report(progress, record)
@@ -263,9 +285,14 @@ class Trainer:
 
                     if training.max_steps and self.step >= training.max_steps:
                         stop_reason = stop_reason or f"reached max_steps={training.max_steps}"
-                    if training.max_minutes and self.elapsed() > training.max_minutes * 60:
+                    time_is_up = bool(training.max_minutes) and self.elapsed() > training.max_minutes * 60
+                    signalled = self.signal_received is not None
+                    if self.world.distributed:  # every process must stop at the same step
+                        time_is_up, signalled = (v > 0 for v in sum_all(
+                            self.world, [float(time_is_up), float(signalled)], self.device))
+                    if time_is_up:
                         stop_reason = stop_reason or f"reached max_minutes={training.max_minutes:g}"
-                    if self.signal_received is not None:
+                    if signalled:
                         self._stop_for_signal()
                     if stop_reason:
                         break
@@ -284,10 +311,11 @@ class Trainer:
         summary = {"event": "end", "step": self.step, "epoch": self.epoch + (1 if self.batch_in_epoch else 0),
                    "reason": stop_reason, "best_dev_bleu": self.best_bleu, "best_step": self.best_step,
                    "skipped_steps": self.skipped_steps, "wall_s": round(self.elapsed(), 1)}
-        if self.test is not None:
+        if self.test is not None and self.world.is_main:
             summary["test_bleu"] = self.evaluate_test()
         self.record(**summary)
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         return summary
 
     def _train_step(self, batch) -> Optional[float]:
@@ -295,10 +323,13 @@ class Trainer:
         training = self.training
         self.schedule.step(self.step)
         with autocast(self.device):
-            logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio)
+            logits = self.train_model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio)
             loss = sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id, training.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / batch.n_tgt_tokens).backward()
+        # The mean over the real target tokens of the global batch: DDP averages the
+        # processes' gradients, so each scales its summed loss by world size / global tokens.
+        global_tokens = sum_all(self.world, [batch.n_tgt_tokens], self.device)[0]
+        (loss * (self.world.size / global_tokens)).backward()
         # The gradient norm is needed anyway for clipping; a non-finite one means a bad loss.
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm or math.inf)
         if not bool(torch.isfinite(norm)):
@@ -312,7 +343,8 @@ class Trainer:
         name = signal.Signals(self.signal_received).name
         message = (f"{name} received: stopped at step {self.step} (epoch {self.epoch + 1}) and saved "
                    f"{self.run_dir / 'checkpoints' / 'last.pt'}; resume with: s2s train --resume {self.run_dir}")
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         raise TrainingInterrupted(message, 128 + self.signal_received)
 
     # -- validation and checkpoints -------------------------------------------------------------
@@ -347,6 +379,8 @@ class Trainer:
         loss = self.dev_loss()
         hypotheses = self.translate(self.dev)
         bleu = corpus_bleu(hypotheses, self.dev.tgt_lines)
+        # Every process validates the same weights; rank 0's numbers make the decisions everywhere.
+        loss, bleu = from_main(self.world, (loss, bleu))
         improved = bleu > self.best_bleu
         if improved:
             self.best_bleu, self.best_step = bleu, self.step
@@ -364,10 +398,11 @@ class Trainer:
             log.info("  src: %s\n  ref: %s\n  hyp: %s", source, reference, hypothesis)
         if end_of_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        if improved:
+        if improved and self.world.is_main:
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", self._payload(full=False))
         self.save_last()
-        plot_curves(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
+        if self.world.is_main:
+            plot_curves(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
         patience = self.training.patience
         return bool(patience) and self.validations_without_improvement >= patience
 
@@ -382,7 +417,8 @@ class Trainer:
                 "validations_without_improvement": self.validations_without_improvement,
                 "saved_steps": list(self.saved_steps), "interval_loss": self.interval_loss,
                 "interval_tokens": self.interval_tokens, "skipped_steps": self.skipped_steps,
-                "elapsed_s": self.elapsed(), "validated_at": self.validated_at, "rng": _rng_states(),
+                "elapsed_s": self.elapsed(), "validated_at": self.validated_at,
+                "rng": gather_all(self.world, _rng_states()),  # one per process
             }
         return payload
 
@@ -399,14 +435,21 @@ class Trainer:
         self.interval_loss, self.interval_tokens = state["interval_loss"], state["interval_tokens"]
         self.skipped_steps, self.elapsed_before = state["skipped_steps"], state["elapsed_s"]
         self.validated_at = state["validated_at"]
-        _set_rng_states(state["rng"])
+        if len(state["rng"]) != self.world.size:
+            raise UserError(f"the checkpoint was saved by {len(state['rng'])} process(es); resume it with the same "
+                            f"number (now {self.world.size}) to continue exactly")
+        _set_rng_states(state["rng"][self.world.rank])
 
     def save_last(self) -> None:
+        """Every process calls this (the RNG states are gathered); rank 0 writes."""
         folder = self.run_dir / "checkpoints"
         keep = self.training.keep_last
         if keep > 1:
             self.saved_steps = ([s for s in self.saved_steps if s != self.step] + [self.step])[-keep:]
-        save_checkpoint(folder / "last.pt", self._payload(full=True))
+        payload = self._payload(full=True)
+        if not self.world.is_main:
+            return
+        save_checkpoint(folder / "last.pt", payload)
         if keep > 1:
             # Older states are kept as hard links (no extra disk) to each saved last.pt; any other
             # step file (e.g. from a killed run's future) goes.
@@ -498,9 +541,50 @@ def _same_experiment(config: Config, saved: Config, run_dir: Path) -> None:
 
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train a model as ``config`` says (or continue the run in its run_dir); returns the end summary."""
+    trainer = build_trainer(config, overwrite, resume)
+    try:
+        return trainer.fit()
+    finally:
+        leave(trainer.world)
+
+
+def _prepare_data(config: Config, run_dir: Path, overwrite: bool, resume_from: Optional[dict[str, Any]],
+                  writer: bool = True):
+    """The tokenizer and tokenized corpora; the ``writer`` also prepares the run directory."""
+    if resume_from is not None or not writer:
+        vocabs = Vocabularies.load(run_dir / "tokenizer")
+        if resume_from is not None and writer:
+            truncate_metrics(run_dir / "metrics.jsonl", resume_from["step"])
+            log.info("resuming %s from step %d", run_dir, resume_from["step"])
+    else:
+        prepare_run_dir(run_dir, overwrite)
+        set_seed(config.training.seed)
+        train_src_lines, train_tgt_lines = read_parallel(config.data.train_src, config.data.train_tgt)
+        vocabs = build_vocabularies(config.tokenizer, train_src_lines, train_tgt_lines)
+        save_atomically(run_dir / "tokenizer", vocabs.save)
+    if writer:
+        atomic_write(run_dir / "config.yaml", lambda out: out.write(to_yaml(config).encode("utf-8")))
+    data = config.data
+    corpus = tokenize_corpus(vocabs, data.train_src, data.train_tgt, data.cache_dir)
+    dev = tokenize_corpus(vocabs, data.dev_src, data.dev_tgt, data.cache_dir)
+    test = tokenize_corpus(vocabs, data.test_src, data.test_tgt, data.cache_dir) if data.test_src else None
+    return vocabs, corpus, dev, test
+
+
+def build_trainer(config: Config, overwrite: bool = False, resume: bool = False) -> Trainer:
+    """Everything up to the first step: run directory, tokenizer, corpora, model, optimizer.
+
+    Under torchrun, rank 0 prepares the run directory, tokenizer and corpus caches first;
+    the other processes then read them."""
     check_training_files(config)
     run_dir = Path(config.run_dir)
     device = select_device(config.training.device)
+    world = join(device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not world.is_main:
+        logging.getLogger("seq2seq_cli").setLevel(logging.WARNING)  # one log, from rank 0
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     resume_from = None
@@ -512,28 +596,17 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
         if "trainer" not in resume_from:
             raise UserError(f"{last}: holds no training state to resume from")
         _same_experiment(config, checkpoint_config(resume_from, last), run_dir)
-        vocabs = Vocabularies.load(run_dir / "tokenizer")
-        truncate_metrics(run_dir / "metrics.jsonl", resume_from["step"])
-        log.info("resuming %s from step %d", run_dir, resume_from["step"])
-    else:
-        prepare_run_dir(run_dir, overwrite)
-        set_seed(config.training.seed)
-        train_src_lines, train_tgt_lines = read_parallel(config.data.train_src, config.data.train_tgt)
-        vocabs = build_vocabularies(config.tokenizer, train_src_lines, train_tgt_lines)
-        save_atomically(run_dir / "tokenizer", vocabs.save)
-    atomic_write(run_dir / "config.yaml", lambda out: out.write(to_yaml(config).encode("utf-8")))
-
-    corpus = tokenize_corpus(vocabs, config.data.train_src, config.data.train_tgt, config.data.cache_dir)
+    if world.is_main:
+        vocabs, corpus, dev, test = _prepare_data(config, run_dir, overwrite, resume_from)
+    barrier(world)  # the others read the tokenizer and corpus caches rank 0 has written
+    if not world.is_main:
+        vocabs, corpus, dev, test = _prepare_data(config, run_dir, overwrite, resume_from, writer=False)
     corpus, empty, too_long = filter_pairs(corpus, config.data.max_len)
     log.info("training pairs: %d kept, %d empty and %d longer than %d tokens dropped",
              len(corpus), empty, too_long, config.data.max_len)
     if not len(corpus):
         raise UserError(f"{config.data.train_src}: no training pairs left after filtering; "
                         f"check the files or raise data.max_len")
-    dev = tokenize_corpus(vocabs, config.data.dev_src, config.data.dev_tgt, config.data.cache_dir)
-    test = None
-    if config.data.test_src:
-        test = tokenize_corpus(vocabs, config.data.test_src, config.data.test_tgt, config.data.cache_dir)
 
     set_seed(config.training.seed)
     bert = None
@@ -544,16 +617,19 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
     else:
         model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert)
     model = model.to(device)
+    if world.rank:
+        torch.manual_seed(config.training.seed + 1000 * world.rank)  # own dropout masks per process
     parameters = sum(p.numel() for p in model.parameters())
-    check_disk_space(run_dir, parameters)
-    log.info("device %s, %d parameters, vocab %d/%d, %d train / %d dev pairs, %d tokens per batch, run dir %s",
-             device, parameters, vocabs.src_size, vocabs.tgt_size, len(corpus), len(dev),
-             config.training.batch_tokens, run_dir)
+    if world.is_main:
+        check_disk_space(run_dir, parameters)
+    log.info("device %s x %d process(es), %d parameters, vocab %d/%d, %d train / %d dev pairs, "
+             "%d tokens per batch, run dir %s", device, world.size, parameters, vocabs.src_size, vocabs.tgt_size,
+             len(corpus), len(dev), config.training.batch_tokens, run_dir)
     batches = TokenBatches(corpus, vocabs, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
-    trainer = Trainer(config, model, vocabs, batches, dev, device, run_dir, test, resume_from)
+    trainer = Trainer(config, model, vocabs, batches, dev, device, run_dir, test, resume_from, world)
     trainer.record(event="resume" if resume else "start", step=trainer.step, epoch=trainer.epoch + 1,
-                   device=str(device), parameters=parameters, src_vocab_size=vocabs.src_size,
-                   tgt_vocab_size=vocabs.tgt_size, train_pairs=len(corpus), dropped_empty=empty,
-                   dropped_too_long=too_long, dev_pairs=len(dev), batch_tokens=config.training.batch_tokens,
-                   seed=config.training.seed)
-    return trainer.fit()
+                   device=str(device), processes=world.size, parameters=parameters,
+                   src_vocab_size=vocabs.src_size, tgt_vocab_size=vocabs.tgt_size, train_pairs=len(corpus),
+                   dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(dev),
+                   batch_tokens=config.training.batch_tokens, seed=config.training.seed)
+    return trainer
