@@ -132,18 +132,9 @@ def translate(
     for raw_lines in read_line_batches(source, translator.decoding.batch_size):
         sources, results = translator.translate_raw(raw_lines)
         for source_ids, hypotheses in zip(sources, results):
-            texts = translator.detokenize(hypotheses)
-            if nbest > 1:
-                out.write("".join(f"{index} ||| {text} ||| {h.score:.4f}\n"
-                                  for text, h in zip(texts, hypotheses)).encode("utf-8"))
-            else:
-                out.write((texts[0] + "\n").encode("utf-8"))
-            best = hypotheses[0]
-            if plot_attention is not None and best.attention is not None:
-                from seq2seq_cli.plotting import plot_attention as plot
-
-                plot(plot_attention / f"{index:05d}.png", vocabs.src_pieces(source_ids + [vocabs.eos_id]),
-                     vocabs.tgt_pieces(best.tokens + [vocabs.eos_id]), best.attention)
+            out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
+            if plot_attention is not None and hypotheses[0].attention is not None:
+                translator.plot_attention(plot_attention / f"{index:05d}.png", source_ids, hypotheses[0])
             index += 1
         out.flush()
     if out is not sys.stdout.buffer:
@@ -167,7 +158,6 @@ def evaluate(
     Example: s2s evaluate --checkpoint runs/toy --src data/toy/test.en --ref data/toy/test.de
     """
     import json
-    import time
 
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.evaluation import format_report, score_report
@@ -190,14 +180,7 @@ def evaluate(
         model, vocabs, settings = load_model(checkpoint, torch_device)
         translator = Translator(model, vocabs, settings, torch_device, beam_size=beam_size,
                                 length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
-        started = time.perf_counter()
-        _, results = translator.translate_raw([line.encode("utf-8") for line in sources])
-        seconds = time.perf_counter() - started
-        hypotheses = translator.detokenize([nbest[0] for nbest in results])
-        output_tokens = sum(len(nbest[0].tokens) for nbest in results)
-        speed = {"beam_size": translator.decoding.beam_size, "seconds": round(seconds, 3),
-                 "sentences_per_s": round(len(sources) / seconds, 2),
-                 "tokens_per_s": round(output_tokens / seconds, 1)}
+        hypotheses, speed = translator.translate_lines(sources)
         compared = src
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import select
+import time
 from typing import BinaryIO, Iterator
 
 import torch
@@ -109,3 +110,28 @@ class Translator:
 
     def detokenize(self, hypotheses: list[Hypothesis]) -> list[str]:
         return [text.replace("\n", " ") for text in self.vocabs.decode_tgt([h.tokens for h in hypotheses])]
+
+    def output_lines(self, index: int, hypotheses: list[Hypothesis]) -> str:
+        """What ``s2s translate`` prints for input line ``index``: the translation, or with
+        n-best lists ``INDEX ||| HYPOTHESIS ||| SCORE`` lines."""
+        texts = self.detokenize(hypotheses)
+        if self.nbest == 1:
+            return texts[0] + "\n"
+        return "".join(f"{index} ||| {text} ||| {h.score:.4f}\n" for text, h in zip(texts, hypotheses))
+
+    def plot_attention(self, path, source_ids: list[int], hypothesis: Hypothesis) -> None:
+        from seq2seq_cli.plotting import plot_attention
+
+        plot_attention(path, self.vocabs.src_pieces(source_ids + [self.vocabs.eos_id]),
+                       self.vocabs.tgt_pieces(hypothesis.tokens + [self.vocabs.eos_id]), hypothesis.attention)
+
+    def translate_lines(self, lines: list[str]) -> tuple[list[str], dict]:
+        """1-best translations of whole lines, and the decoding speed."""
+        started = time.perf_counter()
+        _, results = self.translate_raw([line.encode("utf-8") for line in lines])
+        seconds = time.perf_counter() - started
+        best = [nbest[0] for nbest in results]
+        speed = {"beam_size": self.decoding.beam_size, "seconds": round(seconds, 3),
+                 "sentences_per_s": round(len(lines) / seconds, 2),
+                 "tokens_per_s": round(sum(len(h.tokens) for h in best) / seconds, 1)}
+        return self.detokenize(best), speed
