@@ -332,11 +332,12 @@ class Trainer:
         (loss * (self.world.size / global_tokens)).backward()
         # The gradient norm is needed anyway for clipping; a non-finite one means a bad loss.
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm or math.inf)
-        if not bool(torch.isfinite(norm)):
+        finite, loss_value = torch.stack([torch.isfinite(norm).float(), loss.detach().float()]).tolist()  # one sync
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
-        return float(loss.detach())
+        return loss_value
 
     def _stop_for_signal(self) -> None:
         self.save_last()

@@ -38,26 +38,26 @@ def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]
             yield lines[start: start + max_lines]
         return
     pending, complete, at_end = b"", [], False
+
+    def pull() -> None:  # one read: whatever is there, up to 64 KiB
+        nonlocal pending, at_end
+        chunk = os.read(fd, 1 << 16)
+        at_end = not chunk
+        *new_lines, pending = (pending + chunk).split(b"\n")
+        complete.extend(new_lines)
+
     while True:
         # Block for the first complete line, then take whatever else is already there.
         while not at_end and not complete:
-            chunk = os.read(fd, 1 << 16)
-            at_end = not chunk
-            pending += chunk
-            *new_lines, pending = pending.split(b"\n")
-            complete.extend(new_lines)
+            pull()
         while not at_end and len(complete) < max_lines and select.select([fd], [], [], 0)[0]:
-            chunk = os.read(fd, 1 << 16)
-            at_end = not chunk
-            pending += chunk
-            *new_lines, pending = pending.split(b"\n")
-            complete.extend(new_lines)
+            pull()
         if at_end and pending:
             complete.append(pending)  # a last line without a line end
             pending = b""
         while complete:
             yield complete[:max_lines]
-            complete = complete[max_lines:]
+            del complete[:max_lines]
         if at_end:
             return
 
