@@ -107,3 +107,20 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     assert report["sentences"] == 100
     short = write_corpus(tmp_path, "y", hyps[:5], refs, src="hyp", tgt="ref")[0]
     assert_user_error(s2s("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")
+
+
+def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
+    missing = tmp_path / "missing"
+    assert_user_error(s2s("translate", "--checkpoint", missing, stdin="x\n"), "no such checkpoint file or run directory")
+    assert_user_error(s2s("translate", "--checkpoint", trained_run, "--input", missing / "in.en"), "cannot open")
+    (tmp_path / "file").write_text("x")
+    assert_user_error(s2s("translate", "--checkpoint", trained_run, "--plot-attention", tmp_path / "file" / "pics",
+                          stdin="x\n"), "cannot create")
+    assert_user_error(s2s("evaluate", "--ref", tmp_path / "file"), "give --hyp FILE, or --checkpoint RUN")
+    src, ref = write_corpus(tmp_path, "m", ["a", "b"], ["x"])
+    assert_user_error(s2s("evaluate", "--checkpoint", trained_run, "--src", src, "--ref", ref), "line-aligned")
+    assert_user_error(s2s("evaluate", "--hyp", missing, "--ref", ref), "file not found")
+    assert_user_error(s2s("train"), "give --config FILE to start a run, or --resume RUN_DIR")
+    assert_user_error(s2s("train", "--resume", trained_run, "--overwrite"), "choose one")
+    assert_user_error(s2s("train", "--resume", trained_run, "--run-dir", tmp_path / "other"), "name different runs")
+    assert_user_error(s2s("info", trained_run / "checkpoints"), "no metrics.jsonl")
