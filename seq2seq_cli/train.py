@@ -466,7 +466,7 @@ class Trainer:
                     stale.unlink(missing_ok=True)
 
     def evaluate_test(self) -> float:
-        best = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt")
         self.model.load_state_dict(best["model"])
         bleu = corpus_bleu(self.translate(self.test), self.test.tgt_lines)
         log.info("test BLEU (best checkpoint, greedy): %.2f", bleu)
