@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.tokenization import Vocabularies
 
 log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -33,22 +36,28 @@ def read_lines(path: str | Path) -> list[str]:
         raise UserError(f"{path}: file not found") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
+    if raw.startswith(BOM):
         log.info("%s: removed the UTF-8 byte-order mark", path)
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8 ({err.reason}); "
-                        "convert the file to UTF-8 (e.g. iconv -t UTF-8)") from None
-    lines = text.split("\n")
+        raw = raw[len(BOM):]
+    lines = decode_lines(raw, path)
     if lines and lines[-1] == "":
         lines.pop()
     if any(line.endswith("\r") for line in lines):
         log.info("%s: converted CRLF line ends to LF", path)
         lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     return lines
+
+
+def decode_lines(raw: bytes, path: str | Path, first_line: int = 1) -> list[str]:
+    """Split UTF-8 bytes on ``\\n`` only; a decoding error names the file and line
+    (``first_line`` is the number of the first line in ``raw``, for pieces of a file)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + raw.count(b"\n", 0, err.start)
+        raise UserError(f"{path}: line {line} is not valid UTF-8 ({err.reason}); "
+                        "convert the file to UTF-8 (e.g. iconv -t UTF-8)") from None
+    return text.split("\n")
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
@@ -64,7 +73,11 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
 
 @dataclass
 class ParallelCorpus:
-    """Token ids of a corpus, without special tokens; ``lines`` keep the raw target text."""
+    """Token ids of a corpus, without special tokens; ``lines`` keep the raw text.
+
+    Batching reads a corpus through ``lengths`` and ``pairs`` only, so a corpus kept on disk
+    (``shards.ShardedCorpus``) can stand in for this in-memory one.
+    """
 
     src_ids: list[list[int]]
     tgt_ids: list[list[int]]
@@ -73,6 +86,18 @@ class ParallelCorpus:
 
     def __len__(self) -> int:
         return len(self.src_ids)
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Token counts of every source and target sentence: two (N,) int64 arrays."""
+        return (np.fromiter(map(len, self.src_ids), dtype=np.int64, count=len(self)),
+                np.fromiter(map(len, self.tgt_ids), dtype=np.int64, count=len(self)))
+
+    def pairs(self, indices: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+        return [self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices]
+
+    def subset(self, indices: Sequence[int]) -> "ParallelCorpus":
+        return ParallelCorpus([self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices],
+                              [self.src_lines[i] for i in indices], [self.tgt_lines[i] for i in indices])
 
 
 def _file_digest(path: str | Path) -> str:
@@ -98,10 +123,12 @@ def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     return [chunk.tolist() for chunk in torch.split(flat, lengths.tolist())]
 
 
-def tokenize_corpus(vocabs: Vocabularies, src_path: str, tgt_path: str,
-                    cache_dir: Optional[str] = None) -> ParallelCorpus:
-    """Read and tokenize a parallel corpus, reusing a cached result for the same files and tokenizer."""
-    src_lines, tgt_lines = read_parallel(src_path, tgt_path)
+def tokenize_corpus(vocabs: Vocabularies, src_path: str, tgt_path: str, cache_dir: Optional[str] = None,
+                    lines: Optional[tuple[list[str], list[str]]] = None) -> ParallelCorpus:
+    """Read and tokenize a parallel corpus, reusing a cached result for the same files and tokenizer.
+
+    ``lines`` are the files' lines when the caller has already read them."""
+    src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hashlib.sha256(
         f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{vocabs.fingerprint()}".encode()).hexdigest()[:32]
@@ -135,19 +162,14 @@ def _write_cache(cache_file: Path, src_ids: list[list[int]], tgt_ids: list[list[
         log.warning("could not write corpus cache %s (%s)", cache_file, err)
 
 
-def filter_pairs(corpus: ParallelCorpus, max_len: int) -> tuple[ParallelCorpus, int, int]:
-    """Drop empty pairs and pairs longer than ``max_len`` tokens; return the counts dropped."""
-    keep, empty, too_long = [], 0, 0
-    for i, (src, tgt) in enumerate(zip(corpus.src_ids, corpus.tgt_ids)):
-        if not src or not tgt:
-            empty += 1
-        elif len(src) > max_len or len(tgt) > max_len:
-            too_long += 1
-        else:
-            keep.append(i)
-    filtered = ParallelCorpus([corpus.src_ids[i] for i in keep], [corpus.tgt_ids[i] for i in keep],
-                              [corpus.src_lines[i] for i in keep], [corpus.tgt_lines[i] for i in keep])
-    return filtered, empty, too_long
+def filter_pairs(corpus, max_len: int):
+    """Drop empty pairs and pairs longer than ``max_len`` tokens; return the corpus kept and
+    the counts of empty and too-long pairs dropped."""
+    src_lengths, tgt_lengths = corpus.lengths()
+    empty = (src_lengths == 0) | (tgt_lengths == 0)
+    too_long = ~empty & ((src_lengths > max_len) | (tgt_lengths > max_len))
+    keep = np.flatnonzero(~(empty | too_long))
+    return corpus.subset(keep), int(empty.sum()), int(too_long.sum())
 
 
 @dataclass
@@ -198,45 +220,50 @@ class TokenBatches:
     with a stable sort so equal lengths stay in random order, cut into batches, and the
     batch order is shuffled. Sentences in a batch therefore have nearly equal lengths and
     padding stays small. The batch list of an epoch is a pure function of (seed, epoch).
+
+    Only the length arrays are held here (numpy, vectorised), so an epoch of ten million
+    pairs is planned in seconds and the sentences themselves are read batch by batch.
     """
 
-    def __init__(self, corpus: ParallelCorpus, vocabs: Vocabularies, batch_tokens: int,
-                 shuffle: bool = True, seed: int = 0):
+    def __init__(self, corpus, vocabs: Vocabularies, batch_tokens: int, shuffle: bool = True, seed: int = 0):
         self.corpus = corpus
         self.vocabs = vocabs
         self.batch_tokens = batch_tokens
         self.shuffle = shuffle
         self.seed = seed
+        src_lengths, tgt_lengths = corpus.lengths()
         # +1 for [SEP] on the source and [CLS]/[SEP] on the target.
-        self.src_lengths = [len(s) + 1 for s in corpus.src_ids]
-        self.tgt_lengths = [len(t) + 1 for t in corpus.tgt_ids]
+        self.src_lengths = src_lengths.astype(np.int32) + 1
+        self.tgt_lengths = tgt_lengths.astype(np.int32) + 1
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        n = len(self.corpus)
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's batches, each an array of corpus indices."""
+        n = len(self.src_lengths)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=generator).tolist()
+            order = torch.randperm(n, generator=generator, dtype=torch.int32 if n < 2**31 else torch.int64).numpy()
         else:
-            order = list(range(n))
-        order.sort(key=lambda i: (self.tgt_lengths[i], self.src_lengths[i]))
-        batches, current, longest = [], [], 0
-        for i in order:
-            length = max(self.src_lengths[i], self.tgt_lengths[i])
-            if current and max(longest, length) * (len(current) + 1) > self.batch_tokens:
-                batches.append(current)
-                current, longest = [], 0
-            current.append(i)
-            longest = max(longest, length)
-        if current:
-            batches.append(current)
+            order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        # Stable sort by (target length, source length): ties keep their shuffled order.
+        order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]
+        widths = np.maximum(self.src_lengths, self.tgt_lengths)[order]
+        batches, start = [], 0
+        while start < n:
+            # Grow the batch while (its longest sentence) x (its size) fits the budget; every
+            # sentence is at least one token, so no batch holds more than batch_tokens of them.
+            window = widths[start: start + self.batch_tokens]
+            padded = np.maximum.accumulate(window) * np.arange(1, len(window) + 1, dtype=np.int64)
+            over = np.flatnonzero(padded > self.batch_tokens)
+            size = max(int(over[0]) if len(over) else len(window), 1)
+            batches.append(order[start: start + size])
+            start += size
         if self.shuffle:
             permutation = torch.randperm(len(batches), generator=generator).tolist()
             batches = [batches[j] for j in permutation]
         return batches
 
     def make_batch(self, indices: Sequence[int]) -> Batch:
-        return collate([self.corpus.src_ids[i] for i in indices],
-                       [self.corpus.tgt_ids[i] for i in indices], self.vocabs)
+        return collate(*self.corpus.pairs(indices), self.vocabs)
 
     def __iter__(self) -> Iterator[Batch]:
         for indices in self.epoch_batches(0):

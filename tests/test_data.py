@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from seq2seq_cli.config import TokenizerConfig
 from seq2seq_cli.data import (ParallelCorpus, TokenBatches, collate, filter_pairs, read_lines, read_parallel,
@@ -62,13 +63,13 @@ def test_token_batches_cover_corpus_within_budget(tmp_path, vocabs):
     src, tgt = write_corpus(tmp_path, "c", *toy_lines("train", 500))
     corpus = tokenize_corpus(vocabs, str(src), str(tgt))
     batches = TokenBatches(corpus, vocabs, batch_tokens=300, seed=3)
-    epoch0 = batches.epoch_batches(0)
+    epoch0 = [b.tolist() for b in batches.epoch_batches(0)]
     assert sorted(i for b in epoch0 for i in b) == list(range(len(corpus)))
     for indices in epoch0:
         batch = batches.make_batch(indices)
         assert len(indices) == 1 or max(batch.src_ids.numel(), batch.tgt_in.numel()) <= 300
-    assert epoch0 == TokenBatches(corpus, vocabs, 300, seed=3).epoch_batches(0)  # a function of (seed, epoch)
-    assert epoch0 != batches.epoch_batches(1)
+    assert epoch0 == [b.tolist() for b in TokenBatches(corpus, vocabs, 300, seed=3).epoch_batches(0)]  # (seed, epoch)
+    assert epoch0 != [b.tolist() for b in batches.epoch_batches(1)]
     # Length bucketing keeps padding small.
     padded = sum(batches.make_batch(b).tgt_in.numel() for b in epoch0)
     real = sum(len(t) + 1 for t in corpus.tgt_ids)
@@ -86,3 +87,29 @@ def test_tokenized_corpus_is_cached(tmp_path, vocabs, monkeypatch):
     monkeypatch.undo()
     third = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
     assert third.tgt_ids != first.tgt_ids
+
+
+def reference_batches(src_lengths, tgt_lengths, batch_tokens, order):
+    """The batching rule written sentence by sentence: sort stably by (target, source)
+    length, then close a batch when one more sentence would exceed the padded budget."""
+    order = sorted(order, key=lambda i: (tgt_lengths[i], src_lengths[i]))
+    batches, current, longest = [], [], 0
+    for i in order:
+        width = max(src_lengths[i], tgt_lengths[i])
+        if current and max(longest, width) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, width)
+    return batches + [current] if current else batches
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 40, 300, 5000])
+def test_vectorised_batching_equals_the_sentence_by_sentence_rule(batch_tokens, vocabs):
+    generator = torch.Generator().manual_seed(batch_tokens)
+    src = [[7] * n for n in torch.randint(0, 50, (3000,), generator=generator).tolist()]
+    tgt = [[7] * n for n in torch.randint(0, 50, (3000,), generator=generator).tolist()]
+    corpus = ParallelCorpus(src, tgt, [""] * 3000, [""] * 3000)
+    ours = [b.tolist() for b in TokenBatches(corpus, vocabs, batch_tokens, shuffle=False).epoch_batches(0)]
+    expected = reference_batches([len(s) + 1 for s in src], [len(t) + 1 for t in tgt], batch_tokens, range(3000))
+    assert ours == expected

@@ -71,6 +71,15 @@ def test_pretrained_bert_tokenizer_from_folder(tmp_path):
     assert (vocabs.pad_id, vocabs.bos_id, vocabs.eos_id) == (0, 2, 3)
 
 
+def test_saved_truncation_does_not_cut_sentences(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ein", "mann", "."]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
+    tokenizer.backend_tokenizer.enable_truncation(max_length=2)
+    tokenizer.save_pretrained(str(tmp_path / "bert"))
+    vocabs = build_vocabularies(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    assert vocabs.encode_src(["ein mann ein mann ."]) == [[5, 6, 5, 6, 7]]
+
+
 def test_unknown_pretrained_tokenizer_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="could not be loaded"):
         load_pretrained(tmp_path / "missing-model")
