@@ -67,6 +67,29 @@ def train(
         raise typer.Exit(stop.exit_code)
 
 
+@app.command()
+def prepare(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file; data.prepared_dir says where to write."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Tokenizing processes (default: one per CPU core)."),
+    shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="Sentence pairs per shard."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards prepared from other files or settings."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                    help="Config overrides, e.g. data.prepared_dir=data/wmt-bin."),
+) -> None:
+    """Tokenize the training corpus once into binary shards that training memory-maps.
+
+    For corpora too large to hold in memory; run it again to finish an interrupted prepare.
+
+    Example: s2s prepare --config configs/multi30k_cpu.yaml data.prepared_dir=data/multi30k-bin
+    """
+    from seq2seq_cli.config import load_config
+    from seq2seq_cli.shards import prepare as prepare_shards
+
+    settings = load_config(config, overrides or [])
+    data_dir = prepare_shards(settings, workers=workers, shard_pairs=shard_size, overwrite=overwrite)
+    typer.echo(f"prepared {data_dir}")
+
+
 def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
     """Start ``nproc`` training processes on this machine with torchrun, and exit as they do."""
     import subprocess

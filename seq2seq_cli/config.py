@@ -39,6 +39,10 @@ class DataConfig:
     max_len: int = 100
     # Where tokenized corpora are cached; None means $XDG_CACHE_HOME/s2s (~/.cache/s2s).
     cache_dir: Optional[str] = None
+    # A folder for the training corpus tokenized into binary shards (``s2s prepare``). When
+    # set, training reads batches from the shards instead of holding the text in memory, and
+    # prepares them first if ``s2s prepare`` has not. For corpora of millions of pairs.
+    prepared_dir: Optional[str] = None
 
 
 @dataclass
@@ -268,7 +272,7 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 def resolve_paths(config: Config) -> Config:
     """Make every relative path absolute against the current working directory."""
     data = config.data
-    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt", "cache_dir"):
+    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt", "cache_dir", "prepared_dir"):
         setattr(data, name, _absolute(getattr(data, name)))
     config.run_dir = _absolute(config.run_dir)
     # A pretrained tokenizer or model is a folder if one exists there, otherwise a hub name.

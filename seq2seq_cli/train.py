@@ -30,6 +30,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from seq2seq_cli import shards
 from seq2seq_cli.checkpoint import atomic_write, checkpoint_config, load_checkpoint, save_atomically, save_checkpoint
 from seq2seq_cli.config import Config, TrainingConfig, check_training_files, to_dict, to_yaml
 from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_parallel, tokenize_corpus
@@ -551,22 +552,42 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
 
 def _prepare_data(config: Config, run_dir: Path, overwrite: bool, resume_from: Optional[dict[str, Any]],
                   writer: bool = True):
-    """The tokenizer and tokenized corpora; the ``writer`` also prepares the run directory."""
-    if resume_from is not None or not writer:
+    """The tokenizer and tokenized corpora; the ``writer`` also prepares the run directory.
+
+    With ``data.prepared_dir`` the training corpus comes from binary shards (prepared here
+    first if ``s2s prepare`` has not done it) and its tokenizer from the same folder."""
+    fresh = resume_from is None and writer
+    if fresh:
+        prepare_run_dir(run_dir, overwrite)
+    sharded = None
+    if config.data.prepared_dir:
+        if writer:
+            shards.prepare(config)
+        sharded = shards.ShardedCorpus.open(config)
+    lines = None
+    if fresh:
+        set_seed(config.training.seed)
+        if sharded is not None:
+            vocabs = sharded.vocabularies()
+        else:
+            lines = read_parallel(config.data.train_src, config.data.train_tgt)
+            vocabs = build_vocabularies(config.tokenizer, *lines)
+        save_atomically(run_dir / "tokenizer", vocabs.save)
+    else:
         vocabs = Vocabularies.load(run_dir / "tokenizer")
         if resume_from is not None and writer:
             truncate_metrics(run_dir / "metrics.jsonl", resume_from["step"])
             log.info("resuming %s from step %d", run_dir, resume_from["step"])
-    else:
-        prepare_run_dir(run_dir, overwrite)
-        set_seed(config.training.seed)
-        train_src_lines, train_tgt_lines = read_parallel(config.data.train_src, config.data.train_tgt)
-        vocabs = build_vocabularies(config.tokenizer, train_src_lines, train_tgt_lines)
-        save_atomically(run_dir / "tokenizer", vocabs.save)
     if writer:
         atomic_write(run_dir / "config.yaml", lambda out: out.write(to_yaml(config).encode("utf-8")))
     data = config.data
-    corpus = tokenize_corpus(vocabs, data.train_src, data.train_tgt, data.cache_dir)
+    if sharded is not None:
+        if vocabs.fingerprint() != sharded.meta["tokenizer_fingerprint"]:
+            raise UserError(f"the tokenizer of {run_dir} is not the one {data.prepared_dir} was prepared with; "
+                            "train a new run on these shards")
+        corpus = sharded
+    else:
+        corpus = tokenize_corpus(vocabs, data.train_src, data.train_tgt, data.cache_dir, lines)
     dev = tokenize_corpus(vocabs, data.dev_src, data.dev_tgt, data.cache_dir)
     test = tokenize_corpus(vocabs, data.test_src, data.test_tgt, data.cache_dir) if data.test_src else None
     return vocabs, corpus, dev, test
