@@ -82,15 +82,19 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
     except OSError as err:
         raise UserError(f"cannot create data.prepared_dir {data_dir} ({err.strerror})") from None
     started = time.perf_counter()
-    if plan is None:
-        plan = _make_plan(config, data_dir, recipe, shard_pairs)
-    else:
-        log.info("%s: continuing an interrupted prepare", data_dir)
-        for leftover in data_dir.glob(".shard-*.tmp"):  # from a writer that was killed
-            leftover.unlink(missing_ok=True)
-    shards = _tokenize_shards(config, data_dir, plan, workers or default_workers())
-    meta = {**plan, "pairs": sum(s["pairs"] for s in shards), "shards": shards}
-    _write_json(data_dir / "meta.json", meta)
+    try:
+        if plan is None:
+            plan = _make_plan(config, data_dir, recipe, shard_pairs)
+        else:
+            log.info("%s: continuing an interrupted prepare", data_dir)
+            for leftover in data_dir.glob(".shard-*.tmp"):  # from a writer that was killed
+                leftover.unlink(missing_ok=True)
+        shards = _tokenize_shards(config, data_dir, plan, workers or default_workers())
+        meta = {**plan, "pairs": sum(s["pairs"] for s in shards), "shards": shards}
+        _write_json(data_dir / "meta.json", meta)
+    except OSError as err:
+        raise UserError(f"cannot write to {data_dir} ({err.strerror or err}); free space or choose another "
+                        "data.prepared_dir, then run s2s prepare again: finished shards are kept") from None
     seconds = time.perf_counter() - started
     log.info("%s: %d pairs in %d shards prepared in %.1f s (%.0f pairs/s)", data_dir, meta["pairs"],
              len(shards), seconds, meta["pairs"] / max(seconds, 1e-9))

@@ -49,7 +49,7 @@ def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path
     batches = single.train_batches.epoch_batches(0)
     for step in range(STEPS):
         single.step = step + 1
-        merged = single.train_batches.make_batch(batches[2 * step] + batches[2 * step + 1])
+        merged = single.train_batches.make_batch([*batches[2 * step], *batches[2 * step + 1]])
         assert single._train_step(merged) is not None
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -1,6 +1,7 @@
 """Prepared corpora: shards hold exactly the tokenized corpus, training from them equals
 training from text, and an interrupted or damaged prepare is never used."""
 
+import errno
 import subprocess
 import sys
 
@@ -94,6 +95,26 @@ def test_interrupted_prepare_is_never_used_and_continues(tmp_path, monkeypatch):
     prepare(fresh_config, workers=1, shard_pairs=100)
     fresh = ShardedCorpus.open(fresh_config)
     assert resumed.pairs(range(400)) == fresh.pairs(range(400))
+
+
+def test_full_disk_is_a_clear_error_and_keeps_finished_shards(tmp_path, monkeypatch):
+    config = sharded_config(tmp_path)
+    real, writes = shards.atomic_write, []
+
+    def fill_up(path, write):
+        writes.append(path)
+        if len(writes) > 8:  # plan, tokenizer, then two shards and a bit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(shards, "atomic_write", fill_up)
+    with pytest.raises(UserError, match="No space left on device.*finished shards are kept"):
+        prepare(config, workers=1, shard_pairs=100)
+    monkeypatch.undo()
+    assert (tmp_path / "prepared" / "shard-00000.json").is_file()
+    assert not (tmp_path / "prepared" / "meta.json").exists()
+    prepare(config, workers=1, shard_pairs=100)
+    assert len(ShardedCorpus.open(config)) == 400
 
 
 def test_damaged_or_stale_shards_are_refused(tmp_path):
