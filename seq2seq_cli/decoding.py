@@ -53,19 +53,30 @@ def max_lengths(src_lengths: torch.Tensor, ratio: float, offset: int) -> torch.T
     return (src_lengths.double() * ratio).floor().long() + offset
 
 
-def next_token_log_probs(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds,
-                         at_limit: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities (N, V) of the next token; rows at their length limit may only end."""
-    logits = model.decoder.logits(features).float()
+def best_next_tokens(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds, at_limit: torch.Tensor,
+                     count: int, generated: Optional[torch.Tensor] = None,
+                     no_repeat_ngram_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` (at most V) most probable next tokens of each row and their log-probabilities.
+
+    Only the winners are normalised (logit - logsumexp): no (N, V) log-softmax is written,
+    which is most of a step's memory traffic in a large batch. Rows at their length limit
+    may only end: their first candidate is [SEP] with its true log-probability, so a score is
+    always the model's own; the others are -inf."""
+    logits = model.decoder.logits(features).float()  # (N, V)
     logits[:, ids.pad] = float("-inf")
     logits[:, ids.bos] = float("-inf")
-    log_probs = torch.log_softmax(logits, dim=-1)
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (N, 1)
+    if no_repeat_ngram_size and generated is not None:
+        ban_repeated_ngrams(logits, generated, no_repeat_ngram_size)  # after normalising: bans keep P(rest)
+    top_logits, top_tokens = logits.topk(min(count, logits.size(1)), dim=-1)
+    top_log_probs = top_logits - log_norm
     if bool(at_limit.any()):
-        # Keep the true log P([SEP]) at the limit, so a score is always the model's own.
-        eos = log_probs[:, ids.eos].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[:, ids.eos] = eos
-    return log_probs
+        rows = at_limit.nonzero().squeeze(1)
+        end = logits[rows, ids.eos] - log_norm[rows, 0]
+        top_log_probs[rows] = float("-inf")
+        top_log_probs[rows, 0] = end
+        top_tokens[rows, 0] = ids.eos
+    return top_log_probs, top_tokens
 
 
 def ban_repeated_ngrams(log_probs: torch.Tensor, generated: torch.Tensor, size: int) -> None:
@@ -105,10 +116,9 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tens
     attention = torch.zeros(batch_size, steps, src_ids.size(1)) if keep_attention else None
     for t in range(steps):
         features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, state)
-        log_probs = next_token_log_probs(model, features, ids, limits <= t)  # (active, V)
-        if no_repeat_ngram_size:
-            ban_repeated_ngrams(log_probs, output[active, :t], no_repeat_ngram_size)
-        best, tokens = log_probs.max(dim=-1)
+        best, tokens = best_next_tokens(model, features, ids, limits <= t, 1, output[active, :t],
+                                        no_repeat_ngram_size)  # (active, 1)
+        best, tokens = best.squeeze(1), tokens.squeeze(1)
         output[active, t] = tokens
         log_prob[active] += best
         if attention is not None:
@@ -164,13 +174,14 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
     for t in range(int(limits.max()) + 1):
         n = len(active)
         features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, beam_state)
-        log_probs = next_token_log_probs(model, features, ids, beam_limits <= t)  # (n*K, V)
-        if no_repeat_ngram_size:
-            ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
-        vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (n, 2K)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        # The 2K best extensions of a sentence are among its beams' 2K best tokens each, so
+        # rank K x 2K candidates per sentence, not K x V.
+        beam_log_probs, beam_tokens = best_next_tokens(model, features, ids, beam_limits <= t, 2 * k,
+                                                       generated, no_repeat_ngram_size)  # (n*K, 2K)
+        per_beam = beam_tokens.size(1)
+        candidates = (scores.view(-1, 1) + beam_log_probs).view(n, k * per_beam)
+        top_scores, top_index = candidates.topk(min(2 * k, k * per_beam), dim=1)  # (n, 2K)
+        top_beam, top_token = top_index // per_beam, beam_tokens.view(n, k * per_beam).gather(1, top_index)
         is_eos = top_token == ids.eos
 
         ending = is_eos & (rank[: top_scores.size(1)] < k) & torch.isfinite(top_scores)
