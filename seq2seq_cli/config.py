@@ -77,6 +77,10 @@ class ModelConfig:
     # vocabulary projection, which shrinks the largest matmul (1.6x faster training at
     # emb/hidden 256, vocab 8k); 0: project straight to the vocabulary, as the seed did.
     output_dim: int = 256
+    # Share weights between embeddings and the output projection (Press & Wolf 2017):
+    # none; output (target embedding = output projection, needs output_dim == embed_dim);
+    # all (also the source embedding, needs one shared vocabulary).
+    tie_embeddings: str = "none"
 
 
 @dataclass
@@ -205,6 +209,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("model.dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     ("model.embed_type", lambda v: v in ("rand", "bert"), "'rand' or 'bert'"),
     ("model.output_dim", lambda v: v >= 0, "0 (direct projection) or positive"),
+    ("model.tie_embeddings", lambda v: v in ("none", "output", "all"), "'none', 'output' or 'all'"),
     ("training.num_threads", lambda v: v >= 0, "0 (PyTorch default) or positive"),
     ("training.max_steps", lambda v: v >= 0, "0 (no limit) or positive"),
     ("training.max_epochs", lambda v: v >= 0, "0 (no limit) or positive"),
@@ -258,6 +263,17 @@ def check_config(config: Config, source: str = "config") -> None:
     if config.model.embed_type == "bert" and not config.tokenizer.pretrained:
         raise UserError(f"{source}: model.embed_type=bert needs the model's own tokenizer: "
                         "set tokenizer.pretrained to the same BERT model")
+    model = config.model
+    if model.tie_embeddings != "none":
+        if model.output_dim != model.embed_dim:
+            raise UserError(f"{source}: model.tie_embeddings={model.tie_embeddings} shares the output projection "
+                            f"with the embeddings, so model.output_dim ({model.output_dim}) must equal "
+                            f"model.embed_dim ({model.embed_dim})")
+        if model.embed_type != "rand":
+            raise UserError(f"{source}: model.tie_embeddings needs model.embed_type=rand")
+    if model.tie_embeddings == "all" and not (config.tokenizer.shared_vocab or config.tokenizer.pretrained):
+        raise UserError(f"{source}: model.tie_embeddings=all needs one vocabulary for both languages "
+                        "(tokenizer.shared_vocab: true)")
     device = training.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"{source}: training.device must be auto, cpu, cuda or cuda:N, got {device!r}")

@@ -105,6 +105,13 @@ class Decoder(nn.Module):
         features = hidden + context_dim + config.embed_dim
         self.pre_output = nn.Linear(features, config.output_dim) if config.output_dim else None
         self.output = nn.Linear(config.output_dim or features, vocab_size)
+        if config.tie_embeddings != "none":  # one (V, E) matrix embeds and scores target tokens
+            # N(0, 1/E) as in fairseq's shared embeddings: N(0, 1) rows would start the logits
+            # at a standard deviation of sqrt(E).
+            nn.init.normal_(self.embedding.weight, std=config.embed_dim ** -0.5)
+            with torch.no_grad():
+                self.embedding.weight[pad_id].zero_()
+            self.output.weight = self.embedding.weight
         self.dropout = nn.Dropout(config.dropout)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -135,6 +142,11 @@ class Seq2Seq(nn.Module):
         self.pad_id = pad_id
         self.encoder = Encoder(config, src_vocab_size, pad_id, pretrained_dim)
         self.decoder = Decoder(config, tgt_vocab_size, pad_id, pretrained_dim)
+        if config.tie_embeddings == "all":
+            if src_vocab_size != tgt_vocab_size:
+                raise UserError("model.tie_embeddings=all needs one vocabulary for both languages, but the "
+                                f"source has {src_vocab_size} tokens and the target {tgt_vocab_size}")
+            self.encoder.embedding.weight = self.decoder.embedding.weight
 
     def encode(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> EncoderState:
         encoder_outputs, hidden = self.encoder(src_ids, src_lengths)

@@ -45,6 +45,9 @@ def test_relative_paths_resolve_against_working_directory(tmp_path, monkeypatch)
     ("- a\n- b\n", [], "mapping"),
     (MINIMAL + "training: {device: tpu}\n", [], "training.device"),
     (MINIMAL + "model: {embed_type: bert}\n", [], "model.embed_type=bert"),
+    (MINIMAL + "model: {tie_embeddings: yes}\n", [], "model.tie_embeddings must be"),
+    (MINIMAL + "model: {tie_embeddings: output, output_dim: 128}\n", [], "model.output_dim (128) must equal"),
+    (MINIMAL + "model: {tie_embeddings: all}\ntokenizer: {shared_vocab: false}\n", [], "one vocabulary"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, overrides, fragment):
     with pytest.raises(UserError) as caught:

@@ -73,3 +73,29 @@ def test_bert_embeddings_are_copied_with_a_projection():
     torch.testing.assert_close(embedding_table(model.decoder.embedding).weight, bert)
     src_ids, src_lengths = pad_sources([[5, 6]], PAD, EOS)
     assert model(src_ids, src_lengths, torch.tensor([[BOS, 4]])).shape == (1, 2, 30)
+
+
+@pytest.mark.parametrize("tie", ["output", "all"])
+def test_tied_embeddings_share_one_matrix_through_training_and_saving(tie, tmp_path):
+    def make(**changes):
+        torch.manual_seed(0)
+        return build_model(ModelConfig(embed_dim=12, hidden_size=10, output_dim=12, **changes), 30, 30, PAD)
+
+    untied, tied = make(), make(tie_embeddings=tie)
+    shared = tied.decoder.embedding.weight
+    assert tied.decoder.output.weight is shared
+    assert (tied.encoder.embedding.weight is shared) == (tie == "all")
+    saved = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
+    assert saved == shared.numel() * (2 if tie == "all" else 1)
+    src_ids, src_lengths = pad_sources([[5, 6, 7], [8, 9]], 0, 3)
+    tgt_in = torch.tensor([[2, 5, 6], [2, 7, 0]])
+    optimizer = torch.optim.AdamW(tied.parameters(), lr=0.1)
+    tied(src_ids, src_lengths, tgt_in).sum().backward()
+    optimizer.step()
+    assert tied.decoder.output.weight is tied.decoder.embedding.weight
+    torch.save(tied.state_dict(), tmp_path / "tied.pt")
+    reloaded = make(tie_embeddings=tie)
+    reloaded.load_state_dict(torch.load(tmp_path / "tied.pt", weights_only=True))
+    tied.eval(), reloaded.eval()
+    assert torch.equal(reloaded(src_ids, src_lengths, tgt_in), tied(src_ids, src_lengths, tgt_in))
+    assert reloaded.decoder.output.weight is reloaded.decoder.embedding.weight
