@@ -1,10 +1,14 @@
 """Train a config on Multi30k de->en for a wall-clock budget, then report test2016 BLEU and chrF.
 
     python benchmarks/quality.py --data ../shared/data/multi30k --minutes 20 [--config configs/multi30k_cpu.yaml]
-        [--run-dir runs/quality] [--json out.json] [KEY=VALUE ...]
+        [--run-dir runs/quality] [--evaluate-only] [--length-penalties 0.6 1.0 1.4] [--average K]
+        [--json out.json] [KEY=VALUE ...]
 
 Scores are cased, detokenized sacreBLEU (13a) of the best checkpoint against the raw
 references, greedy and beam search (the config's beam size and length penalty, default 5).
+``--length-penalties`` tunes beam search's length penalty on the dev set (val) and scores test
+with the winner; ``--average K`` also scores the average of the last K step checkpoints
+(train with ``training.keep_last`` >= K).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq_cli.checkpoint import load_model
+from seq2seq_cli.checkpoint import average_checkpoints, load_model
 from seq2seq_cli.config import load_config
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import translate_corpus
@@ -39,12 +43,37 @@ def scores(model, vocabs, decoding, device, src: Path, ref: Path) -> dict:
             "bleu_signature": report["bleu"]["signature"], "sentences_per_s": round(len(sources) / seconds, 1)}
 
 
+def evaluate(run: Path, data: Path, files: dict, device, length_penalties: list[float], label: str) -> dict:
+    """Greedy dev/test and beam test scores of a checkpoint; with ``length_penalties``, beam
+    search's alpha is chosen by dev BLEU (never test) and test is scored with the winner."""
+    model, vocabs, saved = load_model(run, device)
+    beam = saved.decoding if saved.decoding.beam_size > 1 else dataclasses.replace(saved.decoding, beam_size=5)
+    greedy = dataclasses.replace(saved.decoding, beam_size=1)
+    dev, test = (data / files["dev_src"], data / files["dev_tgt"]), (data / files["test_src"], data / files["test_tgt"])
+    result = {"checkpoint": label, "dev_greedy": scores(model, vocabs, greedy, device, *dev),
+              "test_greedy": scores(model, vocabs, greedy, device, *test),
+              "test_beam": scores(model, vocabs, beam, device, *test),
+              "beam_size": beam.beam_size, "length_penalty": beam.length_penalty}
+    if length_penalties:
+        dev_beam = {alpha: scores(model, vocabs, dataclasses.replace(beam, length_penalty=alpha), device, *dev)
+                    for alpha in length_penalties}
+        best = max(length_penalties, key=lambda alpha: dev_beam[alpha]["bleu"])
+        result["dev_beam_by_length_penalty"] = {str(a): row["bleu"] for a, row in dev_beam.items()}
+        result["tuned_length_penalty"] = best
+        result["test_beam_tuned"] = scores(model, vocabs, dataclasses.replace(beam, length_penalty=best), device, *test)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "multi30k_cpu.yaml")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "quality")
+    parser.add_argument("--evaluate-only", action="store_true", help="score the run already in --run-dir")
+    parser.add_argument("--length-penalties", type=float, nargs="*", default=[],
+                        help="tune beam search's length penalty on dev over these values")
+    parser.add_argument("--average", type=int, default=0, help="also score the average of the last K checkpoints")
     parser.add_argument("--json", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY=VALUE")
     args = parser.parse_args()
@@ -55,30 +84,32 @@ def main() -> None:
     overrides += [f"training.max_minutes={args.minutes}", f"run_dir={args.run_dir}", *args.overrides]
     config = load_config(args.config, overrides)
 
-    started = time.perf_counter()
-    summary = train(config, overwrite=True)
-    wall = time.perf_counter() - started
-
+    result = {"config": str(args.config), "overrides": args.overrides, "minutes": args.minutes,
+              "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    if not args.evaluate_only:
+        started = time.perf_counter()
+        summary = train(config, overwrite=True)
+        result.update(steps=summary["step"], best_step=summary["best_step"],
+                      train_wall_s=round(time.perf_counter() - started, 1))
+        print(f"{args.config.name}: {summary['step']} steps in {result['train_wall_s'] / 60:.1f} min "
+              f"({torch.get_num_threads()} threads)")
     device = select_device(config.training.device)
-    model, vocabs, saved = load_model(config.run_dir, device)
-    beam = saved.decoding if saved.decoding.beam_size > 1 else dataclasses.replace(saved.decoding, beam_size=5)
-    greedy = dataclasses.replace(saved.decoding, beam_size=1)
-    result = {
-        "config": str(args.config), "overrides": args.overrides, "minutes": args.minutes,
-        "device": str(device), "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "steps": summary["step"], "best_step": summary["best_step"], "train_wall_s": round(wall, 1),
-        "dev_greedy": scores(model, vocabs, greedy, device, data / files["dev_src"], data / files["dev_tgt"]),
-        "test_greedy": scores(model, vocabs, greedy, device, data / files["test_src"], data / files["test_tgt"]),
-        "test_beam": scores(model, vocabs, beam, device, data / files["test_src"], data / files["test_tgt"]),
-        "beam_size": beam.beam_size, "length_penalty": beam.length_penalty,
-    }
-    print(f"{args.config.name}: {summary['step']} steps in {wall / 60:.1f} min on {device} "
-          f"({torch.get_num_threads()} threads)")
-    for name in ("dev_greedy", "test_greedy", "test_beam"):
-        row = result[name]
-        print(f"  {name:<12} BLEU {row['bleu']:6.2f}  chrF {row['chrf']:6.2f}  len ratio {row['length_ratio']:.3f}  "
-              f"{row['sentences_per_s']:.0f} sent/s")
+    result["device"] = str(device)
+    checkpoints = [evaluate(args.run_dir, data, files, device, args.length_penalties, "best")]
+    if args.average:
+        averaged = average_checkpoints(args.run_dir, args.average)
+        checkpoints.append(evaluate(averaged, data, files, device, args.length_penalties, f"average of last {args.average}"))
+    result["checkpoints"] = checkpoints
+    for row in checkpoints:
+        print(f"{row['checkpoint']}:")
+        for name in ("dev_greedy", "test_greedy", "test_beam", "test_beam_tuned"):
+            if name in row:
+                score = row[name]
+                print(f"  {name:<16} BLEU {score['bleu']:6.2f}  chrF {score['chrf']:6.2f}  "
+                      f"len ratio {score['length_ratio']:.3f}  {score['sentences_per_s']:.0f} sent/s")
+        if "tuned_length_penalty" in row:
+            print(f"  dev beam BLEU by length penalty: {row['dev_beam_by_length_penalty']} "
+                  f"-> {row['tuned_length_penalty']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

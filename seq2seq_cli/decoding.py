@@ -58,25 +58,24 @@ def best_next_tokens(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds, at
                      no_repeat_ngram_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` (at most V) most probable next tokens of each row and their log-probabilities.
 
-    Only the winners are normalised (logit - logsumexp): no (N, V) log-softmax is written,
-    which is most of a step's memory traffic in a large batch. Rows at their length limit
-    may only end: their first candidate is [SEP] with its true log-probability, so a score is
-    always the model's own; the others are -inf."""
+    Rows at their length limit may only end: they keep the true log P([SEP]), so a score is
+    always the model's own. Beam search asks each beam for its 2K best tokens instead of
+    ranking all K x V extensions of a sentence: the 2K best extensions are among them, and
+    the (N, V) candidate matrix is never written."""
     logits = model.decoder.logits(features).float()  # (N, V)
     logits[:, ids.pad] = float("-inf")
     logits[:, ids.bos] = float("-inf")
-    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (N, 1)
-    if no_repeat_ngram_size and generated is not None:
-        ban_repeated_ngrams(logits, generated, no_repeat_ngram_size)  # after normalising: bans keep P(rest)
-    top_logits, top_tokens = logits.topk(min(count, logits.size(1)), dim=-1)
-    top_log_probs = top_logits - log_norm
+    log_probs = torch.log_softmax(logits, dim=-1)
     if bool(at_limit.any()):
-        rows = at_limit.nonzero().squeeze(1)
-        end = logits[rows, ids.eos] - log_norm[rows, 0]
-        top_log_probs[rows] = float("-inf")
-        top_log_probs[rows, 0] = end
-        top_tokens[rows, 0] = ids.eos
-    return top_log_probs, top_tokens
+        eos = log_probs[:, ids.eos].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[:, ids.eos] = eos
+    if no_repeat_ngram_size and generated is not None:
+        ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
+    if count == 1:  # a max is cheaper than a top-k
+        best, tokens = log_probs.max(dim=-1, keepdim=True)
+        return best, tokens
+    return log_probs.topk(min(count, log_probs.size(1)), dim=-1)
 
 
 def ban_repeated_ngrams(log_probs: torch.Tensor, generated: torch.Tensor, size: int) -> None:
