@@ -1,7 +1,7 @@
 """Train a config on Multi30k de->en for a wall-clock budget, then report test2016 BLEU and chrF.
 
     python benchmarks/quality.py --data ../shared/data/multi30k --minutes 20 [--config configs/multi30k_cpu.yaml]
-        [--run-dir runs/quality] [--evaluate-only] [--length-penalties 0.6 1.0 1.4] [--average K]
+        [--run-dir runs/quality] [--evaluate-only] [--length-penalties 0.6,1.0,1.4] [--average K]
         [--json out.json] [KEY=VALUE ...]
 
 Scores are cased, detokenized sacreBLEU (13a) of the best checkpoint against the raw
@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "multi30k_cpu.yaml")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "quality")
     parser.add_argument("--evaluate-only", action="store_true", help="score the run already in --run-dir")
-    parser.add_argument("--length-penalties", type=float, nargs="*", default=[],
-                        help="tune beam search's length penalty on dev over these values")
+    parser.add_argument("--length-penalties", type=lambda text: [float(v) for v in text.split(",")], default=[],
+                        help="tune beam search's length penalty on dev over these values, e.g. 0.6,1.0,1.4")
     parser.add_argument("--average", type=int, default=0, help="also score the average of the last K checkpoints")
     parser.add_argument("--json", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY=VALUE")

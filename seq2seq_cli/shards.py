@@ -74,7 +74,8 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
     if any(found is not None and found.get("recipe") != recipe for found in (meta, plan)):
         if not overwrite:
             raise UserError(f"{data_dir} holds a corpus prepared from other files or tokenizer settings; "
-                            "pass --overwrite to replace it or set another data.prepared_dir")
+                            "replace it with s2s prepare --config CONFIG --overwrite, or set another "
+                            "data.prepared_dir")
         _remove_own_files(data_dir)
         plan = None
     try:

@@ -65,7 +65,10 @@ def s2s_train(*args) -> subprocess.CompletedProcess:
 
 
 def test_nproc_runs_torchrun_and_resumes(tmp_path):
-    straight_config = tiny_config(tmp_path / "a", training={**SCHEDULE, "max_steps": 2 * STEPS})
+    # The uninterrupted run reads prepared shards (rank 0 prepares them, the other rank waits
+    # and opens them), the interrupted one reads text: both must train the same model.
+    straight_config = tiny_config(tmp_path / "a", training={**SCHEDULE, "max_steps": 2 * STEPS},
+                                  data={"prepared_dir": str(tmp_path / "a" / "prepared")})
     result = s2s_train("--nproc", 2, "--config", straight_config)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     straight = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.pt", weights_only=True)
