@@ -39,25 +39,25 @@ def read_lines(path: str | Path) -> list[str]:
     if raw.startswith(BOM):
         log.info("%s: removed the UTF-8 byte-order mark", path)
         raw = raw[len(BOM):]
-    lines = decode_lines(raw, path)
-    if lines and lines[-1] == "":
-        lines.pop()
-    if any(line.endswith("\r") for line in lines):
+    if b"\r\n" in raw:
         log.info("%s: converted CRLF line ends to LF", path)
-        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    return lines
+    return decode_lines(raw, path)
 
 
 def decode_lines(raw: bytes, path: str | Path, first_line: int = 1) -> list[str]:
-    """Split UTF-8 bytes on ``\\n`` only; a decoding error names the file and line
-    (``first_line`` is the number of the first line in ``raw``, for pieces of a file)."""
+    """The lines of UTF-8 bytes (split on ``\\n`` only, a CRLF's ``\\r`` dropped, no empty
+    line after a final ``\\n``); a decoding error names the file and line (``first_line`` is
+    the number of the first line in ``raw``, for pieces of a file)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = first_line + raw.count(b"\n", 0, err.start)
         raise UserError(f"{path}: line {line} is not valid UTF-8 ({err.reason}); "
                         "convert the file to UTF-8 (e.g. iconv -t UTF-8)") from None
-    return text.split("\n")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:

@@ -181,10 +181,8 @@ def _stream_lines(path: str) -> Iterator[str]:
             if first_line == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM):]
             lines = decode_lines(raw, path, first_line)
-            if lines[-1] == "":
-                lines.pop()
             first_line += len(lines)
-            yield from (line[:-1] if line.endswith("\r") else line for line in lines)
+            yield from lines
 
 
 def _tokenize_shards(config: Config, data_dir: Path, plan: dict[str, Any], workers: int) -> list[dict[str, Any]]:
@@ -266,10 +264,7 @@ def _read_range(path: str, byte_range: Sequence[int], first_line: int) -> list[s
         raw = handle.read(end - start)
     if start == 0 and raw.startswith(BOM):
         raw = raw[len(BOM):]
-    lines = decode_lines(raw, path, first_line)
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return decode_lines(raw, path, first_line)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
