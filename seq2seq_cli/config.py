@@ -299,10 +299,11 @@ def resolve_paths(config: Config) -> Config:
     return config
 
 
-def check_training_files(config: Config) -> None:
-    """Training needs its corpora; fail before any work if one is missing."""
+def check_training_files(config: Config, names: tuple[str, ...] = (
+        "train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt")) -> None:
+    """Training needs its corpora (``data.<name>`` for each name); fail before any work if one is missing."""
     data = config.data
-    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt"):
+    for name in names:
         value = getattr(data, name)
         if value is not None and not Path(value).is_file():
             raise UserError(f"data.{name}: file {value} not found; check the path "

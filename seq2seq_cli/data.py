@@ -38,7 +38,6 @@ def read_lines(path: str | Path) -> list[str]:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if raw.startswith(BOM):
         log.info("%s: removed the UTF-8 byte-order mark", path)
-        raw = raw[len(BOM):]
     if b"\r\n" in raw:
         log.info("%s: converted CRLF line ends to LF", path)
     return decode_lines(raw, path)
@@ -46,8 +45,11 @@ def read_lines(path: str | Path) -> list[str]:
 
 def decode_lines(raw: bytes, path: str | Path, first_line: int = 1) -> list[str]:
     """The lines of UTF-8 bytes (split on ``\\n`` only, a CRLF's ``\\r`` dropped, no empty
-    line after a final ``\\n``); a decoding error names the file and line (``first_line`` is
-    the number of the first line in ``raw``, for pieces of a file)."""
+    line after a final ``\\n``, a byte-order mark at the start of the file dropped); a
+    decoding error names the file and line (``first_line`` is the number of the first line
+    in ``raw``, for pieces of a file)."""
+    if first_line == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -96,8 +98,8 @@ class ParallelCorpus:
         return [self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices]
 
     def subset(self, indices: Sequence[int]) -> "ParallelCorpus":
-        return ParallelCorpus([self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices],
-                              [self.src_lines[i] for i in indices], [self.tgt_lines[i] for i in indices])
+        return ParallelCorpus(*self.pairs(indices), [self.src_lines[i] for i in indices],
+                              [self.tgt_lines[i] for i in indices])
 
 
 def _file_digest(path: str | Path) -> str:

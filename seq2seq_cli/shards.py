@@ -37,7 +37,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from seq2seq_cli.checkpoint import atomic_write, save_atomically
-from seq2seq_cli.config import Config
+from seq2seq_cli.config import Config, check_training_files
 from seq2seq_cli.data import BOM, decode_lines
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
@@ -117,11 +117,7 @@ def _file_identity(path: str) -> dict[str, Any]:
 
 def _recipe(config: Config) -> dict[str, Any]:
     """Everything the shards' contents depend on; a prepared folder is reused only when it matches."""
-    for name in ("train_src", "train_tgt"):
-        path = getattr(config.data, name)
-        if not Path(path).is_file():
-            raise UserError(f"data.{name}: file {path} not found; check the path "
-                            "(relative paths are read from the current directory)")
+    check_training_files(config, ("train_src", "train_tgt"))
     return {"format": FORMAT_VERSION, "src": _file_identity(config.data.train_src),
             "tgt": _file_identity(config.data.train_tgt), "tokenizer": dataclasses.asdict(config.tokenizer)}
 
@@ -177,10 +173,7 @@ def _stream_lines(path: str) -> Iterator[str]:
             block = handle.readlines(1 << 24)
             if not block:
                 return
-            raw = b"".join(block)
-            if first_line == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
-            lines = decode_lines(raw, path, first_line)
+            lines = decode_lines(b"".join(block), path, first_line)
             first_line += len(lines)
             yield from lines
 
@@ -262,8 +255,6 @@ def _read_range(path: str, byte_range: Sequence[int], first_line: int) -> list[s
     with open(path, "rb") as handle:
         handle.seek(start)
         raw = handle.read(end - start)
-    if start == 0 and raw.startswith(BOM):
-        raw = raw[len(BOM):]
     return decode_lines(raw, path, first_line)
 
 

@@ -163,3 +163,15 @@ def test_prepare_cli(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "bin" / "meta.json").is_file()
+
+
+def test_byte_order_mark_and_crlf_read_as_in_text(tmp_path):
+    config = sharded_config(tmp_path)
+    for path in (config.data.train_src, config.data.train_tgt):
+        raw = open(path, "rb").read()
+        open(path, "wb").write(b"\xef\xbb\xbf" + raw.replace(b"\n", b"\r\n"))
+    prepare(config, workers=1, shard_pairs=100)
+    corpus = ShardedCorpus.open(config)
+    text = tokenize_corpus(corpus.vocabularies(), config.data.train_src, config.data.train_tgt)
+    assert text.src_lines[0] == toy_lines("train", 1)[0][0]
+    assert corpus.pairs(range(400)) == (text.src_ids, text.tgt_ids)
