@@ -545,7 +545,11 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
     """Train a model as ``config`` says (or continue the run in its run_dir); returns the end summary."""
     trainer = build_trainer(config, overwrite, resume)
     try:
-        return trainer.fit()
+        summary = trainer.fit()
+        # Rank 0 scores the test set after the others have finished; a rank that tears its
+        # gloo connections down meanwhile can abort (SIGABRT) on exit.
+        barrier(trainer.world)
+        return summary
     finally:
         leave(trainer.world)
 

@@ -33,6 +33,7 @@ def worker(rank: int, config_path: str, out: str, port: int) -> None:
     trainer = build_trainer(load_config(config_path))
     trainer.fit()
     torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
+    torch.distributed.barrier()  # as seq2seq_cli.train.train does: no rank leaves while another works
     torch.distributed.destroy_process_group()
 
 
