@@ -6,6 +6,11 @@
 Prints a table and writes JSON. "one at a time" runs the very same beam search code with
 batches of one sentence, on the first --single-sentences sentences (it is slow); the speedup
 compares sentences/s measured in this same run.
+
+It also bounds what batching can give: the matrix-multiply FLOPs the batched beam search
+performs (counted by ``torch.utils.flop_counter``) divided by the matmul peak measured in
+this run is the fastest that search could possibly run on this device, even if everything
+else cost nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from speed import matmul_peak  # benchmarks/ is on sys.path when this script runs
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import translate_corpus
@@ -71,11 +78,21 @@ def main() -> None:
                      "sentences_per_s": round(len(subset) / seconds, 2), "bleu": round(bleu, 2)})
 
     greedy_row, beam_row, single_row = rows
+    counter = FlopCounterMode(display=False)
+    with counter:
+        translate_corpus(model, vocabs, sources, beam, device)
+    beam_flops_per_sentence = counter.get_total_flops() / len(sources)
+    peak = matmul_peak(device)
+    roofline = peak / beam_flops_per_sentence  # sentences/s if only matmuls cost, at peak
     result = {
         "device": str(device), "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "checkpoint": str(args.checkpoint), "rows": rows,
         "batched_beam_speedup": round(beam_row["sentences_per_s"] / single_row["sentences_per_s"], 2),
         "beam_minus_greedy_bleu": round(beam_row["bleu"] - greedy_row["bleu"], 2),
+        "beam_matmul_flops_per_sentence": round(beam_flops_per_sentence),
+        "matmul_peak_flops_per_s": round(peak),
+        "beam_roofline_sentences_per_s": round(roofline, 1),
+        "beam_roofline_speedup": round(roofline / single_row["sentences_per_s"], 2),
     }
     print(f"{'setting':<28} {'sentences':>9} {'seconds':>9} {'sent/s':>9} {'BLEU':>7}")
     for row in rows:
@@ -83,6 +100,9 @@ def main() -> None:
               f"{row['bleu']:>7.2f}")
     print(f"batched beam speedup over one at a time: {result['batched_beam_speedup']:.1f}x; "
           f"beam - greedy BLEU: {result['beam_minus_greedy_bleu']:+.2f}  (device {device})")
+    print(f"roofline: batched beam does {beam_flops_per_sentence / 1e6:.0f} M matmul FLOPs per sentence; at the "
+          f"measured matmul peak of {peak / 1e9:.0f} GFLOP/s it could reach at most {roofline:.0f} sentences/s, "
+          f"{result['beam_roofline_speedup']:.1f}x one at a time")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
