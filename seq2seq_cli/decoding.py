@@ -61,7 +61,7 @@ def best_next_tokens(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds, at
     Rows at their length limit may only end: they keep the true log P([SEP]), so a score is
     always the model's own. Beam search asks each beam for its 2K best tokens instead of
     ranking all K x V extensions of a sentence: the 2K best extensions are among them, and
-    the (N, V) candidate matrix is never written."""
+    no (B, K x V) matrix of scored extensions is built."""
     logits = model.decoder.logits(features).float()  # (N, V)
     logits[:, ids.pad] = float("-inf")
     logits[:, ids.bos] = float("-inf")
