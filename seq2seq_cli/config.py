@@ -99,11 +99,15 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     clip_grad_norm: float = 1.0
-    # constant | plateau (decay when dev BLEU stops improving) | inverse_sqrt (after warm-up)
+    # constant | plateau (decay when the plateau_metric stops improving) | inverse_sqrt (after warm-up)
     lr_schedule: str = "plateau"
     warmup_steps: int = 0
     lr_decay_factor: float = 0.5
     lr_decay_patience: int = 2
+    # What the plateau schedule watches: dev BLEU (higher is better) or dev loss (lower is
+    # better). BLEU can creep up for thousands of steps after the loss has stopped falling,
+    # which keeps the rate high for that long; the loss says sooner that a decay is due.
+    plateau_metric: str = "bleu"
     min_learning_rate: float = 1e-5
     label_smoothing: float = 0.1
     # Probability of feeding the gold previous token to the decoder (1.0 = always).
@@ -223,6 +227,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("training.warmup_steps", lambda v: v >= 0, "0 or positive"),
     ("training.lr_decay_factor", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("training.lr_decay_patience", lambda v: v >= 0, "0 or positive"),
+    ("training.plateau_metric", lambda v: v in ("bleu", "loss"), "'bleu' or 'loss'"),
     ("training.min_learning_rate", lambda v: v >= 0, "0 or positive"),
     ("training.label_smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     ("training.teacher_forcing_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),

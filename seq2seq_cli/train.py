@@ -88,7 +88,8 @@ def check_disk_space(run_dir: Path, parameters: int) -> None:
 
 
 class LearningRateSchedule:
-    """Linear warm-up, then constant, inverse-square-root decay, or decay on a dev-BLEU plateau."""
+    """Linear warm-up, then constant, inverse-square-root decay, or decay on a plateau of dev
+    BLEU or dev loss (``plateau_metric``)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainingConfig):
         self.optimizer = optimizer
@@ -111,25 +112,31 @@ class LearningRateSchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
 
-    def after_validation(self, dev_bleu: float) -> None:
+    def after_validation(self, dev_bleu: float, dev_loss: float) -> None:
         if self.config.lr_schedule != "plateau":
             return
-        if dev_bleu > self.best:
-            self.best, self.bad_validations = dev_bleu, 0
+        watch_loss = self.config.plateau_metric == "loss"
+        score = -dev_loss if watch_loss else dev_bleu  # higher is better
+        if score > self.best:
+            self.best, self.bad_validations = score, 0
             return
         self.bad_validations += 1
         if self.bad_validations > self.config.lr_decay_patience:
             self.plateau_scale *= self.config.lr_decay_factor
             self.bad_validations = 0
-            log.info("dev BLEU has not improved for %d validations: learning rate x%g",
-                     self.config.lr_decay_patience + 1, self.config.lr_decay_factor)
+            log.info("dev %s has not improved for %d validations: learning rate x%g",
+                     "loss" if watch_loss else "BLEU", self.config.lr_decay_patience + 1,
+                     self.config.lr_decay_factor)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_validations": self.bad_validations}
+        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_validations": self.bad_validations,
+                "plateau_metric": self.config.plateau_metric}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.plateau_scale, self.best, self.bad_validations = (
-            state["plateau_scale"], state["best"], state["bad_validations"])
+        self.plateau_scale = state["plateau_scale"]
+        # A resumed run may watch the other metric; a best of the old one means nothing to it.
+        if state.get("plateau_metric", "bleu") == self.config.plateau_metric:
+            self.best, self.bad_validations = state["best"], state["bad_validations"]
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
@@ -389,7 +396,7 @@ class Trainer:
             self.validations_without_improvement = 0
         else:
             self.validations_without_improvement += 1
-        self.schedule.after_validation(bleu)
+        self.schedule.after_validation(bleu, loss)
         record = {"event": "valid", "step": self.step, "epoch": self.epoch + 1, "dev_loss": round(loss, 5),
                   "dev_ppl": round(math.exp(min(loss, 50.0)), 3), "dev_bleu": round(bleu, 2),
                   "best_dev_bleu": round(self.best_bleu, 2), "valid_s": round(time.perf_counter() - started, 1)}

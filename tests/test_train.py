@@ -117,6 +117,34 @@ def test_early_stopping_after_patience(tmp_path, monkeypatch):
     assert summary["best_step"] == 2
 
 
+@pytest.mark.parametrize("metric, decays", [("bleu", []), ("loss", [3, 5])])
+def test_plateau_schedule_watches_its_metric(metric, decays):
+    """Dev BLEU creeping up while dev loss stalls: only the loss-watching schedule decays."""
+    from seq2seq_cli.config import TrainingConfig
+    from seq2seq_cli.train import LearningRateSchedule
+
+    config = TrainingConfig(learning_rate=0.1, lr_decay_patience=1, plateau_metric=metric)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    schedule = LearningRateSchedule(optimizer, config)
+    rates = []
+    for bleu, loss in [(10, 3.0), (11, 2.5), (12, 2.6), (13, 2.5), (14, 2.7), (15, 2.6)]:
+        schedule.after_validation(bleu, loss)
+        schedule.step(1)
+        rates.append(optimizer.param_groups[0]["lr"])
+    expected, rate = [], 0.1
+    for validation in range(6):
+        rate *= 0.5 if validation in decays else 1.0
+        expected.append(rate)
+    assert rates == pytest.approx(expected)
+
+    # Resumed with the other metric, the old best (in the other units) is dropped, the rate kept.
+    state = schedule.state_dict()
+    other = TrainingConfig(learning_rate=0.1, lr_decay_patience=1, plateau_metric="bleu" if metric == "loss" else "loss")
+    resumed = LearningRateSchedule(optimizer, other)
+    resumed.load_state_dict(state)
+    assert resumed.best == float("-inf") and resumed.plateau_scale == schedule.plateau_scale
+
+
 def test_toy_corpus_properties():
     from conftest import TOY
 
