@@ -1,0 +1,122 @@
+"""On CUDA, s2s computes what it computes on the CPU, trains, and its files move between the two.
+
+Skipped where PyTorch sees no GPU (CI has none); run on a lent GPU with
+``python -m pytest tests/test_cuda.py``. Full-precision comparisons switch TF32 off, so the
+only differences left are the order of floating-point sums.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny_config, toy_lines
+from seq2seq_cli.checkpoint import load_model
+from seq2seq_cli.config import ModelConfig, load_config
+from seq2seq_cli.data import pad_sources
+from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
+from seq2seq_cli.device import autocast
+from seq2seq_cli.model import build_model
+from seq2seq_cli.train import sequence_loss, train
+from test_decoding import IDS, SOURCES, make_batch, tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def padded_batch():
+    """Sources of different lengths (the packed encoder path) and padded targets."""
+    generator = torch.Generator().manual_seed(3)
+    sources = [torch.randint(4, 40, (n,), generator=generator).tolist() for n in (7, 3, 5, 1)]
+    src_ids, src_lengths = pad_sources(sources, 0, 3)
+    tgt = torch.randint(4, 30, (4, 6), generator=generator)
+    tgt[1, 4:] = 0
+    tgt[3, 2:] = 0
+    return src_ids, src_lengths, tgt[:, :-1], tgt[:, 1:]
+
+
+def test_forward_and_gradients_match_cpu():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=16, hidden_size=24, dropout=0.0, output_dim=12), 40, 30, pad_id=0)
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    src_ids, src_lengths, tgt_in, tgt_out = padded_batch()
+    losses = []
+    for net, device in ((model, CPU), (on_gpu, CUDA)):
+        logits = net(src_ids.to(device), src_lengths.to(device), tgt_in.to(device))
+        loss = sequence_loss(logits, tgt_out.to(device), 0, 0.1)
+        loss.backward()
+        losses.append((logits, loss))
+    torch.testing.assert_close(losses[1][0].cpu(), losses[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses[1][1].cpu(), losses[0][1], rtol=1e-5, atol=1e-5)
+    for (name, cpu_param), gpu_param in zip(model.named_parameters(), on_gpu.parameters()):
+        assert gpu_param.grad is not None, name
+        torch.testing.assert_close(gpu_param.grad.cpu(), cpu_param.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_stays_close_to_full_precision():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=16, hidden_size=24, dropout=0.0), 40, 30, pad_id=0).to(CUDA)
+    src_ids, src_lengths, tgt_in, tgt_out = (t.to(CUDA) for t in padded_batch())
+    full = sequence_loss(model(src_ids, src_lengths, tgt_in), tgt_out, 0)
+    with autocast(CUDA):
+        logits = model(src_ids, src_lengths, tgt_in)
+        mixed = sequence_loss(logits, tgt_out, 0)
+    assert logits.dtype == torch.bfloat16  # autocast is really on
+    assert mixed.dtype == torch.float32  # the loss is summed in full precision
+    assert abs(mixed.item() - full.item()) < 0.02 * full.item()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_search_on_cuda_equals_cpu(seed):
+    model = tiny_model(seed, vocab=12, sharpness=2.0)
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    gpu_inputs = (src_ids.to(CUDA), src_lengths.to(CUDA), IDS, limits.to(CUDA))
+    pairs = [(greedy_search(model, src_ids, src_lengths, IDS, limits), greedy_search(on_gpu, *gpu_inputs))]
+    for beam in (2, 5):
+        pairs.append((beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=beam, alpha=1.0),
+                      beam_search(on_gpu, *gpu_inputs, beam_size=beam, alpha=1.0)))
+    greedy_cpu, greedy_gpu = pairs[0]
+    for c, g in zip(greedy_cpu, greedy_gpu):
+        assert g.tokens == c.tokens
+        assert g.log_prob == pytest.approx(c.log_prob, abs=1e-4)
+    for beam_cpu, beam_gpu in pairs[1:]:
+        for c, g in zip(beam_cpu, beam_gpu):
+            assert [h.tokens for h in g] == [h.tokens for h in c]
+            assert g[0].score == pytest.approx(c[0].score, abs=1e-4)
+
+
+def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
+    """A CUDA run (bf16 autocast, fused AdamW) learns the toy task; its checkpoint loads on the
+    CPU, where greedy output matches the GPU's almost everywhere (bf16 vs fp32 ties aside);
+    and the run resumes on CUDA from its saved optimizer state."""
+    config = load_config(tiny_config(
+        tmp_path, train_pairs=20000, dev_pairs=200, tokenizer={"vocab_size": 600},
+        model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
+        training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
+                  "log_every": 50, "device": "cuda"}))
+    summary = train(config)
+    assert summary["best_dev_bleu"] > 50, summary
+
+    run_dir = tmp_path / "run"
+    on_cpu, vocabs, saved = load_model(run_dir, CPU)
+    on_gpu, _, _ = load_model(run_dir, CUDA)
+    assert all(p.device.type == "cpu" for p in on_cpu.parameters())
+    sources = vocabs.encode_src(toy_lines("dev", 200)[0])
+    outputs = [[n[0].tokens for n in translate_corpus(net, vocabs, sources, saved.decoding, device)]
+               for net, device in ((on_cpu, CPU), (on_gpu, CUDA))]
+    same = sum(a == b for a, b in zip(*outputs)) / len(sources)
+    assert same >= 0.9, same
+
+    more = load_config(run_dir / "config.yaml", ["training.max_steps=200"])
+    resumed = train(more, resume=True)
+    assert resumed["step"] == 200
