@@ -1,6 +1,6 @@
 """Training and decoding throughput of s2s against a seed-style reference, with MFU.
 
-    python benchmarks/speed.py --data ../shared/data/multi30k [--device cpu|cuda] [--json out.json]
+    python benchmarks/speed.py --data ../shared/data/multi30k [--device cpu|cuda] [--compile] [--json out.json]
 
 Multi30k de->en, emb 256 / hidden 256 / joint WordPiece vocabulary of 8000. In one run on one
 machine it measures:
@@ -15,6 +15,10 @@ machine it measures:
 5. model FLOPs per target token counted from the layer sizes (only work the model needs:
    real tokens, attention keys once per source position), the achieved FLOP/s, and that as a
    fraction of the fp32 matmul peak measured in this run (MFU).
+
+``--compile`` also times s2s training with the decoder step (attention + GRU cell, the body of
+the per-token loop) under ``torch.compile(dynamic=True)``, after the eager row and on the same
+batches, and reports the compile warm-up separately: the evidence for or against offering it.
 """
 
 from __future__ import annotations
@@ -110,6 +114,25 @@ def train_throughput(step, batches, seconds: float, device, warmup: int = 3):
     return tokens / (time.perf_counter() - started), count
 
 
+def compiled_training(model, step, batches, seconds: float, device, warmup: int = 5) -> dict:
+    """Training throughput with ``model.decoder.step`` compiled; the eager method is put back after."""
+    model.decoder.step = torch.compile(model.decoder.step, dynamic=True)
+    try:
+        started = time.perf_counter()
+        for batch in batches[:warmup]:  # compiles forward and backward; dynamic shapes need no recompiles
+            step(batch)
+        synchronize(device)
+        warmup_s = time.perf_counter() - started
+        tokens_per_s, steps = train_throughput(step, batches[warmup:], seconds, device)
+    except Exception as err:  # a benchmark row, not the product: report why and go on
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    finally:
+        del model.decoder.step
+    print(f"s2s training, decoder step compiled: {tokens_per_s:.0f} target tokens/s over {steps} steps "
+          f"(warm-up {warmup_s:.0f} s)", flush=True)
+    return {"tokens_per_s": round(tokens_per_s, 1), "steps_timed": steps, "warmup_s": round(warmup_s, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -122,6 +145,7 @@ def main() -> None:
     parser.add_argument("--ref-train-seconds", type=float, default=45.0)
     parser.add_argument("--ref-sentences", type=int, default=200, help="test sentences the reference decodes")
     parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time training with the decoder step compiled")
     args = parser.parse_args()
     device = select_device(args.device)
     torch.manual_seed(1)
@@ -146,6 +170,8 @@ def main() -> None:
 
     s2s_step = training_step(model, optimizer, vocabs.pad_id, device, mixed_precision=True)
     s2s_tps, s2s_steps = train_throughput(s2s_step, s2s_batches, args.train_seconds, device)
+    print(f"s2s training: {s2s_tps:.0f} target tokens/s over {s2s_steps} steps", flush=True)
+    compiled = compiled_training(model, s2s_step, s2s_batches, args.train_seconds, device) if args.compile else None
 
     # 2. reference training, on its own copy of the initial-size model
     torch.manual_seed(1)
@@ -206,6 +232,8 @@ def main() -> None:
         "matmul_peak_flops_per_s": round(peak), "train_mfu": round(achieved / peak, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if compiled is not None:
+        result["compiled"] = compiled
     if device.type == "cuda":
         result["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
 
@@ -213,6 +241,11 @@ def main() -> None:
           f"output_dim {config.output_dim}")
     print(f"{'measure':<34} {'s2s':>12} {'reference':>12} {'ratio':>8}")
     print(f"{'train target tokens/s':<34} {s2s_tps:>12.0f} {ref_tps:>12.0f} {result['train_speedup']:>7.2f}x")
+    if compiled is not None and "tokens_per_s" in compiled:
+        print(f"{'train, decoder step compiled':<34} {compiled['tokens_per_s']:>12.0f} {'':>12} "
+              f"{compiled['tokens_per_s'] / s2s_tps:>7.2f}x vs eager (compile warm-up {compiled['warmup_s']:.0f} s)")
+    elif compiled is not None:
+        print(f"train, decoder step compiled: failed ({compiled['error']})")
     for name, row in rows.items():
         print(f"{name + ' sentences/s (test2016)':<34} {row['s2s_sentences_per_s']:>12.1f} "
               f"{row['reference_sentences_per_s']:>12.1f} {row['speedup']:>7.2f}x   same output: "
