@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from seq2seq_cli.config import load_config
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import select_device
+from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import score_report
 from seq2seq_cli.train import train
 
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY=VALUE")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # training's log
     data = args.data.resolve()
     files = {"train_src": "train.de", "train_tgt": "train.en", "dev_src": "val.de", "dev_tgt": "val.en",
              "test_src": "test_2016_flickr.de", "test_tgt": "test_2016_flickr.en"}
@@ -97,8 +100,14 @@ def main() -> None:
     result["device"] = str(device)
     checkpoints = [evaluate(args.run_dir, data, files, device, args.length_penalties, "best")]
     if args.average:
-        averaged = average_checkpoints(args.run_dir, args.average)
-        checkpoints.append(evaluate(averaged, data, files, device, args.length_penalties, f"average of last {args.average}"))
+        try:
+            averaged = average_checkpoints(args.run_dir, args.average)
+        except UserError as err:  # a run too short for K step checkpoints still reports its best
+            result["average_error"] = str(err)
+            print(f"no average: {err}")
+        else:
+            checkpoints.append(evaluate(averaged, data, files, device, args.length_penalties,
+                                        f"average of last {args.average}"))
     result["checkpoints"] = checkpoints
     for row in checkpoints:
         print(f"{row['checkpoint']}:")
