@@ -52,9 +52,10 @@ declare -A variants=(
     [loss-b4k]="$loss training.batch_tokens=4000 training.learning_rate=0.003"
 )
 log "training for $minutes min each: ${!variants[*]}"
+deadline=$(($(left) - 45))  # a run that overstays is stopped, so the others' results still get packed
 for name in "${!variants[@]}"; do
     # shellcheck disable=SC2086  # the overrides are separate words
-    python3 benchmarks/quality.py --data "$data" --config configs/multi30k_de_en.yaml --minutes "$minutes" \
+    timeout "$deadline" python3 benchmarks/quality.py --data "$data" --config configs/multi30k_de_en.yaml --minutes "$minutes" \
         --run-dir "runs/gpu-$name" --average 5 --length-penalties 0.6,1.0,1.4 --json "$out/logs/quality-$name.json" \
         $common ${variants[$name]} >"$out/logs/quality-$name.log" 2>&1 &
 done
