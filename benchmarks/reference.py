@@ -95,7 +95,7 @@ class Seq2Seq(nn.Module):
         """One sentence: src_ids (1, S)."""
         encoder_outputs, hidden = self.encoder(src_ids, torch.tensor([src_ids.size(1)]))
         mask = src_ids != self.pad_id
-        token, output = torch.tensor([bos]), []
+        token, output = torch.tensor([bos], device=src_ids.device), []
         for _ in range(max_len):
             logits, hidden = self.decoder(token, hidden, encoder_outputs, mask)
             token = logits.argmax(-1)
@@ -112,7 +112,7 @@ class Seq2Seq(nn.Module):
         beams = [([], 0.0, hidden[0])]
         finished = []
         for step in range(max_len + 1):
-            tokens = torch.tensor([b[0][-1] if b[0] else bos for b in beams])
+            tokens = torch.tensor([b[0][-1] if b[0] else bos for b in beams], device=src_ids.device)
             hiddens = torch.stack([b[2] for b in beams])
             count = len(beams)
             logits, new_hidden = self.decoder(tokens, hiddens, encoder_outputs.expand(count, -1, -1),
