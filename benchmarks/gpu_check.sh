@@ -12,6 +12,13 @@
 #
 # DATA_DIR holds the Multi30k files, OUT_DIR receives logs, JSON and the winner's checkpoint
 # (split in 15 MB parts), SECONDS is the wall-clock budget for the whole script.
+#
+# Through the device tool (the GPU image has no omegaconf, and ../shared does not travel):
+# put the omegaconf and antlr4-python3-runtime wheels in .whl/ and the Multi30k files in
+# .m30k/ (both listed in .git/info/exclude), then run, carrying [".whl", ".m30k"]:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   export PYTHONPATH=/tmp/site:$PWD; python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .;
+#   bash benchmarks/gpu_check.sh .m30k $OUT 585
 set -u
 data=$(realpath "$1"); out=$2; budget=${3:-585}
 start=$(date +%s)
