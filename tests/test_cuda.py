@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_config, toy_lines
+from conftest import toy_learning_config, toy_lines
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import ModelConfig, load_config
 from seq2seq_cli.data import pad_sources
@@ -99,11 +99,7 @@ def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
     """A CUDA run (bf16 autocast, fused AdamW) learns the toy task; its checkpoint loads on the
     CPU, where greedy output matches the GPU's almost everywhere (bf16 vs fp32 ties aside);
     and the run resumes on CUDA from its saved optimizer state."""
-    config = load_config(tiny_config(
-        tmp_path, train_pairs=20000, dev_pairs=200, tokenizer={"vocab_size": 600},
-        model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
-        training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
-                  "log_every": 50, "device": "cuda"}))
+    config = load_config(toy_learning_config(tmp_path, device="cuda"))
     summary = train(config)
     assert summary["best_dev_bleu"] > 50, summary
 

@@ -10,7 +10,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.train import train
 
-from conftest import tiny_config, toy_lines
+from conftest import tiny_config, toy_learning_config, toy_lines
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -72,11 +72,7 @@ def test_stops_at_max_epochs_and_validates_each_epoch(tmp_path):
 
 def test_model_learns_the_toy_task(tmp_path):
     """After a short run, dev BLEU is far above the copy-the-source baseline."""
-    config = load_config(tiny_config(
-        tmp_path, train_pairs=20000, dev_pairs=200, tokenizer={"vocab_size": 600},
-        model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
-        training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
-                  "log_every": 50}))
+    config = load_config(toy_learning_config(tmp_path))
     summary = train(config)
     dev_en, dev_de = toy_lines("dev", 200)
     copy_baseline = corpus_bleu(dev_en, dev_de)
