@@ -40,7 +40,7 @@ from seq2seq_cli.checkpoint import atomic_write, save_atomically
 from seq2seq_cli.config import Config, check_training_files
 from seq2seq_cli.data import BOM, decode_lines
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
+from seq2seq_cli.tokenization import LineStream, Vocabularies, build_vocabularies
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def _make_plan(config: Config, data_dir: Path, recipe: dict[str, Any], shard_pai
     if not src_lines:
         raise UserError(f"{src_path} and {tgt_path} are empty; a corpus needs at least one pair")
     log.info("%s: %d pairs; building the tokenizer", data_dir, src_lines)
-    vocabs = build_vocabularies(config.tokenizer, _stream_lines(src_path), _stream_lines(tgt_path))
+    vocabs = build_vocabularies(config.tokenizer, LineStream(lambda: _stream_lines(src_path)),
+                                LineStream(lambda: _stream_lines(tgt_path)))
     save_atomically(data_dir / "tokenizer", vocabs.save)
     id_dtype = "uint16" if max(vocabs.src_size, vocabs.tgt_size) <= 1 << 16 else "uint32"
     shards = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -39,28 +39,73 @@ def _silence_transformers() -> None:
 
 def train_wordpiece(lines: Iterable[str], vocab_size: int, min_frequency: int = 2,
                     lowercase: bool = False):
-    """Train a reversible BERT WordPiece tokenizer on ``lines``."""
+    """Train a reversible BERT WordPiece tokenizer on ``lines``.
+
+    ``lines`` is read twice (a list, or an iterable whose ``iter`` starts over: see
+    ``LineStream``). The result depends on the lines and settings only, never on the process.
+    """
     from transformers import PreTrainedTokenizerFast
 
+    if iter(lines) is lines:
+        raise TypeError("train_wordpiece reads its lines twice; pass a list or a re-iterable, not an iterator")
     _silence_transformers()
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    tokenizer.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    specials = list(SPECIAL_TOKENS.values())
+    # The trainer gives each "##c" piece its id in the order it meets words in a hash map, which
+    # changes from process to process, and merges of equal count are ranked by those ids, so the
+    # vocabulary itself would change. Listing every possible "##c" up front (sorted) as reserved
+    # tokens fixes their ids; the trainer's alphabet and merge ids are then deterministic.
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, continuing_subword_prefix="##",
-        special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False)
+        special_tokens=specials + _continuation_pieces(lines, normalizer), show_progress=False)
+    tokenizer = _wordpiece_pipeline(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"),
+                                    normalizer)
     tokenizer.train_from_iterator(lines, trainer)
-    # The trainer numbers its initial alphabet in hash-map order, which changes from run to run;
-    # renumber (specials first, then sorted) so a fixed seed gives the same ids and the same model.
+    # Renumber (specials first, then sorted) and rebuild, so the "##c" pieces are ordinary
+    # vocabulary again rather than special tokens that decoding would drop.
     vocab = tokenizer.get_vocab()
-    specials = list(SPECIAL_TOKENS.values())
     ordered = specials + sorted(token for token in vocab if token not in specials)
-    tokenizer.model = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]",
-                                       continuing_subword_prefix="##")
+    tokenizer = _wordpiece_pipeline(
+        models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]",
+                         continuing_subword_prefix="##"), normalizer)
+    tokenizer.add_special_tokens(specials)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False,
                                    **SPECIAL_TOKENS)
+
+
+def _wordpiece_pipeline(model, normalizer) -> Tokenizer:
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return tokenizer
+
+
+def _continuation_pieces(lines: Iterable[str], normalizer) -> list[str]:
+    """Every "##c" piece the trainer can make from ``lines``, sorted: one for each character
+    the normalizer can leave inside a word (a superset of those that occur there)."""
+    raw_characters: set[str] = set()
+    for line in lines:
+        raw_characters.update(line)
+    characters: set[str] = set()
+    for raw in raw_characters:
+        # BERT's normalizer works character by character: clean-up, lowercasing, and spaces put
+        # around CJK characters, which makes those words of their own, never continuations.
+        normalized = normalizer.normalize_str(raw)
+        if normalized == normalized.strip():
+            characters.update(c for c in normalized if not c.isspace())
+    return ["##" + c for c in sorted(characters)]
+
+
+class LineStream:
+    """The lines of text files, read afresh each time it is iterated (never held whole)."""
+
+    def __init__(self, read: Callable[[], Iterator[str]]):
+        self._read = read
+
+    def __iter__(self) -> Iterator[str]:
+        return self._read()
 
 
 def load_pretrained(name_or_path: str | Path, allow_download: bool = False):
@@ -174,13 +219,14 @@ def _save(tokenizer, folder: Path) -> None:
 def build_vocabularies(config: TokenizerConfig, train_src: Iterable[str],
                        train_tgt: Iterable[str]) -> Vocabularies:
     """Load the pretrained tokenizer, or train WordPiece vocabularies on the training corpus
-    (lines in lists or streamed: each is read once)."""
+    (lines in lists, or ``LineStream``s for corpora too large to hold)."""
     if config.pretrained:
         shared = load_pretrained(config.pretrained)
         return Vocabularies(shared, shared)
     options = dict(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
                    lowercase=config.lowercase)
     if config.shared_vocab:
-        shared = train_wordpiece(itertools.chain(train_src, train_tgt), **options)
+        both = LineStream(lambda: itertools.chain(train_src, train_tgt))
+        shared = train_wordpiece(both, **options)
         return Vocabularies(shared, shared)
     return Vocabularies(train_wordpiece(train_src, **options), train_wordpiece(train_tgt, **options))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +66,15 @@ def toy_learning_config(tmp_path: Path, device: str = "cpu") -> Path:
         model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
         training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
                   "log_every": 50, "device": device})
+
+
+def saved_step(run: Path) -> int:
+    """The step of the run's ``last.pt`` (0 while there is none, or while it is being replaced)."""
+    try:
+        return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def final_weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]

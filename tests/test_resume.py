@@ -17,7 +17,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.train import train
 
-from conftest import tiny_config
+from conftest import final_weights, saved_step, tiny_config
 
 STEPS = 36
 SCHEDULE = {"max_steps": STEPS, "validate_every": 9, "save_every": 2, "log_every": 1, "keep_last": 3,
@@ -27,13 +27,6 @@ SCHEDULE = {"max_steps": STEPS, "validate_every": 9, "save_every": 2, "log_every
 def start(config: Path, *extra) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config), *map(str, extra)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def saved_step(run: Path) -> int:
-    try:
-        return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
 
 
 def run_until_killed(config: Path, run: Path, after_step: int, *extra) -> None:
@@ -53,10 +46,6 @@ def resume(run: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", str(run)],
                             capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
-
-
-def final_weights(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
 def assert_same_run(run: Path, reference: Path) -> None:

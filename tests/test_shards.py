@@ -48,10 +48,13 @@ def test_training_from_shards_equals_training_from_text(tmp_path):
     training = {"max_steps": 8, "validate_every": 4, "log_every": 1}
     text_config = load_config(tiny_config(tmp_path / "text", training=training, data={"max_len": 30}))
     write_corpus(tmp_path / "text" / "corpus", "train", en, de)
-    shard_config = load_config(tiny_config(tmp_path / "sharded", training=training, data={
-        "max_len": 30, "prepared_dir": str(tmp_path / "sharded" / "prepared")}))
+    shard_config_file = tiny_config(tmp_path / "sharded", training=training, data={
+        "max_len": 30, "prepared_dir": str(tmp_path / "sharded" / "prepared")})
+    shard_config = load_config(shard_config_file)
     write_corpus(tmp_path / "sharded" / "corpus", "train", en, de)
-    prepare(shard_config, workers=1, shard_pairs=64)
+    # Prepared in a process of its own: its tokenizer is trained there, the text run's here.
+    subprocess.run([sys.executable, "-m", "seq2seq_cli", "prepare", "--config", str(shard_config_file),
+                    "--workers", "1", "--shard-size", "64"], check=True, capture_output=True, timeout=300)
     text_summary, shard_summary = train(text_config), train(shard_config)
     assert text_summary["best_dev_bleu"] == shard_summary["best_dev_bleu"]
     text_weights = torch.load(f"{text_config.run_dir}/checkpoints/last.pt", weights_only=True)["model"]

@@ -1,0 +1,107 @@
+"""Same seed, same run: across separate processes, at the sizes users run.
+
+Each run here starts its own Python process with its own corpus cache, so nothing (a
+tokenizer trained once, a cached corpus, a warm allocator) is shared between the runs compared.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq_cli.metrics import read_metrics
+
+from conftest import MULTI30K, ROOT, TOY, final_weights, saved_step
+
+TRAIN_VOCABULARY = """
+import sys
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.tokenization import Vocabularies, train_wordpiece
+src, tgt, size, out = sys.argv[1:]
+tokenizer = train_wordpiece(read_lines(src) + read_lines(tgt), int(size))
+Vocabularies(tokenizer, tokenizer).save(out)
+"""
+
+
+def tokenizer_files(folder: Path) -> tuple[bytes, bytes]:
+    return (folder / "vocab.txt").read_bytes(), (folder / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("corpus, size", [(TOY / "train", 1000), (MULTI30K / "train", 8000)],
+                         ids=["toy-1000", "multi30k-8000"])
+def test_vocabulary_training_is_the_same_in_every_process(tmp_path, corpus, size):
+    if not corpus.with_suffix(".de").is_file():
+        corpus, size = TOY / "train", 8000  # no Multi30k here: the largest vocabulary the toy corpus gives
+    outputs = []
+    for number in range(3):
+        out = tmp_path / f"tokenizer-{number}"
+        subprocess.run([sys.executable, "-c", TRAIN_VOCABULARY, corpus.with_suffix(".en"), corpus.with_suffix(".de"),
+                        str(size), out], check=True, timeout=300)
+        outputs.append(tokenizer_files(out))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert len(outputs[0][0].splitlines()) >= 1000
+
+
+def toy_run(run: Path, *overrides: str) -> subprocess.Popen:
+    """``s2s train --config configs/toy.yaml`` in a process of its own, with a cache of its own."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(run.parent / f"{run.name}-cache")}
+    return subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", "configs/toy.yaml",
+                             "--run-dir", str(run), "training.max_minutes=0", "training.num_threads=2", *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr.decode()
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    assert tokenizer_files(run / "tokenizer") == tokenizer_files(reference / "tokenizer")
+    ours, theirs = final_weights(run), final_weights(reference)
+    assert ours.keys() == theirs.keys()
+    different = [key for key in theirs if not torch.equal(ours[key], theirs[key])]
+    assert not different, f"{len(different)} of {len(theirs)} tensors differ: {different[:3]}"
+    for event, field in (("train", "train_loss"), ("valid", "dev_loss"), ("valid", "dev_bleu")):
+        assert [(r["step"], r[field]) for r in read_metrics(run / "metrics.jsonl") if r["event"] == event] == \
+            [(r["step"], r[field]) for r in read_metrics(reference / "metrics.jsonl") if r["event"] == event]
+
+
+SCHEDULE = ("training.max_steps=40", "training.save_every=10", "training.validate_every=15", "training.log_every=5")
+
+
+@pytest.fixture(scope="module")
+def straight_toy_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    finish(toy_run(run, *SCHEDULE))
+    return run
+
+
+def test_two_toy_runs_in_separate_processes_are_bit_identical(straight_toy_run, tmp_path):
+    finish(toy_run(tmp_path / "again", *SCHEDULE))
+    assert_same_run(tmp_path / "again", straight_toy_run)
+    records = read_metrics(straight_toy_run / "metrics.jsonl")
+    assert len([r for r in records if r["event"] == "train"]) == 8
+    assert len([r for r in records if r["event"] == "valid"]) == 3  # steps 15, 30 and the end
+
+
+def test_toy_run_killed_and_resumed_equals_one_never_interrupted(straight_toy_run, tmp_path):
+    """Each side trains its own tokenizer in its own process, at the toy config's real size."""
+    run = tmp_path / "killed"
+    proc = toy_run(run, *SCHEDULE)
+    deadline = time.time() + 300
+    while saved_step(run) < 10:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert saved_step(run) < 40, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", str(run)],
+                             cwd=ROOT, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "resume-cache")},
+                             capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert_same_run(run, straight_toy_run)
