@@ -30,7 +30,7 @@ from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import score_report
-from seq2seq_cli.train import train
+from seq2seq_cli.launch import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

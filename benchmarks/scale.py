@@ -57,19 +57,19 @@ def overrides(data: Path, src: Path, tgt: Path, prepared: Path | None, run_dir: 
 def child(config_path: str, values: list[str]) -> None:
     """Build the trainer, take one step (start-up), then STEPS more; print a JSON line."""
     from seq2seq_cli.config import load_config
-    from seq2seq_cli.train import build_trainer
+    from seq2seq_cli.launch import build_trainer
 
     config = load_config(config_path, values)
     trainer = build_trainer(config, overwrite=True)
     batches = trainer.epoch_batches(0)
-    trainer._train_step(trainer.train_batches.make_batch(batches[0]))
+    trainer.update(trainer.train_batches.make_batch(batches[0]))
     startup_done = time.time()
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     tokens = 0
     for indices in batches[1: STEPS + 1]:
         batch = trainer.train_batches.make_batch(indices)
-        trainer._train_step(batch)
+        trainer.update(batch)
         tokens += batch.n_tgt_tokens
     seconds = time.perf_counter() - started
     print(json.dumps({"startup_done": startup_done, "rss_startup_mb": round(startup_rss),

@@ -41,7 +41,7 @@ from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import autocast, select_device
 from seq2seq_cli.model import build_model
 from seq2seq_cli.tokenization import build_vocabularies
-from seq2seq_cli.train import sequence_loss
+from seq2seq_cli.model import sequence_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402

@@ -7,10 +7,7 @@ structural sizes, so a checkpoint plus its run directory's tokenizer rebuild the
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,40 +17,12 @@ import torch
 from seq2seq_cli import __version__
 from seq2seq_cli.config import Config, config_from_dict
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.files import atomic_write
 from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Vocabularies
 
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Write a file through ``write(handle)`` so that a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_atomically(folder: str | Path, save) -> None:
-    """Fill a folder through ``save(path)`` in a temporary sibling, then rename it into place."""
-    folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        save(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -70,9 +39,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"
+    if not is_zip:  # every checkpoint s2s writes is a PyTorch zip archive
+        raise UserError(f"{path}: not a readable s2s checkpoint (not a PyTorch checkpoint file at all); give a "
+                        "run directory or a checkpoints/*.pt file written by s2s train")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as err:
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: not a readable s2s checkpoint (it holds Python objects other than tensors "
+                        "and numbers, which s2s never loads: loading them could run code)") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path}: not a readable s2s checkpoint ({reason[:200]})") from None
     if not isinstance(payload, dict) or "model" not in payload or "model_args" not in payload:
@@ -93,26 +70,12 @@ def checkpoint_config(payload: dict[str, Any], path: Path) -> Config:
                         f"s2s {__version__} does not accept: {str(err).split(': ', 1)[-1]}") from None
 
 
-def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """A checkpoint file, or a run directory (meaning its best checkpoint); returns (file, run dir)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            candidate = path / "checkpoints" / name
-            if candidate.is_file():
-                return candidate, path
-        raise UserError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt; is this a run directory?")
-    if path.is_file():
-        return path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    raise UserError(f"{path}: no such checkpoint file or run directory")
-
-
 def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabularies, Config]:
     """Everything needed to translate: the model (in eval mode), its tokenizers and its config."""
-    checkpoint_file, run_dir = find_checkpoint(path)
+    checkpoint_file, run_dir = RunDir.resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint_file)
     config = checkpoint_config(payload, checkpoint_file)
-    tokenizer_dir = run_dir / "tokenizer"
+    tokenizer_dir = run_dir.tokenizer
     if not tokenizer_dir.is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer folder missing; a run directory needs it to translate")
     vocabs = Vocabularies.load(tokenizer_dir)
@@ -133,8 +96,9 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | Non
 
     Returns the path written (default ``checkpoints/averaged.pt``), which ``translate`` and
     ``evaluate`` take like any other checkpoint."""
-    folder = Path(run_dir) / "checkpoints"
-    snapshots = sorted(folder.glob("step-*.pt"))
+    run = RunDir(run_dir)
+    folder = run.checkpoints
+    snapshots = run.step_checkpoints()
     if last < 2:
         raise UserError(f"--last must be at least 2 to average, got {last}")
     if len(snapshots) < last:
@@ -149,7 +113,7 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | Non
             averaged[name] = sum(p["model"][name].double() for p in payloads).div(last).to(tensor.dtype)
         else:
             averaged[name] = tensor
-    target = Path(output) if output is not None else folder / "averaged.pt"
+    target = Path(output) if output is not None else run.averaged
     save_checkpoint(target, {"config": newest["config"], "model_args": newest["model_args"], "model": averaged,
                              "step": newest["step"], "epoch": newest["epoch"],
                              "best_dev_bleu": newest.get("best_dev_bleu"), "best_step": newest.get("best_step"),

@@ -13,7 +13,7 @@ import typer
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
 
-app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True,
+app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False, add_completion=True)
 
 
@@ -32,21 +32,24 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (with --resume: default RUN/config.yaml)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: the config's run_dir)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="YAML config file (with --resume: default RUN/config.yaml)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", metavar="DIR", help="Run directory (default: the config's run_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run an existing run directory holds."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from checkpoints/last.pt."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine (runs torchrun): GPUs, or CPU cores."),
-    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
-                                                    help="Config overrides, e.g. training.max_steps=200."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue the run in this directory from checkpoints/last.pt."),
+    nproc: int = typer.Option(1, "--nproc", min=1, metavar="N", help="Data-parallel processes on this machine (runs torchrun): GPUs, or CPU cores."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="KEY=VALUE", hidden=True),
 ) -> None:
     """Train a model from a config file, or resume a run.
+
+    KEY=VALUE arguments override the config, e.g. training.max_steps=200.
 
     Example: s2s train --config configs/toy.yaml training.max_steps=200
     """
     from seq2seq_cli.config import load_config, resolve_paths
+    from seq2seq_cli.launch import RunAlreadyFinished
+    from seq2seq_cli.launch import train as run_training
+    from seq2seq_cli.rundir import RunDir
     from seq2seq_cli.train import TrainingInterrupted
-    from seq2seq_cli.train import train as run_training
 
     if config is None and resume is None:
         raise UserError("give --config FILE to start a run, or --resume RUN_DIR to continue one")
@@ -56,7 +59,7 @@ def train(
         raise UserError("--resume continues a run and --overwrite replaces it; choose one")
     if resume is not None and run_dir is not None and run_dir.resolve() != resume.resolve():
         raise UserError(f"--run-dir {run_dir} and --resume {resume} name different runs; give only --resume")
-    settings = load_config(config if config is not None else resume / "config.yaml", overrides or [])
+    settings = load_config(config if config is not None else RunDir(resume).config, overrides or [])
     if resume is not None or run_dir is not None:
         settings.run_dir = str(resume if resume is not None else run_dir)
         resolve_paths(settings)
@@ -65,20 +68,22 @@ def train(
     except TrainingInterrupted as stop:
         print(f"s2s: {stop}", file=sys.stderr)
         raise typer.Exit(stop.exit_code)
+    except RunAlreadyFinished as finished:
+        print(f"s2s: {finished}", file=sys.stderr)
 
 
 @app.command()
 def prepare(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config file; data.prepared_dir says where to write."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Tokenizing processes (default: one per CPU core)."),
-    shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="Sentence pairs per shard."),
+    config: Path = typer.Option(..., "--config", "-c", metavar="FILE", help="YAML config file; data.prepared_dir says where to write."),
+    workers: int = typer.Option(0, "--workers", min=0, metavar="N", help="Tokenizing processes (default: one per CPU core)."),
+    shard_size: int = typer.Option(100_000, "--shard-size", min=1, metavar="N", help="Sentence pairs per shard."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards prepared from other files or settings."),
-    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
-                                                    help="Config overrides, e.g. data.prepared_dir=data/wmt-bin."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="KEY=VALUE", hidden=True),
 ) -> None:
     """Tokenize the training corpus once into binary shards that training memory-maps.
 
     For corpora too large to hold in memory; run it again to finish an interrupted prepare.
+    KEY=VALUE arguments override the config, e.g. data.prepared_dir=data/wmt-bin.
 
     Example: s2s prepare --config configs/multi30k_cpu.yaml data.prepared_dir=data/multi30k-bin
     """
@@ -115,40 +120,33 @@ def _open_binary(path: Optional[Path], mode: str, default):
 
 @app.command()
 def translate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory (its best checkpoint) or checkpoint file."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", help="Source text, one sentence per line (default: stdin)."),
-    output_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write translations (default: stdout)."),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="Beam size; 1 is greedy search (default: the config's)."),
-    nbest: int = typer.Option(1, "--nbest", min=1, help="Hypotheses per sentence, as INDEX ||| HYPOTHESIS ||| SCORE lines."),
-    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, help="GNMT length penalty alpha."),
-    max_length_ratio: Optional[float] = typer.Option(None, "--max-length-ratio", min=0.01, help="Maximum output length per source token."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sentences per batch."),
-    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this size (0 = off)."),
-    plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", help="Write one attention heatmap PNG per sentence here."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file."),
+    input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin)."),
+    output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write translations (default: stdout)."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size; 1 is greedy search (default: the config's)."),
+    nbest: int = typer.Option(1, "--nbest", min=1, metavar="N", help="Hypotheses per sentence, as INDEX ||| HYPOTHESIS ||| SCORE lines."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
+    max_length_ratio: Optional[float] = typer.Option(None, "--max-length-ratio", min=0.01, metavar="R", help="Maximum output length per source token."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, metavar="N", help="Sentences per batch."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
+    plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Translate text, one output line per input line.
 
     Example: echo "Ein Mann fährt Fahrrad." | s2s translate --checkpoint runs/multi30k --beam-size 5
     """
-    from seq2seq_cli.checkpoint import load_model
-    from seq2seq_cli.device import select_device
     from seq2seq_cli.translation import Translator, read_line_batches
 
-    torch_device = select_device(device)
-    model, vocabs, settings = load_model(checkpoint, torch_device)
-    beam = beam_size or settings.decoding.beam_size
-    if nbest > beam:
-        raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {beam})")
+    translator = Translator.load(checkpoint, device, nbest=nbest, keep_attention=plot_attention is not None,
+                                 beam_size=beam_size, length_penalty=length_penalty,
+                                 max_length_ratio=max_length_ratio, batch_size=batch_size,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create {plot_attention} ({err.strerror})") from None
-    translator = Translator(model, vocabs, settings, torch_device, nbest=nbest,
-                            keep_attention=plot_attention is not None, beam_size=beam,
-                            length_penalty=length_penalty, max_length_ratio=max_length_ratio,
-                            batch_size=batch_size, no_repeat_ngram_size=no_repeat_ngram_size)
     source = _open_binary(input_file, "rb", sys.stdin.buffer)
     out = _open_binary(output_file, "wb", sys.stdout.buffer)
     index = 0
@@ -166,15 +164,15 @@ def translate(
 
 @app.command()
 def evaluate(
-    ref: Path = typer.Option(..., "--ref", help="Reference translations, one per line."),
-    hyp: Optional[Path] = typer.Option(None, "--hyp", help="Existing translations to score (no model needed)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run directory or checkpoint to translate --src with."),
-    src: Optional[Path] = typer.Option(None, "--src", help="Source sentences to translate and score."),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="Beam size (default: the config's)."),
-    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, help="GNMT length penalty alpha."),
-    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram of this size (0 = off)."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    ref: Path = typer.Option(..., "--ref", metavar="FILE", help="Reference translations, one per line."),
+    hyp: Optional[Path] = typer.Option(None, "--hyp", metavar="FILE", help="Existing translations to score (no model needed)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="RUN", help="Run directory or checkpoint to translate --src with."),
+    src: Optional[Path] = typer.Option(None, "--src", metavar="FILE", help="Source sentences to translate and score."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size (default: the config's)."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
+    json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Score translations with sacreBLEU: BLEU, chrF2 and TER with signatures.
 
@@ -191,18 +189,14 @@ def evaluate(
         hypotheses = read_lines(hyp)
         compared = hyp
     elif checkpoint is not None and src is not None:
-        from seq2seq_cli.checkpoint import load_model
-        from seq2seq_cli.device import select_device
         from seq2seq_cli.translation import Translator
 
         sources = read_lines(src)
         if len(sources) != len(references):
             raise UserError(f"{src} has {len(sources)} lines but {ref} has {len(references)}; "
                             "source and reference must be line-aligned")
-        torch_device = select_device(device)
-        model, vocabs, settings = load_model(checkpoint, torch_device)
-        translator = Translator(model, vocabs, settings, torch_device, beam_size=beam_size,
-                                length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        translator = Translator.load(checkpoint, device, beam_size=beam_size, length_penalty=length_penalty,
+                                     no_repeat_ngram_size=no_repeat_ngram_size)
         hypotheses, speed = translator.translate_lines(sources)
         compared = src
     else:
@@ -224,8 +218,8 @@ def evaluate(
 @app.command()
 def average(
     run_dir: Path = typer.Argument(..., help="A run directory trained with training.keep_last >= K."),
-    last: int = typer.Option(..., "--last", help="Average the K newest step checkpoints."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default RUN/checkpoints/averaged.pt)."),
+    last: int = typer.Option(..., "--last", metavar="K", help="Average the K newest step checkpoints."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write (default RUN/checkpoints/averaged.pt)."),
 ) -> None:
     """Average the weights of the last K checkpoints into one (often +0.3-1 BLEU).
 
@@ -240,7 +234,7 @@ def average(
 @app.command()
 def info(
     run_dir: Path = typer.Argument(..., help="A run directory written by s2s train."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = typer.Option(False, "--json", metavar="FILE", help="Print the summary as JSON."),
 ) -> None:
     """Summarise a run: config highlights, size, best dev BLEU, speed, checkpoints.
 

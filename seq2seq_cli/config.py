@@ -74,8 +74,8 @@ class ModelConfig:
     # The BertModel for embed_type=bert; None means the same path/name as tokenizer.pretrained.
     bert_model: Optional[str] = None
     # N > 0: a tanh layer from [gru output; context; embedding] down to N units before the
-    # vocabulary projection, which shrinks the largest matmul (1.6x faster training at
-    # emb/hidden 256, vocab 8k); 0: project straight to the vocabulary, as the seed did.
+    # vocabulary projection (Luong-style). The default because it shrinks the largest matmul,
+    # the one over the vocabulary; 0: project straight to the vocabulary.
     output_dim: int = 256
     # Share weights between embeddings and the output projection (Press & Wolf 2017):
     # none; output (target embedding = output projection, needs output_dim == embed_dim);
@@ -160,7 +160,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
+        # The parser notices some mistakes (a missing ':', an open quote) only on a later line;
+        # its context mark is where the offending token started, the line to fix.
+        where = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path}:{line} malformed YAML: {problem}") from None
@@ -181,20 +183,26 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
 
 
 def _merge(values: dict[str, Any], overrides, source: str) -> Config:
-    schema = OmegaConf.structured(Config)
+    """The schema, then the file's values, then each override: an error names where the bad key came from."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise UserError(f"override {item!r} is not KEY=VALUE (e.g. training.max_steps=200)")
+    merged = _omegaconf(lambda: OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(values)), source)
+    for item in overrides:
+        merged = _omegaconf(lambda: OmegaConf.merge(merged, OmegaConf.from_dotlist([item])),
+                            f"command-line override {item}")
+    if overrides:
+        source = f"{source} (with command-line overrides)"
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise UserError(f"{source}: {', '.join(missing)} {verb} required but not set")
+    return _omegaconf(lambda: OmegaConf.to_object(merged), source)
+
+
+def _omegaconf(operation, source: str):
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.create(values))
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-            source = f"{source} (with command-line overrides)"
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            verb = "is" if len(missing) == 1 else "are"
-            raise UserError(f"{source}: {', '.join(missing)} {verb} required but not set")
-        return OmegaConf.to_object(merged)
+        return operation()
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
         message = str(err).splitlines()[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.files import atomic_write
 from seq2seq_cli.tokenization import Vocabularies
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,7 @@ def _write_cache(cache_file: Path, src_ids: list[list[int]], tgt_ids: list[list[
     tgt_flat, tgt_lengths = _flatten(tgt_ids)
     payload = {"src_ids": src_flat, "src_lengths": src_lengths, "tgt_ids": tgt_flat, "tgt_lengths": tgt_lengths}
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp")
-        with os.fdopen(handle, "wb") as out:
-            torch.save(payload, out)
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, lambda out: torch.save(payload, out))
     except OSError as err:  # the cache only saves time; a read-only home must not stop training
         log.warning("could not write corpus cache %s (%s)", cache_file, err)
 

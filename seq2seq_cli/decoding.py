@@ -7,7 +7,8 @@ sentence is done. [PAD] and [CLS] are never generated.
 
 Scores are sums of token log-probabilities, the final [SEP] included. Beam search ranks
 finished hypotheses by that sum divided by the GNMT length penalty
-``((5 + length) / 6) ** alpha`` (``alpha = 0`` ranks by the plain sum).
+``((5 + length) / 6) ** length_penalty`` (``length_penalty = 0`` ranks by the plain sum);
+greedy search's score is the sum itself.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from seq2seq_cli.tokenization import Vocabularies
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without [CLS]/[SEP]
-    score: float  # the ranking score: log_prob / length penalty
+    score: float  # the ranking score: log_prob / GNMT penalty in beam search; log_prob in greedy search
     log_prob: float  # sum of token log-probabilities, [SEP] included
     attention: Optional[torch.Tensor] = None  # (len(tokens) + 1, source length incl. [SEP])
 
@@ -43,9 +44,9 @@ class SpecialIds:
         return cls(vocabs.pad_id, vocabs.bos_id, vocabs.eos_id)
 
 
-def length_penalty(length: torch.Tensor | int, alpha: float):
-    """GNMT's ((5 + |Y|) / 6) ** alpha, with |Y| counting [SEP]."""
-    return ((5.0 + length) / 6.0) ** alpha
+def gnmt_penalty(length: torch.Tensor | int, length_penalty: float):
+    """GNMT's ((5 + |Y|) / 6) ** length_penalty, with |Y| counting [SEP]."""
+    return ((5.0 + length) / 6.0) ** length_penalty
 
 
 def max_lengths(src_lengths: torch.Tensor, ratio: float, offset: int) -> torch.Tensor:
@@ -142,7 +143,7 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tens
 
 @torch.inference_mode()
 def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
-                limits: torch.Tensor, beam_size: int, alpha: float = 1.0, nbest: int = 1,
+                limits: torch.Tensor, beam_size: int, length_penalty: float = 1.0, nbest: int = 1,
                 keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """The ``nbest`` best hypotheses of each sentence, best first, with all beams in one batch.
 
@@ -165,7 +166,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam to start with
     rank = torch.arange(2 * k, device=device)
-    best_bound = length_penalty(limits.double() + 1, alpha).float().tolist()  # the largest penalty possible
+    best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()  # the largest penalty possible
     active = list(range(batch_size))  # original rows still searching, in batch order
     # Per step: the active rows, the parent beam and token of each new beam, attention weights.
     history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
@@ -185,7 +186,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
 
         ending = is_eos & (rank[: top_scores.size(1)] < k) & torch.isfinite(top_scores)
         if bool(ending.any()):
-            penalty = length_penalty(t + 1, alpha)
+            penalty = gnmt_penalty(t + 1, length_penalty)
             where = ending.nonzero().tolist()
             for (position, _), raw, beam in zip(where, top_scores[ending].tolist(), top_beam[ending].tolist()):
                 finished[active[position]].append((raw / penalty, raw, t, beam))
@@ -203,15 +204,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
         if no_repeat_ngram_size:
             generated = torch.cat([generated.index_select(0, parent_rows), tokens.unsqueeze(1)], dim=1)
 
-        best_live = scores[:, 0].tolist()
-        keep = []
-        for position, row in enumerate(active):
-            bound = best_live[position] / best_bound[row]  # no live beam can end better than this
-            ranked = sorted(finished[row], reverse=True)
-            done = (len(ranked) >= k or bound == float("-inf")
-                    or (len(ranked) >= nbest and ranked[nbest - 1][0] >= bound))
-            if not done:
-                keep.append(position)
+        keep = _still_searching(active, finished, scores[:, 0].tolist(), best_bound, k, nbest)
         if not keep:
             break
         if len(keep) < n:
@@ -221,54 +214,72 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
             scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
             tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
 
-    results = []
-    for row in range(batch_size):
-        hypotheses = []
-        for score, raw, step, beam in sorted(finished[row], reverse=True)[:nbest]:
-            sequence, rows_of_attention, current = [], [], beam
-            for s in range(step, -1, -1):
-                positions, parents, chosen, attention = history[s]
-                position = positions[row]
-                if attention is not None:
-                    rows_of_attention.append(attention[position, current])
-                if s > 0:
-                    previous_positions, previous_parents, previous_chosen, _ = history[s - 1]
-                    previous = previous_positions[row]
-                    sequence.append(int(previous_chosen[previous, current]))
-                    current = int(previous_parents[previous, current])
-            row_attention = None
-            if keep_attention:
-                row_attention = torch.stack(rows_of_attention[::-1])[:, : int(src_lengths[row])]
-            hypotheses.append(Hypothesis(sequence[::-1], score, raw, row_attention))
-        results.append(hypotheses)
-    return results
+    return [_backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]),
+                       keep_attention) for row in range(batch_size)]
+
+
+def _still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
+                     best_bound: list[float], k: int, nbest: int) -> list[int]:
+    """Positions in ``active`` of the sentences not done: fewer than K finished hypotheses, and
+    a live beam could still beat the n-th best finished one."""
+    keep = []
+    for position, row in enumerate(active):
+        bound = best_live[position] / best_bound[row]  # no live beam can end better than this
+        ranked = sorted(finished[row], reverse=True)
+        done = (len(ranked) >= k or bound == float("-inf")
+                or (len(ranked) >= nbest and ranked[nbest - 1][0] >= bound))
+        if not done:
+            keep.append(position)
+    return keep
+
+
+def _backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int]], source_length: int,
+               keep_attention: bool) -> list[Hypothesis]:
+    """The tokens (and attention rows) of sentence ``row``'s chosen finished hypotheses, read
+    back through each step's parent beams."""
+    hypotheses = []
+    for score, raw, step, beam in chosen:
+        sequence, rows_of_attention, current = [], [], beam
+        for s in range(step, -1, -1):
+            positions, _, _, attention = history[s]
+            if attention is not None:
+                rows_of_attention.append(attention[positions[row], current])
+            if s > 0:
+                previous_positions, previous_parents, previous_chosen, _ = history[s - 1]
+                previous = previous_positions[row]
+                sequence.append(int(previous_chosen[previous, current]))
+                current = int(previous_parents[previous, current])
+        row_attention = None
+        if keep_attention:
+            row_attention = torch.stack(rows_of_attention[::-1])[:, :source_length]
+        hypotheses.append(Hypothesis(sequence[::-1], score, raw, row_attention))
+    return hypotheses
 
 
 def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
-                  batch_size: int = 64, beam_size: int = 1, length_penalty_alpha: float = 1.0, nbest: int = 1,
-                  max_length_ratio: float = 1.5, max_length_offset: int = 10,
-                  keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
-    """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order.
+                  decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False) -> list[list[Hypothesis]]:
+    """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
+    searched as ``decoding`` says (beam size, length penalty and limits, batch size).
 
     Sentences are sorted by length so that a batch holds similar lengths, then put back."""
-    if nbest > beam_size:
-        raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam_size})")
+    if nbest > decoding.beam_size:
+        raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({decoding.beam_size})")
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     results: list[list[Hypothesis]] = [[] for _ in sources]
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
+        for start in range(0, len(order), decoding.batch_size):
+            chunk = order[start: start + decoding.batch_size]
             src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
-            limits = max_lengths(src_lengths - 1, max_length_ratio, max_length_offset)
+            limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
             src_ids = src_ids.to(device)
-            if beam_size == 1:
+            if decoding.beam_size == 1:
                 found = [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
-                                                    no_repeat_ngram_size)]
+                                                    decoding.no_repeat_ngram_size)]
             else:
-                found = beam_search(model, src_ids, src_lengths, ids, limits, beam_size, length_penalty_alpha,
-                                    nbest, keep_attention, no_repeat_ngram_size)
+                found = beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
+                                    decoding.length_penalty, nbest, keep_attention, decoding.no_repeat_ngram_size)
             for index, hypotheses in zip(chunk, found):
                 results[index] = hypotheses
     finally:
@@ -279,8 +290,6 @@ def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: Special
 def translate_corpus(model: Seq2Seq, vocabs: Vocabularies, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False) -> list[list[Hypothesis]]:
-    """``translate_ids`` with the settings of a config's ``decoding`` section, in the device's precision."""
+    """``translate_ids`` with the tokenizers' special ids, in the device's precision."""
     with autocast(device):
-        return translate_ids(model, sources, SpecialIds.of(vocabs), device, decoding.batch_size, decoding.beam_size,
-                             decoding.length_penalty, nbest, decoding.max_length_ratio,
-                             decoding.max_length_offset, keep_attention, decoding.no_repeat_ngram_size)
+        return translate_ids(model, sources, SpecialIds.of(vocabs), device, decoding, nbest, keep_attention)

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.files import atomic_write_text
+from seq2seq_cli.rundir import RunDir
 
 # The scalars sent to TensorBoard, by event: record key -> tag.
 TENSORBOARD_TAGS = {
@@ -72,30 +74,29 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the records up to ``step`` (a resumed run writes the later ones again), atomically."""
-    from seq2seq_cli.checkpoint import atomic_write
-
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("event") != "end"]
-    atomic_write(path, lambda out: out.write("".join(json.dumps(r) + "\n" for r in kept).encode("utf-8")))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
     from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
 
-    metrics_file = run_dir / "metrics.jsonl"
-    if not metrics_file.is_file():
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not run.metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; is this an s2s run directory?")
-    records = read_metrics(metrics_file)
+    records = read_metrics(run.metrics)
     start = next((r for r in records if r["event"] == "start"), {})
     train = [r for r in records if r["event"] == "train"]
     valid = [r for r in records if r["event"] == "valid"]
     end = next((r for r in reversed(records) if r["event"] == "end"), None)
     best = max(valid, key=lambda r: r["dev_bleu"], default=None)
     checkpoints = {}
-    for name in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{name}.pt"
+    for name, path in (("best", run.best), ("last", run.last)):
         if path.is_file():
             payload = load_checkpoint(path)
             checkpoints[name] = {"path": str(path), "step": payload["step"]}
@@ -116,6 +117,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "best_step": best["step"] if best else None,
         "last_step": max((r["step"] for r in records), default=0),
         "finished": end is not None,
+        "stop_reason": end.get("reason") if end else None,
         "wall_s": max((r.get("elapsed_s", 0.0) for r in records), default=0.0),
         "tokens_per_s": round(sum(r["tokens_per_s"] for r in train) / len(train), 1) if train else None,
         "test_bleu": end.get("test_bleu") if end else None,
@@ -124,26 +126,30 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """Label and value columns; the labels padded to the widest, so they never run together."""
     model = summary["model"]
-    minutes = summary["wall_s"] / 60
-    lines = [
-        f"run           {summary['run_dir']}" + ("" if summary["finished"] else "  (not finished)"),
-        f"data          {summary['data']['train_src']} -> {summary['data']['train_tgt']}"
-        + (f" ({summary['train_pairs']} pairs)" if summary["train_pairs"] else ""),
-        f"model         emb {model['embed_dim']}, hidden {model['hidden_size']}, {model['encoder_layers']} encoder "
-        f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}",
-        f"parameters    {summary['parameters']:,}",
-        f"device        {summary['device']}",
-        f"best dev BLEU {_number(summary['best_dev_bleu'])} at step {summary['best_step']}",
-        f"last step     {summary['last_step']}",
-        f"wall time     {minutes:.1f} min",
-        f"tokens/s      {_number(summary['tokens_per_s'], '.0f')}",
+    status = (f"finished: {summary['stop_reason']}" if summary["finished"]
+              else "not finished (stopped or still training; s2s train --resume continues it)")
+    rows = [
+        ("run", summary["run_dir"]),
+        ("status", status),
+        ("data", f"{summary['data']['train_src']} -> {summary['data']['train_tgt']}"
+         + (f" ({summary['train_pairs']} pairs)" if summary["train_pairs"] else "")),
+        ("model", f"emb {model['embed_dim']}, hidden {model['hidden_size']}, {model['encoder_layers']} encoder "
+                  f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}"),
+        ("parameters", f"{summary['parameters']:,}"),
+        ("device", str(summary["device"])),
+        ("best dev BLEU", f"{_number(summary['best_dev_bleu'])} at step {summary['best_step']}"),
+        ("last step", str(summary["last_step"])),
+        ("wall time", f"{summary['wall_s'] / 60:.1f} min"),
+        ("tokens/s", _number(summary["tokens_per_s"], ".0f")),
     ]
     if summary["test_bleu"] is not None:
-        lines.append(f"test BLEU     {summary['test_bleu']:.2f} (best checkpoint, greedy)")
+        rows.append(("test BLEU", f"{summary['test_bleu']:.2f} (best checkpoint, greedy)"))
     for name, info in summary["checkpoints"].items():
-        lines.append(f"{name + ' checkpoint':<14}{info['path']} (step {info['step']})")
-    return "\n".join(lines)
+        rows.append((f"{name} checkpoint", f"{info['path']} (step {info['step']})"))
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
 
 
 def _number(value, spec: str = ".2f") -> str:

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq_cli.config import ModelConfig
@@ -140,6 +141,9 @@ class Seq2Seq(nn.Module):
                  pretrained_dim: int = 0):
         super().__init__()
         self.pad_id = pad_id
+        # What a checkpoint stores ("model_args") to rebuild this model beside its config.
+        self.sizes = {"src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size, "pad_id": pad_id,
+                      "pretrained_dim": pretrained_dim}
         self.encoder = Encoder(config, src_vocab_size, pad_id, pretrained_dim)
         self.decoder = Decoder(config, tgt_vocab_size, pad_id, pretrained_dim)
         if config.tie_embeddings == "all":
@@ -180,6 +184,16 @@ class Seq2Seq(nn.Module):
                 predicted = self.decoder.embed(step_logits.argmax(-1))
                 embedded = torch.where(use_gold, gold_embedded[:, t + 1], predicted)
         return torch.stack(logits, dim=1)
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed cross-entropy over non-padding target tokens: logits (B, T, V), targets (B, T).
+
+    Summed, not averaged: the trainer divides by the real target tokens of the whole global
+    batch, so a batch split over processes gives the same loss as one process."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=pad_id, label_smoothing=label_smoothing, reduction="sum")
 
 
 def load_bert_embeddings(name_or_path: str) -> torch.Tensor:

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from seq2seq_cli.files import atomic_write
+
 DPI = 100
 
 
@@ -27,13 +29,15 @@ def plot_attention(path: str | Path, source_pieces: Sequence[str], target_pieces
 
     width, height = attention_figure_size(len(source_pieces), len(target_pieces))
     figure, axes = plt.subplots(figsize=(width / DPI, height / DPI), dpi=DPI)
-    axes.imshow(weights.float().numpy(), cmap="Greys_r", vmin=0.0, vmax=1.0, aspect="auto")
+    image = axes.imshow(weights.float().numpy(), cmap="Greys_r", vmin=0.0, vmax=1.0, aspect="auto")
+    figure.colorbar(image, ax=axes, label="attention weight", fraction=0.05, pad=0.02)
+    axes.set_title("attention (rows: translation, columns: source)", fontsize=8)
     axes.set_xticks(range(len(source_pieces)), labels=list(source_pieces), rotation=90, fontsize=8)
     axes.set_yticks(range(len(target_pieces)), labels=list(target_pieces), fontsize=8)
     axes.set_xlabel("source")
     axes.set_ylabel("translation")
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    atomic_write(path, lambda out: figure.savefig(out, dpi=DPI, format="png"))
     plt.close(figure)
 
 
@@ -42,8 +46,6 @@ CURVES_SIZE = (1200, 800)  # pixels
 
 def plot_curves(records: Sequence[dict], path: str | Path) -> None:
     """Train loss, dev loss, dev perplexity and dev BLEU against step, as one PNG (written atomically)."""
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,8 +64,5 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> None:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=DPI, format="png")
+    atomic_write(path, lambda out: figure.savefig(out, dpi=DPI, format="png"))
     plt.close(figure)
-    os.replace(tmp, path)

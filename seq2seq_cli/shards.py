@@ -36,7 +36,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from seq2seq_cli.checkpoint import atomic_write, save_atomically
+from seq2seq_cli.files import FolderLock, atomic_write, save_atomically
 from seq2seq_cli.config import Config, check_training_files
 from seq2seq_cli.data import BOM, decode_lines
 from seq2seq_cli.errors import UserError
@@ -66,11 +66,31 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
     (unless ``overwrite``) to replace shards of anything else."""
     data_dir = _data_dir(config)
     recipe = _recipe(config)
+    meta = _finished_meta(data_dir, recipe)
+    if meta is not None:
+        log.info("%s: already prepared (%d pairs in %d shards)", data_dir, meta["pairs"], len(meta["shards"]))
+        return data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create data.prepared_dir {data_dir} ({err.strerror})") from None
+    # One writer at a time: a second prepare (or a training that prepares) is refused meanwhile.
+    with FolderLock(data_dir, "s2s prepare"):
+        _prepare_locked(config, data_dir, recipe, workers, shard_pairs, overwrite)
+    return data_dir
+
+
+def _finished_meta(data_dir: Path, recipe: dict[str, Any]) -> Optional[dict[str, Any]]:
+    meta = _read_json(data_dir / "meta.json")
+    return meta if meta is not None and meta.get("recipe") == recipe else None
+
+
+def _prepare_locked(config: Config, data_dir: Path, recipe: dict[str, Any], workers: int, shard_pairs: int,
+                    overwrite: bool) -> None:
     meta = _read_json(data_dir / "meta.json")
     plan = _read_json(data_dir / "plan.json")
     if meta is not None and meta.get("recipe") == recipe:
-        log.info("%s: already prepared (%d pairs in %d shards)", data_dir, meta["pairs"], len(meta["shards"]))
-        return data_dir
+        return  # finished by another process just before this one took the lock
     if any(found is not None and found.get("recipe") != recipe for found in (meta, plan)):
         if not overwrite:
             raise UserError(f"{data_dir} holds a corpus prepared from other files or tokenizer settings; "
@@ -78,10 +98,6 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
                             "data.prepared_dir")
         _remove_own_files(data_dir)
         plan = None
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create data.prepared_dir {data_dir} ({err.strerror})") from None
     started = time.perf_counter()
     try:
         if plan is None:
@@ -99,7 +115,6 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
     seconds = time.perf_counter() - started
     log.info("%s: %d pairs in %d shards prepared in %.1f s (%.0f pairs/s)", data_dir, meta["pairs"],
              len(shards), seconds, meta["pairs"] / max(seconds, 1e-9))
-    return data_dir
 
 
 def _data_dir(config: Config) -> Path:

@@ -108,13 +108,13 @@ class LineStream:
         return self._read()
 
 
-def load_pretrained(name_or_path: str | Path, allow_download: bool = False):
+def load_pretrained(name_or_path: str | Path):
     """Load any BERT tokenizer saved with ``save_pretrained`` (or cached by name), offline."""
     from transformers import AutoTokenizer
 
     _silence_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=not allow_download)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise UserError(f"tokenizer {name_or_path!s} could not be loaded ({str(err).splitlines()[0]}); "
                         "give a folder written by save_pretrained or a model in the local cache") from None

@@ -13,12 +13,17 @@ import logging
 import os
 import select
 import time
-from typing import BinaryIO, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 import torch
 
+from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config
 from seq2seq_cli.decoding import Hypothesis, translate_corpus
+from seq2seq_cli.device import select_device
+from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.tokenization import Vocabularies
 
@@ -62,8 +67,26 @@ def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]
             return
 
 
+@dataclass
+class Translation:
+    """One hypothesis for one input text."""
+
+    text: str
+    score: float  # what beam search ranks by: log_prob / GNMT length penalty (greedy: log_prob)
+    log_prob: float  # the model's log-probability of the translation, the final [SEP] included
+
+
 class Translator:
-    """Translates batches of raw lines with a loaded model and decoding settings."""
+    """A trained model with its tokenizers and search settings: text in, translations out.
+
+    The same object serves ``s2s translate``, ``s2s evaluate`` and Python code::
+
+        from seq2seq_cli import Translator
+
+        translator = Translator.load("runs/toy", device="cpu", beam_size=5)
+        translator.translate(["The man sees the dog."])         # -> ["Der Mann sieht den Hund."]
+        translator.translate_nbest(["The man sees the dog."], 3)  # -> [[Translation(...), ...]]
+    """
 
     def __init__(self, model: Seq2Seq, vocabs: Vocabularies, config: Config, device: torch.device,
                  nbest: int = 1, keep_attention: bool = False, **decoding_overrides):
@@ -74,9 +97,38 @@ class Translator:
         self.keep_attention = keep_attention
         overrides = {key: value for key, value in decoding_overrides.items() if value is not None}
         self.decoding = dataclasses.replace(config.decoding, **overrides)
+        if nbest > self.decoding.beam_size:
+            raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {self.decoding.beam_size})")
         # The longest source the model was trained on; longer input is cut to it.
         self.max_source_tokens = config.data.max_len
         self.lines_read = 0
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "auto", *, beam_size: Optional[int] = None,
+             length_penalty: Optional[float] = None, max_length_ratio: Optional[float] = None,
+             no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
+             keep_attention: bool = False) -> "Translator":
+        """Load a run directory (its best checkpoint) or a checkpoint file. Search settings left
+        as None are the run's ``decoding`` section."""
+        torch_device = device if isinstance(device, torch.device) else select_device(device)
+        model, vocabs, config = load_model(checkpoint, torch_device)
+        return cls(model, vocabs, config, torch_device, nbest=nbest, keep_attention=keep_attention,
+                   beam_size=beam_size, length_penalty=length_penalty, max_length_ratio=max_length_ratio,
+                   no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
+
+    def translate(self, texts: Sequence[str]) -> list[str]:
+        """The best translation of each text (a text is one line; an empty text gives "")."""
+        return [nbest[0].text for nbest in self.translate_nbest(texts, 1)]
+
+    def translate_nbest(self, texts: Sequence[str], nbest: Optional[int] = None) -> list[list[Translation]]:
+        """The ``nbest`` best translations of each text (default: this translator's), best first;
+        ``nbest`` may not exceed the beam size."""
+        count = self.nbest if nbest is None else nbest
+        if count > self.decoding.beam_size:
+            raise UserError(f"nbest {count} needs a beam size of at least {count} (it is {self.decoding.beam_size})")
+        _, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
+        return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
+                for hypotheses in results]
 
     def decode_line(self, raw: bytes) -> str:
         if raw.endswith(b"\r"):
@@ -87,8 +139,10 @@ class Translator:
             log.warning("input line %d: invalid UTF-8 replaced by U+FFFD", self.lines_read + 1)
             return raw.decode("utf-8", errors="replace")
 
-    def translate_raw(self, raw_lines: list[bytes]) -> tuple[list[list[int]], list[list[Hypothesis]]]:
-        """Source ids and n-best hypotheses for each raw input line."""
+    def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None
+                      ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+        """Source ids and n-best hypotheses (``nbest``, default this translator's) for each raw input line."""
+        nbest = self.nbest if nbest is None else nbest
         texts = []
         for raw in raw_lines:
             texts.append(self.decode_line(raw))
@@ -101,9 +155,9 @@ class Translator:
                             first_line + offset, len(source), self.max_source_tokens)
                 sources[offset] = source[: self.max_source_tokens]
         to_translate = [i for i, source in enumerate(sources) if source]
-        results = [[Hypothesis([], 0.0, 0.0)] * self.nbest for _ in sources]
+        results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
         found = translate_corpus(self.model, self.vocabs, [sources[i] for i in to_translate], self.decoding,
-                                 self.device, self.nbest, self.keep_attention)
+                                 self.device, nbest, self.keep_attention)
         for index, hypotheses in zip(to_translate, found):
             results[index] = hypotheses
         return sources, results

@@ -1,13 +1,22 @@
-"""Shared fixtures: small corpora and configs built in temporary folders."""
+"""Shared helpers: small corpora and configs in temporary folders, tiny models, the CLI in a process."""
 
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.data import pad_sources
+from seq2seq_cli.decoding import SpecialIds
+from seq2seq_cli.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "data" / "toy"
@@ -78,3 +87,48 @@ def saved_step(run: Path) -> int:
 
 def final_weights(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seq2seq_cli", *map(str, args)], input=stdin.encode(),
+                          capture_output=True, cwd=cwd, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert fragment in stderr, stderr
+    assert result.stdout == b""
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR"
+    assert zlib.crc32(data[12:16 + length]) == struct.unpack(">I", data[16 + length: 20 + length])[0]
+    return struct.unpack(">II", data[16:24])
+
+
+# Tiny random models, where search results can be checked exactly.
+
+IDS = SpecialIds(pad=0, bos=2, eos=3)
+VOCAB = 6  # [PAD] [UNK] [CLS] [SEP] a b: three tokens to choose from, plus [SEP]
+
+
+def tiny_model(seed: int, vocab: int = VOCAB, sharpness: float = 1.0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=8, dropout=0.0), vocab, vocab, IDS.pad).eval()
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(sharpness)
+        model.decoder.output.bias.mul_(sharpness)
+    return model
+
+
+def make_batch(sources):
+    src_ids, src_lengths = pad_sources(sources, IDS.pad, IDS.eos)
+    return src_ids, src_lengths, torch.full((len(sources),), 7)
+
+
+SOURCES = [[4, 5, 1, 4], [5], [1, 1, 4, 5, 5, 4, 1], [4, 4], [5, 1, 5]]

@@ -8,20 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_config, toy_lines, write_corpus
-
-
-def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seq2seq_cli", *map(str, args)], input=stdin.encode(),
-                          capture_output=True, cwd=cwd, timeout=300)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    stderr = result.stderr.decode()
-    assert result.returncode == 2, stderr
-    assert "Traceback" not in stderr
-    assert fragment in stderr, stderr
-    assert result.stdout == b""
+from conftest import assert_user_error, s2s, tiny_config, toy_lines, write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,21 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_bundled_configs_load():
+def test_bundled_configs_hold_what_the_readme_says(monkeypatch):
     root = Path(__file__).resolve().parent.parent
-    for path in (root / "configs").glob("*.yaml"):
-        load_config(path)
+    monkeypatch.chdir(root)  # their relative paths are meant to be read from the project root
+    configs = {path.name: load_config(path) for path in sorted((root / "configs").glob("*.yaml"))}
+    assert set(configs) == {"toy.yaml", "multi30k_cpu.yaml", "multi30k_de_en.yaml"}
+    toy = configs["toy.yaml"]
+    # The demo gives the same model on any machine, idle or busy: it never stops on time.
+    assert toy.training.max_minutes == 0 and toy.training.max_epochs > 0
+    assert toy.training.log_every <= 50  # a train-loss curve in curves.png, not one point
+    assert Path(toy.data.train_src) == root / "data" / "toy" / "train.en" and Path(toy.data.train_src).is_file()
+    assert Path(toy.data.test_tgt) == root / "data" / "toy" / "test.de"
+    for name in ("multi30k_cpu.yaml", "multi30k_de_en.yaml"):
+        config = configs[name]
+        assert Path(config.data.train_src) == root / "data" / "multi30k" / "train.de"
+        assert Path(config.data.test_src) == root / "data" / "multi30k" / "test_2016_flickr.de"
+        assert config.decoding.beam_size == 5 and config.model.tie_embeddings == "output"
+    assert configs["multi30k_cpu.yaml"].training.max_minutes == 20  # the 20-minute CPU budget of the README
+    assert configs["multi30k_de_en.yaml"].training.keep_last >= 5  # for `s2s average --last 5`

@@ -10,15 +10,15 @@ import copy
 import pytest
 import torch
 
-from conftest import toy_learning_config, toy_lines
+from conftest import IDS, SOURCES, make_batch, tiny_model, toy_learning_config, toy_lines
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import ModelConfig, load_config
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
 from seq2seq_cli.device import autocast
 from seq2seq_cli.model import build_model
-from seq2seq_cli.train import sequence_loss, train
-from test_decoding import IDS, SOURCES, make_batch, tiny_model
+from seq2seq_cli.launch import train
+from seq2seq_cli.model import sequence_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -83,8 +83,8 @@ def test_search_on_cuda_equals_cpu(seed):
     gpu_inputs = (src_ids.to(CUDA), src_lengths.to(CUDA), IDS, limits.to(CUDA))
     pairs = [(greedy_search(model, src_ids, src_lengths, IDS, limits), greedy_search(on_gpu, *gpu_inputs))]
     for beam in (2, 5):
-        pairs.append((beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=beam, alpha=1.0),
-                      beam_search(on_gpu, *gpu_inputs, beam_size=beam, alpha=1.0)))
+        pairs.append((beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=beam, length_penalty=1.0),
+                      beam_search(on_gpu, *gpu_inputs, beam_size=beam, length_penalty=1.0)))
     greedy_cpu, greedy_gpu = pairs[0]
     for c, g in zip(greedy_cpu, greedy_gpu):
         assert g.tokens == c.tokens

@@ -5,23 +5,11 @@ import itertools
 import pytest
 import torch
 
-from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import SpecialIds, beam_search, greedy_search, length_penalty, translate_ids
-from seq2seq_cli.model import build_model
+from seq2seq_cli.decoding import beam_search, gnmt_penalty, greedy_search, translate_ids
 
-IDS = SpecialIds(pad=0, bos=2, eos=3)
-VOCAB = 6  # [PAD] [UNK] [CLS] [SEP] a b: three tokens to choose from, plus [SEP]
-
-
-def tiny_model(seed: int, vocab: int = VOCAB, sharpness: float = 1.0):
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(embed_dim=8, hidden_size=8, dropout=0.0), vocab, vocab, IDS.pad).eval()
-    with torch.no_grad():
-        model.decoder.output.weight.mul_(sharpness)
-        model.decoder.output.bias.mul_(sharpness)
-    return model
-
+from conftest import IDS, SOURCES, make_batch, tiny_model
 
 def sequence_log_prob(model, source, tokens, limit):
     """The model's score of one full hypothesis, computed teacher-forced (no search involved)."""
@@ -42,32 +30,30 @@ def test_large_beam_equals_exhaustive_search(seed, alpha):
     model = tiny_model(seed, sharpness=3.0)
     source, limit = [4, 5, 1], 4
     choices = [1, 4, 5]
-    best = max(((sequence_log_prob(model, source, seq, limit) / length_penalty(len(seq) + 1, alpha), seq)
+    best = max(((sequence_log_prob(model, source, seq, limit) / gnmt_penalty(len(seq) + 1, alpha), seq)
                 for n in range(limit + 1) for seq in itertools.product(choices, repeat=n)))
     src_ids, src_lengths = pad_sources([source], IDS.pad, IDS.eos)
-    found = beam_search(model, src_ids, src_lengths, IDS, torch.tensor([limit]), beam_size=128, alpha=alpha)[0][0]
+    found = beam_search(model, src_ids, src_lengths, IDS, torch.tensor([limit]), beam_size=128, length_penalty=alpha)[0][0]
     assert tuple(found.tokens) == best[1]
     assert found.score == pytest.approx(best[0], abs=1e-4)
     assert found.log_prob == pytest.approx(sequence_log_prob(model, source, found.tokens, limit), abs=1e-4)
 
 
-def make_batch(sources):
-    src_ids, src_lengths = pad_sources(sources, IDS.pad, IDS.eos)
-    return src_ids, src_lengths, torch.full((len(sources),), 7)
-
-
-SOURCES = [[4, 5, 1, 4], [5], [1, 1, 4, 5, 5, 4, 1], [4, 4], [5, 1, 5]]
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_beam_never_scores_below_greedy(seed):
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_scores_are_the_models_own_and_ranked(seed):
+    """What beam search guarantees (a wider beam scoring higher than greedy is not one of them):
+    each hypothesis' log_prob is the model's own teacher-forced log-probability of it, its score
+    is that over the GNMT penalty, and an n-best list comes best first."""
     model = tiny_model(seed, vocab=12, sharpness=2.0)
     src_ids, src_lengths, limits = make_batch(SOURCES)
-    greedy = greedy_search(model, src_ids, src_lengths, IDS, limits)
     for beam in (2, 5):
-        found = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=beam, alpha=0.0)
-        for g, b in zip(greedy, found):
-            assert b[0].log_prob >= g.log_prob - 1e-5
+        found = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=beam, length_penalty=1.0, nbest=beam)
+        for source, limit, hypotheses in zip(SOURCES, limits.tolist(), found):
+            scores = [h.score for h in hypotheses]
+            assert scores == sorted(scores, reverse=True)
+            for h in hypotheses:
+                assert h.log_prob == pytest.approx(sequence_log_prob(model, source, h.tokens, limit), abs=1e-4)
+                assert h.score == pytest.approx(h.log_prob / gnmt_penalty(len(h.tokens) + 1, 1.0), abs=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -75,7 +61,7 @@ def test_beam_of_one_is_greedy(seed):
     model = tiny_model(seed, vocab=12, sharpness=2.0)
     src_ids, src_lengths, limits = make_batch(SOURCES)
     greedy = greedy_search(model, src_ids, src_lengths, IDS, limits, keep_attention=True)
-    beam = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=1, alpha=0.0, keep_attention=True)
+    beam = beam_search(model, src_ids, src_lengths, IDS, limits, beam_size=1, length_penalty=0.0, keep_attention=True)
     for g, b in zip(greedy, beam):
         assert b[0].tokens == g.tokens
         assert b[0].log_prob == pytest.approx(g.log_prob, abs=1e-5)
@@ -85,10 +71,11 @@ def test_beam_of_one_is_greedy(seed):
 @pytest.mark.parametrize("beam", [1, 4])
 def test_batch_composition_does_not_change_output(beam):
     model = tiny_model(0, vocab=12, sharpness=3.0)
-    alone = [translate_ids(model, [s], IDS, torch.device("cpu"), beam_size=beam)[0] for s in SOURCES]
+    alone = [translate_ids(model, [s], IDS, torch.device("cpu"), DecodingConfig(beam_size=beam))[0] for s in SOURCES]
     for batch_size in (2, 5):
         for order in (SOURCES, SOURCES[::-1]):
-            together = translate_ids(model, order, IDS, torch.device("cpu"), batch_size=batch_size, beam_size=beam)
+            together = translate_ids(model, order, IDS, torch.device("cpu"),
+                                     DecodingConfig(batch_size=batch_size, beam_size=beam))
             if order is not SOURCES:
                 together = together[::-1]
             for a, t in zip(alone, together):
@@ -136,9 +123,9 @@ def test_no_repeat_ngram_size_holds(beam):
     with torch.no_grad():
         model.decoder.output.bias[IDS.eos] -= 10.0  # [SEP] unlikely: long outputs full of repeats
     sources = [[4, 5, 6, 7] * 3, [5, 6]]
-    plain = translate_ids(model, sources, IDS, torch.device("cpu"), beam_size=beam, max_length_offset=30)
-    banned = translate_ids(model, sources, IDS, torch.device("cpu"), beam_size=beam, max_length_offset=30,
-                           no_repeat_ngram_size=2)
+    plain = translate_ids(model, sources, IDS, torch.device("cpu"), DecodingConfig(beam_size=beam, max_length_offset=30))
+    banned = translate_ids(model, sources, IDS, torch.device("cpu"),
+                           DecodingConfig(beam_size=beam, max_length_offset=30, no_repeat_ngram_size=2))
 
     def bigrams(tokens):
         return list(zip(tokens, tokens[1:]))

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from seq2seq_cli.config import load_config
 from seq2seq_cli.metrics import read_metrics
-from seq2seq_cli.train import build_trainer
+from seq2seq_cli.launch import build_trainer
 
 from conftest import tiny_config
 
@@ -33,7 +33,7 @@ def worker(rank: int, config_path: str, out: str, port: int) -> None:
     trainer = build_trainer(load_config(config_path))
     trainer.fit()
     torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
-    torch.distributed.barrier()  # as seq2seq_cli.train.train does: no rank leaves while another works
+    torch.distributed.barrier()  # as seq2seq_cli.launch.train does: no rank leaves while another works
     torch.distributed.destroy_process_group()
 
 
@@ -49,9 +49,9 @@ def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path
     single = build_trainer(load_config(config_path, [f"run_dir={tmp_path / 'single'}"]))
     batches = single.train_batches.epoch_batches(0)
     for step in range(STEPS):
-        single.step = step + 1
+        single.state.step = step + 1
         merged = single.train_batches.make_batch([*batches[2 * step], *batches[2 * step + 1]])
-        assert single._train_step(merged) is not None
+        assert single.update(merged) is not None
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-6, msg=name)
     # Only rank 0 wrote the log: one record per step.

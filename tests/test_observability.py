@@ -13,12 +13,9 @@ import pytest
 from seq2seq_cli.config import load_config
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.metrics import read_metrics
-from seq2seq_cli.plotting import CURVES_SIZE
-from seq2seq_cli.train import train
+from seq2seq_cli.launch import train
 
-from conftest import tiny_config
-from test_cli import s2s
-from test_translate_cli import png_size
+from conftest import png_size, s2s, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +28,7 @@ def run(tmp_path_factory):
 
 def test_curves_png(run):
     width, height = png_size(run / "curves.png")
-    assert (width, height) == CURVES_SIZE and width >= 800
+    assert width >= 800 and height >= 500  # README: at least 800 x 500 pixels
 
 
 def test_tensorboard_event_files_hold_the_tags(run):

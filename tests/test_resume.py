@@ -15,7 +15,7 @@ import seq2seq_cli.train as train_module
 from seq2seq_cli.config import load_config
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.metrics import read_metrics
-from seq2seq_cli.train import train
+from seq2seq_cli.launch import train
 
 from conftest import final_weights, saved_step, tiny_config
 

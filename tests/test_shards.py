@@ -14,7 +14,7 @@ from seq2seq_cli.config import load_config
 from seq2seq_cli.data import TokenBatches, tokenize_corpus
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.shards import ShardedCorpus, prepare
-from seq2seq_cli.train import train
+from seq2seq_cli.launch import train
 
 from conftest import tiny_config, toy_lines, write_corpus
 

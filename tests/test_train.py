@@ -8,7 +8,7 @@ import yaml
 from seq2seq_cli.config import load_config
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
-from seq2seq_cli.train import train
+from seq2seq_cli.launch import train
 
 from conftest import tiny_config, toy_learning_config, toy_lines
 
@@ -117,7 +117,7 @@ def test_early_stopping_after_patience(tmp_path, monkeypatch):
 def test_plateau_schedule_watches_its_metric(metric, decays):
     """Dev BLEU creeping up while dev loss stalls: only the loss-watching schedule decays."""
     from seq2seq_cli.config import TrainingConfig
-    from seq2seq_cli.train import LearningRateSchedule
+    from seq2seq_cli.schedule import LearningRateSchedule
 
     config = TrainingConfig(learning_rate=0.1, lr_decay_patience=1, plateau_metric=metric)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)

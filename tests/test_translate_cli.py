@@ -2,15 +2,13 @@
 
 import os
 import select
-import struct
 import subprocess
 import sys
-import zlib
+from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
-from test_cli import assert_user_error, s2s
+from conftest import assert_user_error, png_size, s2s, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +77,7 @@ def test_interactive_lines_are_answered_at_once(run_dir):
     assert proc.returncode == 0
 
 
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert kind == b"IHDR"
-    assert zlib.crc32(data[12:16 + length]) == struct.unpack(">I", data[16 + length: 20 + length])[0]
-    return struct.unpack(">II", data[16:24])
+
 
 
 def test_attention_pictures(run_dir, tmp_path):
@@ -103,3 +95,21 @@ def test_attention_pictures(run_dir, tmp_path):
         source_pieces = min(len(vocabs.encode_src([sentences[index]])[0]), 30) + 1  # truncated at data.max_len
         target_pieces = len(vocabs.encode_tgt([translations[index]])[0]) + 1
         assert png_size(tmp_path / "att" / f"{index:05d}.png") == attention_figure_size(source_pieces, target_pieces)
+
+
+def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
+    """The README's Python example, run as a user would (a new process, runs/toy beside it)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "toy").symlink_to(run_dir)
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    printed = result.stdout.decode().splitlines()
+    cli = s2s("translate", "--checkpoint", run_dir, "--beam-size", "5", "--device", "cpu",
+              stdin="The man sees the dog.\nSometimes the bird loves a small newspaper.\n")
+    assert printed[0] == repr(cli.stdout.decode().splitlines())
+    nbest = s2s("translate", "--checkpoint", run_dir, "--beam-size", "5", "--nbest", "3", "--device", "cpu",
+                stdin="The man sees the dog.\n")
+    assert printed[1:] == [f"{score} {text}" for _, text, score in
+                           (line.split(" ||| ") for line in nbest.stdout.decode().splitlines())]

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from seq2seq_cli.cli import app
 from seq2seq_cli.config import load_config
-from seq2seq_cli.train import train
+from seq2seq_cli.launch import train
 
 from conftest import tiny_config
 

@@ -1,0 +1,111 @@
+"""Writing files safely: atomic replacement and an advisory lock on a folder.
+
+Every file s2s writes that a crash could tear (checkpoints, configs, tokenizers, shards, the
+corpus cache, plots) goes through ``atomic_write`` or ``save_atomically``: the new version is
+written to a temporary sibling, flushed to disk and renamed over the old one, so a reader sees
+the old version or the new one, never half of one.
+
+``FolderLock`` keeps two processes from writing one run directory (or one prepared-corpus
+folder) at once. It is an ``fcntl.flock`` on a file inside the folder: the kernel drops it when
+its holder exits, however it exits, so a lock left by a killed process never blocks anyone.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from seq2seq_cli.errors import UserError
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file through ``write(handle)`` so that a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda out: out.write(text.encode("utf-8")))
+
+
+def save_atomically(folder: str | Path, save: Callable[[Path], object]) -> None:
+    """Fill a folder through ``save(path)`` in a temporary sibling, then rename it into place."""
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class FolderLock:
+    """An exclusive advisory lock on ``folder`` for as long as this process holds it.
+
+    ``acquire`` refuses at once, with one line naming the holder's process id and command,
+    when another live process holds the lock."""
+
+    FILE_NAME = ".s2s.lock"
+
+    def __init__(self, folder: str | Path, purpose: str):
+        self.folder = Path(folder)
+        self.purpose = purpose  # e.g. "s2s train": what the holder is doing, for the other's error
+        self._handle = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.FILE_NAME
+
+    def acquire(self) -> "FolderLock":
+        try:
+            handle = open(self.path, "a+b")
+        except OSError as err:
+            raise UserError(f"cannot lock {self.folder} ({err.strerror})") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            handle.seek(0)
+            holder = handle.read().decode("utf-8", errors="replace").strip() or "another process"
+            handle.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"{self.folder} is in use by {holder}; wait for it to finish or stop it "
+                                "first") from None
+            raise UserError(f"cannot lock {self.folder} ({err.strerror})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} ({self.purpose})".encode("utf-8"))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            # Truncating first keeps a stale holder's name out of the next refusal message.
+            self._handle.truncate(0)
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,248 @@
+"""Starting a training run: from a checked config to a ``Trainer`` ready for its first step.
+
+``train(config)`` is what ``s2s train`` calls. It checks everything it can before writing
+anything (files exist, parallel files line up, a resumed run fits its config and has not
+already finished), locks the run directory, gets the tokenizer and the tokenized corpora,
+builds the model and runs ``Trainer.fit``. A fresh start that fails before training removes
+what it wrote, so the same command works again once the problem is fixed.
+
+The run directory is prepared in one of three ways, one function each: ``_start_fresh`` (a
+new run), ``_continue`` (``--resume``) and ``_follow`` (a torchrun process other than rank 0,
+which reads what rank 0 wrote once it is there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from seq2seq_cli import shards
+from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
+from seq2seq_cli.config import Config, check_training_files, to_yaml
+from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_parallel, tokenize_corpus
+from seq2seq_cli.device import select_device
+from seq2seq_cli.distributed import World, barrier, join, leave
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.files import atomic_write_text, save_atomically
+from seq2seq_cli.metrics import read_metrics, truncate_metrics
+from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
+from seq2seq_cli.rundir import RunDir
+from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
+from seq2seq_cli.train import Trainer, TrainingState
+
+log = logging.getLogger(__name__)
+
+
+class RunAlreadyFinished(Exception):
+    """``--resume`` of a run that reached a limit and finished: nothing to do, nothing touched."""
+
+
+@dataclass
+class _Texts:
+    """The raw corpora, read (and their line counts checked) before anything is written."""
+
+    train: Optional[tuple[list[str], list[str]]]  # None when training reads prepared shards
+    dev: tuple[list[str], list[str]]
+    test: Optional[tuple[list[str], list[str]]]
+
+
+@dataclass
+class _Corpora:
+    vocabs: Vocabularies
+    train: Any  # a ParallelCorpus, or a shards.ShardedCorpus
+    dev: ParallelCorpus
+    test: Optional[ParallelCorpus]
+
+
+def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train a model as ``config`` says (or continue the run in its run_dir); returns the end summary."""
+    trainer = build_trainer(config, overwrite, resume)
+    try:
+        summary = trainer.fit()
+        # Rank 0 scores the test set after the others have finished; a rank that tears its
+        # gloo connections down meanwhile can abort (SIGABRT) on exit.
+        barrier(trainer.world)
+        return summary
+    finally:
+        trainer.run.unlock()
+        leave(trainer.world)
+
+
+def build_trainer(config: Config, overwrite: bool = False, resume: bool = False) -> Trainer:
+    """Everything up to the first step: checks, run directory, tokenizer, corpora, model, optimizer."""
+    check_training_files(config)
+    run = RunDir(config.run_dir)
+    device = select_device(config.training.device)
+    world = join(device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not world.is_main:
+        logging.getLogger("seq2seq_cli").setLevel(logging.WARNING)  # one log, from rank 0
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    resume_from = _checkpoint_to_resume(config, run) if resume else None
+    texts = _read_texts(config)
+    if world.is_main:
+        run.lock()
+    try:
+        if world.is_main:
+            corpora = (_start_fresh(config, run, overwrite, texts) if resume_from is None
+                       else _continue(config, run, resume_from["step"], texts))
+        barrier(world)  # the others read the tokenizer and corpus caches rank 0 has written
+        if not world.is_main:
+            corpora = _follow(config, run, texts)
+        return _make_trainer(config, run, corpora, device, world, resume_from)
+    except BaseException:
+        if world.is_main:
+            run.remove_failed_start() if resume_from is None else run.unlock()
+        raise
+
+
+def _checkpoint_to_resume(config: Config, run: RunDir) -> dict[str, Any]:
+    """``last.pt`` of the run, once it is clear that resuming it makes sense."""
+    if not run.last.is_file():
+        raise UserError(f"cannot resume {run}: no checkpoints/last.pt there; start it without --resume")
+    payload = load_checkpoint(run.last)
+    if "trainer" not in payload:
+        raise UserError(f"{run.last}: holds no training state to resume from")
+    _same_experiment(config, checkpoint_config(payload, run.last), run)
+    state = TrainingState.from_checkpoint(payload)
+    training = config.training
+    stop = state.limit_reached(training, bool(training.max_minutes) and state.elapsed_s > training.max_minutes * 60)
+    finished = any(r.get("event") == "end" and r.get("step") == state.step for r in _records(run))
+    if stop is not None and finished:
+        raise RunAlreadyFinished(
+            f"{run} finished at step {state.step} ({stop.reason}); nothing to do. To train on, raise that limit: "
+            f"s2s train --resume {run} training.{stop.key}={stop.raised:g}")
+    return payload
+
+
+def _records(run: RunDir) -> list[dict[str, Any]]:
+    return read_metrics(run.metrics) if run.metrics.is_file() else []
+
+
+def _same_experiment(config: Config, saved: Config, run: RunDir) -> None:
+    """A resumed run may change how long it trains, not what it trains."""
+    for section in ("data", "tokenizer", "model"):
+        ours, theirs = dataclasses.asdict(getattr(config, section)), dataclasses.asdict(getattr(saved, section))
+        for key in ours:
+            if ours[key] != theirs[key]:
+                raise UserError(f"cannot resume {run}: {section}.{key} is {ours[key]!r} but the run was "
+                                f"trained with {theirs[key]!r}; drop the change or start a new run")
+
+
+def _read_texts(config: Config) -> _Texts:
+    data = config.data
+    return _Texts(train=None if data.prepared_dir else read_parallel(data.train_src, data.train_tgt),
+                  dev=read_parallel(data.dev_src, data.dev_tgt),
+                  test=read_parallel(data.test_src, data.test_tgt) if data.test_src else None)
+
+
+def _start_fresh(config: Config, run: RunDir, overwrite: bool, texts: _Texts) -> _Corpora:
+    """A new run: the directory made ready, the tokenizer trained (or loaded, or the shards') and saved."""
+    run.start_fresh(overwrite)
+    sharded = _open_shards(config, writer=True)
+    if sharded is not None:
+        vocabs = sharded.vocabularies()
+    else:
+        vocabs = build_vocabularies(config.tokenizer, *texts.train)
+    save_atomically(run.tokenizer, vocabs.save)
+    atomic_write_text(run.config, to_yaml(config))
+    return _tokenize(config, run, vocabs, sharded, texts)
+
+
+def _continue(config: Config, run: RunDir, step: int, texts: _Texts) -> _Corpora:
+    """A resumed run: its own tokenizer; the records after the saved step go (they are made again)."""
+    sharded = _open_shards(config, writer=True)
+    vocabs = Vocabularies.load(run.tokenizer)
+    truncate_metrics(run.metrics, step)
+    atomic_write_text(run.config, to_yaml(config))
+    log.info("resuming %s from step %d", run, step)
+    return _tokenize(config, run, vocabs, sharded, texts)
+
+
+def _follow(config: Config, run: RunDir, texts: _Texts) -> _Corpora:
+    """A torchrun process other than rank 0: the tokenizer, shards and corpus caches rank 0 wrote."""
+    return _tokenize(config, run, Vocabularies.load(run.tokenizer), _open_shards(config, writer=False), texts)
+
+
+def _open_shards(config: Config, writer: bool) -> Optional[shards.ShardedCorpus]:
+    """With ``data.prepared_dir``, the training corpus as shards (the writer prepares missing ones)."""
+    if not config.data.prepared_dir:
+        return None
+    if writer:
+        shards.prepare(config)
+    return shards.ShardedCorpus.open(config)
+
+
+def _tokenize(config: Config, run: RunDir, vocabs: Vocabularies, sharded: Optional[shards.ShardedCorpus],
+              texts: _Texts) -> _Corpora:
+    data = config.data
+    if sharded is not None:
+        if vocabs.fingerprint() != sharded.meta["tokenizer_fingerprint"]:
+            raise UserError(f"the tokenizer of {run} is not the one {data.prepared_dir} was prepared with; "
+                            "train a new run on these shards")
+        train_corpus = sharded
+    else:
+        train_corpus = tokenize_corpus(vocabs, data.train_src, data.train_tgt, data.cache_dir, texts.train)
+    dev = tokenize_corpus(vocabs, data.dev_src, data.dev_tgt, data.cache_dir, texts.dev)
+    test = tokenize_corpus(vocabs, data.test_src, data.test_tgt, data.cache_dir, texts.test) if texts.test else None
+    return _Corpora(vocabs, train_corpus, dev, test)
+
+
+def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.device, world: World,
+                  resume_from: Optional[dict[str, Any]]) -> Trainer:
+    vocabs = corpora.vocabs
+    train_corpus, empty, too_long = filter_pairs(corpora.train, config.data.max_len)
+    log.info("training pairs: %d kept, %d empty and %d longer than %d tokens dropped",
+             len(train_corpus), empty, too_long, config.data.max_len)
+    if not len(train_corpus):
+        raise UserError(f"{config.data.train_src}: no training pairs left after filtering; "
+                        f"check the files or raise data.max_len")
+    _set_seed(config.training.seed)
+    if resume_from is not None:
+        model = Seq2Seq(config.model, **resume_from["model_args"])
+    else:
+        bert = None
+        if config.model.embed_type == "bert":
+            bert = load_bert_embeddings(config.model.bert_model or config.tokenizer.pretrained)
+        model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert)
+    model = model.to(device)
+    if world.rank:
+        torch.manual_seed(config.training.seed + 1000 * world.rank)  # own dropout masks per process
+    parameters = sum(p.numel() for p in model.parameters())
+    if world.is_main:
+        _check_disk_space(run, parameters)
+    log.info("device %s x %d process(es), %d parameters, vocab %d/%d, %d train / %d dev pairs, "
+             "%d tokens per batch, run dir %s", device, world.size, parameters, vocabs.src_size, vocabs.tgt_size,
+             len(train_corpus), len(corpora.dev), config.training.batch_tokens, run)
+    batches = TokenBatches(train_corpus, vocabs, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
+    trainer = Trainer(config, model, vocabs, batches, corpora.dev, device, run, corpora.test, resume_from, world)
+    trainer.record(event="resume" if resume_from is not None else "start", step=trainer.state.step,
+                   epoch=trainer.state.epoch + 1, device=str(device), processes=world.size, parameters=parameters,
+                   src_vocab_size=vocabs.src_size, tgt_vocab_size=vocabs.tgt_size, train_pairs=len(train_corpus),
+                   dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(corpora.dev),
+                   batch_tokens=config.training.batch_tokens, seed=config.training.seed)
+    return trainer
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_disk_space(run: RunDir, parameters: int) -> None:
+    """Fail before training when checkpoints cannot fit: best + last (with Adam's two moments)
+    + the temporary copy written before each rename, 4 bytes per number."""
+    needed = parameters * 4 * (1 + 3 + 3)
+    free = shutil.disk_usage(run.root).free
+    if free < needed:
+        raise UserError(f"run directory {run} has {free / 2**20:.0f} MB free but checkpoints of this "
+                        f"model need about {needed / 2**20:.0f} MB; free space or choose another --run-dir")

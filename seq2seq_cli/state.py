@@ -1,0 +1,91 @@
+"""What a training run carries across a restart, besides the weights and the optimizer.
+
+``TrainingState`` is the loop's position and bookkeeping, saved in every checkpoint; the RNG
+states of every process go with it, so a resumed run draws the same dropout masks and
+teacher-forcing coins as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, Optional
+
+import torch
+
+from seq2seq_cli.config import TrainingConfig
+
+
+@dataclass
+class TrainingState:
+    """Where the loop is and what it has seen: saved in every checkpoint, restored on resume.
+
+    ``epoch`` counts finished epochs and ``batch_in_epoch`` the batches of the current epoch
+    already trained on."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_dev_bleu: float = -math.inf
+    best_step: int = 0
+    validations_without_improvement: int = 0
+    validated_at: int = -1  # the step of the latest validation
+    saved_steps: list[int] = field(default_factory=list)  # the steps kept as step-N.pt
+    interval_loss: float = 0.0  # summed loss and target tokens since the last train record
+    interval_tokens: int = 0
+    skipped_steps: int = 0  # updates skipped for a non-finite loss
+    elapsed_s: float = 0.0  # training seconds, up to the moment this state was saved
+
+    # At the top level of every checkpoint, best.pt included; the rest under "trainer".
+    HEADLINE: ClassVar[tuple[str, ...]] = ("step", "epoch", "best_dev_bleu", "best_step")
+
+    def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(headline fields, trainer fields) as a checkpoint stores them."""
+        fields = dataclasses.asdict(self)
+        headline = {key: fields.pop(key) for key in self.HEADLINE}
+        return headline, fields
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any]) -> "TrainingState":
+        saved = payload["trainer"]
+        return cls(**{key: payload[key] for key in cls.HEADLINE},
+                   **{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name not in cls.HEADLINE})
+
+    def limit_reached(self, training: TrainingConfig, time_is_up: bool) -> Optional["Stop"]:
+        """The limit of ``training`` this state has reached, if any."""
+        if training.patience and self.validations_without_improvement >= training.patience:
+            return Stop("patience", f"dev BLEU did not improve for {training.patience} validations",
+                        training.patience * 2)
+        if training.max_steps and self.step >= training.max_steps:
+            return Stop("max_steps", f"reached max_steps={training.max_steps}", training.max_steps * 2)
+        if training.max_epochs and self.epoch >= training.max_epochs:
+            return Stop("max_epochs", f"reached max_epochs={training.max_epochs}", training.max_epochs * 2)
+        if time_is_up:
+            return Stop("max_minutes", f"reached max_minutes={training.max_minutes:g}", training.max_minutes * 2)
+        return None
+
+
+class Stop(NamedTuple):
+    """Why a run stops: the ``training`` key whose limit was reached, in words, and a value of
+    that key that would let the run go on (for hints)."""
+
+    key: str
+    reason: str
+    raised: float
+
+
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

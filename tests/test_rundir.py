@@ -1,0 +1,116 @@
+"""Who may write a run directory, and when: one trainer at a time, a failed start leaves
+nothing behind, and a finished run is not trained again by accident."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq_cli.config import load_config
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.files import FolderLock
+from seq2seq_cli.launch import RunAlreadyFinished, train
+
+from conftest import assert_user_error, final_weights, s2s, saved_step, tiny_config, toy_lines, write_corpus
+
+
+def snapshot(run: Path) -> dict:
+    """Every file s2s wrote in the run, with its bytes and modification time."""
+    return {str(path.relative_to(run)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(run.rglob("*")) if path.is_file() and path.name != FolderLock.FILE_NAME}
+
+
+def test_a_second_trainer_is_refused_while_the_first_lives(tmp_path):
+    config = tiny_config(tmp_path, training={"max_steps": 100000, "save_every": 2, "validate_every": 0})
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while saved_step(run) < 2:
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+        for args in (("--resume", run), ("--config", config, "--overwrite")):
+            refused = s2s("train", *args)
+            assert_user_error(refused, f"{run} is in use by process {first.pid} (s2s train)")
+        assert (run / "checkpoints" / "last.pt").is_file() and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # A lock dies with its holder: the killed run resumes at once.
+    resumed = s2s("train", "--resume", run, "training.max_steps=4")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+
+
+def test_prepare_is_refused_while_another_holds_the_folder(tmp_path):
+    config = tiny_config(tmp_path, data={"prepared_dir": str(tmp_path / "prepared")})
+    (tmp_path / "prepared").mkdir()
+    with FolderLock(tmp_path / "prepared", "s2s prepare"):
+        assert_user_error(s2s("prepare", "--config", config), f"is in use by process {os.getpid()} (s2s prepare)")
+    assert s2s("prepare", "--config", config).returncode == 0
+
+
+def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(tmp_path):
+    config = tiny_config(tmp_path)
+    dev_en = tmp_path / "corpus" / "dev.en"
+    dev_en.write_text(dev_en.read_text() + "one line too many\n")
+    failed = s2s("train", "--config", config)
+    assert_user_error(failed, "dev.en has 41 lines but")
+    assert not (tmp_path / "run").exists()
+    write_corpus(tmp_path / "corpus", "dev", *toy_lines("dev", 40))
+    again = s2s("train", "--config", config)
+    assert again.returncode == 0, again.stderr.decode()
+
+
+def test_a_start_that_fails_after_writing_removes_only_what_it_wrote(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    # Every pair is longer than 2 tokens: the tokenizer is trained and saved before this is found.
+    config = load_config(tiny_config(tmp_path, data={"max_len": 2}))
+    with pytest.raises(UserError, match="no training pairs left"):
+        train(config)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert (run / "notes.txt").read_text() == "mine"
+    with FolderLock(run, "test"):  # and it is not left locked
+        pass
+
+
+def test_resuming_a_finished_run_changes_nothing_until_a_limit_is_raised(tmp_path):
+    schedule = {"max_steps": 6, "validate_every": 3, "save_every": 1}
+    config_file = tiny_config(tmp_path, training=schedule)
+    finished = s2s("train", "--config", config_file)
+    assert finished.returncode == 0, finished.stderr.decode()
+    run = tmp_path / "run"
+    before = snapshot(run)
+    again = s2s("train", "--resume", run)
+    stderr = again.stderr.decode()
+    assert again.returncode == 0, stderr
+    assert f"{run} finished at step 6 (reached max_steps=6); nothing to do" in stderr
+    assert f"s2s train --resume {run} training.max_steps=12" in stderr and "Traceback" not in stderr
+    assert snapshot(run) == before
+    # Raising the limit continues exactly: the same as a run that had it from the start.
+    longer = s2s("train", "--resume", run, "training.max_steps=12")
+    assert longer.returncode == 0, longer.stderr.decode()
+    straight = load_config(tiny_config(tmp_path / "straight", training={**schedule, "max_steps": 12}))
+    train(straight)
+    ours, theirs = final_weights(run), final_weights(Path(straight.run_dir))
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
+def test_a_run_stopped_early_is_finished_too(tmp_path, monkeypatch):
+    import seq2seq_cli.train as train_module
+
+    monkeypatch.setattr(train_module, "corpus_bleu", lambda hypotheses, references: 5.0)  # never improves
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 100, "validate_every": 2, "patience": 2}))
+    assert train(config)["step"] == 6
+    with pytest.raises(RunAlreadyFinished, match=r"finished at step 6 \(dev BLEU did not improve for 2 "
+                                                 r"validations\).*training.patience=4"):
+        train(config, resume=True)
+    config.training.patience = 3
+    assert train(config, resume=True)["step"] == 8
