@@ -33,15 +33,15 @@ from seq2seq_cli.device import select_device
 from seq2seq_cli.evaluation import corpus_bleu
 
 
-def timed_translate(model, vocabs, sources, decoding, device):
+def timed_translate(model, tokenizers, sources, decoding, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = translate_corpus(model, vocabs, sources, decoding, device)
+    results = translate_corpus(model, tokenizers, sources, decoding, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return vocabs.decode_tgt([nbest[0].tokens for nbest in results]), seconds
+    return tokenizers.decode_tgt([nbest[0].tokens for nbest in results]), seconds
 
 
 def main() -> None:
@@ -59,20 +59,20 @@ def main() -> None:
     args = parser.parse_args()
 
     device = select_device(args.device)
-    model, vocabs, config = load_model(args.checkpoint, device)
+    model, tokenizers, config = load_model(args.checkpoint, device)
     sources_text, references = read_lines(args.data / args.src), read_lines(args.data / args.ref)
-    sources = vocabs.encode_src(sources_text)
+    sources = tokenizers.encode_src(sources_text)
     base = dataclasses.replace(config.decoding, batch_size=args.batch_size)
     greedy = dataclasses.replace(base, beam_size=1)
     beam = dataclasses.replace(base, beam_size=args.beam_size)
     single = dataclasses.replace(beam, batch_size=1)
 
-    translate_corpus(model, vocabs, sources[:32], beam, device)  # warm-up
+    translate_corpus(model, tokenizers, sources[:32], beam, device)  # warm-up
     rows = []
     for name, decoding, subset in (("greedy, batched", greedy, sources), (f"beam {args.beam_size}, batched", beam, sources),
                                    (f"beam {args.beam_size}, one at a time", single,
                                     sources[: args.single_sentences])):
-        hypotheses, seconds = timed_translate(model, vocabs, subset, decoding, device)
+        hypotheses, seconds = timed_translate(model, tokenizers, subset, decoding, device)
         bleu = corpus_bleu(hypotheses, references[: len(subset)])
         rows.append({"setting": name, "sentences": len(subset), "seconds": round(seconds, 3),
                      "sentences_per_s": round(len(subset) / seconds, 2), "bleu": round(bleu, 2)})
@@ -80,7 +80,7 @@ def main() -> None:
     greedy_row, beam_row, single_row = rows
     counter = FlopCounterMode(display=False)
     with counter:
-        translate_corpus(model, vocabs, sources, beam, device)
+        translate_corpus(model, tokenizers, sources, beam, device)
     beam_flops_per_sentence = counter.get_total_flops() / len(sources)
     peak = matmul_peak(device)
     roofline = peak / beam_flops_per_sentence  # sentences/s if only matmuls cost, at peak

@@ -35,10 +35,10 @@ from seq2seq_cli.launch import train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def scores(model, vocabs, decoding, device, src: Path, ref: Path) -> dict:
-    sources = vocabs.encode_src(read_lines(src))
+def scores(model, tokenizers, decoding, device, src: Path, ref: Path) -> dict:
+    sources = tokenizers.encode_src(read_lines(src))
     started = time.perf_counter()
-    hypotheses = vocabs.decode_tgt([n[0].tokens for n in translate_corpus(model, vocabs, sources, decoding, device)])
+    hypotheses = tokenizers.decode_tgt([n[0].tokens for n in translate_corpus(model, tokenizers, sources, decoding, device)])
     seconds = time.perf_counter() - started
     report = score_report(hypotheses, read_lines(ref))
     return {"bleu": report["bleu"]["score"], "chrf": report["chrf"]["score"], "length_ratio": report["length_ratio"],
@@ -48,21 +48,21 @@ def scores(model, vocabs, decoding, device, src: Path, ref: Path) -> dict:
 def evaluate(run: Path, data: Path, files: dict, device, length_penalties: list[float], label: str) -> dict:
     """Greedy dev/test and beam test scores of a checkpoint; with ``length_penalties``, beam
     search's alpha is chosen by dev BLEU (never test) and test is scored with the winner."""
-    model, vocabs, saved = load_model(run, device)
+    model, tokenizers, saved = load_model(run, device)
     beam = saved.decoding if saved.decoding.beam_size > 1 else dataclasses.replace(saved.decoding, beam_size=5)
     greedy = dataclasses.replace(saved.decoding, beam_size=1)
     dev, test = (data / files["dev_src"], data / files["dev_tgt"]), (data / files["test_src"], data / files["test_tgt"])
-    result = {"checkpoint": label, "dev_greedy": scores(model, vocabs, greedy, device, *dev),
-              "test_greedy": scores(model, vocabs, greedy, device, *test),
-              "test_beam": scores(model, vocabs, beam, device, *test),
+    result = {"checkpoint": label, "dev_greedy": scores(model, tokenizers, greedy, device, *dev),
+              "test_greedy": scores(model, tokenizers, greedy, device, *test),
+              "test_beam": scores(model, tokenizers, beam, device, *test),
               "beam_size": beam.beam_size, "length_penalty": beam.length_penalty}
     if length_penalties:
-        dev_beam = {alpha: scores(model, vocabs, dataclasses.replace(beam, length_penalty=alpha), device, *dev)
+        dev_beam = {alpha: scores(model, tokenizers, dataclasses.replace(beam, length_penalty=alpha), device, *dev)
                     for alpha in length_penalties}
         best = max(length_penalties, key=lambda alpha: dev_beam[alpha]["bleu"])
         result["dev_beam_by_length_penalty"] = {str(a): row["bleu"] for a, row in dev_beam.items()}
         result["tuned_length_penalty"] = best
-        result["test_beam_tuned"] = scores(model, vocabs, dataclasses.replace(beam, length_penalty=best), device, *test)
+        result["test_beam_tuned"] = scores(model, tokenizers, dataclasses.replace(beam, length_penalty=best), device, *test)
     return result
 
 

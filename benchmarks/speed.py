@@ -40,7 +40,7 @@ from seq2seq_cli.data import TokenBatches, collate, filter_pairs, read_lines, re
 from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import autocast, select_device
 from seq2seq_cli.model import build_model
-from seq2seq_cli.tokenization import build_vocabularies
+from seq2seq_cli.tokenization import build_tokenizers
 from seq2seq_cli.model import sequence_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -151,65 +151,65 @@ def main() -> None:
     torch.manual_seed(1)
 
     src_lines, tgt_lines = read_parallel(args.data / "train.de", args.data / "train.en")
-    vocabs = build_vocabularies(TokenizerConfig(vocab_size=8000), src_lines, tgt_lines)
-    corpus, _, _ = filter_pairs(tokenize_corpus(vocabs, str(args.data / "train.de"), str(args.data / "train.en")), 100)
+    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=8000), src_lines, tgt_lines)
+    corpus, _, _ = filter_pairs(tokenize_corpus(tokenizers, str(args.data / "train.de"), str(args.data / "train.en")), 100)
     config = ModelConfig(embed_dim=256, hidden_size=256, dropout=0.3, output_dim=args.output_dim)
     src_per_tgt = sum(len(s) + 1 for s in corpus.src_ids) / sum(len(t) + 1 for t in corpus.tgt_ids)
     attended = sum((len(s) + 1) * (len(t) + 1) for s, t in zip(corpus.src_ids, corpus.tgt_ids)) / sum(
         len(t) + 1 for t in corpus.tgt_ids)
-    flops = flops_per_target_token(config, vocabs.tgt_size, src_per_tgt, attended)
+    flops = flops_per_target_token(config, tokenizers.tgt_size, src_per_tgt, attended)
 
     peak = matmul_peak(device)
 
     # 1. s2s training
-    model = build_model(config, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id).to(device).train()
+    model = build_model(config, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id).to(device).train()
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused)
-    token_batches = TokenBatches(corpus, vocabs, args.batch_tokens, seed=1)
+    token_batches = TokenBatches(corpus, tokenizers, args.batch_tokens, seed=1)
     s2s_batches = [token_batches.make_batch(b).to(device) for b in token_batches.epoch_batches(0)]
 
-    s2s_step = training_step(model, optimizer, vocabs.pad_id, device, mixed_precision=True)
+    s2s_step = training_step(model, optimizer, tokenizers.pad_id, device, mixed_precision=True)
     s2s_tps, s2s_steps = train_throughput(s2s_step, s2s_batches, args.train_seconds, device)
     print(f"s2s training: {s2s_tps:.0f} target tokens/s over {s2s_steps} steps", flush=True)
     compiled = compiled_training(model, s2s_step, s2s_batches, args.train_seconds, device) if args.compile else None
 
     # 2. reference training, on its own copy of the initial-size model
     torch.manual_seed(1)
-    seed_style = reference.from_s2s(build_model(config, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id)).to(device)
+    seed_style = reference.from_s2s(build_model(config, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id)).to(device)
     seed_style.train()
     ref_optimizer = torch.optim.AdamW(seed_style.parameters(), lr=1e-3)
     n = args.ref_batch_sentences
-    ref_batches = [collate(corpus.src_ids[i: i + n], corpus.tgt_ids[i: i + n], vocabs).to(device)
+    ref_batches = [collate(corpus.src_ids[i: i + n], corpus.tgt_ids[i: i + n], tokenizers).to(device)
                    for i in range(0, len(corpus), n)]
 
     # The seed ran in full precision: the reference gets no autocast.
-    ref_step = training_step(seed_style, ref_optimizer, vocabs.pad_id, device, mixed_precision=False)
+    ref_step = training_step(seed_style, ref_optimizer, tokenizers.pad_id, device, mixed_precision=False)
     ref_tps, ref_steps = train_throughput(ref_step, ref_batches, args.ref_train_seconds, device)
 
     # 3. decoding test2016 with the weights s2s has now
     model.eval()
-    test = vocabs.encode_src(read_lines(args.data / "test_2016_flickr.de"))
+    test = tokenizers.encode_src(read_lines(args.data / "test_2016_flickr.de"))
     decoding = DecodingConfig(batch_size=128)
     reference_model = reference.from_s2s(model).to(device).eval()
     rows = {}
     for name, beam in (("greedy", 1), (f"beam{args.beam_size}", args.beam_size)):
         settings = dataclasses.replace(decoding, beam_size=beam)
-        translate_corpus(model, vocabs, test[:64], settings, device)  # warm-up
+        translate_corpus(model, tokenizers, test[:64], settings, device)  # warm-up
         synchronize(device)
         started = time.perf_counter()
-        ours = translate_corpus(model, vocabs, test, settings, device)
+        ours = translate_corpus(model, tokenizers, test, settings, device)
         synchronize(device)
         s2s_rate = len(test) / (time.perf_counter() - started)
         subset = test[: args.ref_sentences]
         started = time.perf_counter()
         theirs = []
         for source in subset:
-            src_ids = torch.tensor([source + [vocabs.eos_id]], device=device)
+            src_ids = torch.tensor([source + [tokenizers.eos_id]], device=device)
             limit = int(len(source) * decoding.max_length_ratio) + decoding.max_length_offset
             if beam == 1:
-                theirs.append(reference_model.greedy(src_ids, vocabs.bos_id, vocabs.eos_id, limit))
+                theirs.append(reference_model.greedy(src_ids, tokenizers.bos_id, tokenizers.eos_id, limit))
             else:
-                theirs.append(reference_model.beam(src_ids, vocabs.bos_id, vocabs.eos_id, limit, beam,
+                theirs.append(reference_model.beam(src_ids, tokenizers.bos_id, tokenizers.eos_id, limit, beam,
                                                    decoding.length_penalty))
         synchronize(device)
         ref_rate = len(subset) / (time.perf_counter() - started)
@@ -221,7 +221,7 @@ def main() -> None:
     result = {
         "device": str(device), "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "model": dataclasses.asdict(config), "vocab_size": vocabs.tgt_size,
+        "model": dataclasses.asdict(config), "vocab_size": tokenizers.tgt_size,
         "batch_tokens": args.batch_tokens, "reference_batch_sentences": n,
         "train_tokens_per_s": round(s2s_tps, 1), "train_steps_timed": s2s_steps,
         "reference_train_tokens_per_s": round(ref_tps, 1), "reference_train_steps_timed": ref_steps,
@@ -237,7 +237,7 @@ def main() -> None:
     if device.type == "cuda":
         result["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
 
-    print(f"device {device}, {torch.get_num_threads()} threads, model emb 256 / hidden 256 / vocab {vocabs.tgt_size}, "
+    print(f"device {device}, {torch.get_num_threads()} threads, model emb 256 / hidden 256 / vocab {tokenizers.tgt_size}, "
           f"output_dim {config.output_dim}")
     print(f"{'measure':<34} {'s2s':>12} {'reference':>12} {'ratio':>8}")
     print(f"{'train target tokens/s':<34} {s2s_tps:>12.0f} {ref_tps:>12.0f} {result['train_speedup']:>7.2f}x")

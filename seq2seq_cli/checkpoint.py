@@ -20,7 +20,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.rundir import RunDir
-from seq2seq_cli.tokenization import Vocabularies
+from seq2seq_cli.tokenization import Tokenizers
 
 FORMAT_VERSION = 1
 
@@ -70,7 +70,7 @@ def checkpoint_config(payload: dict[str, Any], path: Path) -> Config:
                         f"s2s {__version__} does not accept: {str(err).split(': ', 1)[-1]}") from None
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabularies, Config]:
+def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config]:
     """Everything needed to translate: the model (in eval mode), its tokenizers and its config."""
     checkpoint_file, run_dir = RunDir.resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint_file)
@@ -78,17 +78,17 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabul
     tokenizer_dir = run_dir.tokenizer
     if not tokenizer_dir.is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer folder missing; a run directory needs it to translate")
-    vocabs = Vocabularies.load(tokenizer_dir)
+    tokenizers = Tokenizers.load(tokenizer_dir)
     model = Seq2Seq(config.model, **payload["model_args"])
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:
         raise UserError(f"{checkpoint_file}: weights do not fit the model in its config "
                         f"({str(err).splitlines()[0]})") from None
-    if (vocabs.src_size, vocabs.tgt_size) != (payload["model_args"]["src_vocab_size"],
+    if (tokenizers.src_size, tokenizers.tgt_size) != (payload["model_args"]["src_vocab_size"],
                                               payload["model_args"]["tgt_vocab_size"]):
         raise UserError(f"{tokenizer_dir}: vocabulary sizes do not match {checkpoint_file}")
-    return model.to(device).eval(), vocabs, config
+    return model.to(device).eval(), tokenizers, config
 
 
 def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | None = None) -> Path:

@@ -20,7 +20,7 @@ import torch
 
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write
-from seq2seq_cli.tokenization import Vocabularies
+from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     return [chunk.tolist() for chunk in torch.split(flat, lengths.tolist())]
 
 
-def tokenize_corpus(vocabs: Vocabularies, src_path: str, tgt_path: str, cache_dir: Optional[str] = None,
+def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_dir: Optional[str] = None,
                     lines: Optional[tuple[list[str], list[str]]] = None) -> ParallelCorpus:
     """Read and tokenize a parallel corpus, reusing a cached result for the same files and tokenizer.
 
@@ -133,7 +133,7 @@ def tokenize_corpus(vocabs: Vocabularies, src_path: str, tgt_path: str, cache_di
     src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hashlib.sha256(
-        f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{vocabs.fingerprint()}".encode()).hexdigest()[:32]
+        f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}".encode()).hexdigest()[:32]
     cache_file = cache_folder / f"corpus-{key}.pt"
     if cache_file.is_file():
         try:
@@ -145,7 +145,7 @@ def tokenize_corpus(vocabs: Vocabularies, src_path: str, tgt_path: str, cache_di
                 return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable corpus cache %s (%s)", cache_file, err)
-    src_ids, tgt_ids = vocabs.encode_src(src_lines), vocabs.encode_tgt(tgt_lines)
+    src_ids, tgt_ids = tokenizers.encode_src(src_lines), tokenizers.encode_tgt(tgt_lines)
     _write_cache(cache_file, src_ids, tgt_ids)
     return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
 
@@ -197,17 +197,17 @@ def pad_sources(sequences: Sequence[Sequence[int]], pad_id: int, eos_id: int) ->
     return ids, lengths
 
 
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], vocabs: Vocabularies) -> Batch:
-    src_ids, src_lengths = pad_sources(src, vocabs.pad_id, vocabs.eos_id)
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], tokenizers: Tokenizers) -> Batch:
+    src_ids, src_lengths = pad_sources(src, tokenizers.pad_id, tokenizers.eos_id)
     max_tgt = max(len(t) for t in tgt) + 1
-    tgt_in = torch.full((len(tgt), max_tgt), vocabs.pad_id, dtype=torch.int64)
-    tgt_out = torch.full((len(tgt), max_tgt), vocabs.pad_id, dtype=torch.int64)
+    tgt_in = torch.full((len(tgt), max_tgt), tokenizers.pad_id, dtype=torch.int64)
+    tgt_out = torch.full((len(tgt), max_tgt), tokenizers.pad_id, dtype=torch.int64)
     for row, seq in enumerate(tgt):
         ids = torch.tensor(seq, dtype=torch.int64)
-        tgt_in[row, 0] = vocabs.bos_id
+        tgt_in[row, 0] = tokenizers.bos_id
         tgt_in[row, 1: len(seq) + 1] = ids
         tgt_out[row, : len(seq)] = ids
-        tgt_out[row, len(seq)] = vocabs.eos_id
+        tgt_out[row, len(seq)] = tokenizers.eos_id
     return Batch(src_ids, src_lengths, tgt_in, tgt_out, sum(len(t) + 1 for t in tgt))
 
 
@@ -223,9 +223,9 @@ class TokenBatches:
     pairs is planned in seconds and the sentences themselves are read batch by batch.
     """
 
-    def __init__(self, corpus, vocabs: Vocabularies, batch_tokens: int, shuffle: bool = True, seed: int = 0):
+    def __init__(self, corpus, tokenizers: Tokenizers, batch_tokens: int, shuffle: bool = True, seed: int = 0):
         self.corpus = corpus
-        self.vocabs = vocabs
+        self.tokenizers = tokenizers
         self.batch_tokens = batch_tokens
         self.shuffle = shuffle
         self.seed = seed
@@ -261,7 +261,7 @@ class TokenBatches:
         return batches
 
     def make_batch(self, indices: Sequence[int]) -> Batch:
-        return collate(*self.corpus.pairs(indices), self.vocabs)
+        return collate(*self.corpus.pairs(indices), self.tokenizers)
 
     def __iter__(self) -> Iterator[Batch]:
         for indices in self.epoch_batches(0):

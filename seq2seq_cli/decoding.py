@@ -22,7 +22,7 @@ from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.device import autocast
 from seq2seq_cli.model import Seq2Seq
-from seq2seq_cli.tokenization import Vocabularies
+from seq2seq_cli.tokenization import Tokenizers
 
 
 @dataclass
@@ -40,8 +40,8 @@ class SpecialIds:
     eos: int
 
     @classmethod
-    def of(cls, vocabs: Vocabularies) -> "SpecialIds":
-        return cls(vocabs.pad_id, vocabs.bos_id, vocabs.eos_id)
+    def of(cls, tokenizers: Tokenizers) -> "SpecialIds":
+        return cls(tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id)
 
 
 def gnmt_penalty(length: torch.Tensor | int, length_penalty: float):
@@ -287,9 +287,9 @@ def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: Special
     return results
 
 
-def translate_corpus(model: Seq2Seq, vocabs: Vocabularies, sources: Sequence[Sequence[int]],
+def translate_corpus(model: Seq2Seq, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids, in the device's precision."""
     with autocast(device):
-        return translate_ids(model, sources, SpecialIds.of(vocabs), device, decoding, nbest, keep_attention)
+        return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention)

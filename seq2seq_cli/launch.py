@@ -33,7 +33,7 @@ from seq2seq_cli.files import atomic_write_text, save_atomically
 from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
 from seq2seq_cli.rundir import RunDir
-from seq2seq_cli.tokenization import Vocabularies, build_vocabularies
+from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
 from seq2seq_cli.train import Trainer, TrainingState
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class _Texts:
 
 @dataclass
 class _Corpora:
-    vocabs: Vocabularies
+    tokenizers: Tokenizers
     train: Any  # a ParallelCorpus, or a shards.ShardedCorpus
     dev: ParallelCorpus
     test: Optional[ParallelCorpus]
@@ -150,27 +150,27 @@ def _start_fresh(config: Config, run: RunDir, overwrite: bool, texts: _Texts) ->
     run.start_fresh(overwrite)
     sharded = _open_shards(config, writer=True)
     if sharded is not None:
-        vocabs = sharded.vocabularies()
+        tokenizers = sharded.tokenizers()
     else:
-        vocabs = build_vocabularies(config.tokenizer, *texts.train)
-    save_atomically(run.tokenizer, vocabs.save)
+        tokenizers = build_tokenizers(config.tokenizer, *texts.train)
+    save_atomically(run.tokenizer, tokenizers.save)
     atomic_write_text(run.config, to_yaml(config))
-    return _tokenize(config, run, vocabs, sharded, texts)
+    return _tokenize(config, run, tokenizers, sharded, texts)
 
 
 def _continue(config: Config, run: RunDir, step: int, texts: _Texts) -> _Corpora:
     """A resumed run: its own tokenizer; the records after the saved step go (they are made again)."""
     sharded = _open_shards(config, writer=True)
-    vocabs = Vocabularies.load(run.tokenizer)
+    tokenizers = Tokenizers.load(run.tokenizer)
     truncate_metrics(run.metrics, step)
     atomic_write_text(run.config, to_yaml(config))
     log.info("resuming %s from step %d", run, step)
-    return _tokenize(config, run, vocabs, sharded, texts)
+    return _tokenize(config, run, tokenizers, sharded, texts)
 
 
 def _follow(config: Config, run: RunDir, texts: _Texts) -> _Corpora:
     """A torchrun process other than rank 0: the tokenizer, shards and corpus caches rank 0 wrote."""
-    return _tokenize(config, run, Vocabularies.load(run.tokenizer), _open_shards(config, writer=False), texts)
+    return _tokenize(config, run, Tokenizers.load(run.tokenizer), _open_shards(config, writer=False), texts)
 
 
 def _open_shards(config: Config, writer: bool) -> Optional[shards.ShardedCorpus]:
@@ -182,24 +182,24 @@ def _open_shards(config: Config, writer: bool) -> Optional[shards.ShardedCorpus]
     return shards.ShardedCorpus.open(config)
 
 
-def _tokenize(config: Config, run: RunDir, vocabs: Vocabularies, sharded: Optional[shards.ShardedCorpus],
+def _tokenize(config: Config, run: RunDir, tokenizers: Tokenizers, sharded: Optional[shards.ShardedCorpus],
               texts: _Texts) -> _Corpora:
     data = config.data
     if sharded is not None:
-        if vocabs.fingerprint() != sharded.meta["tokenizer_fingerprint"]:
+        if tokenizers.fingerprint() != sharded.meta["tokenizer_fingerprint"]:
             raise UserError(f"the tokenizer of {run} is not the one {data.prepared_dir} was prepared with; "
                             "train a new run on these shards")
         train_corpus = sharded
     else:
-        train_corpus = tokenize_corpus(vocabs, data.train_src, data.train_tgt, data.cache_dir, texts.train)
-    dev = tokenize_corpus(vocabs, data.dev_src, data.dev_tgt, data.cache_dir, texts.dev)
-    test = tokenize_corpus(vocabs, data.test_src, data.test_tgt, data.cache_dir, texts.test) if texts.test else None
-    return _Corpora(vocabs, train_corpus, dev, test)
+        train_corpus = tokenize_corpus(tokenizers, data.train_src, data.train_tgt, data.cache_dir, texts.train)
+    dev = tokenize_corpus(tokenizers, data.dev_src, data.dev_tgt, data.cache_dir, texts.dev)
+    test = tokenize_corpus(tokenizers, data.test_src, data.test_tgt, data.cache_dir, texts.test) if texts.test else None
+    return _Corpora(tokenizers, train_corpus, dev, test)
 
 
 def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.device, world: World,
                   resume_from: Optional[dict[str, Any]]) -> Trainer:
-    vocabs = corpora.vocabs
+    tokenizers = corpora.tokenizers
     train_corpus, empty, too_long = filter_pairs(corpora.train, config.data.max_len)
     log.info("training pairs: %d kept, %d empty and %d longer than %d tokens dropped",
              len(train_corpus), empty, too_long, config.data.max_len)
@@ -213,7 +213,7 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
         bert = None
         if config.model.embed_type == "bert":
             bert = load_bert_embeddings(config.model.bert_model or config.tokenizer.pretrained)
-        model = build_model(config.model, vocabs.src_size, vocabs.tgt_size, vocabs.pad_id, bert)
+        model = build_model(config.model, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id, bert)
     model = model.to(device)
     if world.rank:
         torch.manual_seed(config.training.seed + 1000 * world.rank)  # own dropout masks per process
@@ -221,13 +221,13 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
     if world.is_main:
         _check_disk_space(run, parameters)
     log.info("device %s x %d process(es), %d parameters, vocab %d/%d, %d train / %d dev pairs, "
-             "%d tokens per batch, run dir %s", device, world.size, parameters, vocabs.src_size, vocabs.tgt_size,
+             "%d tokens per batch, run dir %s", device, world.size, parameters, tokenizers.src_size, tokenizers.tgt_size,
              len(train_corpus), len(corpora.dev), config.training.batch_tokens, run)
-    batches = TokenBatches(train_corpus, vocabs, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
-    trainer = Trainer(config, model, vocabs, batches, corpora.dev, device, run, corpora.test, resume_from, world)
+    batches = TokenBatches(train_corpus, tokenizers, config.training.batch_tokens, shuffle=True, seed=config.training.seed)
+    trainer = Trainer(config, model, tokenizers, batches, corpora.dev, device, run, corpora.test, resume_from, world)
     trainer.record(event="resume" if resume_from is not None else "start", step=trainer.state.step,
                    epoch=trainer.state.epoch + 1, device=str(device), processes=world.size, parameters=parameters,
-                   src_vocab_size=vocabs.src_size, tgt_vocab_size=vocabs.tgt_size, train_pairs=len(train_corpus),
+                   src_vocab_size=tokenizers.src_size, tgt_vocab_size=tokenizers.tgt_size, train_pairs=len(train_corpus),
                    dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(corpora.dev),
                    batch_tokens=config.training.batch_tokens, seed=config.training.seed)
     return trainer

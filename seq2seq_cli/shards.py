@@ -40,7 +40,7 @@ from seq2seq_cli.files import FolderLock, atomic_write, save_atomically
 from seq2seq_cli.config import Config, check_training_files
 from seq2seq_cli.data import BOM, decode_lines
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.tokenization import LineStream, Vocabularies, build_vocabularies
+from seq2seq_cli.tokenization import LineStream, Tokenizers, build_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +148,15 @@ def _make_plan(config: Config, data_dir: Path, recipe: dict[str, Any], shard_pai
     if not src_lines:
         raise UserError(f"{src_path} and {tgt_path} are empty; a corpus needs at least one pair")
     log.info("%s: %d pairs; building the tokenizer", data_dir, src_lines)
-    vocabs = build_vocabularies(config.tokenizer, LineStream(lambda: _stream_lines(src_path)),
+    tokenizers = build_tokenizers(config.tokenizer, LineStream(lambda: _stream_lines(src_path)),
                                 LineStream(lambda: _stream_lines(tgt_path)))
-    save_atomically(data_dir / "tokenizer", vocabs.save)
-    id_dtype = "uint16" if max(vocabs.src_size, vocabs.tgt_size) <= 1 << 16 else "uint32"
+    save_atomically(data_dir / "tokenizer", tokenizers.save)
+    id_dtype = "uint16" if max(tokenizers.src_size, tokenizers.tgt_size) <= 1 << 16 else "uint32"
     shards = []
     for number, (src_range, tgt_range) in enumerate(zip(zip(src_starts, src_starts[1:]), zip(tgt_starts, tgt_starts[1:]))):
         shards.append({"name": f"shard-{number:05d}", "first_line": number * shard_pairs + 1,
                        "src_bytes": list(src_range), "tgt_bytes": list(tgt_range)})
-    plan = {"recipe": recipe, "tokenizer_fingerprint": vocabs.fingerprint(), "id_dtype": id_dtype,
+    plan = {"recipe": recipe, "tokenizer_fingerprint": tokenizers.fingerprint(), "id_dtype": id_dtype,
             "lines": src_lines, "shard_pairs": shard_pairs, "shards": shards}
     _write_json(data_dir / "plan.json", plan)
     return plan
@@ -233,15 +233,15 @@ def _worker_init() -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"
 
 
-_worker_vocabs: dict[str, Vocabularies] = {}
+_worker_tokenizers: dict[str, Tokenizers] = {}
 
 
 def tokenize_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Tokenize one shard's lines into its three files, then mark it complete (runs in a worker)."""
     data_dir = Path(task["data_dir"])
-    if task["data_dir"] not in _worker_vocabs:
-        _worker_vocabs[task["data_dir"]] = Vocabularies.load(data_dir / "tokenizer")
-    vocabs = _worker_vocabs[task["data_dir"]]
+    if task["data_dir"] not in _worker_tokenizers:
+        _worker_tokenizers[task["data_dir"]] = Tokenizers.load(data_dir / "tokenizer")
+    tokenizers = _worker_tokenizers[task["data_dir"]]
     src_lines = _read_range(task["src_path"], task["src_bytes"], task["first_line"])
     tgt_lines = _read_range(task["tgt_path"], task["tgt_bytes"], task["first_line"])
     if len(src_lines) != len(tgt_lines):  # only if a file changed while we read it
@@ -250,8 +250,8 @@ def tokenize_shard(task: dict[str, Any]) -> dict[str, Any]:
     name = task["name"]
     index = np.zeros((len(src_lines), 4), dtype=np.int64)
     tokens = {}
-    for side, lines, encode, column in (("src", src_lines, vocabs.encode_src, 0),
-                                        ("tgt", tgt_lines, vocabs.encode_tgt, 2)):
+    for side, lines, encode, column in (("src", src_lines, tokenizers.encode_src, 0),
+                                        ("tgt", tgt_lines, tokenizers.encode_tgt, 2)):
         ids = encode(lines)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         index[:, column + 1] = lengths
@@ -362,13 +362,13 @@ class ShardedCorpus:
                                 "run: s2s prepare --config CONFIG --overwrite")
         return cls(data_dir, meta)
 
-    def vocabularies(self) -> Vocabularies:
+    def tokenizers(self) -> Tokenizers:
         """The tokenizer the shards were made with."""
-        vocabs = Vocabularies.load(self.data_dir / "tokenizer")
-        if vocabs.fingerprint() != self.meta["tokenizer_fingerprint"]:
+        tokenizers = Tokenizers.load(self.data_dir / "tokenizer")
+        if tokenizers.fingerprint() != self.meta["tokenizer_fingerprint"]:
             raise UserError(f"{self.data_dir}/tokenizer is not the tokenizer the shards were made with; "
                             "run: s2s prepare --config CONFIG --overwrite")
-        return vocabs
+        return tokenizers
 
     def __len__(self) -> int:
         return len(self.pair_ids)

@@ -131,7 +131,7 @@ def load_pretrained(name_or_path: str | Path):
     return tokenizer
 
 
-class Vocabularies:
+class Tokenizers:
     """The source and target tokenizers (one object when the vocabulary is shared).
 
     Sentences are encoded without special tokens; the data and decoding code add
@@ -190,7 +190,7 @@ class Vocabularies:
             _save(self.tgt, folder / "target")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Vocabularies":
+    def load(cls, folder: str | Path) -> "Tokenizers":
         folder = Path(folder)
         if (folder / "source").is_dir():
             return cls(load_pretrained(folder / "source"), load_pretrained(folder / "target"))
@@ -216,17 +216,17 @@ def _save(tokenizer, folder: Path) -> None:
             handle.write(token + "\n")
 
 
-def build_vocabularies(config: TokenizerConfig, train_src: Iterable[str],
-                       train_tgt: Iterable[str]) -> Vocabularies:
+def build_tokenizers(config: TokenizerConfig, train_src: Iterable[str],
+                       train_tgt: Iterable[str]) -> Tokenizers:
     """Load the pretrained tokenizer, or train WordPiece vocabularies on the training corpus
     (lines in lists, or ``LineStream``s for corpora too large to hold)."""
     if config.pretrained:
         shared = load_pretrained(config.pretrained)
-        return Vocabularies(shared, shared)
+        return Tokenizers(shared, shared)
     options = dict(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
                    lowercase=config.lowercase)
     if config.shared_vocab:
         both = LineStream(lambda: itertools.chain(train_src, train_tgt))
         shared = train_wordpiece(both, **options)
-        return Vocabularies(shared, shared)
-    return Vocabularies(train_wordpiece(train_src, **options), train_wordpiece(train_tgt, **options))
+        return Tokenizers(shared, shared)
+    return Tokenizers(train_wordpiece(train_src, **options), train_wordpiece(train_tgt, **options))

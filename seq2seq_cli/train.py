@@ -32,7 +32,7 @@ from seq2seq_cli.progress import Progress, StopOnSignal
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.schedule import LearningRateSchedule
 from seq2seq_cli.state import Stop, TrainingState, rng_states, set_rng_states
-from seq2seq_cli.tokenization import Vocabularies
+from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ class TrainingInterrupted(Exception):
 class Trainer:
     """Trains ``model`` on ``train_batches``, validating on ``dev`` and writing ``run``."""
 
-    def __init__(self, config: Config, model: Seq2Seq, vocabs: Vocabularies, train_batches: TokenBatches,
+    def __init__(self, config: Config, model: Seq2Seq, tokenizers: Tokenizers, train_batches: TokenBatches,
                  dev: ParallelCorpus, device: torch.device, run: RunDir, test: Optional[ParallelCorpus] = None,
                  resume_from: Optional[dict[str, Any]] = None, world: World = World()):
         self.config = config
         self.training_config = config.training
         self.world = world
         self.model = model
-        self.vocabs = vocabs
+        self.tokenizers = tokenizers
         self.train_batches = train_batches
         self.dev = dev
         self.test = test
@@ -201,7 +201,7 @@ class Trainer:
         self.schedule.step(self.state.step)
         with autocast(self.device):
             logits = self.ddp_model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio)
-            loss = sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id, training.label_smoothing)
+            loss = sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id, training.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         # The mean over the real target tokens of the global batch: DDP averages the
         # processes' gradients, so each scales its summed loss by world size / global tokens.
@@ -243,13 +243,13 @@ class Trainer:
     @torch.no_grad()
     def dev_loss(self) -> float:
         self.model.eval()
-        batches = TokenBatches(self.dev, self.vocabs, self.training_config.batch_tokens, shuffle=False)
+        batches = TokenBatches(self.dev, self.tokenizers, self.training_config.batch_tokens, shuffle=False)
         total, tokens = torch.zeros((), dtype=torch.float64), 0
         for batch in batches:
             batch = batch.to(self.device)
             with autocast(self.device):
                 logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in)
-            total += sequence_loss(logits, batch.tgt_out, self.vocabs.pad_id).double().cpu()
+            total += sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id).double().cpu()
             tokens += batch.n_tgt_tokens
         self.model.train()
         return float(total) / max(tokens, 1)
@@ -257,8 +257,8 @@ class Trainer:
     def translate(self, corpus: ParallelCorpus) -> list[str]:
         """Greedy translations: validation BLEU tracks training, not the search settings."""
         greedy = dataclasses.replace(self.config.decoding, beam_size=1)
-        hypotheses = translate_corpus(self.model, self.vocabs, corpus.src_ids, greedy, self.device)
-        return self.vocabs.decode_tgt([nbest[0].tokens for nbest in hypotheses])
+        hypotheses = translate_corpus(self.model, self.tokenizers, corpus.src_ids, greedy, self.device)
+        return self.tokenizers.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 
     def validate_and_save(self, end_of_epoch: bool = False) -> None:
         """Validate and write checkpoints. At the end of an epoch the epoch counter moves on

@@ -25,7 +25,7 @@ from seq2seq_cli.decoding import Hypothesis, translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
-from seq2seq_cli.tokenization import Vocabularies
+from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ class Translator:
         translator.translate_nbest(["The man sees the dog."], 3)  # -> [[Translation(...), ...]]
     """
 
-    def __init__(self, model: Seq2Seq, vocabs: Vocabularies, config: Config, device: torch.device,
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, config: Config, device: torch.device,
                  nbest: int = 1, keep_attention: bool = False, **decoding_overrides):
         self.model = model
-        self.vocabs = vocabs
+        self.tokenizers = tokenizers
         self.device = device
         self.nbest = nbest
         self.keep_attention = keep_attention
@@ -111,8 +111,8 @@ class Translator:
         """Load a run directory (its best checkpoint) or a checkpoint file. Search settings left
         as None are the run's ``decoding`` section."""
         torch_device = device if isinstance(device, torch.device) else select_device(device)
-        model, vocabs, config = load_model(checkpoint, torch_device)
-        return cls(model, vocabs, config, torch_device, nbest=nbest, keep_attention=keep_attention,
+        model, tokenizers, config = load_model(checkpoint, torch_device)
+        return cls(model, tokenizers, config, torch_device, nbest=nbest, keep_attention=keep_attention,
                    beam_size=beam_size, length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                    no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
 
@@ -148,7 +148,7 @@ class Translator:
             texts.append(self.decode_line(raw))
             self.lines_read += 1
         first_line = self.lines_read - len(texts) + 1
-        sources = self.vocabs.encode_src(texts)
+        sources = self.tokenizers.encode_src(texts)
         for offset, source in enumerate(sources):
             if len(source) > self.max_source_tokens:
                 log.warning("input line %d: %d tokens, truncated to the model's limit of %d (data.max_len)",
@@ -156,14 +156,14 @@ class Translator:
                 sources[offset] = source[: self.max_source_tokens]
         to_translate = [i for i, source in enumerate(sources) if source]
         results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
-        found = translate_corpus(self.model, self.vocabs, [sources[i] for i in to_translate], self.decoding,
+        found = translate_corpus(self.model, self.tokenizers, [sources[i] for i in to_translate], self.decoding,
                                  self.device, nbest, self.keep_attention)
         for index, hypotheses in zip(to_translate, found):
             results[index] = hypotheses
         return sources, results
 
     def detokenize(self, hypotheses: list[Hypothesis]) -> list[str]:
-        return [text.replace("\n", " ") for text in self.vocabs.decode_tgt([h.tokens for h in hypotheses])]
+        return [text.replace("\n", " ") for text in self.tokenizers.decode_tgt([h.tokens for h in hypotheses])]
 
     def output_lines(self, index: int, hypotheses: list[Hypothesis]) -> str:
         """What ``s2s translate`` prints for input line ``index``: the translation, or with
@@ -176,8 +176,8 @@ class Translator:
     def plot_attention(self, path, source_ids: list[int], hypothesis: Hypothesis) -> None:
         from seq2seq_cli.plotting import plot_attention
 
-        plot_attention(path, self.vocabs.src_pieces(source_ids + [self.vocabs.eos_id]),
-                       self.vocabs.tgt_pieces(hypothesis.tokens + [self.vocabs.eos_id]), hypothesis.attention)
+        plot_attention(path, self.tokenizers.src_pieces(source_ids + [self.tokenizers.eos_id]),
+                       self.tokenizers.tgt_pieces(hypothesis.tokens + [self.tokenizers.eos_id]), hypothesis.attention)
 
     def translate_lines(self, lines: list[str]) -> tuple[list[str], dict]:
         """1-best translations of whole lines, and the decoding speed."""

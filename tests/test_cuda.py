@@ -104,11 +104,11 @@ def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
     assert summary["best_dev_bleu"] > 50, summary
 
     run_dir = tmp_path / "run"
-    on_cpu, vocabs, saved = load_model(run_dir, CPU)
+    on_cpu, tokenizers, saved = load_model(run_dir, CPU)
     on_gpu, _, _ = load_model(run_dir, CUDA)
     assert all(p.device.type == "cpu" for p in on_cpu.parameters())
-    sources = vocabs.encode_src(toy_lines("dev", 200)[0])
-    outputs = [[n[0].tokens for n in translate_corpus(net, vocabs, sources, saved.decoding, device)]
+    sources = tokenizers.encode_src(toy_lines("dev", 200)[0])
+    outputs = [[n[0].tokens for n in translate_corpus(net, tokenizers, sources, saved.decoding, device)]
                for net, device in ((on_cpu, CPU), (on_gpu, CUDA))]
     same = sum(a == b for a, b in zip(*outputs)) / len(sources)
     assert same >= 0.9, same

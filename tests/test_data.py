@@ -5,15 +5,15 @@ from seq2seq_cli.config import TokenizerConfig
 from seq2seq_cli.data import (ParallelCorpus, TokenBatches, collate, filter_pairs, read_lines, read_parallel,
                               tokenize_corpus)
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.tokenization import build_vocabularies
+from seq2seq_cli.tokenization import build_tokenizers
 
 from conftest import toy_lines, write_corpus
 
 
 @pytest.fixture(scope="module")
-def vocabs():
+def tokenizers():
     en, de = toy_lines("train", 500)
-    return build_vocabularies(TokenizerConfig(vocab_size=300), en, de)
+    return build_tokenizers(TokenizerConfig(vocab_size=300), en, de)
 
 
 def test_unequal_line_counts(tmp_path):
@@ -49,26 +49,26 @@ def test_filter_counts_empty_and_long_pairs():
     assert (len(kept), empty, too_long) == (1, 2, 1)
 
 
-def test_collate_shapes_and_shifted_targets(vocabs):
-    batch = collate([[10, 11], [12]], [[20], [21, 22, 23]], vocabs)
-    assert batch.src_ids.tolist() == [[10, 11, vocabs.eos_id], [12, vocabs.eos_id, vocabs.pad_id]]
+def test_collate_shapes_and_shifted_targets(tokenizers):
+    batch = collate([[10, 11], [12]], [[20], [21, 22, 23]], tokenizers)
+    assert batch.src_ids.tolist() == [[10, 11, tokenizers.eos_id], [12, tokenizers.eos_id, tokenizers.pad_id]]
     assert batch.src_lengths.tolist() == [3, 2]
-    pad, bos, eos = vocabs.pad_id, vocabs.bos_id, vocabs.eos_id
+    pad, bos, eos = tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id
     assert batch.tgt_in.tolist() == [[bos, 20, pad, pad], [bos, 21, 22, 23]]
     assert batch.tgt_out.tolist() == [[20, eos, pad, pad], [21, 22, 23, eos]]
     assert batch.n_tgt_tokens == 6
 
 
-def test_token_batches_cover_corpus_within_budget(tmp_path, vocabs):
+def test_token_batches_cover_corpus_within_budget(tmp_path, tokenizers):
     src, tgt = write_corpus(tmp_path, "c", *toy_lines("train", 500))
-    corpus = tokenize_corpus(vocabs, str(src), str(tgt))
-    batches = TokenBatches(corpus, vocabs, batch_tokens=300, seed=3)
+    corpus = tokenize_corpus(tokenizers, str(src), str(tgt))
+    batches = TokenBatches(corpus, tokenizers, batch_tokens=300, seed=3)
     epoch0 = [b.tolist() for b in batches.epoch_batches(0)]
     assert sorted(i for b in epoch0 for i in b) == list(range(len(corpus)))
     for indices in epoch0:
         batch = batches.make_batch(indices)
         assert len(indices) == 1 or max(batch.src_ids.numel(), batch.tgt_in.numel()) <= 300
-    assert epoch0 == [b.tolist() for b in TokenBatches(corpus, vocabs, 300, seed=3).epoch_batches(0)]  # (seed, epoch)
+    assert epoch0 == [b.tolist() for b in TokenBatches(corpus, tokenizers, 300, seed=3).epoch_batches(0)]  # (seed, epoch)
     assert epoch0 != [b.tolist() for b in batches.epoch_batches(1)]
     # Length bucketing keeps padding small.
     padded = sum(batches.make_batch(b).tgt_in.numel() for b in epoch0)
@@ -76,16 +76,16 @@ def test_token_batches_cover_corpus_within_budget(tmp_path, vocabs):
     assert padded < 1.1 * real
 
 
-def test_tokenized_corpus_is_cached(tmp_path, vocabs, monkeypatch):
+def test_tokenized_corpus_is_cached(tmp_path, tokenizers, monkeypatch):
     src, tgt = write_corpus(tmp_path, "c", *toy_lines("dev", 50))
-    first = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
-    monkeypatch.setattr(type(vocabs), "encode_src", lambda *a: pytest.fail("tokenized again"))
-    second = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    first = tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(type(tokenizers), "encode_src", lambda *a: pytest.fail("tokenized again"))
+    second = tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
     assert second.src_ids == first.src_ids and second.tgt_ids == first.tgt_ids
     # A changed file is a different key: it is tokenized again.
     tgt.write_text(tgt.read_text(encoding="utf-8").replace("Der", "Die"), encoding="utf-8")
     monkeypatch.undo()
-    third = tokenize_corpus(vocabs, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    third = tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
     assert third.tgt_ids != first.tgt_ids
 
 
@@ -105,11 +105,11 @@ def reference_batches(src_lengths, tgt_lengths, batch_tokens, order):
 
 
 @pytest.mark.parametrize("batch_tokens", [1, 40, 300, 5000])
-def test_vectorised_batching_equals_the_sentence_by_sentence_rule(batch_tokens, vocabs):
+def test_vectorised_batching_equals_the_sentence_by_sentence_rule(batch_tokens, tokenizers):
     generator = torch.Generator().manual_seed(batch_tokens)
     src = [[7] * n for n in torch.randint(0, 50, (3000,), generator=generator).tolist()]
     tgt = [[7] * n for n in torch.randint(0, 50, (3000,), generator=generator).tolist()]
     corpus = ParallelCorpus(src, tgt, [""] * 3000, [""] * 3000)
-    ours = [b.tolist() for b in TokenBatches(corpus, vocabs, batch_tokens, shuffle=False).epoch_batches(0)]
+    ours = [b.tolist() for b in TokenBatches(corpus, tokenizers, batch_tokens, shuffle=False).epoch_batches(0)]
     expected = reference_batches([len(s) + 1 for s in src], [len(t) + 1 for t in tgt], batch_tokens, range(3000))
     assert ours == expected

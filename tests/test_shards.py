@@ -28,15 +28,15 @@ def test_shards_hold_exactly_the_tokenized_corpus(tmp_path):
     prepare(config, workers=2, shard_pairs=70)  # 400 pairs: 6 shards over 2 processes
     corpus = ShardedCorpus.open(config)
     assert len(corpus.meta["shards"]) == 6 and len(corpus) == 400
-    vocabs = corpus.vocabularies()
-    text = tokenize_corpus(vocabs, config.data.train_src, config.data.train_tgt)
+    tokenizers = corpus.tokenizers()
+    text = tokenize_corpus(tokenizers, config.data.train_src, config.data.train_tgt)
     src, tgt = corpus.pairs(range(len(corpus)))
     assert src == text.src_ids and tgt == text.tgt_ids
     for ours, theirs in zip(corpus.lengths(), text.lengths()):
         assert ours.tolist() == theirs.tolist()
     # The same batches as the in-memory corpus, so the choice of path never changes a run.
-    assert [b.tolist() for b in TokenBatches(corpus, vocabs, 300, seed=4).epoch_batches(2)] == \
-        [b.tolist() for b in TokenBatches(text, vocabs, 300, seed=4).epoch_batches(2)]
+    assert [b.tolist() for b in TokenBatches(corpus, tokenizers, 300, seed=4).epoch_batches(2)] == \
+        [b.tolist() for b in TokenBatches(text, tokenizers, 300, seed=4).epoch_batches(2)]
     subset = corpus.subset(np.array([5, 0, 399]))
     assert subset.pairs([0, 1, 2])[1] == [text.tgt_ids[5], text.tgt_ids[0], text.tgt_ids[399]]
 
@@ -175,6 +175,6 @@ def test_byte_order_mark_and_crlf_read_as_in_text(tmp_path):
         open(path, "wb").write(b"\xef\xbb\xbf" + raw.replace(b"\n", b"\r\n"))
     prepare(config, workers=1, shard_pairs=100)
     corpus = ShardedCorpus.open(config)
-    text = tokenize_corpus(corpus.vocabularies(), config.data.train_src, config.data.train_tgt)
+    text = tokenize_corpus(corpus.tokenizers(), config.data.train_src, config.data.train_tgt)
     assert text.src_lines[0] == toy_lines("train", 1)[0][0]
     assert corpus.pairs(range(400)) == (text.src_ids, text.tgt_ids)

@@ -4,7 +4,7 @@ from transformers import AutoTokenizer, BertTokenizer
 from seq2seq_cli.config import TokenizerConfig
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.tokenization import Vocabularies, build_vocabularies, load_pretrained, train_wordpiece
+from seq2seq_cli.tokenization import Tokenizers, build_tokenizers, load_pretrained, train_wordpiece
 
 from conftest import MULTI30K, toy_lines
 
@@ -39,25 +39,25 @@ def test_cased_accents_and_punctuation_survive():
 
 def test_saved_tokenizer_reloads_identically(tmp_path):
     en, de = toy_lines("train", 300)
-    vocabs = build_vocabularies(TokenizerConfig(vocab_size=300), en, de)
-    assert vocabs.shared
-    vocabs.save(tmp_path / "tok")
+    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=300), en, de)
+    assert tokenizers.shared
+    tokenizers.save(tmp_path / "tok")
     assert (tmp_path / "tok" / "vocab.txt").read_text(encoding="utf-8").splitlines()[:4] == \
         ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    reloaded = Vocabularies.load(tmp_path / "tok")
-    assert reloaded.encode_src(en[:50]) == vocabs.encode_src(en[:50])
-    assert reloaded.fingerprint() == vocabs.fingerprint()
+    reloaded = Tokenizers.load(tmp_path / "tok")
+    assert reloaded.encode_src(en[:50]) == tokenizers.encode_src(en[:50])
+    assert reloaded.fingerprint() == tokenizers.fingerprint()
     # A stranger's AutoTokenizer gets the very same pipeline from tokenizer.json.
     stranger = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
-    assert stranger(de[0], add_special_tokens=False)["input_ids"] == vocabs.encode_tgt(de[:1])[0]
+    assert stranger(de[0], add_special_tokens=False)["input_ids"] == tokenizers.encode_tgt(de[:1])[0]
 
 
 def test_separate_vocabularies(tmp_path):
     en, de = toy_lines("train", 300)
-    vocabs = build_vocabularies(TokenizerConfig(vocab_size=200, shared_vocab=False), en, de)
-    assert not vocabs.shared
-    vocabs.save(tmp_path / "tok")
-    reloaded = Vocabularies.load(tmp_path / "tok")
+    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=200, shared_vocab=False), en, de)
+    assert not tokenizers.shared
+    tokenizers.save(tmp_path / "tok")
+    reloaded = Tokenizers.load(tmp_path / "tok")
     assert not reloaded.shared
     assert reloaded.decode_tgt(reloaded.encode_tgt(de[:20])) == de[:20]
     assert reloaded.src.get_vocab() != reloaded.tgt.get_vocab()
@@ -66,9 +66,9 @@ def test_separate_vocabularies(tmp_path):
 def test_pretrained_bert_tokenizer_from_folder(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ein", "mann", "##s", ".", "fahrt"]
     BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(str(tmp_path / "bert"))
-    vocabs = build_vocabularies(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
-    assert vocabs.encode_src(["Ein Manns."]) == [[5, 6, 7, 8]]
-    assert (vocabs.pad_id, vocabs.bos_id, vocabs.eos_id) == (0, 2, 3)
+    tokenizers = build_tokenizers(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    assert tokenizers.encode_src(["Ein Manns."]) == [[5, 6, 7, 8]]
+    assert (tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id) == (0, 2, 3)
 
 
 def test_saved_truncation_does_not_cut_sentences(tmp_path):
@@ -76,8 +76,8 @@ def test_saved_truncation_does_not_cut_sentences(tmp_path):
     tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
     tokenizer.backend_tokenizer.enable_truncation(max_length=2)
     tokenizer.save_pretrained(str(tmp_path / "bert"))
-    vocabs = build_vocabularies(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
-    assert vocabs.encode_src(["ein mann ein mann ."]) == [[5, 6, 5, 6, 7]]
+    tokenizers = build_tokenizers(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    assert tokenizers.encode_src(["ein mann ein mann ."]) == [[5, 6, 5, 6, 7]]
 
 
 def test_unknown_pretrained_tokenizer_is_a_user_error(tmp_path):
