@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -229,6 +230,64 @@ def average(
 
     written = average_checkpoints(run_dir, last, output)
     typer.echo(f"wrote {written}")
+
+
+@app.command()
+def serve(
+    checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="A run to serve; repeat for several language pairs."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(5000, "--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one)."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", metavar="K", min=1, help="Beam size (default: each run's config)."),
+    max_batch_sentences: Optional[int] = typer.Option(None, "--max-batch-sentences", metavar="N", min=1, help="Sentences per decoding batch (default: decoding.batch_size)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", metavar="MS", min=0.0, help="How long a batch waits for more sentences after the first."),
+    max_queue: int = typer.Option(2048, "--max-queue", metavar="N", min=1, help="Sentences waiting per model before 429."),
+    char_limit: int = typer.Option(5000, "--char-limit", metavar="N", min=1, help="Characters per text."),
+    batch_limit: int = typer.Option(64, "--batch-limit", metavar="N", min=1, help="Texts per request."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", metavar="KEY", help="Require this api_key in requests."),
+    cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Serve runs over HTTP (LibreTranslate API), batching concurrent requests.
+
+    Example: s2s serve --checkpoint runs/toy --port 5000
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
+    from seq2seq_cli.serve import ServeSettings, create_app, load_models
+
+    models = load_models([str(path) for path in checkpoint], device, beam_size)
+    settings = ServeSettings(beam_size, max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit,
+                             api_key, cors_origin)
+    _check_port_free(host, port)
+    pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()[1]
+                print(f"s2s: serving {pairs} at http://{host}:{bound}/ (API docs at /docs)", file=sys.stderr,
+                      flush=True)
+
+    # SIGINT/SIGTERM: uvicorn stops accepting and answers every accepted request; it then raises
+    # the signal again, which these handlers turn into a normal exit (0) instead of a kill.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
+    Server(uvicorn.Config(create_app(models, settings), host=host, port=port, log_level="warning",
+                          access_log=False)).run()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port or --host") from None
 
 
 @app.command()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +44,25 @@ class DataConfig:
     # set, training reads batches from the shards instead of holding the text in memory, and
     # prepares them first if ``s2s prepare`` has not. For corpora of millions of pairs.
     prepared_dir: Optional[str] = None
+    # The languages, as ISO 639-1 codes (de, en, ...): what s2s serve offers. None: the training
+    # files' suffix when it is such a code (train.de -> de).
+    src_lang: Optional[str] = None
+    tgt_lang: Optional[str] = None
+
+
+def language_pair(data: DataConfig) -> tuple[Optional[str], Optional[str]]:
+    """(source, target) language codes: the config's, else the training files' suffixes."""
+
+    def code(explicit: Optional[str], path: str) -> Optional[str]:
+        if explicit:
+            return explicit
+        suffix = Path(path).suffix[1:]
+        return suffix if LANGUAGE_CODE.fullmatch(suffix) else None
+
+    return code(data.src_lang, data.train_src), code(data.tgt_lang, data.train_tgt)
+
+
+LANGUAGE_CODE = re.compile(r"[a-z]{2}")
 
 
 @dataclass
@@ -290,6 +310,10 @@ def check_config(config: Config, source: str = "config") -> None:
     device = training.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"{source}: training.device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    for key in ("src_lang", "tgt_lang"):
+        value = getattr(config.data, key)
+        if value is not None and not LANGUAGE_CODE.fullmatch(value):
+            raise UserError(f"{source}: data.{key} must be a two-letter ISO 639-1 code such as de or en, got {value!r}")
     if (config.data.test_src is None) != (config.data.test_tgt is None):
         raise UserError(f"{source}: set both data.test_src and data.test_tgt, or neither")
 

@@ -83,6 +83,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
     from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
+    from seq2seq_cli.config import language_pair
 
     run = RunDir(run_dir)
     if not run.root.is_dir():
@@ -107,6 +108,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir),
         "data": {"train_src": config.data.train_src, "train_tgt": config.data.train_tgt},
+        "languages": dict(zip(("source", "target"), language_pair(config.data))),
         "model": {"embed_dim": config.model.embed_dim, "hidden_size": config.model.hidden_size,
                   "encoder_layers": config.model.encoder_layers, "output_dim": config.model.output_dim,
                   "src_vocab_size": start.get("src_vocab_size"), "tgt_vocab_size": start.get("tgt_vocab_size")},
@@ -133,6 +135,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [
         ("run", summary["run_dir"]),
         ("status", status),
+        ("languages", " -> ".join(code or "?" for code in summary["languages"].values())),
         ("data", f"{summary['data']['train_src']} -> {summary['data']['train_tgt']}"
          + (f" ({summary['train_pairs']} pairs)" if summary["train_pairs"] else "")),
         ("model", f"emb {model['embed_dim']}, hidden {model['hidden_size']}, {model['encoder_layers']} encoder "

@@ -8,6 +8,7 @@ a line typed at a terminal is answered without waiting for more input.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -92,6 +93,7 @@ class Translator:
                  nbest: int = 1, keep_attention: bool = False, **decoding_overrides):
         self.model = model
         self.tokenizers = tokenizers
+        self.config = config  # the run's config, as trained
         self.device = device
         self.nbest = nbest
         self.keep_attention = keep_attention
@@ -115,6 +117,19 @@ class Translator:
         return cls(model, tokenizers, config, torch_device, nbest=nbest, keep_attention=keep_attention,
                    beam_size=beam_size, length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                    no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
+
+    def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
+                      **decoding_overrides) -> "Translator":
+        """A translator with other search settings that shares this one's model and tokenizers."""
+        sibling = copy.copy(self)
+        sibling.nbest = self.nbest if nbest is None else nbest
+        sibling.keep_attention = self.keep_attention if keep_attention is None else keep_attention
+        overrides = {key: value for key, value in decoding_overrides.items() if value is not None}
+        sibling.decoding = dataclasses.replace(self.decoding, **overrides)
+        if sibling.nbest > sibling.decoding.beam_size:
+            raise UserError(f"nbest {sibling.nbest} needs a beam size of at least {sibling.nbest} "
+                            f"(it is {sibling.decoding.beam_size})")
+        return sibling
 
     def translate(self, texts: Sequence[str]) -> list[str]:
         """The best translation of each text (a text is one line; an empty text gives "")."""

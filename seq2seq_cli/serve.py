@@ -1,0 +1,451 @@
+"""``s2s serve``: a translation service over HTTP that batches concurrent requests.
+
+Each served model has one decoding worker (a thread). It takes every sentence waiting in its
+queue, up to ``max_batch_sentences``, waiting at most ``max_wait_ms`` after the first one
+arrived, and runs one batched search; each request then gets its own sentences back. Requests
+with different search settings never share a batch. Since a sentence's translation does not
+depend on the batch it is in, every answer equals what ``s2s translate`` prints for the line.
+
+The API speaks LibreTranslate's (``POST /translate``, ``GET /languages``), so its clients work
+unchanged, plus ``POST /v1/translate`` for what LibreTranslate cannot say (scores, n-best lists,
+subword tokens and attention), ``GET /health``, ``GET /metrics`` (Prometheus) and ``/docs``.
+"""
+
+
+import asyncio
+import html
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import parse_qs
+
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.translation import Translator
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+LANGUAGE_NAMES = {"ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
+                  "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
+                  "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese"}
+
+
+class ClientError(Exception):
+    """Something the client sent or asked for is wrong: answered with ``status`` and the message."""
+
+    def __init__(self, message: str, status: int = 400, headers: Optional[dict[str, str]] = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class Search:
+    """The settings a batch is searched with; requests with different ones never share a batch."""
+
+    beam_size: int
+    nbest: int = 1
+    attention: bool = False
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    search: Search
+    future: Future = field(default_factory=Future)
+
+
+class BatchingWorker:
+    """One model's queue and the thread that decodes it in batches."""
+
+    def __init__(self, translator: Translator, max_batch_sentences: int, max_wait_ms: float, max_queue: int,
+                 on_batch=None):
+        self.translator = translator
+        self.max_batch_sentences = max_batch_sentences
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch  # called with the number of sentences of each batch (metrics)
+        self._jobs: deque[_Job] = deque()
+        self._queued_sentences = 0
+        self._condition = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="s2s-decoder", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued_sentences(self) -> int:
+        return self._queued_sentences
+
+    def submit(self, texts: list[str], search: Search) -> Future:
+        """Queue ``texts``; the future gives their n-best lists. Full queue: ClientError 429."""
+        job = _Job(texts, search)
+        with self._condition:
+            if self._closing:
+                raise ClientError("the server is shutting down", 503)
+            if self._queued_sentences + len(texts) > self.max_queue and self._queued_sentences:
+                raise ClientError(f"too many sentences waiting (limit {self.max_queue}); try again shortly", 429,
+                                  {"Retry-After": "1"})
+            self._jobs.append(job)
+            self._queued_sentences += len(texts)
+            self._condition.notify()
+        return job.future
+
+    def close(self) -> None:
+        """Finish every queued job, then stop the thread."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        self._thread.join()
+
+    def _take_batch(self) -> Optional[list[_Job]]:
+        """Jobs with the first job's settings, up to max_batch_sentences (a larger job comes alone)."""
+        with self._condition:
+            while not self._jobs:
+                if self._closing:
+                    return None
+                self._condition.wait()
+            deadline = time.monotonic() + self.max_wait
+            while not self._closing and self._waiting_for(self._jobs[0].search) < self.max_batch_sentences:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
+            search, batch, size = self._jobs[0].search, [], 0
+            for job in list(self._jobs):
+                if job.search != search or (batch and size + len(job.texts) > self.max_batch_sentences):
+                    continue
+                self._jobs.remove(job)
+                self._queued_sentences -= len(job.texts)
+                # From here on a client that goes away cannot cancel the job: it is decoded with
+                # the others, and its answer dropped.
+                if job.future.set_running_or_notify_cancel():
+                    batch.append(job)
+                    size += len(job.texts)
+            return batch
+
+    def _waiting_for(self, search: Search) -> int:
+        return sum(len(job.texts) for job in self._jobs if job.search == search)
+
+    def _run(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            if not batch:
+                continue
+            search = batch[0].search
+            texts = [text for job in batch for text in job.texts]
+            try:
+                translator = self.translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
+                                                           beam_size=search.beam_size)
+                sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
+                outputs = [(source, hypotheses, translator.detokenize(hypotheses))
+                           for source, hypotheses in zip(sources, results)]
+            except Exception as err:  # a bug must fail these requests, not the worker
+                log.exception("decoding failed")
+                for job in batch:
+                    job.future.set_exception(err)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(texts))
+            start = 0
+            for job in batch:
+                job.future.set_result(outputs[start: start + len(job.texts)])
+                start += len(job.texts)
+
+
+@dataclass
+class ServedModel:
+    name: str  # the checkpoint argument, for messages
+    source: str
+    target: str
+    translator: Translator
+    worker: Optional[BatchingWorker] = None
+
+
+@dataclass
+class ServeSettings:
+    beam_size: Optional[int] = None
+    max_batch_sentences: Optional[int] = None
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048
+    char_limit: int = 5000
+    batch_limit: int = 64
+    api_key: Optional[str] = None
+    cors_origin: Optional[str] = None
+
+
+def load_models(checkpoints: list[str], device: str, beam_size: Optional[int]) -> list[ServedModel]:
+    """Load each run; its language pair comes from its config (a pair served twice is an error)."""
+    from seq2seq_cli.config import language_pair
+
+    models, pairs = [], {}
+    for checkpoint in checkpoints:
+        translator = Translator.load(checkpoint, device, beam_size=beam_size)
+        source, target = language_pair(translator.config.data)
+        if source is None or target is None:
+            raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "
+                            "language codes); retrain or set data.src_lang and data.tgt_lang in its config.yaml")
+        if (source, target) in pairs:
+            raise UserError(f"{checkpoint} and {pairs[(source, target)]} both translate {source} -> {target}; "
+                            "serve one model per language pair")
+        pairs[(source, target)] = checkpoint
+        models.append(ServedModel(str(checkpoint), source, target, translator))
+    return models
+
+
+def create_app(models: list[ServedModel], settings: ServeSettings):
+    """The FastAPI application serving ``models``; their workers start and stop with it."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    requests_total = Counter("s2s_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                             registry=registry)
+    latency = Histogram("s2s_request_seconds", "request latency", ["endpoint"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    batch_sizes = Histogram("s2s_batch_sentences", "sentences per decoding batch", registry=registry,
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    translated = Counter("s2s_sentences_translated", "sentences translated", registry=registry)
+    queue_depth = Gauge("s2s_queue_sentences", "sentences waiting to be decoded", registry=registry)
+    queue_depth.set_function(lambda: sum(m.worker.queued_sentences for m in models if m.worker is not None))
+
+    def on_batch(size: int) -> None:
+        batch_sizes.observe(size)
+        translated.inc(size)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for model in models:
+            decoding = model.translator.decoding
+            model.worker = BatchingWorker(model.translator, settings.max_batch_sentences or decoding.batch_size,
+                                          settings.max_wait_ms, settings.max_queue, on_batch)
+        yield
+        for model in models:  # every accepted request is answered before the process ends
+            model.worker.close()
+
+    app = FastAPI(title="s2s translation service", lifespan=lifespan,
+                  description="LibreTranslate-compatible API plus /v1/translate; batches concurrent requests.")
+    if settings.cors_origin:
+        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors_origin], allow_methods=["*"],
+                           allow_headers=["*"])
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error on %s", request.url.path)
+            response = JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+        endpoint = request.url.path
+        requests_total.labels(endpoint, str(response.status_code)).inc()
+        seconds = time.perf_counter() - started
+        latency.labels(endpoint).observe(seconds)
+        log.info("%s %s %d %.1f ms", request.method, endpoint, response.status_code, seconds * 1000)
+        return response
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, err: ClientError):
+        return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
+
+    def model_for(source: Optional[str], target: Optional[str]) -> tuple[ServedModel, bool]:
+        """The model for a pair; ``auto`` (or no source) resolves when one model goes to ``target``."""
+        if not target and len(models) == 1:
+            target = models[0].target
+        if not target:
+            raise ClientError(f"target is required: one of {', '.join(sorted({m.target for m in models}))}")
+        candidates = [m for m in models if m.target == target and (source in (None, "", "auto") or m.source == source)]
+        if len(candidates) == 1:
+            return candidates[0], source in (None, "", "auto")
+        pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
+        if not candidates:
+            raise ClientError(f"no model translates {source or 'auto'} -> {target}; this server has {pairs}")
+        raise ClientError(f"source 'auto' is ambiguous for target {target}: set source to one of "
+                          f"{', '.join(m.source for m in candidates)}")
+
+    def check_key(given: Any) -> None:
+        if settings.api_key is None:
+            return
+        if not given:
+            raise ClientError("this server needs an api_key", 400)
+        if given != settings.api_key:
+            raise ClientError("invalid api_key", 403)
+
+    def check_texts(texts: Any, name: str) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ClientError(f"{name} must be a string or a list of strings")
+        if len(texts) > settings.batch_limit:
+            raise ClientError(f"{name} holds {len(texts)} texts; the limit is {settings.batch_limit} per request")
+        for text in texts:
+            if len(text) > settings.char_limit:
+                raise ClientError(f"a text of {len(text)} characters is over the limit of {settings.char_limit}")
+        return texts
+
+    async def translate_lines(model: ServedModel, lines: list[str], search: Search) -> list:
+        return await asyncio.wrap_future(model.worker.submit(lines, search))
+
+    @app.post("/translate", summary="Translate (LibreTranslate API): q, source, target, format, alternatives")
+    async def translate(request: Request):
+        body = await read_body(request)
+        check_key(body.get("api_key"))
+        single = isinstance(body.get("q"), str)
+        texts = check_texts(body.get("q"), "q")
+        text_format = body.get("format") or "text"
+        if text_format not in ("text", "html"):
+            raise ClientError("format must be text or html")
+        alternatives = _integer(body.get("alternatives", 0), "alternatives", 0, 10)
+        model, detected = model_for(body.get("source"), body.get("target"))
+        beam = max(model.translator.decoding.beam_size, alternatives + 1)
+        search = Search(beam_size=beam, nbest=alternatives + 1)
+        # Every line of every text goes to the worker at once, as one submission.
+        pieces = [_html_text(text) if text_format == "html" else [(None, line) for line in text.split("\n")]
+                  for text in texts]
+        lines = [html.unescape(piece) if text_format == "html" else piece
+                 for text_pieces in pieces for markup, piece in text_pieces if markup is None]
+        outputs = iter(await translate_lines(model, lines, search) if lines else [])
+        results = [_reassemble(text_pieces, outputs, alternatives, text_format) for text_pieces in pieces]
+        answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
+        if alternatives:
+            answer["alternatives"] = results[0][1] if single else [r[1] for r in results]
+        if detected:
+            answer["detectedLanguage"] = ({"confidence": 100.0, "language": model.source} if single
+                                          else [{"confidence": 100.0, "language": model.source}] * len(texts))
+        return answer
+
+    @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention")
+    async def translate_native(request: Request):
+        body = await read_body(request)
+        check_key(body.get("api_key"))
+        texts = check_texts(body.get("texts"), "texts")
+        model, _ = model_for(body.get("source"), body.get("target"))
+        beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
+        nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
+        attention = body.get("attention", False)
+        if not isinstance(attention, bool):
+            raise ClientError("attention must be true or false")
+        outputs = await translate_lines(model, [t.replace("\n", " ") for t in texts],
+                                        Search(beam_size=beam, nbest=nbest, attention=attention))
+        tokenizers = model.translator.tokenizers
+        answer = []
+        for source_ids, hypotheses, detokenized in outputs:
+            best = hypotheses[0]
+            item = {"translation": detokenized[0], "score": best.score, "log_prob": best.log_prob,
+                    "nbest": [{"translation": text, "score": h.score} for text, h in zip(detokenized, hypotheses)]}
+            if attention:
+                item["source_tokens"] = tokenizers.src_pieces(source_ids + [tokenizers.eos_id])
+                item["target_tokens"] = tokenizers.tgt_pieces(best.tokens + [tokenizers.eos_id])
+                item["attention"] = [] if best.attention is None else [
+                    [round(w, 4) for w in row] for row in best.attention.tolist()]
+            answer.append(item)
+        return {"translations": answer, "source": model.source, "target": model.target}
+
+    @app.get("/languages", summary="The language pairs served (LibreTranslate API)")
+    async def languages():
+        codes = sorted({m.source for m in models})
+        return [{"code": code, "name": LANGUAGE_NAMES.get(code, code),
+                 "targets": sorted(m.target for m in models if m.source == code)} for code in codes]
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return _PAGE
+
+    return app
+
+
+async def read_body(request) -> dict[str, Any]:
+    """A JSON object or form fields; malformed, oversized or non-UTF-8 bodies are client errors."""
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+        raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientError("request body is not valid UTF-8") from None
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        fields = parse_qs(text, keep_blank_values=True)
+        return {key: values if key == "q" and len(values) > 1 else values[-1] for key, values in fields.items()}
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        return {key: (form.getlist(key) if key == "q" and len(form.getlist(key)) > 1 else value)
+                for key, value in form.items()}
+    try:
+        body = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as err:
+        raise ClientError(f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    if not isinstance(body, dict):
+        raise ClientError("the body must be a JSON object")
+    return body
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ClientError(f"{name} must be a whole number") from None
+    if isinstance(value, float) and value != number or not low <= number <= high:
+        raise ClientError(f"{name} must be a whole number from {low} to {high}")
+    return number
+
+
+_TAG = re.compile(r"(<!--.*?-->|<[^>]*>)", re.S)
+
+
+def _html_text(text: str) -> list[tuple[Optional[str], str]]:
+    """HTML split into markup (kept exactly) and text runs to translate: (markup, None) or (None, text)."""
+    pieces: list[tuple[Optional[str], str]] = []
+    for part in _TAG.split(text):
+        if not part:
+            continue
+        if _TAG.fullmatch(part) or not part.strip():
+            pieces.append((part, ""))
+        else:
+            pieces.append((None, part))
+    return pieces
+
+
+def _reassemble(pieces, outputs, alternatives: int, text_format: str) -> tuple[str, list[str]]:
+    """One text translated (and its alternatives), taking its lines' translations from the
+    ``outputs`` iterator, with markup and the whitespace around text runs kept."""
+    versions = [[] for _ in range(alternatives + 1)]
+    joiner = "" if text_format == "html" else "\n"
+    for markup, piece in pieces:
+        if markup is not None:
+            for version in versions:
+                version.append(markup)
+            continue
+        _, _, texts = next(outputs)
+        lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
+        for index, version in enumerate(versions):
+            translation = texts[min(index, len(texts) - 1)]
+            if text_format == "html":
+                translation = lead + html.escape(translation, quote=False) + trail
+            version.append(translation)
+    joined = [joiner.join(version) for version in versions]
+    return joined[0], joined[1:]
+
+
+_PAGE = "<!doctype html><title>s2s</title><p>s2s translation service: see <a href='/docs'>/docs</a>.</p>"

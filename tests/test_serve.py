@@ -1,0 +1,217 @@
+"""s2s serve as its clients meet it: a real uvicorn process on a loopback port, spoken to over HTTP.
+
+Every answer must equal what `s2s translate` prints for the same lines, however requests
+interleave; bad requests get LibreTranslate's error codes and the server goes on serving.
+"""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason='s2s serve needs the serve extra: pip install -e ".[serve]"')
+pytest.importorskip("fastapi")
+
+from conftest import s2s, tiny_config, toy_lines  # noqa: E402
+from seq2seq_cli.config import load_config  # noqa: E402
+from seq2seq_cli.launch import train  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``s2s serve`` in a process of its own; ``url`` once /health answers."""
+
+    def __init__(self, run, *options):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "seq2seq_cli", "serve", "--checkpoint", str(run), "--port", str(self.port),
+             "--device", "cpu", *map(str, options)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while True:
+            assert self.process.poll() is None, self.process.stderr.read().decode()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).json() == {"status": "ok"}:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=60)
+        return self.process.returncode, stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("serve")
+    config = tiny_config(tmp_path, training={"max_steps": 30, "validate_every": 0}, data={"max_len": 30},
+                         decoding={"max_length_offset": 4})
+    train(load_config(config))
+    return tmp_path / "run"
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    served = Server(run)
+    yield served
+    code, log = served.stop()
+    assert code == 0, log
+
+
+def cli_translations(run, lines, *options) -> list[str]:
+    result = s2s("translate", "--checkpoint", run, "--device", "cpu", *options, stdin="".join(l + "\n" for l in lines))
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().splitlines()
+
+
+def test_fifty_concurrent_clients_get_exactly_what_the_cli_prints(run, server):
+    lines = toy_lines("dev", 150)[0]
+    expected = dict(zip(lines, cli_translations(run, lines)))
+    requests = []  # mixed sizes: 1 to 5 texts a request
+    start = 0
+    while start < len(lines):
+        size = 1 + len(requests) % 5
+        requests.append(lines[start: start + size])
+        start += size
+
+    def ask(texts):
+        with httpx.Client(timeout=60) as client:
+            answer = client.post(f"{server.url}/translate", json={"q": texts, "source": "en", "target": "de"})
+        assert answer.status_code == 200, answer.text
+        return texts, answer.json()["translatedText"]
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        for texts, translated in pool.map(ask, requests):
+            assert translated == [expected[text] for text in texts]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    batches = float(next(l.split()[1] for l in metrics.splitlines() if l.startswith("s2s_batch_sentences_count")))
+    sentences = float(next(l.split()[1] for l in metrics.splitlines() if l.startswith("s2s_batch_sentences_sum")))
+    assert sentences >= len(lines) and batches < len(requests)  # requests were batched together
+
+
+def test_libretranslate_requests_and_answers(run, server):
+    line = toy_lines("test", 1)[0][0]
+    (expected,) = cli_translations(run, [line])
+    single = httpx.post(f"{server.url}/translate", json={"q": line, "source": "en", "target": "de"}).json()
+    assert single == {"translatedText": expected}
+    form = httpx.post(f"{server.url}/translate", data={"q": line, "source": "auto", "target": "de"}).json()
+    assert form == {"translatedText": expected, "detectedLanguage": {"confidence": 100.0, "language": "en"}}
+    nbest = cli_translations(run, [line], "--beam-size", "3", "--nbest", "3")
+    with_alternatives = httpx.post(f"{server.url}/translate",
+                                   json={"q": line, "source": "en", "target": "de", "alternatives": 2}).json()
+    assert [with_alternatives["translatedText"], *with_alternatives["alternatives"]] == \
+        [row.split(" ||| ")[1] for row in nbest]
+    assert httpx.get(f"{server.url}/languages").json() == [{"code": "en", "name": "English", "targets": ["de"]}]
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "s2s_requests_total" in httpx.get(f"{server.url}/metrics").text
+
+
+def test_html_keeps_its_markup_and_translates_the_text(run, server):
+    first, second = toy_lines("test", 2)[0]
+    html = f'<p class="intro">{first}</p>\n<b>{second.replace("the", "the &amp;", 1)}</b><!-- note -->'
+    answer = httpx.post(f"{server.url}/translate",
+                        json={"q": html, "source": "en", "target": "de", "format": "html"}).json()["translatedText"]
+    a, b = cli_translations(run, [first, second.replace("the", "the &", 1)])
+    assert answer == f'<p class="intro">{a}</p>\n<b>{b.replace("&", "&amp;")}</b><!-- note -->'
+
+
+def test_native_endpoint_gives_scores_nbest_and_attention(run, server):
+    line = toy_lines("test", 1)[0][0]
+    nbest = cli_translations(run, [line], "--beam-size", "3", "--nbest", "2")
+    answer = httpx.post(f"{server.url}/v1/translate",
+                        json={"texts": [line], "beam_size": 3, "nbest": 2, "attention": True}).json()
+    (item,) = answer["translations"]
+    assert [(n["translation"], f"{n['score']:.4f}") for n in item["nbest"]] == \
+        [tuple(row.split(" ||| ")[1:]) for row in nbest]
+    assert item["translation"] == item["nbest"][0]["translation"]
+    assert len(item["attention"]) == len(item["target_tokens"])
+    assert all(len(row) == len(item["source_tokens"]) for row in item["attention"])
+    assert item["source_tokens"][-1] == "[SEP]" and item["target_tokens"][-1] == "[SEP]"
+
+
+@pytest.mark.parametrize("body, content_type, status, fragment", [
+    (b'{"q": "Hello", "target": ', "application/json", 400, "malformed JSON"),
+    (b'{"q": 5, "target": "de"}', "application/json", 400, "q must be a string or a list of strings"),
+    (b'{"q": "Hello", "source": "fr", "target": "de"}', "application/json", 400, "no model translates fr -> de"),
+    (b'{"q": "Hello", "target": "de", "alternatives": "many"}', "application/json", 400, "alternatives must be"),
+    (b'{"q": "\xff\xfe", "target": "de"}', "application/json", 400, "not valid UTF-8"),
+    (json.dumps({"q": ["Hi"] * 65, "target": "de"}).encode(), "application/json", 400, "limit is 64"),
+    (json.dumps({"q": "x" * 5001, "target": "de"}).encode(), "application/json", 400, "over the limit of 5000"),
+    (b'{"q": "' + b"x" * (1 << 20) + b'"}', "application/json", 413, "request body over"),
+])
+def test_bad_requests_get_clear_errors_and_the_server_goes_on(server, body, content_type, status, fragment):
+    answer = httpx.post(f"{server.url}/translate", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == status and fragment in answer.json()["error"], answer.text
+    assert httpx.post(f"{server.url}/translate", json={"q": "Hello", "target": "de"}).status_code == 200
+
+
+def test_a_client_that_leaves_does_not_break_its_batch(server):
+    url = f"{server.url}/translate"
+    body = json.dumps({"q": toy_lines("dev", 40)[0], "target": "de"}).encode()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        staying = pool.submit(httpx.post, url, json={"q": ["Hello", "The dog runs."], "target": "de"}, timeout=30)
+        for _ in range(3):  # whole requests sent, then the connection closed without reading the answer
+            with socket.create_connection(("127.0.0.1", server.port)) as leaving:
+                leaving.sendall(b"POST /translate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert staying.result().status_code == 200
+    assert httpx.post(url, json={"q": "Hi", "target": "de"}).status_code == 200
+
+
+def test_api_key_full_queue_then_sigterm_answers_every_accepted_request(run):
+    lines = toy_lines("dev", 20)[0]
+    expected = cli_translations(run, lines)
+    server = Server(run, "--api-key", "secret", "--max-queue", "20", "--max-wait-ms", "5000")
+    url = f"{server.url}/translate"
+    assert httpx.post(url, json={"q": "Hi", "target": "de"}).status_code == 400
+    assert httpx.post(url, json={"q": "Hi", "target": "de", "api_key": "wrong"}).status_code == 403
+
+    def ask(text):
+        return httpx.post(url, json={"q": text, "target": "de", "api_key": "secret"}, timeout=60)
+
+    def queued() -> float:
+        metrics = httpx.get(f"{server.url}/metrics").text
+        return float(next(l.split()[1] for l in metrics.splitlines() if l.startswith("s2s_queue_sentences ")))
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = [pool.submit(ask, line) for line in lines]
+        deadline = time.time() + 4
+        while queued() < 20:  # all 20 accepted, waiting (up to 5 s) for their batch
+            assert time.time() < deadline
+            time.sleep(0.02)
+        full = ask("one more")
+        assert full.status_code == 429 and full.headers["Retry-After"] == "1" and "limit 20" in full.json()["error"]
+        server.process.send_signal(signal.SIGTERM)
+        results = [answer.result() for answer in answers]
+    assert [r.status_code for r in results] == [200] * 20
+    assert [r.json()["translatedText"] for r in results] == expected
+    code, log = server.stop()
+    assert code == 0, log
+    assert f"serving en->de at {server.url}/" in log
+
+
+def test_serve_user_errors(run, tmp_path):
+    bad = s2s("serve", "--checkpoint", tmp_path / "nothing")
+    assert bad.returncode == 2 and "no such checkpoint file or run directory" in bad.stderr.decode()
+    twice = s2s("serve", "--checkpoint", run, "--checkpoint", run, "--device", "cpu")
+    assert twice.returncode == 2 and "both translate en -> de" in twice.stderr.decode()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = s2s("serve", "--checkpoint", run, "--port", port, "--device", "cpu")
+    assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr.decode()
