@@ -83,3 +83,28 @@ def test_saved_truncation_does_not_cut_sentences(tmp_path):
 def test_unknown_pretrained_tokenizer_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="could not be loaded"):
         load_pretrained(tmp_path / "missing-model")
+
+
+def test_a_saved_tokenizer_reads_back_the_same_without_transformers(tmp_path):
+    """Run directories are read with the Rust library alone: same ids, pieces, text and fingerprint
+    as transformers' AutoTokenizer over the same files."""
+    from seq2seq_cli.tokenization import SavedTokenizer
+
+    en, de = toy_lines("train", 2000)
+    trained = build_tokenizers(TokenizerConfig(vocab_size=300), en, de)
+    trained.save(tmp_path / "tok")
+    ours = Tokenizers.load(tmp_path / "tok")
+    assert isinstance(ours.src, SavedTokenizer)
+    theirs = Tokenizers(load_pretrained(tmp_path / "tok"), load_pretrained(tmp_path / "tok"))
+    lines = de[:200] + ["Größe: 3,5 km/h (neu)", "", "¿Qué? ☃"]
+    assert ours.encode_tgt(lines) == theirs.encode_tgt(lines) == trained.encode_tgt(lines)
+    ids = theirs.encode_tgt(lines)
+    with_specials = [[theirs.bos_id, *seq, theirs.eos_id, theirs.pad_id] for seq in ids]
+    assert ours.decode_tgt(with_specials) == theirs.decode_tgt(with_specials)
+    assert ours.tgt_pieces(ids[0]) == theirs.tgt_pieces(ids[0])
+    assert (ours.pad_id, ours.bos_id, ours.eos_id, ours.tgt_size) == (theirs.pad_id, theirs.bos_id, theirs.eos_id,
+                                                                       theirs.tgt_size)
+    assert ours.fingerprint() == theirs.fingerprint() == trained.fingerprint()
+    ours.save(tmp_path / "again")  # and what it saves, transformers still reads
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "again")).backend_tokenizer.to_str() == \
+        theirs.src.backend_tokenizer.to_str()
