@@ -59,6 +59,7 @@ class _Job:
     texts: list[str]
     search: Search
     future: Future = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class BatchingWorker:
@@ -110,7 +111,7 @@ class BatchingWorker:
                 if self._closing:
                     return None
                 self._condition.wait()
-            deadline = time.monotonic() + self.max_wait
+            deadline = self._jobs[0].arrived + self.max_wait  # the oldest job waits no longer than this
             while not self._closing and self._waiting_for(self._jobs[0].search) < self.max_batch_sentences:
                 left = deadline - time.monotonic()
                 if left <= 0:

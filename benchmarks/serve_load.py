@@ -1,0 +1,148 @@
+"""Load on `s2s serve`: throughput and latency with 1, 8 and 64 concurrent clients.
+
+    python benchmarks/serve_load.py --checkpoint RUN --data ../shared/data/multi30k
+        [--clients 1,8,64] [--sentences 1000] [--beam-size 1] [--seconds 60] [--json out.json]
+
+Starts `s2s serve` on a free loopback port (127.0.0.1 only), then for each client count sends
+the first --sentences sentences of test2016 (source side of the run's language pair), one
+sentence per request, from that many concurrent clients (asyncio + httpx), each phase bounded
+by --seconds. Reports sentences/s, p50/p95/p99 request latency and the mean decoding batch
+size (from /metrics), beside `Translator.translate` on the same sentences in one call (what
+`s2s translate` does offline, measured before the server starts, so the two never compete
+for the CPU). Every answer is checked against the offline translation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from seq2seq_cli.config import language_pair
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.translation import Translator
+
+TEST_FILES = {"de": "test_2016_flickr.de", "en": "test_2016_flickr.en"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def batch_counters(url: str) -> tuple[float, float]:
+    """(decoding batches, sentences in them) so far."""
+    text = httpx.get(f"{url}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("s2s_batch_sentences_")}
+    return values.get("s2s_batch_sentences_count", 0.0), values.get("s2s_batch_sentences_sum", 0.0)
+
+
+async def load(url: str, sentences: list[str], expected: list[str], clients: int, seconds: float, target: str):
+    """Each client takes the next sentence and sends it alone, until all are sent or time is up."""
+    queue = list(enumerate(sentences))[::-1]
+    latencies, wrong = [], 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(session: httpx.AsyncClient) -> None:
+        nonlocal wrong
+        while queue and time.perf_counter() < deadline:
+            index, text = queue.pop()
+            started = time.perf_counter()
+            answer = await session.post(f"{url}/translate", json={"q": text, "target": target})
+            latencies.append(time.perf_counter() - started)
+            answer.raise_for_status()
+            wrong += answer.json()["translatedText"] != expected[index]
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, elapsed, wrong
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    translator = Translator.load(args.checkpoint, "cpu", beam_size=args.beam_size)
+    source, target = language_pair(translator.config.data)
+    sentences = read_lines(args.data / TEST_FILES[source])[: args.sentences]
+    started = time.perf_counter()
+    expected = translator.translate(sentences)
+    offline = len(sentences) / (time.perf_counter() - started)
+    del translator
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "serve", "--checkpoint", str(args.checkpoint),
+                               "--port", str(port), "--device", "cpu", "--beam-size", str(args.beam_size)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise SystemExit("s2s serve did not start")
+                time.sleep(0.2)
+        for clients in (int(c) for c in args.clients.split(",")):
+            batches_before, sentences_before = batch_counters(url)
+            latencies, elapsed, wrong = asyncio.run(load(url, sentences, expected, clients, args.seconds, target))
+            batches_after, sentences_after = batch_counters(url)
+            rows.append({"clients": clients, "sentences": len(latencies),
+                         "sentences_per_s": round(len(latencies) / elapsed, 1),
+                         "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
+                         "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
+                         "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+                         "mean_batch": round((sentences_after - sentences_before)
+                                             / max(batches_after - batches_before, 1), 2),
+                         "different_from_offline": wrong})
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    sequential = rows[0]["sentences_per_s"] if rows and rows[0]["clients"] == 1 else None
+    print(f"s2s serve, beam {args.beam_size}, {len(sentences)} test2016 sentences ({source}->{target}), "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"offline Translator.translate (one call): {offline:.1f} sentences/s")
+    print(f"{'clients':>7} {'sent/s':>8} {'of offline':>10} {'x 1 client':>10} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'p99 ms':>8} {'batch':>6} {'wrong':>5}")
+    for row in rows:
+        speedup = f"{row['sentences_per_s'] / sequential:.1f}x" if sequential else "-"
+        print(f"{row['clients']:>7} {row['sentences_per_s']:>8.1f} {row['sentences_per_s'] / offline:>10.0%} "
+              f"{speedup:>10} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['p99_ms']:>8.1f} "
+              f"{row['mean_batch']:>6.2f} {row['different_from_offline']:>5}")
+    if args.json:
+        args.json.write_text(json.dumps({"beam_size": args.beam_size, "offline_sentences_per_s": round(offline, 1),
+                                         "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
