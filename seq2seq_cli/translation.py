@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterator, Optional, Sequence
 import torch
 
 from seq2seq_cli.checkpoint import load_model
-from seq2seq_cli.config import Config
+from seq2seq_cli.config import Config, DecodingConfig
 from seq2seq_cli.decoding import Hypothesis, translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
@@ -77,6 +77,18 @@ class Translation:
     log_prob: float  # the model's log-probability of the translation, the final [SEP] included
 
 
+def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> DecodingConfig:
+    """``decoding`` with the settings in ``overrides`` that are not None, checked for ``nbest``."""
+    decoding = dataclasses.replace(decoding, **{key: value for key, value in overrides.items() if value is not None})
+    _check_nbest(nbest, decoding.beam_size)
+    return decoding
+
+
+def _check_nbest(nbest: int, beam_size: int) -> None:
+    if nbest > beam_size:
+        raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {beam_size})")
+
+
 class Translator:
     """A trained model with its tokenizers and search settings: text in, translations out.
 
@@ -97,10 +109,7 @@ class Translator:
         self.device = device
         self.nbest = nbest
         self.keep_attention = keep_attention
-        overrides = {key: value for key, value in decoding_overrides.items() if value is not None}
-        self.decoding = dataclasses.replace(config.decoding, **overrides)
-        if nbest > self.decoding.beam_size:
-            raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {self.decoding.beam_size})")
+        self.decoding = _decoding_with(config.decoding, nbest, decoding_overrides)
         # The longest source the model was trained on; longer input is cut to it.
         self.max_source_tokens = config.data.max_len
         self.lines_read = 0
@@ -124,11 +133,7 @@ class Translator:
         sibling = copy.copy(self)
         sibling.nbest = self.nbest if nbest is None else nbest
         sibling.keep_attention = self.keep_attention if keep_attention is None else keep_attention
-        overrides = {key: value for key, value in decoding_overrides.items() if value is not None}
-        sibling.decoding = dataclasses.replace(self.decoding, **overrides)
-        if sibling.nbest > sibling.decoding.beam_size:
-            raise UserError(f"nbest {sibling.nbest} needs a beam size of at least {sibling.nbest} "
-                            f"(it is {sibling.decoding.beam_size})")
+        sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides)
         return sibling
 
     def translate(self, texts: Sequence[str]) -> list[str]:
@@ -139,8 +144,7 @@ class Translator:
         """The ``nbest`` best translations of each text (default: this translator's), best first;
         ``nbest`` may not exceed the beam size."""
         count = self.nbest if nbest is None else nbest
-        if count > self.decoding.beam_size:
-            raise UserError(f"nbest {count} needs a beam size of at least {count} (it is {self.decoding.beam_size})")
+        _check_nbest(count, self.decoding.beam_size)
         _, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
         return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
                 for hypotheses in results]
