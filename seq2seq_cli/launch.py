@@ -34,7 +34,8 @@ from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
-from seq2seq_cli.train import Trainer, TrainingState
+from seq2seq_cli.state import TrainingState, out_of_time
+from seq2seq_cli.train import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,7 @@ def _checkpoint_to_resume(config: Config, run: RunDir) -> dict[str, Any]:
         raise UserError(f"{run.last}: holds no training state to resume from")
     _same_experiment(config, checkpoint_config(payload, run.last), run)
     state = TrainingState.from_checkpoint(payload)
-    training = config.training
-    stop = state.limit_reached(training, bool(training.max_minutes) and state.elapsed_s > training.max_minutes * 60)
+    stop = state.limit_reached(config.training, out_of_time(config.training, state.elapsed_s))
     finished = any(r.get("event") == "end" and r.get("step") == state.step for r in _records(run))
     if stop is not None and finished:
         raise RunAlreadyFinished(

@@ -67,6 +67,11 @@ class TrainingState:
         return None
 
 
+def out_of_time(training: TrainingConfig, elapsed_s: float) -> bool:
+    """Whether ``elapsed_s`` seconds of training are past ``training.max_minutes`` (0: never)."""
+    return bool(training.max_minutes) and elapsed_s > training.max_minutes * 60
+
+
 class Stop(NamedTuple):
     """Why a run stops: the ``training`` key whose limit was reached, in words, and a value of
     that key that would let the run go on (for hints)."""

@@ -31,7 +31,7 @@ from seq2seq_cli.plotting import plot_curves
 from seq2seq_cli.progress import Progress, StopOnSignal
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.schedule import LearningRateSchedule
-from seq2seq_cli.state import Stop, TrainingState, rng_states, set_rng_states
+from seq2seq_cli.state import Stop, TrainingState, out_of_time, rng_states, set_rng_states
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Trainer:
         return self.state.limit_reached(self.training_config, time_is_up)
 
     def _time_is_up(self) -> bool:
-        return bool(self.training_config.max_minutes) and self.elapsed() > self.training_config.max_minutes * 60
+        return out_of_time(self.training_config, self.elapsed())
 
     def _finish(self, stop: Stop) -> dict[str, Any]:
         state = self.state
