@@ -8,11 +8,15 @@
 
 import os
 
-# Intel MKL may use fewer threads than asked when the machine is busy (MKL_DYNAMIC, on by
-# default), and a matmul split over fewer threads sums in another order: a run resumed on an
-# oversubscribed machine then differed from the uninterrupted one in the last bits. A fixed
-# thread count keeps runs bit-identical however busy the machine is (set before MKL starts).
+# Intel MKL, PyTorch's CPU matrix library, is not reproducible run to run by default: it may
+# use fewer threads than asked on a busy machine (MKL_DYNAMIC) and may choose its code path at
+# run time (Conditional Numerical Reproducibility off). Either made a resumed run differ from the
+# uninterrupted one in the last bits: 1 in 6 to 12 kill+resume cycles, even on an idle machine.
+# MKL_CBWR=AUTO keeps the fastest code path for this CPU but fixes it; with a fixed thread
+# count, the same run is bit-identical (benchmarks/README.md, "Determinism across processes").
+# Both must be set before MKL starts, i.e. before PyTorch is first used.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("MKL_CBWR", "AUTO")
 
 __version__ = "0.1.0"
 __all__ = ["Translation", "Translator", "__version__"]
