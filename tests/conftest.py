@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import concurrent.futures
 import subprocess
 import sys
 import zlib
@@ -92,6 +93,15 @@ def final_weights(run: Path) -> dict:
 def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "seq2seq_cli", *map(str, args)], input=stdin.encode(),
                           capture_output=True, cwd=cwd, timeout=300)
+
+
+def assert_user_errors(*cases: tuple[tuple, str]) -> None:
+    """Each ``(s2s arguments, expected fragment)`` in a process of its own, two at a time: a
+    process spends ~2 s importing PyTorch on one core, so pairs halve the wait."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda case: s2s(*case[0], stdin="x\n"), cases))
+    for (args, fragment), result in zip(cases, results):
+        assert_user_error(result, fragment)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, s2s, tiny_config, toy_lines, write_corpus
+from conftest import assert_user_error, assert_user_errors, s2s, tiny_config, toy_lines, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,15 @@ def test_version():
 
 
 def test_train_user_errors(tmp_path):
-    assert_user_error(s2s("train", "--config", tmp_path / "nope.yaml"), "nope.yaml not found")
     config = tiny_config(tmp_path)
-    assert_user_error(s2s("train", "--config", config, "model.hidden_size=-1"), "model.hidden_size must be positive")
-    assert_user_error(s2s("train", "--config", config, "training.bogus=1"), "training.bogus")
     broken = yaml.safe_load(config.read_text())
     broken["data"]["dev_tgt"] = str(tmp_path / "missing.de")
-    config.write_text(yaml.safe_dump(broken))
-    assert_user_error(s2s("train", "--config", config), "data.dev_tgt")
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert_user_errors(
+        (("train", "--config", tmp_path / "nope.yaml"), "nope.yaml not found"),
+        (("train", "--config", config, "model.hidden_size=-1"), "model.hidden_size must be positive"),
+        (("train", "--config", config, "training.bogus=1"), "training.bogus"),
+        (("train", "--config", tmp_path / "broken.yaml"), "data.dev_tgt"))
 
 
 def test_misaligned_corpus_is_refused(tmp_path):
@@ -98,16 +99,16 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
 
 def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
     missing = tmp_path / "missing"
-    assert_user_error(s2s("translate", "--checkpoint", missing, stdin="x\n"), "no such checkpoint file or run directory")
-    assert_user_error(s2s("translate", "--checkpoint", trained_run, "--input", missing / "in.en"), "cannot open")
     (tmp_path / "file").write_text("x")
-    assert_user_error(s2s("translate", "--checkpoint", trained_run, "--plot-attention", tmp_path / "file" / "pics",
-                          stdin="x\n"), "cannot create")
-    assert_user_error(s2s("evaluate", "--ref", tmp_path / "file"), "give --hyp FILE, or --checkpoint RUN")
     src, ref = write_corpus(tmp_path, "m", ["a", "b"], ["x"])
-    assert_user_error(s2s("evaluate", "--checkpoint", trained_run, "--src", src, "--ref", ref), "line-aligned")
-    assert_user_error(s2s("evaluate", "--hyp", missing, "--ref", ref), "file not found")
-    assert_user_error(s2s("train"), "give --config FILE to start a run, or --resume RUN_DIR")
-    assert_user_error(s2s("train", "--resume", trained_run, "--overwrite"), "choose one")
-    assert_user_error(s2s("train", "--resume", trained_run, "--run-dir", tmp_path / "other"), "name different runs")
-    assert_user_error(s2s("info", trained_run / "checkpoints"), "no metrics.jsonl")
+    assert_user_errors(
+        (("translate", "--checkpoint", missing), "no such checkpoint file or run directory"),
+        (("translate", "--checkpoint", trained_run, "--input", missing / "in.en"), "cannot open"),
+        (("translate", "--checkpoint", trained_run, "--plot-attention", tmp_path / "file" / "pics"), "cannot create"),
+        (("evaluate", "--ref", tmp_path / "file"), "give --hyp FILE, or --checkpoint RUN"),
+        (("evaluate", "--checkpoint", trained_run, "--src", src, "--ref", ref), "line-aligned"),
+        (("evaluate", "--hyp", missing, "--ref", ref), "file not found"),
+        (("train",), "give --config FILE to start a run, or --resume RUN_DIR"),
+        (("train", "--resume", trained_run, "--overwrite"), "choose one"),
+        (("train", "--resume", trained_run, "--run-dir", tmp_path / "other"), "name different runs"),
+        (("info", trained_run / "checkpoints"), "no metrics.jsonl"))

@@ -74,15 +74,8 @@ def uninterrupted(tmp_path_factory):
     return tmp_path / "run"
 
 
-def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
-    config = tiny_config(tmp_path, training=SCHEDULE)
-    run = tmp_path / "run"
-    run_until_killed(config, run, after_step=7)  # between validations, mid-epoch
-    resume(run)
-    assert_same_run(run, uninterrupted)
-
-
 def test_killed_twice_then_resumed(uninterrupted, tmp_path):
+    """SIGKILL mid-epoch, resume, SIGKILL again between validations, resume: the same run."""
     config = tiny_config(tmp_path, training=SCHEDULE)
     run = tmp_path / "run"
     run_until_killed(config, run, after_step=3)

@@ -17,7 +17,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason='s2s serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("fastapi")
 
-from conftest import s2s, tiny_config, toy_lines  # noqa: E402
+from conftest import assert_user_errors, s2s, tiny_config, toy_lines  # noqa: E402
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
 
@@ -205,13 +205,11 @@ def test_api_key_full_queue_then_sigterm_answers_every_accepted_request(run):
 
 
 def test_serve_user_errors(run, tmp_path):
-    bad = s2s("serve", "--checkpoint", tmp_path / "nothing")
-    assert bad.returncode == 2 and "no such checkpoint file or run directory" in bad.stderr.decode()
-    twice = s2s("serve", "--checkpoint", run, "--checkpoint", run, "--device", "cpu")
-    assert twice.returncode == 2 and "both translate en -> de" in twice.stderr.decode()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = s2s("serve", "--checkpoint", run, "--port", port, "--device", "cpu")
-    assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr.decode()
+        assert_user_errors(
+            (("serve", "--checkpoint", tmp_path / "nothing"), "no such checkpoint file or run directory"),
+            (("serve", "--checkpoint", run, "--checkpoint", run, "--device", "cpu"), "both translate en -> de"),
+            (("serve", "--checkpoint", run, "--port", port, "--device", "cpu"), f"cannot listen on 127.0.0.1:{port}"))
