@@ -22,6 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Optional
 from urllib.parse import parse_qs
 
@@ -364,9 +365,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
     async def metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    page_html = (resources.files("seq2seq_cli") / "page" / "index.html").read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return _PAGE
+        return page_html
 
     return app
 
@@ -449,4 +452,3 @@ def _reassemble(pieces, outputs, alternatives: int, text_format: str) -> tuple[s
     return joined[0], joined[1:]
 
 
-_PAGE = "<!doctype html><title>s2s</title><p>s2s translation service: see <a href='/docs'>/docs</a>.</p>"

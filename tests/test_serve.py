@@ -5,6 +5,8 @@ interleave; bad requests get LibreTranslate's error codes and the server goes on
 """
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason='s2s serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("fastapi")
 
-from conftest import assert_user_errors, s2s, tiny_config, toy_lines  # noqa: E402
+from conftest import assert_user_errors, png_size, s2s, tiny_config, toy_lines  # noqa: E402
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
 
@@ -213,3 +215,64 @@ def test_serve_user_errors(run, tmp_path):
             (("serve", "--checkpoint", tmp_path / "nothing"), "no such checkpoint file or run directory"),
             (("serve", "--checkpoint", run, "--checkpoint", run, "--device", "cpu"), "both translate en -> de"),
             (("serve", "--checkpoint", run, "--port", port, "--device", "cpu"), f"cannot listen on 127.0.0.1:{port}"))
+
+
+def chromium():
+    """Headless Debian Chromium driven by selenium; a skip here, a failure where .ci/run set S2S_REQUIRE_BROWSER."""
+    binary = shutil.which("chromium")
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    if webdriver is None or binary is None or not os.path.exists(driver):
+        message = ("no browser for the page test: apt-get install chromium chromium-driver, "
+                   "and pip install -e '.[dev]' for selenium")
+        if os.environ.get("S2S_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_the_page_in_a_real_browser(run, server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sentence = toy_lines("dev", 1)[0][0]
+    expected = cli_translations(run, [sentence], "--beam-size", "5")[0]
+    api = httpx.post(f"{server.url}/v1/translate", json={"texts": [sentence], "beam_size": 5, "attention": True},
+                     timeout=60).json()["translations"][0]
+    browser = chromium()
+    try:
+        browser.get(server.url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#pair option"))
+        assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#pair option")] == ["English → German"]
+        browser.find_element(By.ID, "source").send_keys(sentence)
+        browser.find_element(By.ID, "translate").click()
+        wait.until(lambda b: b.find_element(By.ID, "result").is_displayed())
+        assert browser.find_element(By.ID, "translation").text == expected
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#alternatives li")) == 3
+        assert " s" in browser.find_element(By.ID, "timing").text
+        # The heatmap: one cell per source x target subword, labelled with both.
+        sources, targets = api["source_tokens"], api["target_tokens"]
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap td.cell")) == len(sources) * len(targets)
+        assert [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#heatmap tbody th")] == targets
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap thead th")) == len(sources) + 1
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        assert png_size(tmp_path / "page.png")[0] >= 1000
+        # Ctrl+Enter sends too; an error the server gives is shown in the page, and the button comes back.
+        beam = browser.find_element(By.ID, "beam")
+        beam.clear()
+        beam.send_keys("65")
+        browser.find_element(By.ID, "source").send_keys(Keys.CONTROL, Keys.ENTER)
+        wait.until(lambda b: b.find_element(By.ID, "error").is_displayed())
+        assert "beam_size" in browser.find_element(By.ID, "error").text
+        assert browser.find_element(By.ID, "translate").is_enabled()
+    finally:
+        browser.quit()
