@@ -276,3 +276,30 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
         assert browser.find_element(By.ID, "translate").is_enabled()
     finally:
         browser.quit()
+
+
+def test_two_runs_serve_two_pairs_from_one_process(run, tmp_path):
+    corpus = tmp_path / "corpus"
+    swapped = {f"{split}_{side}": str(corpus / f"{split}.{language}")  # the same corpus, German -> English
+               for split in ("train", "dev") for side, language in (("src", "de"), ("tgt", "en"))}
+    config = tiny_config(tmp_path, training={"max_steps": 10, "validate_every": 0}, decoding={"max_length_offset": 4},
+                         data=swapped)
+    train(load_config(config))
+    german_english = tmp_path / "run"
+    lines = toy_lines("dev", 4)
+    expected = {("en", "de"): cli_translations(run, lines[0]), ("de", "en"): cli_translations(german_english, lines[1])}
+    served = Server(run, "--checkpoint", german_english)
+    try:
+        assert httpx.get(f"{served.url}/languages").json() == [
+            {"code": "de", "name": "German", "targets": ["en"]}, {"code": "en", "name": "English", "targets": ["de"]}]
+        for (source, target), texts in zip(expected, lines):
+            answer = httpx.post(f"{served.url}/translate", json={"q": texts, "source": source, "target": target})
+            assert answer.json() == {"translatedText": expected[source, target]}
+        # One served model goes to English, so "auto" means German there.
+        auto = httpx.post(f"{served.url}/translate", json={"q": lines[1][0], "source": "auto", "target": "en"}).json()
+        assert auto["translatedText"] == expected["de", "en"][0] and auto["detectedLanguage"]["language"] == "de"
+        wrong = httpx.post(f"{served.url}/translate", json={"q": "x", "source": "de", "target": "de"})
+        assert wrong.status_code == 400 and "error" in wrong.json()
+    finally:
+        code, log = served.stop()
+    assert code == 0, log
