@@ -258,8 +258,8 @@ def serve(
     from seq2seq_cli.serve import ServeSettings, create_app, load_models
 
     models = load_models([str(path) for path in checkpoint], device, beam_size)
-    settings = ServeSettings(beam_size, max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit,
-                             api_key, cors_origin)
+    settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
+                             cors_origin)
     _check_port_free(host, port)
     pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
 

@@ -170,7 +170,6 @@ class ServedModel:
 
 @dataclass
 class ServeSettings:
-    beam_size: Optional[int] = None
     max_batch_sentences: Optional[int] = None
     max_wait_ms: float = 5.0
     max_queue: int = 2048
@@ -337,15 +336,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
             raise ClientError("attention must be true or false")
         outputs = await translate_lines(model, [t.replace("\n", " ") for t in texts],
                                         Search(beam_size=beam, nbest=nbest, attention=attention))
-        tokenizers = model.translator.tokenizers
         answer = []
         for source_ids, hypotheses, detokenized in outputs:
             best = hypotheses[0]
             item = {"translation": detokenized[0], "score": best.score, "log_prob": best.log_prob,
                     "nbest": [{"translation": text, "score": h.score} for text, h in zip(detokenized, hypotheses)]}
             if attention:
-                item["source_tokens"] = tokenizers.src_pieces(source_ids + [tokenizers.eos_id])
-                item["target_tokens"] = tokenizers.tgt_pieces(best.tokens + [tokenizers.eos_id])
+                item["source_tokens"], item["target_tokens"] = model.translator.attention_labels(source_ids, best)
                 item["attention"] = [] if best.attention is None else [
                     [round(w, 4) for w in row] for row in best.attention.tolist()]
             answer.append(item)
@@ -379,7 +376,7 @@ async def read_body(request) -> dict[str, Any]:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
         raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
-    raw = b""
+    raw = bytearray()  # appended in place: bytes += would copy the body once per chunk
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
@@ -419,7 +416,7 @@ _TAG = re.compile(r"(<!--.*?-->|<[^>]*>)", re.S)
 
 
 def _html_text(text: str) -> list[tuple[Optional[str], str]]:
-    """HTML split into markup (kept exactly) and text runs to translate: (markup, None) or (None, text)."""
+    """HTML split into markup (kept exactly) and text runs to translate: (markup, "") or (None, text)."""
     pieces: list[tuple[Optional[str], str]] = []
     for part in _TAG.split(text):
         if not part:

@@ -192,11 +192,16 @@ class Translator:
             return texts[0] + "\n"
         return "".join(f"{index} ||| {text} ||| {h.score:.4f}\n" for text, h in zip(texts, hypotheses))
 
+    def attention_labels(self, source_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str]]:
+        """The subwords along the two axes of ``hypothesis.attention``: source and target, each
+        with the final [SEP] the model read or wrote."""
+        eos = self.tokenizers.eos_id
+        return self.tokenizers.src_pieces(source_ids + [eos]), self.tokenizers.tgt_pieces(hypothesis.tokens + [eos])
+
     def plot_attention(self, path, source_ids: list[int], hypothesis: Hypothesis) -> None:
         from seq2seq_cli.plotting import plot_attention
 
-        plot_attention(path, self.tokenizers.src_pieces(source_ids + [self.tokenizers.eos_id]),
-                       self.tokenizers.tgt_pieces(hypothesis.tokens + [self.tokenizers.eos_id]), hypothesis.attention)
+        plot_attention(path, *self.attention_labels(source_ids, hypothesis), hypothesis.attention)
 
     def translate_lines(self, lines: list[str]) -> tuple[list[str], dict]:
         """1-best translations of whole lines, and the decoding speed."""
