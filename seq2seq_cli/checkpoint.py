@@ -86,7 +86,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokeniz
         raise UserError(f"{checkpoint_file}: weights do not fit the model in its config "
                         f"({str(err).splitlines()[0]})") from None
     if (tokenizers.src_size, tokenizers.tgt_size) != (payload["model_args"]["src_vocab_size"],
-                                              payload["model_args"]["tgt_vocab_size"]):
+                                                      payload["model_args"]["tgt_vocab_size"]):
         raise UserError(f"{tokenizer_dir}: vocabulary sizes do not match {checkpoint_file}")
     return model.to(device).eval(), tokenizers, config
 

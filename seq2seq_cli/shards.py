@@ -149,7 +149,7 @@ def _make_plan(config: Config, data_dir: Path, recipe: dict[str, Any], shard_pai
         raise UserError(f"{src_path} and {tgt_path} are empty; a corpus needs at least one pair")
     log.info("%s: %d pairs; building the tokenizer", data_dir, src_lines)
     tokenizers = build_tokenizers(config.tokenizer, LineStream(lambda: _stream_lines(src_path)),
-                                LineStream(lambda: _stream_lines(tgt_path)))
+                                  LineStream(lambda: _stream_lines(tgt_path)))
     save_atomically(data_dir / "tokenizer", tokenizers.save)
     id_dtype = "uint16" if max(tokenizers.src_size, tokenizers.tgt_size) <= 1 << 16 else "uint32"
     shards = []

@@ -269,7 +269,7 @@ def _save(tokenizer, folder: Path) -> None:
 
 
 def build_tokenizers(config: TokenizerConfig, train_src: Iterable[str],
-                       train_tgt: Iterable[str]) -> Tokenizers:
+                     train_tgt: Iterable[str]) -> Tokenizers:
     """Load the pretrained tokenizer, or train WordPiece vocabularies on the training corpus
     (lines in lists, or ``LineStream``s for corpora too large to hold)."""
     if config.pretrained:
