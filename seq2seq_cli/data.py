@@ -9,6 +9,7 @@ normalised and logged.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -187,28 +188,71 @@ class Batch:
                      self.n_tgt_tokens)
 
 
+def _padded(sequences: Sequence[Sequence[int]], pad_id: int, offset: int = 0,
+            extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(B, offset + longest + extra) ids, each sequence written from column ``offset`` on, and
+    the (B,) lengths. One vectorised fill: a boolean mask of the token cells is true in the
+    same row-major order as the sequences concatenated."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    width = offset + int(lengths.max(initial=0)) + extra
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    columns = np.arange(width)
+    cells = (columns >= offset) & (columns < offset + lengths[:, None])
+    ids[cells] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return ids, lengths
+
+
 def pad_sources(sequences: Sequence[Sequence[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Append [SEP] to each source and pad: (B, S) ids and (B,) lengths."""
-    lengths = torch.tensor([len(s) + 1 for s in sequences], dtype=torch.int64)
-    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
-        ids[row, len(seq)] = eos_id
-    return ids, lengths
+    ids, lengths = _padded(sequences, pad_id, extra=1)
+    ids[np.arange(len(sequences)), lengths] = eos_id
+    return torch.from_numpy(ids), torch.from_numpy(lengths + 1)
 
 
 def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], tokenizers: Tokenizers) -> Batch:
     src_ids, src_lengths = pad_sources(src, tokenizers.pad_id, tokenizers.eos_id)
-    max_tgt = max(len(t) for t in tgt) + 1
-    tgt_in = torch.full((len(tgt), max_tgt), tokenizers.pad_id, dtype=torch.int64)
-    tgt_out = torch.full((len(tgt), max_tgt), tokenizers.pad_id, dtype=torch.int64)
-    for row, seq in enumerate(tgt):
-        ids = torch.tensor(seq, dtype=torch.int64)
-        tgt_in[row, 0] = tokenizers.bos_id
-        tgt_in[row, 1: len(seq) + 1] = ids
-        tgt_out[row, : len(seq)] = ids
-        tgt_out[row, len(seq)] = tokenizers.eos_id
-    return Batch(src_ids, src_lengths, tgt_in, tgt_out, sum(len(t) + 1 for t in tgt))
+    tgt_in, tgt_lengths = _padded(tgt, tokenizers.pad_id, offset=1)  # [CLS] y1 .. yn
+    tgt_in[:, 0] = tokenizers.bos_id
+    tgt_out, _ = _padded(tgt, tokenizers.pad_id, extra=1)  # y1 .. yn [SEP]
+    tgt_out[np.arange(len(tgt)), tgt_lengths] = tokenizers.eos_id
+    return Batch(src_ids, src_lengths, torch.from_numpy(tgt_in), torch.from_numpy(tgt_out),
+                 int(tgt_lengths.sum()) + len(tgt))
+
+
+def _length_step(length: int) -> int:
+    """The rounding granule of a padded length: finer for short sentences, where it costs most."""
+    return 4 if length <= 32 else 8 if length <= 64 else 16 if length <= 128 else 32
+
+
+def padded_shape(batch: Batch, batch_tokens: int) -> tuple[int, int, int]:
+    """The fixed (sentences, source length, target length) that ``batch`` is padded to for a
+    step replayed from a CUDA graph. Lengths round up to a multiple of 4 (8 above 32 tokens,
+    16 above 64, 32 above 128), about an eighth at most; the sentences are as many as
+    ``batch_tokens`` lets the narrowest batch of those rounded lengths hold, so that each pair
+    of rounded lengths has one shape, and a corpus a few dozen."""
+    sentences, src_len = batch.src_ids.shape
+    src_len, tgt_len = (-(-n // _length_step(n)) * _length_step(n) for n in (src_len, batch.tgt_in.size(1)))
+    widest = max(src_len, tgt_len)
+    narrowest = max(widest - _length_step(widest) + 1, 2)  # every sentence has a token and [SEP]
+    return max(sentences, batch_tokens // narrowest), src_len, tgt_len
+
+
+def pad_batch(batch: Batch, shape: tuple[int, int, int], tokenizers: Tokenizers) -> Batch:
+    """``batch`` padded to ``shape``; the added rows are empty pairs (a source of one [SEP]
+    and no target token), so the loss and its gradients are the batch's own."""
+    sentences, src_len, tgt_len = shape
+    rows, (real_src_len, real_tgt_len) = batch.src_ids.size(0), (batch.src_ids.size(1), batch.tgt_in.size(1))
+    src_ids = torch.full((sentences, src_len), tokenizers.pad_id, dtype=torch.int64)
+    src_ids[:rows, :real_src_len] = batch.src_ids
+    src_ids[rows:, 0] = tokenizers.eos_id
+    src_lengths = torch.ones(sentences, dtype=torch.int64)
+    src_lengths[:rows] = batch.src_lengths
+    tgt_in = torch.full((sentences, tgt_len), tokenizers.pad_id, dtype=torch.int64)
+    tgt_in[:rows, :real_tgt_len] = batch.tgt_in
+    tgt_in[rows:, 0] = tokenizers.bos_id
+    tgt_out = torch.full((sentences, tgt_len), tokenizers.pad_id, dtype=torch.int64)
+    tgt_out[:rows, :real_tgt_len] = batch.tgt_out
+    return Batch(src_ids, src_lengths, tgt_in, tgt_out, batch.n_tgt_tokens)
 
 
 class TokenBatches:

@@ -25,8 +25,8 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, cache_enabled: bool = True):
     """bf16 autocast on CUDA; full fp32 precision elsewhere."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return nullcontext()

@@ -229,7 +229,8 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
                    epoch=trainer.state.epoch + 1, device=str(device), processes=world.size, parameters=parameters,
                    src_vocab_size=tokenizers.src_size, tgt_vocab_size=tokenizers.tgt_size, train_pairs=len(train_corpus),
                    dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(corpora.dev),
-                   batch_tokens=config.training.batch_tokens, seed=config.training.seed)
+                   batch_tokens=config.training.batch_tokens, seed=config.training.seed,
+                   cuda_graphs=trainer.graphed is not None)
     return trainer
 
 

@@ -1,7 +1,10 @@
 """The attention RNN translator (Bahdanau et al., 2015), read top to bottom.
 
 Encoder: embeddings -> bidirectional LSTM over packed sequences. Its last layer's final
-forward and backward states, through tanh(Linear), start the decoder.
+forward and backward states, through tanh(Linear), start the decoder. Packing reads the
+lengths on the host; a step replayed from a CUDA graph cannot, so ``packed=False`` runs each
+direction over the padded batch instead, the backward one on each sentence reversed within
+its length, which gives the packed outputs wherever a sentence has tokens.
 
 Attention: additive, ``v^T tanh(W_h h + W_e e)``. The encoder side ``W_e e`` is projected once
 per batch (``keys``), not once per decoder step, and source padding is masked out.
@@ -50,16 +53,52 @@ class Encoder(nn.Module):
         self.bridge = nn.Linear(2 * config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor,
+                packed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         embedded = self.dropout(self.embedding(src_ids))  # (B, S, E)
-        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_outputs, (final_hidden, _) = self.rnn(packed)
-        encoder_outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True,
-                                                 total_length=src_ids.size(1))  # (B, S, 2H)
-        # final_hidden: (layers * 2, B, H); the last two rows are the top layer's two directions.
-        final = torch.cat([final_hidden[-2], final_hidden[-1]], dim=-1)  # (B, 2H)
+        if packed:
+            packed_inputs = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_outputs, (final_hidden, _) = self.rnn(packed_inputs)
+            encoder_outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True,
+                                                     total_length=src_ids.size(1))  # (B, S, 2H)
+            # final_hidden: (layers * 2, B, H); the last two rows are the top layer's two directions.
+            final = torch.cat([final_hidden[-2], final_hidden[-1]], dim=-1)  # (B, 2H)
+        else:
+            encoder_outputs, final = self._unpacked(embedded, src_lengths.to(embedded.device))
         decoder_hidden = torch.tanh(self.bridge(final))  # (B, H)
         return self.dropout(encoder_outputs), decoder_hidden
+
+    def _unpacked(self, embedded: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed LSTM's outputs (B, S, 2H) and top-layer final states (B, 2H), with every
+        operation's shape fixed by the padded batch and the lengths read on the device.
+
+        Outputs at padding positions are not zero as packing leaves them; attention masks them."""
+        rnn, (batch, steps) = self.rnn, embedded.shape[:2]
+        positions = torch.arange(steps, device=embedded.device)
+        lengths = src_lengths.unsqueeze(1)  # (B, 1)
+        # Position t of a sentence of n tokens swaps with n-1-t; padding stays where it is. The
+        # map is its own inverse, so one gather reverses and a second puts back.
+        reverse = torch.where(positions < lengths, lengths - 1 - positions, positions)  # (B, S)
+        layer_input = embedded
+        for layer in range(rnn.num_layers):
+            directions = []
+            for suffix in ("", "_reverse"):
+                weights = [getattr(rnn, f"{kind}_l{layer}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inputs = layer_input if not suffix else layer_input.gather(
+                    1, reverse.unsqueeze(2).expand(-1, -1, layer_input.size(2)))
+                zeros = inputs.new_zeros(1, batch, rnn.hidden_size)
+                outputs = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)[0]
+                if suffix:
+                    outputs = outputs.gather(1, reverse.unsqueeze(2).expand(-1, -1, outputs.size(2)))
+                directions.append(outputs)  # (B, S, H)
+            layer_input = torch.cat(directions, dim=-1)  # (B, S, 2H)
+            if layer + 1 < rnn.num_layers:
+                layer_input = F.dropout(layer_input, rnn.dropout, self.training)
+        forward_outputs, backward_outputs = directions
+        # The forward direction ends on a sentence's last token, the backward one on its first.
+        last = (src_lengths - 1).view(batch, 1, 1).expand(-1, 1, rnn.hidden_size)
+        final = torch.cat([forward_outputs.gather(1, last).squeeze(1), backward_outputs[:, 0]], dim=-1)  # (B, 2H)
+        return layer_input, final
 
 
 class AdditiveAttention(nn.Module):
@@ -152,18 +191,19 @@ class Seq2Seq(nn.Module):
                                 f"source has {src_vocab_size} tokens and the target {tgt_vocab_size}")
             self.encoder.embedding.weight = self.decoder.embedding.weight
 
-    def encode(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> EncoderState:
-        encoder_outputs, hidden = self.encoder(src_ids, src_lengths)
+    def encode(self, src_ids: torch.Tensor, src_lengths: torch.Tensor, packed: bool = True) -> EncoderState:
+        encoder_outputs, hidden = self.encoder(src_ids, src_lengths, packed)
         keys = self.decoder.attention.project_keys(encoder_outputs)
         return EncoderState(encoder_outputs, keys, src_ids != self.pad_id, hidden)
 
     def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
-                teacher_forcing_ratio: float = 1.0) -> torch.Tensor:
+                teacher_forcing_ratio: float = 1.0, packed: bool = True) -> torch.Tensor:
         """Logits (B, T, V) for predicting each next target token.
 
         With ``teacher_forcing_ratio`` < 1 each sentence is fed, at each step and with that
-        probability, the gold previous token, else the model's own previous prediction."""
-        state = self.encode(src_ids, src_lengths)
+        probability, the gold previous token, else the model's own previous prediction.
+        ``packed=False``: nothing reads the host (see the encoder), for CUDA graphs."""
+        state = self.encode(src_ids, src_lengths, packed)
         hidden = state.hidden
         gold_embedded = self.decoder.embed(tgt_in)  # (B, T, E)
         steps = tgt_in.size(1)

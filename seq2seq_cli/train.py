@@ -25,6 +25,7 @@ from seq2seq_cli.device import autocast
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
+from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
 from seq2seq_cli.metrics import MetricsLog, read_metrics
 from seq2seq_cli.model import Seq2Seq, sequence_loss
 from seq2seq_cli.plotting import plot_curves
@@ -72,6 +73,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.training_config.learning_rate,
                                            weight_decay=self.training_config.weight_decay, **fused)
         self.schedule = LearningRateSchedule(self.optimizer, self.training_config)
+        # Steps replayed from CUDA graphs; their outcome is read one step later (``_settle``).
+        self.graphed: Optional[GraphedSteps] = None
+        if self.training_config.cuda_graphs == "auto" and device.type == "cuda" and not world.distributed:
+            self.graphed = GraphedSteps(model, self.optimizer, self.training_config, tokenizers, device)
+        self._pending: Optional[tuple[int, PendingStep, int]] = None
         self.state = TrainingState()
         if resume_from is not None:
             self._restore(resume_from)
@@ -129,24 +135,15 @@ class Trainer:
     def _train_on(self, batch_indices, progress: "Progress") -> None:
         """One step on one batch, then the step's logging, validation and saving."""
         state, training = self.state, self.training_config
-        batch = self.train_batches.make_batch(batch_indices).to(self.device)
+        batch = self.train_batches.make_batch(batch_indices)
         state.step += 1
         state.batch_in_epoch += 1
-        loss = self.update(batch)
-        if loss is None:
-            state.skipped_steps += 1
-            self._nonfinite_in_row += 1
-            log.warning("step %d: loss or gradients not finite, update skipped (%d in a row)",
-                        state.step, self._nonfinite_in_row)
-            if self._nonfinite_in_row >= training.max_nonfinite_steps:
-                raise UserError(
-                    f"training diverged: {self._nonfinite_in_row} steps in a row with a non-finite loss at "
-                    f"step {state.step}; the last good checkpoint is {self.run.last}. "
-                    "Lower training.learning_rate or raise training.clip_grad_norm, then --resume")
+        launched = self._launch_graphed(batch) if self.graphed is not None else None
+        if launched is None:
+            self._account(state.step, self.update(batch.to(self.device)), batch.n_tgt_tokens)
         else:
-            self._nonfinite_in_row = 0
-            state.interval_loss += loss
-            state.interval_tokens += batch.n_tgt_tokens
+            self._settle()  # the previous step's outcome, read while this one runs
+            self._pending = (state.step, launched, batch.n_tgt_tokens)
         progress.step(batch.n_tgt_tokens)
         if state.step % training.log_every == 0:
             self._record_training(progress)
@@ -154,6 +151,45 @@ class Trainer:
             self.validate_and_save()
         elif training.save_every and state.step % training.save_every == 0:
             self.save_last()
+
+    def _launch_graphed(self, batch) -> Optional[PendingStep]:
+        """Queue the step as a CUDA graph; None when a graph cannot be captured here, after
+        which the run goes on with eager steps (the same update, launched from Python)."""
+        self.schedule.step(self.state.step)
+        try:
+            return self.graphed.launch(batch, self.optimizer.param_groups[0]["lr"])
+        except GraphCaptureError as err:
+            log.warning("training.cuda_graphs: %s; going on without CUDA graphs (set training.cuda_graphs=off "
+                        "to skip the attempt)", err)
+            self._settle()
+            self.graphed.close()
+            self.graphed = None
+            return None
+
+    def _account(self, step: int, loss: Optional[float], n_tgt_tokens: int) -> None:
+        """Count step ``step``'s loss, or its skip when it was not finite (too many in a row: stop)."""
+        state = self.state
+        if loss is None:
+            state.skipped_steps += 1
+            self._nonfinite_in_row += 1
+            log.warning("step %d: loss or gradients not finite, update skipped (%d in a row)",
+                        step, self._nonfinite_in_row)
+            if self._nonfinite_in_row >= self.training_config.max_nonfinite_steps:
+                raise UserError(
+                    f"training diverged: {self._nonfinite_in_row} steps in a row with a non-finite loss at "
+                    f"step {step}; the last good checkpoint is {self.run.last}. "
+                    "Lower training.learning_rate or raise training.clip_grad_norm, then --resume")
+        else:
+            self._nonfinite_in_row = 0
+            state.interval_loss += loss
+            state.interval_tokens += n_tgt_tokens
+
+    def _settle(self) -> None:
+        """Account the graphed step still in flight, if any: before anything reads the counts."""
+        if self._pending is not None:
+            step, launched, n_tgt_tokens = self._pending
+            self._pending = None
+            self._account(step, launched.loss(), n_tgt_tokens)
 
     def _end_epoch(self) -> None:
         """The one place an epoch ends: validation when validating once per epoch, then the next epoch."""
@@ -176,6 +212,7 @@ class Trainer:
         return out_of_time(self.training_config, self.elapsed())
 
     def _finish(self, stop: Stop) -> dict[str, Any]:
+        self._settle()
         state = self.state
         if state.validated_at != state.step:
             self.validate_and_save()
@@ -186,7 +223,8 @@ class Trainer:
                  gave_up, self.elapsed() / 60, state.best_dev_bleu, state.best_step)
         summary = {"event": "end", "step": state.step, "epoch": state.epoch + (1 if state.batch_in_epoch else 0),
                    "reason": stop.reason, "best_dev_bleu": state.best_dev_bleu, "best_step": state.best_step,
-                   "skipped_steps": state.skipped_steps, "wall_s": round(self.elapsed(), 1)}
+                   "skipped_steps": state.skipped_steps, "wall_s": round(self.elapsed(), 1),
+                   "cuda_graph_shapes": len(self.graphed.graphs) if self.graphed is not None else 0}
         self.save_last()  # the final state, so that a later --resume sees the limit reached
         if self.test is not None and self.world.is_main:
             summary["test_bleu"] = self.evaluate_test()  # loads best.pt's weights into the model
@@ -218,6 +256,7 @@ class Trainer:
 
     def _record_training(self, progress: "Progress") -> None:
         """The ``train`` record of the steps since the last one (summed over processes)."""
+        self._settle()
         state = self.state
         timed_tokens, seconds = progress.take_interval()
         loss_sum, loss_tokens, timed_tokens = sum_all(
@@ -263,6 +302,7 @@ class Trainer:
     def validate_and_save(self, end_of_epoch: bool = False) -> None:
         """Validate and write checkpoints. At the end of an epoch the epoch counter moves on
         before saving, so that a resumed run starts the next epoch instead of validating again."""
+        self._settle()
         state = self.state
         started = time.perf_counter()
         state.validated_at = state.step
@@ -318,6 +358,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """Every process calls this (the RNG states are gathered); rank 0 writes."""
+        self._settle()
         state, keep = self.state, self.training_config.keep_last
         if keep > 1:
             state.saved_steps = ([s for s in state.saved_steps if s != state.step] + [state.step])[-keep:]

@@ -6,18 +6,21 @@ only differences left are the order of floating-point sums.
 """
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import IDS, SOURCES, make_batch, tiny_model, toy_learning_config, toy_lines
+from conftest import (IDS, SOURCES, final_weights, make_batch, tiny_config, tiny_model, toy_learning_config,
+                      toy_lines)
 from seq2seq_cli.checkpoint import load_model
-from seq2seq_cli.config import ModelConfig, load_config
+from seq2seq_cli.config import ModelConfig, TrainingConfig, load_config
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
 from seq2seq_cli.device import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train
+from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.model import sequence_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -102,6 +105,7 @@ def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
     config = load_config(toy_learning_config(tmp_path, device="cuda"))
     summary = train(config)
     assert summary["best_dev_bleu"] > 50, summary
+    assert summary["cuda_graph_shapes"] > 0  # the default on CUDA: the steps were graphed
 
     run_dir = tmp_path / "run"
     on_cpu, tokenizers, saved = load_model(run_dir, CPU)
@@ -116,3 +120,73 @@ def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
     more = load_config(run_dir / "config.yaml", ["training.max_steps=200"])
     resumed = train(more, resume=True)
     assert resumed["step"] == 200
+
+
+# -- CUDA graphs (training.cuda_graphs) ------------------------------------------------------
+
+
+def graph_config(tmp_path, cuda_graphs: str, dropout: float, max_steps: int):
+    return load_config(tiny_config(
+        tmp_path, train_pairs=3000, dev_pairs=40, model={"embed_dim": 32, "hidden_size": 48, "dropout": dropout},
+        training={"max_steps": max_steps, "batch_tokens": 600, "validate_every": max_steps, "log_every": 1,
+                  "device": "cuda", "cuda_graphs": cuda_graphs, "learning_rate": 0.003}))
+
+
+def train_losses(run_dir):
+    return [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"]
+
+
+def test_graphed_steps_follow_the_eager_loss_curve(tmp_path):
+    """50 steps replayed from graphs (padded batches, unpacked encoder, device-side skip test)
+    against the eager step on the same batches: the same curve to bf16 precision."""
+    curves = {}
+    for mode in ("auto", "off"):
+        summary = train(graph_config(tmp_path / mode, mode, dropout=0.0, max_steps=50))
+        assert (summary["cuda_graph_shapes"] > 0) == (mode == "auto"), summary
+        curves[mode] = train_losses(tmp_path / mode / "run")
+    graphed, eager = curves["auto"], curves["off"]
+    assert len(graphed) == len(eager) == 50
+    assert eager[-1] < 0.8 * eager[0]  # it learns
+    for step, (g, e) in enumerate(zip(graphed, eager), 1):
+        assert abs(g - e) < 0.03 * e, (step, g, e)
+    assert abs(sum(graphed[-10:]) - sum(eager[-10:])) < 0.015 * sum(eager[-10:])
+
+
+def test_graphed_training_resumes_exactly(tmp_path):
+    """With dropout on (the graph-safe generator), 40 straight steps equal 20 + a resume to 40."""
+    assert train(graph_config(tmp_path / "straight", "auto", dropout=0.2, max_steps=40))["cuda_graph_shapes"] > 0
+    train(graph_config(tmp_path / "resumed", "auto", dropout=0.2, max_steps=20))
+    train(load_config(tmp_path / "resumed" / "run" / "config.yaml", ["training.max_steps=40"]), resume=True)
+    assert train_losses(tmp_path / "resumed" / "run") == train_losses(tmp_path / "straight" / "run")
+    straight, resumed = (final_weights(tmp_path / name / "run") for name in ("straight", "resumed"))
+    for name, weight in straight.items():
+        assert torch.equal(resumed[name], weight), name
+
+
+def test_a_graphed_step_that_is_not_finite_changes_nothing():
+    from seq2seq_cli.data import collate
+    from seq2seq_cli.graphs import GraphedSteps
+
+    torch.manual_seed(0)
+    special = SimpleNamespace(pad_id=0, bos_id=2, eos_id=3)
+    model = build_model(ModelConfig(embed_dim=16, hidden_size=24, dropout=0.1), 40, 30, pad_id=0).to(CUDA).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    steps = GraphedSteps(model, optimizer, TrainingConfig(batch_tokens=64), special, CUDA)
+    batch = collate([[5, 6, 7], [8, 9]], [[4, 5], [6, 7, 8, 9]], special)
+    assert steps.launch(batch, 1e-3).loss() > 0
+    before = copy.deepcopy(model.state_dict())
+    moments = copy.deepcopy(optimizer.state_dict()["state"])
+    with torch.no_grad():
+        model.decoder.output.bias[5] = float("inf")
+    assert steps.launch(batch, 1e-3).loss() is None  # skipped, decided on the device
+    for name, weight in model.state_dict().items():
+        if name != "decoder.output.bias":
+            assert torch.equal(weight, before[name]), name
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, moments[index][key]), (index, key)
+    with torch.no_grad():
+        model.decoder.output.bias[5] = 0.0
+    assert steps.launch(batch, 1e-3).loss() > 0  # the same graph steps again
+    assert not torch.equal(model.encoder.bridge.weight, before["encoder.bridge.weight"])
+    assert len(steps.graphs) == 1
