@@ -14,7 +14,13 @@ machine it measures:
 4. peak memory (RSS on CPU, max allocated on CUDA);
 5. model FLOPs per target token counted from the layer sizes (only work the model needs:
    real tokens, attention keys once per source position), the achieved FLOP/s, and that as a
-   fraction of the fp32 matmul peak measured in this run (MFU).
+   fraction of the fp32 matmul peak measured in this run (MFU);
+6. operator calls per training step (forward, loss, backward, clip, AdamW), counted by the
+   profiler on a CPU copy of the model: ATen calls not made from inside another ATen call,
+   without views and other calls that launch nothing, so each is at least one kernel launch on
+   a GPU. Given for the first timed batch (per step and per target token) and per target
+   position (the per-token loop's share: two synthetic batches of 32 sentences whose targets
+   are 16 and 32 tokens long).
 
 ``--compile`` also times s2s training with the decoder step (attention + GRU cell, the body of
 the per-token loop) under ``torch.compile(dynamic=True)``, after the eager row and on the same
@@ -84,6 +90,29 @@ def flops_per_target_token(config: ModelConfig, vocab: int, src_per_tgt: float, 
     return 2 * 3 * (decoder + encoder * src_per_tgt)
 
 
+# ATen calls that only make views or read metadata: no kernel runs for them on a GPU.
+NO_KERNEL = {"aten::" + name for name in (
+    "t", "transpose", "view", "reshape", "unsqueeze", "squeeze", "narrow", "select", "slice", "detach", "expand",
+    "expand_as", "as_strided", "permute", "split", "chunk", "unbind", "alias", "_unsafe_view", "_reshape_alias",
+    "view_as", "lift_fresh", "empty", "empty_like", "empty_strided", "result_type", "item", "_local_scalar_dense",
+    "is_nonzero", "resolve_conj", "resolve_neg", "contiguous", "flatten", "to", "_to_copy", "dim", "size", "stride")}
+
+
+def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
+    """Kernel-launching ATen calls of one training step of a fresh CPU copy of the model on ``batch``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(1)
+    model = build_model(config, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id).train()
+    step = training_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), tokenizers.pad_id,
+                         torch.device("cpu"), mixed_precision=False)
+    step(batch)  # AdamW creates its state on the first step
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batch)
+    return sum(1 for event in prof.events() if event.name.startswith("aten::") and event.name not in NO_KERNEL
+               and not (event.cpu_parent is not None and event.cpu_parent.name.startswith("aten::")))
+
+
 def training_step(model, optimizer, pad_id: int, device: torch.device, mixed_precision: bool):
     """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``."""
 
@@ -115,8 +144,8 @@ def train_throughput(step, batches, seconds: float, device, warmup: int = 3):
 
 
 def compiled_training(model, step, batches, seconds: float, device, warmup: int = 5) -> dict:
-    """Training throughput with ``model.decoder.step`` compiled; the eager method is put back after."""
-    model.decoder.step = torch.compile(model.decoder.step, dynamic=True)
+    """Training throughput with ``model.decoder.recur`` compiled; the eager method is put back after."""
+    model.decoder.recur = torch.compile(model.decoder.recur, dynamic=True)
     try:
         started = time.perf_counter()
         for batch in batches[:warmup]:  # compiles forward and backward; dynamic shapes need no recompiles
@@ -127,7 +156,7 @@ def compiled_training(model, step, batches, seconds: float, device, warmup: int 
     except Exception as err:  # a benchmark row, not the product: report why and go on
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
     finally:
-        del model.decoder.step
+        del model.decoder.recur
     print(f"s2s training, decoder step compiled: {tokens_per_s:.0f} target tokens/s over {steps} steps "
           f"(warm-up {warmup_s:.0f} s)", flush=True)
     return {"tokens_per_s": round(tokens_per_s, 1), "steps_timed": steps, "warmup_s": round(warmup_s, 1)}
@@ -217,6 +246,20 @@ def main() -> None:
         rows[name] = {"s2s_sentences_per_s": round(s2s_rate, 1), "reference_sentences_per_s": round(ref_rate, 1),
                       "speedup": round(s2s_rate / ref_rate, 2), "same_output_fraction": round(agree, 3)}
 
+    # 6. operator calls, last: counting builds fresh models and reseeds PyTorch's generator
+    first = token_batches.make_batch(token_batches.epoch_batches(0)[0])
+    generator = torch.Generator().manual_seed(1)
+    synthetic = [collate([torch.randint(5, 1000, (14,), generator=generator).tolist()] * 32,
+                         [torch.randint(5, 1000, (length - 1,), generator=generator).tolist()] * 32, tokenizers)
+                 for length in (16, 32)]
+    short, long = (operator_calls(config, tokenizers, batch) for batch in synthetic)
+    calls = {"per_step": operator_calls(config, tokenizers, first), "target_positions": first.tgt_in.size(1),
+             "target_tokens": first.n_tgt_tokens, "per_target_position_in_loop": (long - short) / 16}
+    calls["per_target_token"] = round(calls["per_step"] / first.n_tgt_tokens, 3)
+    print(f"operator calls per training step: {calls['per_step']} ({calls['target_positions']} target positions, "
+          f"{calls['target_tokens']} target tokens); {calls['per_target_position_in_loop']:.1f} per target position "
+          "in the loop", flush=True)
+
     achieved = flops * s2s_tps
     result = {
         "device": str(device), "machine": platform.processor() or platform.machine(),
@@ -231,6 +274,7 @@ def main() -> None:
         "flops_per_target_token": round(flops), "achieved_flops_per_s": round(achieved),
         "matmul_peak_flops_per_s": round(peak), "train_mfu": round(achieved / peak, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "operator_calls": calls,
     }
     if compiled is not None:
         result["compiled"] = compiled
@@ -252,6 +296,8 @@ def main() -> None:
               f"{row['same_output_fraction']:.0%}")
     print(f"model FLOPs per target token {flops / 1e6:.1f} M; achieved {achieved / 1e9:.1f} GFLOP/s; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {result['train_mfu']:.1%}")
+    print(f"operator calls per training step {calls['per_step']} ({calls['per_target_token']} per target token; "
+          f"{calls['per_target_position_in_loop']:.1f} per target position in the loop)")
     print(f"peak memory {result['peak_rss_mb']:.0f} MB RSS" + (
         f", {result['peak_cuda_allocated_mb']:.0f} MB CUDA" if device.type == "cuda" else ""))
     if args.json:

@@ -7,7 +7,8 @@ direction over the padded batch instead, the backward one on each sentence rever
 its length, which gives the packed outputs wherever a sentence has tokens.
 
 Attention: additive, ``v^T tanh(W_h h + W_e e)``. The encoder side ``W_e e`` is projected once
-per batch (``keys``), not once per decoder step, and source padding is masked out.
+per batch (``keys``), not once per decoder step, and source padding is masked out by adding
+-inf to its scores (``score_bias``, also made once per batch).
 
 Decoder: a GRU cell fed ``[context; embedded previous token]``; the output layer reads
 ``[gru output; context; embedded]``, optionally through a smaller tanh layer first
@@ -112,10 +113,11 @@ class AdditiveAttention(nn.Module):
         return self.key_proj(encoder_outputs)  # (B, S, A), once per batch
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                src_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """query (B, H), keys (B, S, A), values (B, S, 2H), src_mask (B, S) True on real tokens."""
+                score_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, H), keys (B, S, A), values (B, S, 2H), score_bias (B, S): 0 on real tokens,
+        -inf on padding."""
         energy = torch.tanh(keys + self.query_proj(query).unsqueeze(1))  # (B, S, A)
-        scores = self.v(energy).squeeze(2).masked_fill(~src_mask, float("-inf"))  # (B, S)
+        scores = self.v(energy).squeeze(2) + score_bias  # (B, S)
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 2H)
         return context, weights
@@ -127,12 +129,18 @@ class EncoderState:
 
     encoder_outputs: torch.Tensor  # (B, S, 2H)
     keys: torch.Tensor  # (B, S, A)
-    src_mask: torch.Tensor  # (B, S)
+    src_mask: torch.Tensor  # (B, S) True on real tokens
     hidden: torch.Tensor  # (B, H), the decoder's initial state
+    score_bias: Optional[torch.Tensor] = None  # (B, S) 0 on real tokens, -inf on padding
+
+    def __post_init__(self):
+        if self.score_bias is None:
+            self.score_bias = torch.zeros(self.src_mask.shape, device=self.src_mask.device).masked_fill(
+                ~self.src_mask, float("-inf"))
 
     def select(self, index: torch.Tensor) -> "EncoderState":
-        return EncoderState(self.encoder_outputs.index_select(0, index), self.keys.index_select(0, index),
-                            self.src_mask.index_select(0, index), self.hidden.index_select(0, index))
+        return EncoderState(*(tensor.index_select(0, index) for tensor in (
+            self.encoder_outputs, self.keys, self.src_mask, self.hidden, self.score_bias)))
 
 
 class Decoder(nn.Module):
@@ -157,15 +165,19 @@ class Decoder(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.embedding(tokens))
 
-    def step(self, embedded: torch.Tensor, hidden: torch.Tensor, state: EncoderState):
-        """One step from the previous token's embedding (B, E) and state (B, H).
+    def recur(self, embedded: torch.Tensor, hidden: torch.Tensor, state: EncoderState):
+        """Attention and the GRU cell, from the previous token's embedding (B, E) and state (B, H).
 
-        Returns the output-layer features (B, F), the new hidden state (B, H) and the
-        attention weights (B, S)."""
-        context, weights = self.attention(hidden, state.keys, state.encoder_outputs, state.src_mask)
+        Returns the new hidden state (B, H), the context (B, 2H) and the attention weights (B, S)."""
+        context, weights = self.attention(hidden, state.keys, state.encoder_outputs, state.score_bias)
         hidden = self.rnn(torch.cat([context, embedded], dim=-1), hidden)
-        features = torch.cat([hidden, context, embedded], dim=-1)
-        return features, hidden, weights
+        return hidden, context, weights
+
+    def step(self, embedded: torch.Tensor, hidden: torch.Tensor, state: EncoderState):
+        """``recur``, then the output-layer features (B, F) of the step, the new hidden state
+        (B, H) and the attention weights (B, S): one token at a time, for search."""
+        hidden, context, weights = self.recur(embedded, hidden, state)
+        return torch.cat([hidden, context, embedded], dim=-1), hidden, weights
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(..., F) -> (..., V); runs once over all steps when the gold tokens are fed."""
@@ -208,11 +220,16 @@ class Seq2Seq(nn.Module):
         gold_embedded = self.decoder.embed(tgt_in)  # (B, T, E)
         steps = tgt_in.size(1)
         if teacher_forcing_ratio >= 1.0:
-            features = []
-            for t in range(steps):
-                step_features, hidden, _ = self.decoder.step(gold_embedded[:, t], hidden, state)
-                features.append(step_features)
-            return self.decoder.logits(torch.stack(features, dim=1))  # (B, T, V)
+            # Only the recurrence runs per token; the output layer's inputs are joined and the
+            # logits computed once for all T, so the loop holds as few operations as it can
+            # (each is a kernel launch on a GPU, forward and backward).
+            hiddens, contexts = [], []
+            for embedded in gold_embedded.unbind(1):
+                hidden, context, _ = self.decoder.recur(embedded, hidden, state)
+                hiddens.append(hidden)
+                contexts.append(context)
+            features = torch.cat([torch.stack(hiddens, 1), torch.stack(contexts, 1), gold_embedded], dim=-1)
+            return self.decoder.logits(features)  # (B, T, V)
 
         logits, embedded = [], gold_embedded[:, 0]
         for t in range(steps):
