@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from seq2seq_cli.errors import UserError
@@ -28,14 +28,19 @@ from seq2seq_cli.errors import UserError
 
 @dataclass
 class DataConfig:
-    """Parallel corpora: one sentence per line, line i of ``*_src`` translates line i of ``*_tgt``."""
+    """Parallel corpora: one sentence per line, line i of ``*_src`` translates line i of ``*_tgt``;
+    or one tab-separated file per split (``*_tsv``: source, tab, target), as OPUS and Tatoeba
+    ship them. Files ending in .gz, .xz or .bz2 are read as the text they compress."""
 
-    train_src: str = MISSING
-    train_tgt: str = MISSING
-    dev_src: str = MISSING
-    dev_tgt: str = MISSING
+    train_src: Optional[str] = None
+    train_tgt: Optional[str] = None
+    dev_src: Optional[str] = None
+    dev_tgt: Optional[str] = None
     test_src: Optional[str] = None
     test_tgt: Optional[str] = None
+    train_tsv: Optional[str] = None
+    dev_tsv: Optional[str] = None
+    test_tsv: Optional[str] = None
     # Training pairs with more subword tokens than this on either side are dropped.
     max_len: int = 100
     # Where tokenized corpora are cached; None means $XDG_CACHE_HOME/s2s (~/.cache/s2s).
@@ -50,13 +55,32 @@ class DataConfig:
     tgt_lang: Optional[str] = None
 
 
-def language_pair(data: DataConfig) -> tuple[Optional[str], Optional[str]]:
-    """(source, target) language codes: the config's, else the training files' suffixes."""
+SPLITS = ("train", "dev", "test")
+# What a compressed corpus file's name ends in; it is read as the text it compresses.
+COMPRESSED_SUFFIXES = (".gz", ".xz", ".bz2")
 
-    def code(explicit: Optional[str], path: str) -> Optional[str]:
-        if explicit:
+
+def split_files(data: DataConfig, split: str) -> Optional[tuple[str, str]]:
+    """The (source, target) files of a split: its tab-separated file twice, or its two files;
+    None for a split that is not set (only test may be missing)."""
+    tsv = getattr(data, f"{split}_tsv")
+    if tsv is not None:
+        return tsv, tsv
+    src, tgt = getattr(data, f"{split}_src"), getattr(data, f"{split}_tgt")
+    return (src, tgt) if src is not None else None
+
+
+def language_pair(data: DataConfig) -> tuple[Optional[str], Optional[str]]:
+    """(source, target) language codes: the config's, else the training files' suffixes
+    (train.de, or train.de.gz; a tab-separated file names no language)."""
+
+    def code(explicit: Optional[str], path: Optional[str]) -> Optional[str]:
+        if explicit or path is None:
             return explicit
-        suffix = Path(path).suffix[1:]
+        name = Path(path)
+        if name.suffix in COMPRESSED_SUFFIXES:
+            name = name.with_suffix("")
+        suffix = name.suffix[1:]
         return suffix if LANGUAGE_CODE.fullmatch(suffix) else None
 
     return code(data.src_lang, data.train_src), code(data.tgt_lang, data.train_tgt)
@@ -216,10 +240,6 @@ def _merge(values: dict[str, Any], overrides, source: str) -> Config:
                             f"command-line override {item}")
     if overrides:
         source = f"{source} (with command-line overrides)"
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        raise UserError(f"{source}: {', '.join(missing)} {verb} required but not set")
     return _omegaconf(lambda: OmegaConf.to_object(merged), source)
 
 
@@ -318,8 +338,20 @@ def check_config(config: Config, source: str = "config") -> None:
         value = getattr(config.data, key)
         if value is not None and not LANGUAGE_CODE.fullmatch(value):
             raise UserError(f"{source}: data.{key} must be a two-letter ISO 639-1 code such as de or en, got {value!r}")
-    if (config.data.test_src is None) != (config.data.test_tgt is None):
-        raise UserError(f"{source}: set both data.test_src and data.test_tgt, or neither")
+    _check_splits(config.data, source)
+
+
+def _check_splits(data: DataConfig, source: str) -> None:
+    """Each split comes as two files or one tab-separated file, not both; train and dev are required."""
+    for split in SPLITS:
+        src, tgt, tsv = (getattr(data, f"{split}_{kind}") for kind in ("src", "tgt", "tsv"))
+        if tsv is not None and (src is not None or tgt is not None):
+            raise UserError(f"{source}: data.{split}_tsv holds both sides; drop data.{split}_src and data.{split}_tgt")
+        if (src is None) != (tgt is None):
+            raise UserError(f"{source}: set both data.{split}_src and data.{split}_tgt, or neither")
+        if split != "test" and src is None and tsv is None:
+            raise UserError(f"{source}: data.{split}_src and data.{split}_tgt (or data.{split}_tsv, one tab-separated "
+                            "file) are required but not set")
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
@@ -329,7 +361,8 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 def resolve_paths(config: Config) -> Config:
     """Make every relative path absolute against the current working directory."""
     data = config.data
-    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt", "cache_dir", "prepared_dir"):
+    for name in ("train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt", "train_tsv", "dev_tsv",
+                 "test_tsv", "cache_dir", "prepared_dir"):
         setattr(data, name, _absolute(getattr(data, name)))
     config.run_dir = _absolute(config.run_dir)
     # A pretrained tokenizer or model is a folder if one exists there, otherwise a hub name.
@@ -341,7 +374,8 @@ def resolve_paths(config: Config) -> Config:
 
 
 def check_training_files(config: Config, names: tuple[str, ...] = (
-        "train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt")) -> None:
+        "train_src", "train_tgt", "dev_src", "dev_tgt", "test_src", "test_tgt", "train_tsv", "dev_tsv",
+        "test_tsv")) -> None:
     """Training needs its corpora (``data.<name>`` for each name); fail before any work if one is missing."""
     data = config.data
     for name in names:

@@ -8,17 +8,22 @@ normalised and logged.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import itertools
 import logging
+import lzma
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
+from seq2seq_cli.config import COMPRESSED_SUFFIXES, DataConfig, split_files
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write
 from seq2seq_cli.tokenization import Tokenizers
@@ -28,15 +33,36 @@ log = logging.getLogger(__name__)
 BOM = b"\xef\xbb\xbf"
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Read a UTF-8 text file as a list of lines (without line ends)."""
-    path = Path(path)
+_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+assert tuple(_OPENERS) == COMPRESSED_SUFFIXES
+
+
+def open_corpus(path: str | Path) -> BinaryIO:
+    """A corpus file opened for reading bytes: the text it compresses when its name ends in
+    .gz, .xz or .bz2 (streamed, so a compressed corpus is never held whole for this)."""
+    return _OPENERS.get(Path(path).suffix, open)(path, "rb")
+
+
+@contextmanager
+def corpus_errors(path: str | Path) -> Iterator[None]:
+    """Turn what reading (and decompressing) ``path`` can raise into a one-line UserError."""
     try:
-        raw = path.read_bytes()
+        yield
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        suffix = Path(path).suffix
+        if suffix in _OPENERS:
+            raise UserError(f"{path}: cannot decompress it as {suffix[1:]} ({getattr(err, 'strerror', None) or err}); "
+                            "check that the file is complete and of the kind its name says") from None
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Read a UTF-8 text file (or a compressed one) as a list of lines (without line ends)."""
+    path = Path(path)
+    with corpus_errors(path), open_corpus(path) as handle:
+        raw = handle.read()
     if raw.startswith(BOM):
         log.info("%s: removed the UTF-8 byte-order mark", path)
     if b"\r\n" in raw:
@@ -72,6 +98,34 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
     if not src:
         raise UserError(f"{src_path} and {tgt_path} are empty; a corpus needs at least one pair")
     return src, tgt
+
+
+def split_tsv_line(line: str, path: str | Path, number: int) -> tuple[str, str]:
+    """(source, target) of a tab-separated line; any other number of columns is an error."""
+    columns = line.split("\t")
+    if len(columns) != 2:
+        raise UserError(f"{path}: line {number} has {len(columns)} tab-separated column(s); a TSV corpus needs "
+                        "exactly 2 (source, then target) on every line")
+    return columns[0], columns[1]
+
+
+def read_tsv(path: str | Path) -> tuple[list[str], list[str]]:
+    """Source and target lines of one tab-separated file (column 1, column 2)."""
+    lines = read_lines(path)
+    if not lines:
+        raise UserError(f"{path} is empty; a corpus needs at least one pair")
+    pairs = [split_tsv_line(line, path, number) for number, line in enumerate(lines, 1)]
+    return [src for src, _ in pairs], [tgt for _, tgt in pairs]
+
+
+def read_split(data: DataConfig, split: str) -> Optional[tuple[list[str], list[str]]]:
+    """The source and target lines of ``split`` (train, dev or test) as the config gives them;
+    None when the split is not set."""
+    tsv = getattr(data, f"{split}_tsv")
+    if tsv is not None:
+        return read_tsv(tsv)
+    files = split_files(data, split)
+    return read_parallel(*files) if files is not None else None
 
 
 @dataclass

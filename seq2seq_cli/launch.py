@@ -24,8 +24,8 @@ import torch
 
 from seq2seq_cli import shards
 from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
-from seq2seq_cli.config import Config, check_training_files, to_yaml
-from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_parallel, tokenize_corpus
+from seq2seq_cli.config import Config, check_training_files, split_files, to_yaml
+from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_split, tokenize_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.distributed import World, barrier, join, leave
 from seq2seq_cli.errors import UserError
@@ -140,9 +140,8 @@ def _same_experiment(config: Config, saved: Config, run: RunDir) -> None:
 
 def _read_texts(config: Config) -> _Texts:
     data = config.data
-    return _Texts(train=None if data.prepared_dir else read_parallel(data.train_src, data.train_tgt),
-                  dev=read_parallel(data.dev_src, data.dev_tgt),
-                  test=read_parallel(data.test_src, data.test_tgt) if data.test_src else None)
+    return _Texts(train=None if data.prepared_dir else read_split(data, "train"), dev=read_split(data, "dev"),
+                  test=read_split(data, "test"))
 
 
 def _start_fresh(config: Config, run: RunDir, overwrite: bool, texts: _Texts) -> _Corpora:
@@ -191,9 +190,9 @@ def _tokenize(config: Config, run: RunDir, tokenizers: Tokenizers, sharded: Opti
                             "train a new run on these shards")
         train_corpus = sharded
     else:
-        train_corpus = tokenize_corpus(tokenizers, data.train_src, data.train_tgt, data.cache_dir, texts.train)
-    dev = tokenize_corpus(tokenizers, data.dev_src, data.dev_tgt, data.cache_dir, texts.dev)
-    test = tokenize_corpus(tokenizers, data.test_src, data.test_tgt, data.cache_dir, texts.test) if texts.test else None
+        train_corpus = tokenize_corpus(tokenizers, *split_files(data, "train"), data.cache_dir, texts.train)
+    dev = tokenize_corpus(tokenizers, *split_files(data, "dev"), data.cache_dir, texts.dev)
+    test = tokenize_corpus(tokenizers, *split_files(data, "test"), data.cache_dir, texts.test) if texts.test else None
     return _Corpora(tokenizers, train_corpus, dev, test)
 
 
@@ -204,7 +203,7 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
     log.info("training pairs: %d kept, %d empty and %d longer than %d tokens dropped",
              len(train_corpus), empty, too_long, config.data.max_len)
     if not len(train_corpus):
-        raise UserError(f"{config.data.train_src}: no training pairs left after filtering; "
+        raise UserError(f"{split_files(config.data, 'train')[0]}: no training pairs left after filtering; "
                         f"check the files or raise data.max_len")
     _set_seed(config.training.seed)
     if resume_from is not None:

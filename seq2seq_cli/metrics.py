@@ -83,7 +83,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
     from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
-    from seq2seq_cli.config import language_pair
+    from seq2seq_cli.config import language_pair, split_files
 
     run = RunDir(run_dir)
     if not run.root.is_dir():
@@ -107,7 +107,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir}: no checkpoints/best.pt or last.pt yet")
     return {
         "run_dir": str(run_dir),
-        "data": {"train_src": config.data.train_src, "train_tgt": config.data.train_tgt},
+        "data": dict(zip(("train_src", "train_tgt"), split_files(config.data, "train"))),
         "languages": dict(zip(("source", "target"), language_pair(config.data))),
         "model": {"embed_dim": config.model.embed_dim, "hidden_size": config.model.hidden_size,
                   "encoder_layers": config.model.encoder_layers, "output_dim": config.model.output_dim,
@@ -136,7 +136,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("run", summary["run_dir"]),
         ("status", status),
         ("languages", " -> ".join(code or "?" for code in summary["languages"].values())),
-        ("data", f"{summary['data']['train_src']} -> {summary['data']['train_tgt']}"
+        ("data", (summary["data"]["train_src"] if summary["data"]["train_src"] == summary["data"]["train_tgt"]
+                  else f"{summary['data']['train_src']} -> {summary['data']['train_tgt']}")
          + (f" ({summary['train_pairs']} pairs)" if summary["train_pairs"] else "")),
         ("model", f"emb {model['embed_dim']}, hidden {model['hidden_size']}, {model['encoder_layers']} encoder "
                   f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}"),

@@ -37,8 +37,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from seq2seq_cli.files import FolderLock, atomic_write, save_atomically
-from seq2seq_cli.config import Config, check_training_files
-from seq2seq_cli.data import BOM, decode_lines
+from seq2seq_cli.config import COMPRESSED_SUFFIXES, Config, check_training_files, split_files
+from seq2seq_cli.data import BOM, corpus_errors, decode_lines, open_corpus, split_tsv_line
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.tokenization import LineStream, Tokenizers, build_tokenizers
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DEFAULT_SHARD_PAIRS = 100_000
 # Every file of a data directory that s2s writes; --overwrite removes these and nothing else.
-_OWN_FILES = ("meta.json", "plan.json", "shard-*", ".shard-*", "tokenizer")
+_OWN_FILES = ("meta.json", "plan.json", "shard-*", ".shard-*", "tokenizer", "plain.src", "plain.tgt", ".plain.*")
 
 
 def default_workers() -> int:
@@ -132,14 +132,67 @@ def _file_identity(path: str) -> dict[str, Any]:
 
 def _recipe(config: Config) -> dict[str, Any]:
     """Everything the shards' contents depend on; a prepared folder is reused only when it matches."""
-    check_training_files(config, ("train_src", "train_tgt"))
-    return {"format": FORMAT_VERSION, "src": _file_identity(config.data.train_src),
-            "tgt": _file_identity(config.data.train_tgt), "tokenizer": dataclasses.asdict(config.tokenizer)}
+    check_training_files(config, ("train_src", "train_tgt", "train_tsv"))
+    src, tgt = split_files(config.data, "train")
+    return {"format": FORMAT_VERSION, "src": _file_identity(src), "tgt": _file_identity(tgt),
+            "tsv": config.data.train_tsv is not None, "tokenizer": dataclasses.asdict(config.tokenizer)}
+
+
+def _plain_training_files(config: Config, data_dir: Path) -> tuple[str, str]:
+    """Two plain text files that the workers can read at any byte offset: the training files
+    themselves, or, for a compressed or tab-separated corpus, its two sides written once into
+    the data folder (``plain.src``/``plain.tgt``, removed with it) by streaming the input."""
+    src, tgt = split_files(config.data, "train")
+    if config.data.train_tsv is None and not any(Path(path).suffix in COMPRESSED_SUFFIXES for path in (src, tgt)):
+        return src, tgt
+    plain = data_dir / "plain.src", data_dir / "plain.tgt"
+    if all(path.is_file() for path in plain):  # written atomically, so complete
+        return str(plain[0]), str(plain[1])
+    for leftover in data_dir.glob(".plain.*.tmp"):  # from a writer that was killed
+        leftover.unlink(missing_ok=True)
+    started = time.perf_counter()
+    if config.data.train_tsv is not None:
+        _split_tsv(src, plain)
+    else:
+        for source, target in zip((src, tgt), plain):
+            atomic_write(target, lambda out, source=source: out.writelines(_checked_lines(source)))
+    log.info("%s: the training corpus written out as plain text in %.1f s (%s)", data_dir,
+             time.perf_counter() - started, ", ".join(path.name for path in plain))
+    return str(plain[0]), str(plain[1])
+
+
+def _checked_lines(path: str, first_line: int = 1) -> Iterator[bytes]:
+    """The file's lines as bytes, decompressed, each ending in ``\n``, checked to be UTF-8 here so
+    that an error names this file and line (not the plain copy); a BOM and CRLF are dropped."""
+    with corpus_errors(path), open_corpus(path) as handle:
+        for number, line in enumerate(handle, first_line):
+            if number == 1 and line.startswith(BOM):
+                line = line[len(BOM):]
+            line = line.rstrip(b"\n")
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            decode_lines(line, path, number)  # raises the named error
+            yield line + b"\n"
+
+
+def _split_tsv(path: str, plain: tuple[Path, Path]) -> None:
+    """Write a tab-separated corpus's two columns to ``plain`` (source, target)."""
+    def write(out_src, out_tgt):
+        for number, line in enumerate(_checked_lines(path), 1):
+            if line.count(b"\t") != 1:
+                split_tsv_line(line[:-1].decode("utf-8"), path, number)  # raises the named error
+            source, target = line.split(b"\t")
+            out_src.write(source + b"\n")
+            out_tgt.write(target)
+
+    # Each side is written atomically, the source inside the target: the target is in place
+    # only after the source is, and both only when the whole file was read.
+    atomic_write(plain[1], lambda out_tgt: atomic_write(plain[0], lambda out_src: write(out_src, out_tgt)))
 
 
 def _make_plan(config: Config, data_dir: Path, recipe: dict[str, Any], shard_pairs: int) -> dict[str, Any]:
     """Count the lines, fix the shards' byte ranges and train (or load) the tokenizer."""
-    src_path, tgt_path = config.data.train_src, config.data.train_tgt
+    src_path, tgt_path = _plain_training_files(config, data_dir)
     src_starts, src_lines = _shard_offsets(src_path, shard_pairs)
     tgt_starts, tgt_lines = _shard_offsets(tgt_path, shard_pairs)
     if src_lines != tgt_lines:
@@ -203,7 +256,8 @@ def _tokenize_shards(config: Config, data_dir: Path, plan: dict[str, Any], worke
         record = _read_json(data_dir / f"{shard['name']}.json")
         if record is not None and _shard_files_match(data_dir, record, plan["id_dtype"]):
             done[shard["name"]] = record
-    tasks = [dict(shard, data_dir=str(data_dir), src_path=config.data.train_src, tgt_path=config.data.train_tgt,
+    src_path, tgt_path = _plain_training_files(config, data_dir)
+    tasks = [dict(shard, data_dir=str(data_dir), src_path=src_path, tgt_path=tgt_path,
                   id_dtype=plan["id_dtype"]) for shard in plan["shards"] if shard["name"] not in done]
     if done:
         log.info("%s: %d of %d shards already done", data_dir, len(done), len(plan["shards"]))

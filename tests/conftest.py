@@ -24,6 +24,13 @@ TOY = ROOT / "data" / "toy"
 MULTI30K = Path(os.environ.get("S2S_MULTI30K", ROOT.parent / "shared" / "data" / "multi30k"))
 
 
+def multi30k(name: str) -> Path:
+    """A Multi30k file (``train.de``) in MULTI30K, unpacked or gzipped as published (the
+    unpacked path when neither is there)."""
+    plain, packed = MULTI30K / name, MULTI30K / f"{name}.gz"
+    return packed if packed.is_file() and not plain.is_file() else plain
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own corpus cache, so tests never see each other's files."""

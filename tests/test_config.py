@@ -76,8 +76,8 @@ def test_bundled_configs_hold_what_the_readme_says(monkeypatch):
     assert Path(toy.data.test_tgt) == root / "data" / "toy" / "test.de"
     for name in ("multi30k_cpu.yaml", "multi30k_de_en.yaml"):
         config = configs[name]
-        assert Path(config.data.train_src) == root / "data" / "multi30k" / "train.de"
-        assert Path(config.data.test_src) == root / "data" / "multi30k" / "test_2016_flickr.de"
+        assert Path(config.data.train_src) == root / "data" / "multi30k" / "train.de.gz"
+        assert Path(config.data.test_src) == root / "data" / "multi30k" / "test_2016_flickr.de.gz"
         assert config.decoding.beam_size == 5 and config.model.tie_embeddings == "output"
     assert configs["multi30k_cpu.yaml"].training.max_minutes == 20  # the 20-minute CPU budget of the README
     assert configs["multi30k_de_en.yaml"].training.keep_last >= 5  # for `s2s average --last 5`

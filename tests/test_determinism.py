@@ -15,7 +15,7 @@ import torch
 
 from seq2seq_cli.metrics import read_metrics
 
-from conftest import MULTI30K, ROOT, TOY, final_weights, saved_step
+from conftest import ROOT, TOY, final_weights, multi30k, saved_step
 
 TRAIN_VOCABULARY = """
 import sys
@@ -31,15 +31,15 @@ def tokenizer_files(folder: Path) -> tuple[bytes, bytes]:
     return (folder / "vocab.txt").read_bytes(), (folder / "tokenizer.json").read_bytes()
 
 
-@pytest.mark.parametrize("corpus, size", [(TOY / "train", 1000), (MULTI30K / "train", 8000)],
+@pytest.mark.parametrize("corpus, size", [((TOY / "train.en", TOY / "train.de"), 1000),
+                                          ((multi30k("train.en"), multi30k("train.de")), 8000)],
                          ids=["toy-1000", "multi30k-8000"])
 def test_vocabulary_training_is_the_same_in_every_process(tmp_path, corpus, size):
-    if not corpus.with_suffix(".de").is_file():
-        corpus, size = TOY / "train", 8000  # no Multi30k here: the largest vocabulary the toy corpus gives
+    if not corpus[1].is_file():
+        corpus, size = (TOY / "train.en", TOY / "train.de"), 8000  # no Multi30k here: the toy corpus's largest
     # Three processes at once (on two cores: a busy machine).
     outs = [tmp_path / f"tokenizer-{number}" for number in range(3)]
-    procs = [subprocess.Popen([sys.executable, "-c", TRAIN_VOCABULARY, corpus.with_suffix(".en"),
-                               corpus.with_suffix(".de"), str(size), out]) for out in outs]
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN_VOCABULARY, *corpus, str(size), out]) for out in outs]
     assert [proc.wait(timeout=300) for proc in procs] == [0, 0, 0]
     outputs = [tokenizer_files(out) for out in outs]
     assert outputs[0] == outputs[1] == outputs[2]

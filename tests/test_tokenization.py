@@ -6,20 +6,20 @@ from seq2seq_cli.data import read_lines
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers, load_pretrained, train_wordpiece
 
-from conftest import MULTI30K, toy_lines
+from conftest import multi30k, toy_lines
 
 
 def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.mark.skipif(not (MULTI30K / "train.de").is_file(), reason="Multi30k not found beside the project")
+@pytest.mark.skipif(not multi30k("train.de").is_file(), reason="Multi30k not found beside the project")
 def test_round_trip_on_multi30k_validation():
     """decode(encode(line)) == line for >= 99.5% of Multi30k val.de and val.en (8k joint vocab)."""
-    train = read_lines(MULTI30K / "train.de") + read_lines(MULTI30K / "train.en")
+    train = read_lines(multi30k("train.de")) + read_lines(multi30k("train.en"))
     tokenizer = train_wordpiece(train, vocab_size=8000)
     for name in ("val.de", "val.en"):
-        lines = read_lines(MULTI30K / name)
+        lines = read_lines(multi30k(name))
         ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
         decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
         exact = sum(normalise(d) == normalise(line) for d, line in zip(decoded, lines))
