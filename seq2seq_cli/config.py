@@ -129,6 +129,10 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
+    # Fine-tuning: a run directory (its best checkpoint) or checkpoint file whose weights this
+    # run starts from. Its tokenizer is used and its model sizes must be this config's;
+    # optimizer, schedule, step and best score start fresh.
+    init_from: Optional[str] = None
     seed: int = 42
     # auto (CUDA when available), cpu, cuda or cuda:N.
     device: str = "auto"
@@ -365,6 +369,7 @@ def resolve_paths(config: Config) -> Config:
                  "test_tsv", "cache_dir", "prepared_dir"):
         setattr(data, name, _absolute(getattr(data, name)))
     config.run_dir = _absolute(config.run_dir)
+    config.training.init_from = _absolute(config.training.init_from)
     # A pretrained tokenizer or model is a folder if one exists there, otherwise a hub name.
     for section, name in ((config.tokenizer, "pretrained"), (config.model, "bert_model")):
         value = getattr(section, name)

@@ -18,6 +18,7 @@ import logging
 import random
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -89,21 +90,62 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     resume_from = _checkpoint_to_resume(config, run) if resume else None
+    # A resumed run has its own weights: the parent matters only to a fresh start.
+    parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
     if world.is_main:
         run.lock()
     try:
         if world.is_main:
-            corpora = (_start_fresh(config, run, overwrite, texts) if resume_from is None
+            corpora = (_start_fresh(config, run, overwrite, texts, parent) if resume_from is None
                        else _continue(config, run, resume_from["step"], texts))
         barrier(world)  # the others read the tokenizer and corpus caches rank 0 has written
         if not world.is_main:
             corpora = _follow(config, run, texts)
-        return _make_trainer(config, run, corpora, device, world, resume_from)
+        return _make_trainer(config, run, corpora, device, world, resume_from, parent)
     except BaseException:
         if world.is_main:
             run.remove_failed_start() if resume_from is None else run.unlock()
         raise
+
+
+@dataclass
+class _Parent:
+    """The run a fine-tuning run starts from (``training.init_from``)."""
+
+    checkpoint: Path
+    run: RunDir
+    payload: dict[str, Any]
+
+
+# Model settings that fix the weights' shapes (and so must be the parent's); dropout may change.
+_SIZE_KEYS = ("embed_dim", "hidden_size", "encoder_layers", "attention_dim", "output_dim", "tie_embeddings",
+              "embed_type")
+
+
+def _parent(config: Config) -> _Parent:
+    """The checkpoint to fine-tune from, once it is clear that this config fits it."""
+    checkpoint, parent_run = RunDir.resolve_checkpoint(config.training.init_from)
+    payload = load_checkpoint(checkpoint)
+    saved = checkpoint_config(payload, checkpoint)
+    ours, theirs = dataclasses.asdict(config.tokenizer), dataclasses.asdict(saved.tokenizer)
+    for key in ours:
+        if ours[key] != theirs[key]:
+            raise UserError(f"tokenizer.{key} is {ours[key]!r} but training.init_from {checkpoint} was trained with "
+                            f"{theirs[key]!r}; a fine-tuned run keeps its parent's tokenizer: set it as there "
+                            f"(e.g. start from {parent_run.config})")
+    for key in _SIZE_KEYS:
+        ours, theirs = getattr(config.model, key), getattr(saved.model, key)
+        if ours != theirs:
+            raise UserError(f"model.{key} is {ours!r} but training.init_from {checkpoint} has {theirs!r}; a "
+                            f"fine-tuned run has its parent's sizes: set it as there (e.g. start from {parent_run.config})")
+    if config.data.prepared_dir:
+        raise UserError("training.init_from with data.prepared_dir: prepared shards carry a tokenizer of their own, "
+                        "so fine-tune from the text files (leave data.prepared_dir unset)")
+    if not parent_run.tokenizer.is_dir():
+        raise UserError(f"{parent_run.tokenizer}: tokenizer folder missing; training.init_from needs the run directory "
+                        "its checkpoint came from")
+    return _Parent(checkpoint, parent_run, payload)
 
 
 def _checkpoint_to_resume(config: Config, run: RunDir) -> dict[str, Any]:
@@ -144,11 +186,14 @@ def _read_texts(config: Config) -> _Texts:
                   test=read_split(data, "test"))
 
 
-def _start_fresh(config: Config, run: RunDir, overwrite: bool, texts: _Texts) -> _Corpora:
-    """A new run: the directory made ready, the tokenizer trained (or loaded, or the shards') and saved."""
+def _start_fresh(config: Config, run: RunDir, overwrite: bool, texts: _Texts, parent: Optional[_Parent]) -> _Corpora:
+    """A new run: the directory made ready, the tokenizer trained (or loaded: a fine-tuned run's
+    parent's, or the shards') and saved."""
     run.start_fresh(overwrite)
     sharded = _open_shards(config, writer=True)
-    if sharded is not None:
+    if parent is not None:
+        tokenizers = Tokenizers.load(parent.run.tokenizer)
+    elif sharded is not None:
         tokenizers = sharded.tokenizers()
     else:
         tokenizers = build_tokenizers(config.tokenizer, *texts.train)
@@ -197,7 +242,7 @@ def _tokenize(config: Config, run: RunDir, tokenizers: Tokenizers, sharded: Opti
 
 
 def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.device, world: World,
-                  resume_from: Optional[dict[str, Any]]) -> Trainer:
+                  resume_from: Optional[dict[str, Any]], parent: Optional[_Parent]) -> Trainer:
     tokenizers = corpora.tokenizers
     train_corpus, empty, too_long = filter_pairs(corpora.train, config.data.max_len)
     log.info("training pairs: %d kept, %d empty and %d longer than %d tokens dropped",
@@ -208,6 +253,9 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
     _set_seed(config.training.seed)
     if resume_from is not None:
         model = Seq2Seq(config.model, **resume_from["model_args"])
+    elif parent is not None:
+        model = Seq2Seq(config.model, **parent.payload["model_args"])
+        model.load_state_dict(parent.payload["model"])  # every process: the same start under torchrun
     else:
         bert = None
         if config.model.embed_type == "bert":
@@ -229,7 +277,8 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
                    src_vocab_size=tokenizers.src_size, tgt_vocab_size=tokenizers.tgt_size, train_pairs=len(train_corpus),
                    dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(corpora.dev),
                    batch_tokens=config.training.batch_tokens, seed=config.training.seed,
-                   cuda_graphs=trainer.graphed is not None)
+                   cuda_graphs=trainer.graphed is not None,
+                   **({"init_from": str(parent.checkpoint), "init_from_step": parent.payload["step"]} if parent else {}))
     return trainer
 
 

@@ -108,6 +108,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir),
         "data": dict(zip(("train_src", "train_tgt"), split_files(config.data, "train"))),
+        "init_from": start.get("init_from"), "init_from_step": start.get("init_from_step"),
         "languages": dict(zip(("source", "target"), language_pair(config.data))),
         "model": {"embed_dim": config.model.embed_dim, "hidden_size": config.model.hidden_size,
                   "encoder_layers": config.model.encoder_layers, "output_dim": config.model.output_dim,
@@ -139,6 +140,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("data", (summary["data"]["train_src"] if summary["data"]["train_src"] == summary["data"]["train_tgt"]
                   else f"{summary['data']['train_src']} -> {summary['data']['train_tgt']}")
          + (f" ({summary['train_pairs']} pairs)" if summary["train_pairs"] else "")),
+        *([("started from", f"{summary['init_from']} (step {summary['init_from_step']})")] if summary["init_from"] else []),
         ("model", f"emb {model['embed_dim']}, hidden {model['hidden_size']}, {model['encoder_layers']} encoder "
                   f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}"),
         ("parameters", f"{summary['parameters']:,}"),

@@ -90,3 +90,12 @@ def test_nproc_runs_torchrun_and_resumes(tmp_path):
     mismatch = s2s_train("--resume", tmp_path / "b" / "run", f"training.max_steps={3 * STEPS}")
     assert mismatch.returncode == 2
     assert "saved by 2 process(es); resume it with the same number (now 1)" in mismatch.stderr.decode()
+
+    # Fine-tuning under torchrun: both processes start from the finished run's weights.
+    result = s2s_train("--nproc", 2, "--config", tmp_path / "b" / "run" / "config.yaml", f"run_dir={tmp_path / 'c'}",
+                       f"training.init_from={tmp_path / 'a' / 'run'}", f"training.max_steps={STEPS}")
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    child, parent = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("c", "a/run"))
+    assert child[0]["init_from"].startswith(str(tmp_path / "a" / "run")) and child[0]["processes"] == 2
+    first_loss = [[r["train_loss"] for r in records if r["event"] == "train"][0] for records in (child, parent)]
+    assert first_loss[0] < first_loss[1]  # the trained weights, not a fresh start
