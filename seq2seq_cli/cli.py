@@ -110,6 +110,20 @@ def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
     raise typer.Exit(subprocess.run(command).returncode)
 
 
+def _weights(text: Optional[str]) -> Optional[list[float]]:
+    """--weights W1,W2,...: positive numbers, one per --checkpoint."""
+    if text is None:
+        return None
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(w > 0 and w < float("inf") for w in weights):
+        raise UserError(f"--weights {text!r}: give positive numbers separated by commas, one per --checkpoint "
+                        "(e.g. --weights 2,1)")
+    return weights
+
+
 def _open_binary(path: Optional[Path], mode: str, default):
     if path is None:
         return default
@@ -121,7 +135,8 @@ def _open_binary(path: Optional[Path], mode: str, default):
 
 @app.command()
 def translate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file."),
+    checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
     input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin)."),
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write translations (default: stdout)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size; 1 is greedy search (default: the config's)."),
@@ -139,7 +154,8 @@ def translate(
     """
     from seq2seq_cli.translation import Translator, read_line_batches
 
-    translator = Translator.load(checkpoint, device, nbest=nbest, keep_attention=plot_attention is not None,
+    translator = Translator.load(checkpoint, device, weights=_weights(weights), nbest=nbest,
+                                 keep_attention=plot_attention is not None,
                                  beam_size=beam_size, length_penalty=length_penalty,
                                  max_length_ratio=max_length_ratio, batch_size=batch_size,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
@@ -167,7 +183,8 @@ def translate(
 def evaluate(
     ref: Path = typer.Option(..., "--ref", metavar="FILE", help="Reference translations, one per line."),
     hyp: Optional[Path] = typer.Option(None, "--hyp", metavar="FILE", help="Existing translations to score (no model needed)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="RUN", help="Run directory or checkpoint to translate --src with."),
+    checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", metavar="RUN", help="Run directory or checkpoint to translate --src with; repeat for an ensemble."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
     src: Optional[Path] = typer.Option(None, "--src", metavar="FILE", help="Source sentences to translate and score."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size (default: the config's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
@@ -189,14 +206,15 @@ def evaluate(
     if hyp is not None:
         hypotheses = read_lines(hyp)
         compared = hyp
-    elif checkpoint is not None and src is not None:
+    elif checkpoint and src is not None:
         from seq2seq_cli.translation import Translator
 
         sources = read_lines(src)
         if len(sources) != len(references):
             raise UserError(f"{src} has {len(sources)} lines but {ref} has {len(references)}; "
                             "source and reference must be line-aligned")
-        translator = Translator.load(checkpoint, device, beam_size=beam_size, length_penalty=length_penalty,
+        translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
+                                     length_penalty=length_penalty,
                                      no_repeat_ngram_size=no_repeat_ngram_size)
         hypotheses, speed = translator.translate_lines(sources)
         compared = src
@@ -235,6 +253,7 @@ def average(
 @app.command()
 def serve(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="A run to serve; repeat for several language pairs."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Serve runs of the same language pair as one ensemble (equal weights)."),
     host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(5000, "--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", metavar="K", min=1, help="Beam size (default: each run's config)."),
@@ -257,7 +276,7 @@ def serve(
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
     from seq2seq_cli.serve import ServeSettings, create_app, load_models
 
-    models = load_models([str(path) for path in checkpoint], device, beam_size)
+    models = load_models([str(path) for path in checkpoint], device, beam_size, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin)
     _check_port_free(host, port)

@@ -9,6 +9,9 @@ Scores are sums of token log-probabilities, the final [SEP] included. Beam searc
 finished hypotheses by that sum divided by the GNMT length penalty
 ``((5 + length) / 6) ** length_penalty`` (``length_penalty = 0`` ranks by the plain sum);
 greedy search's score is the sum itself.
+
+An ``Ensemble`` of models searches like one model, batched the same way: each step's
+log-probabilities are those of the weighted mean of the models' distributions.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.nn as nn
 
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.device import autocast
-from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
 
 
@@ -54,7 +58,66 @@ def max_lengths(src_lengths: torch.Tensor, ratio: float, offset: int) -> torch.T
     return (src_lengths.double() * ratio).floor().long() + offset
 
 
-def best_next_tokens(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds, at_limit: torch.Tensor,
+class EnsembleState:
+    """The members' encoder states, selected together; ``hidden`` is their decoder states side
+    by side (N, H1 + H2 + ...), so search reorders it as it reorders one model's."""
+
+    def __init__(self, states: list[EncoderState]):
+        self.states = states
+        self.hidden = torch.cat([state.hidden for state in states], dim=1)
+
+    def select(self, index: torch.Tensor) -> "EnsembleState":
+        return EnsembleState([state.select(index) for state in self.states])
+
+
+class Ensemble(nn.Module):
+    """Several models that search as one: at each step the next-token distribution is the
+    weighted mean of the models' probabilities, and search ranks its log (the usual "log of
+    mean probabilities" of fairseq, Marian and Sockeye). The models share the tokenizer and
+    so the target vocabulary; their sizes may differ."""
+
+    def __init__(self, models: Sequence[Seq2Seq], weights: Optional[Sequence[float]] = None):
+        super().__init__()
+        weights = [1.0] * len(models) if weights is None else list(weights)
+        if len(weights) != len(models) or any(not w > 0 for w in weights):
+            raise ValueError("an ensemble needs one positive weight per model")
+        self.members = nn.ModuleList(models)
+        total = sum(weights)
+        self.weights = [w / total for w in weights]
+
+    def encode(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> EnsembleState:
+        return EnsembleState([member.encode(src_ids, src_lengths) for member in self.members])
+
+    def step_log_probs(self, tokens: torch.Tensor, hidden: torch.Tensor, state: EnsembleState,
+                       ids: SpecialIds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sizes = [member_state.hidden.size(1) for member_state in state.states]
+        results = [step_log_probs(member, tokens, member_hidden, member_state, ids) for member, member_hidden, member_state
+                   in zip(self.members, hidden.split(sizes, dim=1), state.states)]
+        stacked = torch.stack([log_probs for log_probs, _, _ in results])  # (M, N, V)
+        # log sum_m w_m exp(lp_m), taken around the largest lp_m: models that agree give back
+        # exactly their own log-probabilities (an ensemble of a model with itself is the model).
+        top = stacked.max(dim=0).values
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        mixed = sum(w * torch.exp(lp - top) for w, lp in zip(self.weights, stacked))
+        log_probs = top + torch.log(mixed)
+        weights = sum(w * attention.float() for w, (_, _, attention) in zip(self.weights, results))
+        return log_probs, torch.cat([new_hidden for _, new_hidden, _ in results], dim=1), weights
+
+
+def step_log_probs(model: Seq2Seq | Ensemble, tokens: torch.Tensor, hidden: torch.Tensor, state,
+                   ids: SpecialIds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoder step from the previous tokens (N,): the next tokens' log-probabilities
+    (N, V; [PAD] and [CLS] never), the new decoder state and the attention weights (N, S)."""
+    if isinstance(model, Ensemble):
+        return model.step_log_probs(tokens, hidden, state, ids)
+    features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, state)
+    logits = model.decoder.logits(features).float()  # (N, V)
+    logits[:, ids.pad] = float("-inf")
+    logits[:, ids.bos] = float("-inf")
+    return torch.log_softmax(logits, dim=-1), hidden, weights
+
+
+def best_next_tokens(log_probs: torch.Tensor, ids: SpecialIds, at_limit: torch.Tensor,
                      count: int, generated: Optional[torch.Tensor] = None,
                      no_repeat_ngram_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` (at most V) most probable next tokens of each row and their log-probabilities.
@@ -63,10 +126,6 @@ def best_next_tokens(model: Seq2Seq, features: torch.Tensor, ids: SpecialIds, at
     always the model's own. Beam search asks each beam for its 2K best tokens instead of
     ranking all K x V extensions of a sentence: the 2K best extensions are among them, and
     no (B, K x V) matrix of scored extensions is built."""
-    logits = model.decoder.logits(features).float()  # (N, V)
-    logits[:, ids.pad] = float("-inf")
-    logits[:, ids.bos] = float("-inf")
-    log_probs = torch.log_softmax(logits, dim=-1)
     if bool(at_limit.any()):
         eos = log_probs[:, ids.eos].clone()
         log_probs[at_limit] = float("-inf")
@@ -97,7 +156,7 @@ def ban_repeated_ngrams(log_probs: torch.Tensor, generated: torch.Tensor, size: 
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
+def greedy_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
                   limits: torch.Tensor, keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
     """Pick the most probable token at each step, for a whole batch at once.
 
@@ -115,8 +174,8 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tens
     log_prob = torch.zeros(batch_size, device=device)
     attention = torch.zeros(batch_size, steps, src_ids.size(1)) if keep_attention else None
     for t in range(steps):
-        features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, state)
-        best, tokens = best_next_tokens(model, features, ids, limits <= t, 1, output[active, :t],
+        log_probs, hidden, weights = step_log_probs(model, tokens, hidden, state, ids)
+        best, tokens = best_next_tokens(log_probs, ids, limits <= t, 1, output[active, :t],
                                         no_repeat_ngram_size)  # (active, 1)
         best, tokens = best.squeeze(1), tokens.squeeze(1)
         output[active, t] = tokens
@@ -142,7 +201,7 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tens
 
 
 @torch.inference_mode()
-def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
+def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
                 limits: torch.Tensor, beam_size: int, length_penalty: float = 1.0, nbest: int = 1,
                 keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """The ``nbest`` best hypotheses of each sentence, best first, with all beams in one batch.
@@ -173,10 +232,10 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_lengths: torch.Tensor
     finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]
     for t in range(int(limits.max()) + 1):
         n = len(active)
-        features, hidden, weights = model.decoder.step(model.decoder.embed(tokens), hidden, beam_state)
+        log_probs, hidden, weights = step_log_probs(model, tokens, hidden, beam_state, ids)
         # The 2K best extensions of a sentence are among its beams' 2K best tokens each, so
         # rank K x 2K candidates per sentence, not K x V.
-        beam_log_probs, beam_tokens = best_next_tokens(model, features, ids, beam_limits <= t, 2 * k,
+        beam_log_probs, beam_tokens = best_next_tokens(log_probs, ids, beam_limits <= t, 2 * k,
                                                        generated, no_repeat_ngram_size)  # (n*K, 2K)
         per_beam = beam_tokens.size(1)
         candidates = (scores.view(-1, 1) + beam_log_probs).view(n, k * per_beam)
@@ -256,7 +315,7 @@ def _backtrack(history: list, row: int, chosen: list[tuple[float, float, int, in
     return hypotheses
 
 
-def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
+def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
                   decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
     searched as ``decoding`` says (beam size, length penalty and limits, batch size).
@@ -287,7 +346,7 @@ def translate_ids(model: Seq2Seq, sources: Sequence[Sequence[int]], ids: Special
     return results
 
 
-def translate_corpus(model: Seq2Seq, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
+def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids, in the device's precision."""

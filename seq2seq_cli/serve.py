@@ -179,23 +179,26 @@ class ServeSettings:
     cors_origin: Optional[str] = None
 
 
-def load_models(checkpoints: list[str], device: str, beam_size: Optional[int]) -> list[ServedModel]:
-    """Load each run; its language pair comes from its config (a pair served twice is an error)."""
+def load_models(checkpoints: list[str], device: str, beam_size: Optional[int],
+                ensemble: bool = False) -> list[ServedModel]:
+    """Load each run; its language pair comes from its config. Runs of the same pair are one
+    ensemble when ``ensemble`` is set, and an error otherwise."""
     from seq2seq_cli.config import language_pair
 
-    models, pairs = [], {}
+    groups: dict[tuple[str, str], list[Translator]] = {}
     for checkpoint in checkpoints:
         translator = Translator.load(checkpoint, device, beam_size=beam_size)
         source, target = language_pair(translator.config.data)
         if source is None or target is None:
             raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "
                             "language codes); retrain or set data.src_lang and data.tgt_lang in its config.yaml")
-        if (source, target) in pairs:
-            raise UserError(f"{checkpoint} and {pairs[(source, target)]} both translate {source} -> {target}; "
-                            "serve one model per language pair")
-        pairs[(source, target)] = checkpoint
-        models.append(ServedModel(str(checkpoint), source, target, translator))
-    return models
+        if (source, target) in groups and not ensemble:
+            raise UserError(f"{checkpoint} and {groups[(source, target)][0].checkpoint} both translate {source} -> "
+                            f"{target}; serve one model per language pair, or add --ensemble to serve them as one")
+        groups.setdefault((source, target), []).append(translator)
+    return [ServedModel(" + ".join(str(t.checkpoint) for t in members), source, target,
+                        members[0] if len(members) == 1 else Translator.ensemble(members))
+            for (source, target), members in groups.items()]
 
 
 def create_app(models: list[ServedModel], settings: ServeSettings):

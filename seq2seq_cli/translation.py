@@ -22,7 +22,7 @@ import torch
 
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig
-from seq2seq_cli.decoding import Hypothesis, translate_corpus
+from seq2seq_cli.decoding import Ensemble, Hypothesis, translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
@@ -89,6 +89,18 @@ def _check_nbest(nbest: int, beam_size: int) -> None:
         raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {beam_size})")
 
 
+def _check_same_tokenizer(path: str | Path, tokenizers: Tokenizers, other_path: str | Path,
+                          other: Tokenizers) -> None:
+    """Models in an ensemble must read and write the same tokens: one tokenizer, one vocabulary."""
+    for side, ours, theirs in (("target", tokenizers.tgt, other.tgt), ("source", tokenizers.src, other.src)):
+        if ours.get_vocab() != theirs.get_vocab():
+            raise UserError(f"{other_path} and {path} have different {side} vocabularies ({len(theirs)} and "
+                            f"{len(ours)} tokens); an ensemble needs models trained with one tokenizer")
+        if ours.backend_tokenizer.to_str() != theirs.backend_tokenizer.to_str():
+            raise UserError(f"{other_path} and {path} have different {side} tokenizer files (same vocabulary, other "
+                            "normalisation or splitting); an ensemble needs models trained with one tokenizer")
+
+
 class Translator:
     """A trained model with its tokenizers and search settings: text in, translations out.
 
@@ -101,9 +113,10 @@ class Translator:
         translator.translate_nbest(["The man sees the dog."], 3)  # -> [[Translation(...), ...]]
     """
 
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, config: Config, device: torch.device,
-                 nbest: int = 1, keep_attention: bool = False, **decoding_overrides):
+    def __init__(self, model: Seq2Seq | Ensemble, tokenizers: Tokenizers, config: Config, device: torch.device,
+                 nbest: int = 1, keep_attention: bool = False, checkpoint: str = "", **decoding_overrides):
         self.model = model
+        self.checkpoint = checkpoint  # where the model came from, for messages
         self.tokenizers = tokenizers
         self.config = config  # the run's config, as trained
         self.device = device
@@ -115,17 +128,38 @@ class Translator:
         self.lines_read = 0
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "auto", *, beam_size: Optional[int] = None,
+    def load(cls, checkpoint: str | Path | Sequence[str | Path], device: str | torch.device = "auto", *,
+             weights: Optional[Sequence[float]] = None, beam_size: Optional[int] = None,
              length_penalty: Optional[float] = None, max_length_ratio: Optional[float] = None,
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
              keep_attention: bool = False) -> "Translator":
-        """Load a run directory (its best checkpoint) or a checkpoint file. Search settings left
-        as None are the run's ``decoding`` section."""
+        """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
+        an ensemble (``weights``: one per model, default equal). Search settings left as None
+        are the (first) run's ``decoding`` section."""
         torch_device = device if isinstance(device, torch.device) else select_device(device)
-        model, tokenizers, config = load_model(checkpoint, torch_device)
-        return cls(model, tokenizers, config, torch_device, nbest=nbest, keep_attention=keep_attention,
-                   beam_size=beam_size, length_penalty=length_penalty, max_length_ratio=max_length_ratio,
-                   no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
+        checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+        if weights is not None and len(weights) != len(checkpoints):
+            raise UserError(f"--weights gives {len(weights)} weight(s) for {len(checkpoints)} checkpoint(s); "
+                            "give one per --checkpoint")
+        loaded = [cls(*load_model(path, torch_device), torch_device, checkpoint=str(path)) for path in checkpoints]
+        translator = loaded[0] if len(loaded) == 1 else cls.ensemble(loaded, weights)
+        return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
+                                        length_penalty=length_penalty, max_length_ratio=max_length_ratio,
+                                        no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
+
+    @classmethod
+    def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
+        """One translator that searches with ``members``' models as an ensemble (``weights``:
+        one per member, default equal); search settings are the first member's."""
+        first = members[0]
+        for other in members[1:]:
+            _check_same_tokenizer(first.checkpoint, first.tokenizers, other.checkpoint, other.tokenizers)
+        model = Ensemble([member.model for member in members], weights).to(first.device).eval()
+        ensemble = copy.copy(first)
+        ensemble.model, ensemble.checkpoint = model, " + ".join(member.checkpoint for member in members)
+        # Input longer than any member was trained on is cut to the shortest limit.
+        ensemble.max_source_tokens = min(member.max_source_tokens for member in members)
+        return ensemble
 
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
                       **decoding_overrides) -> "Translator":

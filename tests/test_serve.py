@@ -303,3 +303,15 @@ def test_two_runs_serve_two_pairs_from_one_process(run, tmp_path):
     finally:
         code, log = served.stop()
     assert code == 0, log
+
+
+def test_runs_of_one_pair_are_served_as_an_ensemble_with_ensemble(run):
+    """--ensemble: runs that translate the same pair become one model; a model with itself is the model."""
+    from seq2seq_cli.serve import load_models
+
+    single, = load_models([str(run)], "cpu", None)
+    twice, = load_models([str(run), str(run)], "cpu", None, ensemble=True)
+    assert (twice.source, twice.target) == (single.source, single.target) == ("en", "de")
+    assert twice.name == f"{run} + {run}"
+    lines = toy_lines("dev", 12)[0]
+    assert twice.translator.translate(lines) == single.translator.translate(lines)
