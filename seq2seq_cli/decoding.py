@@ -93,13 +93,18 @@ class Ensemble(nn.Module):
         sizes = [member_state.hidden.size(1) for member_state in state.states]
         results = [step_log_probs(member, tokens, member_hidden, member_state, ids) for member, member_hidden, member_state
                    in zip(self.members, hidden.split(sizes, dim=1), state.states)]
-        stacked = torch.stack([log_probs for log_probs, _, _ in results])  # (M, N, V)
         # log sum_m w_m exp(lp_m), taken around the largest lp_m: models that agree give back
         # exactly their own log-probabilities (an ensemble of a model with itself is the model).
-        top = stacked.max(dim=0).values
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        mixed = sum(w * torch.exp(lp - top) for w, lp in zip(self.weights, stacked))
-        log_probs = top + torch.log(mixed)
+        # In place, pass by pass: at (N, V) each pass costs about as much as a model's step.
+        member_log_probs = [log_probs for log_probs, _, _ in results]  # each (N, V)
+        top = member_log_probs[0]
+        for other in member_log_probs[1:]:
+            top = torch.maximum(top, other)
+        top = top.clamp(min=-1e30)  # a token every model rules out (-inf) stays at -inf, not NaN
+        mixed = torch.zeros_like(top)
+        for weight, log_probs in zip(self.weights, member_log_probs):
+            mixed.add_((log_probs - top).exp_(), alpha=weight)
+        log_probs = mixed.log_().add_(top)
         weights = sum(w * attention.float() for w, (_, _, attention) in zip(self.weights, results))
         return log_probs, torch.cat([new_hidden for _, new_hidden, _ in results], dim=1), weights
 

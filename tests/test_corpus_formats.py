@@ -5,6 +5,7 @@ and ``s2s evaluate``; a damaged file or a line with the wrong number of columns 
 error naming the file (and line)."""
 
 import bz2
+import concurrent.futures
 import gzip
 import lzma
 
@@ -20,6 +21,15 @@ from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.shards import ShardedCorpus, prepare
 
 COMPRESS = {".gz": gzip.compress, ".xz": lzma.compress, ".bz2": bz2.compress}
+
+
+def both(first, second):
+    """Two s2s commands at once (each spends ~2 s importing PyTorch), both succeeding."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda args: s2s(*args), (first, second)))
+    for result in results:
+        assert result.returncode == 0, result.stderr.decode()
+    return results
 
 
 def compressed_copy(path, suffix):
@@ -105,17 +115,16 @@ def test_training_prepare_and_evaluate_from_compressed_and_tsv_corpora(tmp_path)
 
     result = s2s("train", "--config", config_file)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
-    info = s2s("info", tmp_path / "run")
+    hypotheses = tmp_path / "hyp.de"
+    info, translated = both(("info", tmp_path / "run"),
+                            ("translate", "--checkpoint", tmp_path / "run", "--input", dev_en, "--output", hypotheses))
     assert f"{train_tsv} (400 pairs)" in info.stdout.decode()
     # Read as text instead of from the shards: the same run.
     in_memory = train(load_config(config_file, ["data.prepared_dir=null", f"run_dir={tmp_path / 'in_memory'}"]))
     assert in_memory["best_dev_bleu"] == read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["best_dev_bleu"]
-    hypotheses = tmp_path / "hyp.de"
-    translated = s2s("translate", "--checkpoint", tmp_path / "run", "--input", dev_en, "--output", hypotheses)
-    assert translated.returncode == 0, translated.stderr.decode()
     compressed_hyp = compressed_copy(hypotheses, ".bz2")
-    reports = [s2s("evaluate", "--hyp", hypotheses, "--ref", dev_de),
-               s2s("evaluate", "--hyp", compressed_hyp, "--ref", dev_files[1]),
+    reports = [*both(("evaluate", "--hyp", hypotheses, "--ref", dev_de),
+                     ("evaluate", "--hyp", compressed_hyp, "--ref", dev_files[1])),
                s2s("evaluate", "--checkpoint", tmp_path / "run", "--src", dev_files[0], "--ref", dev_files[1])]
     for report in reports:
         assert report.returncode == 0, report.stderr.decode()

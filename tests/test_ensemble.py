@@ -100,8 +100,8 @@ def test_batch_composition_does_not_change_an_ensembles_output(beam):
 def test_translate_and_evaluate_take_several_checkpoints(tmp_path):
     runs = []
     for seed in (1, 2):
-        train(load_config(tiny_config(tmp_path / f"seed{seed}", training={"seed": seed, "max_steps": 30,
-                                                                          "validate_every": 30})))
+        train(load_config(tiny_config(tmp_path / f"seed{seed}", training={"seed": seed, "max_steps": 12,
+                                                                          "validate_every": 12})))
         runs.append(tmp_path / f"seed{seed}" / "run")
     train(load_config(tiny_config(tmp_path / "other", tokenizer={"vocab_size": 250})))
     sources, references = toy_lines("dev", 40)
@@ -132,6 +132,14 @@ def test_translate_and_evaluate_take_several_checkpoints(tmp_path):
         (("translate", "--checkpoint", runs[0], "--checkpoint", tmp_path / "other" / "run"),
          "different target vocabularies"),
         (("translate", "--checkpoint", runs[0], "--checkpoint", runs[1], "--weights", "1"),
-         "--weights gives 1 weight(s) for 2 checkpoint(s)"),
-        (("translate", "--checkpoint", runs[0], "--checkpoint", runs[1], "--weights", "1,-2"),
-         "give positive numbers separated by commas"))
+         "--weights gives 1 weight(s) for 2 checkpoint(s)"))
+
+
+def test_weights_must_be_positive_numbers():
+    from seq2seq_cli.cli import _weights
+    from seq2seq_cli.errors import UserError
+
+    assert _weights("2,1") == [2.0, 1.0] and _weights(None) is None
+    for text in ("1,-2", "1,,2", "a,b", "0", "inf,1"):
+        with pytest.raises(UserError, match="give positive numbers separated by commas"):
+            _weights(text)

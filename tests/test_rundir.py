@@ -16,7 +16,8 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import FolderLock
 from seq2seq_cli.launch import RunAlreadyFinished, train
 
-from conftest import assert_user_error, final_weights, s2s, saved_step, tiny_config, toy_lines, write_corpus
+from conftest import (assert_user_error, assert_user_errors, final_weights, s2s, saved_step, tiny_config, toy_lines,
+                      write_corpus)
 
 
 def snapshot(run: Path) -> dict:
@@ -35,9 +36,8 @@ def test_a_second_trainer_is_refused_while_the_first_lives(tmp_path):
         while saved_step(run) < 2:
             assert first.poll() is None and time.time() < deadline
             time.sleep(0.01)
-        for args in (("--resume", run), ("--config", config, "--overwrite")):
-            refused = s2s("train", *args)
-            assert_user_error(refused, f"{run} is in use by process {first.pid} (s2s train)")
+        assert_user_errors(*((("train", *args), f"{run} is in use by process {first.pid} (s2s train)")
+                             for args in (("--resume", run), ("--config", config, "--overwrite"))))
         assert (run / "checkpoints" / "last.pt").is_file() and first.poll() is None
     finally:
         first.send_signal(signal.SIGKILL)
