@@ -64,7 +64,14 @@ def assert_same_run(run: Path, reference: Path) -> None:
     ours, theirs = final_weights(run), final_weights(reference)
     assert ours.keys() == theirs.keys()
     different = [key for key in theirs if not torch.equal(ours[key], theirs[key])]
-    assert not different, f"{len(different)} of {len(theirs)} tensors differ: {different[:3]}"
+    if different:  # say where the runs parted, for whoever has to find out why
+        logged = [{r["step"]: r["train_loss"] for r in read_metrics(path / "metrics.jsonl") if r["event"] == "train"}
+                  for path in (run, reference)]
+        parted = [(step, loss, logged[1].get(step)) for step, loss in sorted(logged[0].items())
+                  if loss != logged[1].get(step)]
+        resumed_at = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["event"] == "resume"]
+        raise AssertionError(f"{len(different)} of {len(theirs)} tensors differ: {different[:3]}; logged train "
+                             f"losses (step, run, reference) first differ at {parted[:2]}; resumed at {resumed_at}")
     for event, field in (("train", "train_loss"), ("valid", "dev_loss"), ("valid", "dev_bleu")):
         assert [(r["step"], r[field]) for r in read_metrics(run / "metrics.jsonl") if r["event"] == event] == \
             [(r["step"], r[field]) for r in read_metrics(reference / "metrics.jsonl") if r["event"] == event]
