@@ -121,11 +121,10 @@ def read_tsv(path: str | Path) -> tuple[list[str], list[str]]:
 def read_split(data: DataConfig, split: str) -> Optional[tuple[list[str], list[str]]]:
     """The source and target lines of ``split`` (train, dev or test) as the config gives them;
     None when the split is not set."""
-    tsv = getattr(data, f"{split}_tsv")
-    if tsv is not None:
-        return read_tsv(tsv)
     files = split_files(data, split)
-    return read_parallel(*files) if files is not None else None
+    if files is None:
+        return None
+    return read_tsv(files[0]) if getattr(data, f"{split}_tsv") is not None else read_parallel(*files)
 
 
 @dataclass

@@ -124,33 +124,32 @@ class GraphedSteps:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.stream(side), warnings.catch_warnings():
-            # The unpacked encoder hands cuDNN one direction's weights at a time.
-            warnings.filterwarnings("ignore", message="RNN module weights are not part")
-            # cuBLAS and cuDNN choose algorithms and allocate workspaces before capture, not in it.
-            for _ in range(2):
-                self._forward_backward(batch, scale)
-            if not self.optimizer.state:  # create AdamW's moments outside the graph, updating nothing
-                self.found_inf.fill_(1.0)
-                self.optimizer.step()
-        current.wait_stream(side)
-        self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates its own gradients
-        graph = torch.cuda.CUDAGraph()
         groups = self.optimizer.param_groups
         saved = [(group["lr"], group["capturable"]) for group in groups]
-        for group in groups:  # the rate is read from self.lr at every replay
-            group["lr"], group["capturable"] = self.lr, True
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="RNN module weights are not part")
+        graph = torch.cuda.CUDAGraph()
+        with warnings.catch_warnings():
+            # The unpacked encoder hands cuDNN one direction's weights at a time.
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+            with torch.cuda.stream(side):
+                # cuBLAS and cuDNN choose algorithms and allocate workspaces before capture, not in it.
+                for _ in range(2):
+                    self._forward_backward(batch, scale)
+                if not self.optimizer.state:  # create AdamW's moments outside the graph, updating nothing
+                    self.found_inf.fill_(1.0)
+                    self.optimizer.step()
+            current.wait_stream(side)
+            self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates its own gradients
+            for group in groups:  # the rate is read from self.lr at every replay
+                group["lr"], group["capturable"] = self.lr, True
+            try:
                 with torch.cuda.graph(graph, pool=self.pool):
                     self._step(batch, scale)
-        except RuntimeError as err:
-            raise GraphCaptureError(f"capturing a step of shape {shape} failed: {str(err).splitlines()[0]}") from err
-        finally:
-            for group, (lr, capturable) in zip(groups, saved):
-                group["lr"], group["capturable"] = lr, capturable
-            torch.cuda.set_rng_state(rng, self.device)
+            except RuntimeError as err:
+                raise GraphCaptureError(f"capturing a step of shape {shape} failed: {str(err).splitlines()[0]}") from err
+            finally:
+                for group, (lr, capturable) in zip(groups, saved):
+                    group["lr"], group["capturable"] = lr, capturable
+                torch.cuda.set_rng_state(rng, self.device)
         if self.pool is None:
             self.pool = graph.pool()
         self.graphs[shape] = _Captured(graph, batch, scale)
