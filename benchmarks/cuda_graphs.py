@@ -30,7 +30,8 @@ import torch
 
 from seq2seq_cli.config import ModelConfig, TokenizerConfig, TrainingConfig
 from seq2seq_cli.data import TokenBatches, filter_pairs, read_parallel, tokenize_corpus
-from seq2seq_cli.device import autocast, select_device
+from seq2seq_cli.device import select_device
+from seq2seq_cli.precision import autocast
 from seq2seq_cli.graphs import GraphedSteps
 from seq2seq_cli.model import build_model, sequence_loss
 from seq2seq_cli.tokenization import build_tokenizers

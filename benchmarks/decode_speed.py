@@ -1,11 +1,14 @@
-"""Decoding speed and quality of a trained model on a test set: greedy vs beam, batched vs one at a time.
+"""Decoding speed and quality of a trained model on a test set: greedy vs beam, batched vs one
+at a time, and each number format (fp32, bf16 autocast, int8 weights).
 
     python benchmarks/decode_speed.py --checkpoint runs/multi30k --data ../shared/data/multi30k \
-        [--src test_2016_flickr.de --ref test_2016_flickr.en] [--json out.json]
+        [--src test_2016_flickr.de --ref test_2016_flickr.en] [--formats fp32,bf16,int8] [--json out.json]
 
 Prints a table and writes JSON. "one at a time" runs the very same beam search code with
 batches of one sentence, on the first --single-sentences sentences (it is slow); the speedup
-compares sentences/s measured in this same run.
+compares sentences/s measured in this same run. Each format's rows say how much faster than
+fp32 with the same search they are, and how much BLEU they give up, measured in this run
+(every format warmed up on the whole test set first, then the formats take turns).
 
 It also bounds what batching can give: the matrix-multiply FLOPs the batched beam search
 performs (counted by ``torch.utils.flop_counter``) divided by the matmul peak measured in
@@ -31,13 +34,14 @@ from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.evaluation import corpus_bleu
+from seq2seq_cli.precision import for_decoding
 
 
-def timed_translate(model, tokenizers, sources, decoding, device):
+def timed_translate(model, tokenizers, sources, decoding, device, precision="auto"):
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = translate_corpus(model, tokenizers, sources, decoding, device)
+    results = translate_corpus(model, tokenizers, sources, decoding, device, precision=precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -55,6 +59,9 @@ def main() -> None:
     parser.add_argument("--single-sentences", type=int, default=200,
                         help="sentences decoded one at a time for the unbatched baseline")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--formats", default="fp32,bf16,int8",
+                        help="number formats to compare (int8: CPU only); fp32 always runs first")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per row; the fastest counts")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -67,17 +74,44 @@ def main() -> None:
     beam = dataclasses.replace(base, beam_size=args.beam_size)
     single = dataclasses.replace(beam, batch_size=1)
 
-    translate_corpus(model, tokenizers, sources[:32], beam, device)  # warm-up
-    rows = []
-    for name, decoding, subset in (("greedy, batched", greedy, sources), (f"beam {args.beam_size}, batched", beam, sources),
-                                   (f"beam {args.beam_size}, one at a time", single,
-                                    sources[: args.single_sentences])):
-        hypotheses, seconds = timed_translate(model, tokenizers, subset, decoding, device)
-        bleu = corpus_bleu(hypotheses, references[: len(subset)])
-        rows.append({"setting": name, "sentences": len(subset), "seconds": round(seconds, 3),
-                     "sentences_per_s": round(len(subset) / seconds, 2), "bleu": round(bleu, 2)})
+    formats = ["fp32"] + [f for f in args.formats.split(",") if f != "fp32" and (f != "int8" or device.type == "cpu")]
+    searches = [("greedy, batched", greedy, sources), (f"beam {args.beam_size}, batched", beam, sources)]
+    models = {}
+    for number_format in formats:
+        # The model as `s2s translate --dtype/--quantize` runs it (int8: the weights quantized).
+        precision = "fp32" if number_format == "int8" else number_format
+        models[number_format] = (for_decoding(model, device, precision, "int8" if number_format == "int8" else "none"),
+                                 precision)
+        # Warm-up over every batch shape: oneDNN compiles a bf16 kernel per new shape, once per process.
+        for decoding in (greedy, beam):
+            translate_corpus(models[number_format][0], tokenizers, sources, decoding, device, precision=precision)
+    # Formats take turns, --repeats times, and each row keeps its fastest pass: on a shared
+    # machine a slow spell then hits every format alike instead of one.
+    timings: dict[tuple[str, str], list[float]] = {}
+    outputs: dict[tuple[str, str], list[str]] = {}
+    for _ in range(args.repeats):
+        for number_format, (format_model, precision) in models.items():
+            for name, decoding, subset in searches:
+                hypotheses, seconds = timed_translate(format_model, tokenizers, subset, decoding, device, precision)
+                timings.setdefault((name, number_format), []).append(seconds)
+                outputs[(name, number_format)] = hypotheses
+    single_name = f"beam {args.beam_size}, one at a time"
+    hypotheses, seconds = timed_translate(model, tokenizers, sources[: args.single_sentences], single, device, "fp32")
+    timings[(single_name, "fp32")], outputs[(single_name, "fp32")] = [seconds], hypotheses
 
-    greedy_row, beam_row, single_row = rows
+    rows = []
+    for (name, number_format), seconds_list in sorted(timings.items(), key=lambda item: formats.index(item[0][1])):
+        hypotheses, seconds = outputs[(name, number_format)], min(seconds_list)
+        row = {"setting": name, "format": number_format, "sentences": len(hypotheses), "seconds": round(seconds, 3),
+               "sentences_per_s": round(len(hypotheses) / seconds, 2),
+               "bleu": round(corpus_bleu(hypotheses, references[: len(hypotheses)]), 2)}
+        fp32_row = next((r for r in rows if r["setting"] == name and r["format"] == "fp32"), None)
+        if fp32_row is not None:
+            row["speedup_vs_fp32"] = round(row["sentences_per_s"] / fp32_row["sentences_per_s"], 2)
+            row["bleu_vs_fp32"] = round(row["bleu"] - fp32_row["bleu"], 2)
+        rows.append(row)
+
+    greedy_row, beam_row, single_row = rows[:3]
     counter = FlopCounterMode(display=False)
     with counter:
         translate_corpus(model, tokenizers, sources, beam, device)
@@ -94,10 +128,13 @@ def main() -> None:
         "beam_roofline_sentences_per_s": round(roofline, 1),
         "beam_roofline_speedup": round(roofline / single_row["sentences_per_s"], 2),
     }
-    print(f"{'setting':<28} {'sentences':>9} {'seconds':>9} {'sent/s':>9} {'BLEU':>7}")
+    print(f"{'setting':<28} {'format':>6} {'sentences':>9} {'seconds':>9} {'sent/s':>9} {'BLEU':>7} "
+          f"{'vs fp32':>8} {'BLEU diff':>9}")
     for row in rows:
-        print(f"{row['setting']:<28} {row['sentences']:>9} {row['seconds']:>9.2f} {row['sentences_per_s']:>9.1f} "
-              f"{row['bleu']:>7.2f}")
+        versus = f"{row['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in row else ""
+        diff = f"{row['bleu_vs_fp32']:+.2f}" if "bleu_vs_fp32" in row else ""
+        print(f"{row['setting']:<28} {row['format']:>6} {row['sentences']:>9} {row['seconds']:>9.2f} "
+              f"{row['sentences_per_s']:>9.1f} {row['bleu']:>7.2f} {versus:>8} {diff:>9}")
     print(f"batched beam speedup over one at a time: {result['batched_beam_speedup']:.1f}x; "
           f"beam - greedy BLEU: {result['beam_minus_greedy_bleu']:+.2f}  (device {device})")
     print(f"roofline: batched beam does {beam_flops_per_sentence / 1e6:.0f} M matmul FLOPs per sentence; at the "

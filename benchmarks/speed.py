@@ -44,7 +44,8 @@ import torch
 from seq2seq_cli.config import DecodingConfig, ModelConfig, TokenizerConfig
 from seq2seq_cli.data import TokenBatches, collate, filter_pairs, read_lines, read_parallel, tokenize_corpus
 from seq2seq_cli.decoding import translate_corpus
-from seq2seq_cli.device import autocast, select_device
+from seq2seq_cli.device import select_device
+from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.tokenization import build_tokenizers
 from seq2seq_cli.model import sequence_loss

@@ -147,6 +147,8 @@ def translate(
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
+    quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
 ) -> None:
     """Translate text, one output line per input line.
 
@@ -158,7 +160,7 @@ def translate(
                                  keep_attention=plot_attention is not None,
                                  beam_size=beam_size, length_penalty=length_penalty,
                                  max_length_ratio=max_length_ratio, batch_size=batch_size,
-                                 no_repeat_ngram_size=no_repeat_ngram_size)
+                                 no_repeat_ngram_size=no_repeat_ngram_size, dtype=dtype, quantize=quantize)
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,8 @@ def evaluate(
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
+    quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
 ) -> None:
     """Score translations with sacreBLEU: BLEU, chrF2 and TER with signatures.
 
@@ -214,8 +218,8 @@ def evaluate(
             raise UserError(f"{src} has {len(sources)} lines but {ref} has {len(references)}; "
                             "source and reference must be line-aligned")
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
-                                     length_penalty=length_penalty,
-                                     no_repeat_ngram_size=no_repeat_ngram_size)
+                                     length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                     dtype=dtype, quantize=quantize)
         hypotheses, speed = translator.translate_lines(sources)
         compared = src
     else:
@@ -265,6 +269,8 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", metavar="KEY", help="Require this api_key in requests."),
     cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
+    quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
 ) -> None:
     """Serve runs over HTTP (LibreTranslate API), batching concurrent requests.
 
@@ -276,7 +282,7 @@ def serve(
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
     from seq2seq_cli.serve import ServeSettings, create_app, load_models
 
-    models = load_models([str(path) for path in checkpoint], device, beam_size, ensemble)
+    models = load_models([str(path) for path in checkpoint], device, beam_size, ensemble, dtype, quantize)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin)
     _check_port_free(host, port)

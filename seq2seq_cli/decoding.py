@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.device import autocast
+from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
 
@@ -353,7 +353,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 
 def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
-                     keep_attention: bool = False) -> list[list[Hypothesis]]:
-    """``translate_ids`` with the tokenizers' special ids, in the device's precision."""
-    with autocast(device):
+                     keep_attention: bool = False, precision: str = "auto") -> list[list[Hypothesis]]:
+    """``translate_ids`` with the tokenizers' special ids, computing in ``precision`` (see
+    ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU)."""
+    with autocast(device, precision):
         return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention)

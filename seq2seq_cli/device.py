@@ -1,8 +1,6 @@
-"""Where the model runs: device selection from config, and the matching precision."""
+"""Where the model runs: device selection from config (``precision`` says in what number format)."""
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import torch
 
@@ -24,9 +22,3 @@ def select_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
-
-def autocast(device: torch.device, cache_enabled: bool = True):
-    """bf16 autocast on CUDA; full fp32 precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
-    return nullcontext()

@@ -27,7 +27,7 @@ import torch
 
 from seq2seq_cli.config import TrainingConfig
 from seq2seq_cli.data import Batch, pad_batch, padded_shape
-from seq2seq_cli.device import autocast
+from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import Seq2Seq, sequence_loss
 from seq2seq_cli.tokenization import Tokenizers
 
@@ -99,7 +99,7 @@ class GraphedSteps:
 
     def _forward_backward(self, batch: Batch, scale: torch.Tensor) -> torch.Tensor:
         # Autocast's weight cache would hold casts made during capture: off inside graphs.
-        with autocast(self.device, cache_enabled=False):
+        with autocast(self.device, self.config.precision, cache_enabled=False):
             logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in, self.config.teacher_forcing_ratio,
                                 packed=False)
             loss = sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id, self.config.label_smoothing)

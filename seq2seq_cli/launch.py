@@ -33,6 +33,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write_text, save_atomically
 from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
+from seq2seq_cli.precision import resolve as resolve_precision
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
 from seq2seq_cli.state import TrainingState, out_of_time
@@ -277,7 +278,7 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
                    src_vocab_size=tokenizers.src_size, tgt_vocab_size=tokenizers.tgt_size, train_pairs=len(train_corpus),
                    dropped_empty=empty, dropped_too_long=too_long, dev_pairs=len(corpora.dev),
                    batch_tokens=config.training.batch_tokens, seed=config.training.seed,
-                   cuda_graphs=trainer.graphed is not None,
+                   cuda_graphs=trainer.graphed is not None, precision=resolve_precision(config.training.precision, device),
                    **({"init_from": str(parent.checkpoint), "init_from_step": parent.payload["step"]} if parent else {}))
     return trainer
 

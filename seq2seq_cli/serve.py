@@ -179,15 +179,16 @@ class ServeSettings:
     cors_origin: Optional[str] = None
 
 
-def load_models(checkpoints: list[str], device: str, beam_size: Optional[int],
-                ensemble: bool = False) -> list[ServedModel]:
-    """Load each run; its language pair comes from its config. Runs of the same pair are one
-    ensemble when ``ensemble`` is set, and an error otherwise."""
+def load_models(checkpoints: list[str], device: str, beam_size: Optional[int], ensemble: bool = False,
+                dtype: str = "auto", quantize: str = "none") -> list[ServedModel]:
+    """Load each run (decoding in ``dtype``, with ``quantize``d weights); its language pair comes
+    from its config. Runs of the same pair are one ensemble when ``ensemble`` is set, and an
+    error otherwise."""
     from seq2seq_cli.config import language_pair
 
     groups: dict[tuple[str, str], list[Translator]] = {}
     for checkpoint in checkpoints:
-        translator = Translator.load(checkpoint, device, beam_size=beam_size)
+        translator = Translator.load(checkpoint, device, beam_size=beam_size, dtype=dtype, quantize=quantize)
         source, target = language_pair(translator.config.data)
         if source is None or target is None:
             raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "

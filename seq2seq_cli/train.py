@@ -21,7 +21,7 @@ from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq_cli.config import Config, to_dict
 from seq2seq_cli.data import ParallelCorpus, TokenBatches
 from seq2seq_cli.decoding import translate_corpus
-from seq2seq_cli.device import autocast
+from seq2seq_cli.precision import autocast
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
@@ -237,7 +237,7 @@ class Trainer:
         """One optimizer update; returns the summed loss, or None when it was not finite (no update)."""
         training = self.training_config
         self.schedule.step(self.state.step)
-        with autocast(self.device):
+        with autocast(self.device, training.precision):
             logits = self.ddp_model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio)
             loss = sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id, training.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -286,7 +286,7 @@ class Trainer:
         total, tokens = torch.zeros((), dtype=torch.float64), 0
         for batch in batches:
             batch = batch.to(self.device)
-            with autocast(self.device):
+            with autocast(self.device, self.training_config.precision):
                 logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in)
             total += sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id).double().cpu()
             tokens += batch.n_tgt_tokens
@@ -296,7 +296,8 @@ class Trainer:
     def translate(self, corpus: ParallelCorpus) -> list[str]:
         """Greedy translations: validation BLEU tracks training, not the search settings."""
         greedy = dataclasses.replace(self.config.decoding, beam_size=1)
-        hypotheses = translate_corpus(self.model, self.tokenizers, corpus.src_ids, greedy, self.device)
+        hypotheses = translate_corpus(self.model, self.tokenizers, corpus.src_ids, greedy, self.device,
+                                      precision=self.training_config.precision)
         return self.tokenizers.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 
     def validate_and_save(self, end_of_epoch: bool = False) -> None:

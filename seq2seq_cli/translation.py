@@ -26,6 +26,7 @@ from seq2seq_cli.decoding import Ensemble, Hypothesis, translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.precision import for_decoding, resolve
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,21 @@ class Translator:
         translator = Translator.load("runs/toy", device="cpu", beam_size=5)
         translator.translate(["The man sees the dog."])         # -> ["Der Mann sieht den Hund."]
         translator.translate_nbest(["The man sees the dog."], 3)  # -> [[Translation(...), ...]]
+
+    ``dtype="bf16"`` decodes under bf16 autocast (the default on CUDA), ``quantize="int8"``
+    with int8 weights on the CPU; both are faster on a CPU and change the numbers slightly
+    (benchmarks/README.md has the BLEU of each).
     """
 
     def __init__(self, model: Seq2Seq | Ensemble, tokenizers: Tokenizers, config: Config, device: torch.device,
-                 nbest: int = 1, keep_attention: bool = False, checkpoint: str = "", **decoding_overrides):
+                 nbest: int = 1, keep_attention: bool = False, checkpoint: str = "", precision: str = "auto",
+                 **decoding_overrides):
         self.model = model
         self.checkpoint = checkpoint  # where the model came from, for messages
         self.tokenizers = tokenizers
         self.config = config  # the run's config, as trained
         self.device = device
+        self.precision = resolve(precision, device)  # fp32 or bf16
         self.nbest = nbest
         self.keep_attention = keep_attention
         self.decoding = _decoding_with(config.decoding, nbest, decoding_overrides)
@@ -132,17 +139,20 @@ class Translator:
              weights: Optional[Sequence[float]] = None, beam_size: Optional[int] = None,
              length_penalty: Optional[float] = None, max_length_ratio: Optional[float] = None,
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
-             keep_attention: bool = False) -> "Translator":
+             keep_attention: bool = False, dtype: str = "auto", quantize: str = "none") -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
-        are the (first) run's ``decoding`` section."""
+        are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
+        none or int8 (CPU only)."""
         torch_device = device if isinstance(device, torch.device) else select_device(device)
+        precision = resolve(dtype, torch_device)
         checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
         if weights is not None and len(weights) != len(checkpoints):
             raise UserError(f"--weights gives {len(weights)} weight(s) for {len(checkpoints)} checkpoint(s); "
                             "give one per --checkpoint")
         loaded = [cls(*load_model(path, torch_device), torch_device, checkpoint=str(path)) for path in checkpoints]
         translator = loaded[0] if len(loaded) == 1 else cls.ensemble(loaded, weights)
+        translator.model, translator.precision = for_decoding(translator.model, torch_device, precision, quantize), precision
         return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
@@ -210,7 +220,7 @@ class Translator:
         to_translate = [i for i, source in enumerate(sources) if source]
         results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
         found = translate_corpus(self.model, self.tokenizers, [sources[i] for i in to_translate], self.decoding,
-                                 self.device, nbest, self.keep_attention)
+                                 self.device, nbest, self.keep_attention, self.precision)
         for index, hypotheses in zip(to_translate, found):
             results[index] = hypotheses
         return sources, results

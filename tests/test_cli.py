@@ -111,4 +111,8 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
         (("train",), "give --config FILE to start a run, or --resume RUN_DIR"),
         (("train", "--resume", trained_run, "--overwrite"), "choose one"),
         (("train", "--resume", trained_run, "--run-dir", tmp_path / "other"), "name different runs"),
-        (("info", trained_run / "checkpoints"), "no metrics.jsonl"))
+        (("info", trained_run / "checkpoints"), "no metrics.jsonl"),
+        (("translate", "--checkpoint", trained_run, "--dtype", "fp16"), "--dtype fp16: unknown number format"),
+        (("serve", "--checkpoint", trained_run, "--quantize", "int4"), "--quantize int4: unknown"),
+        (("translate", "--checkpoint", trained_run, "--quantize", "int8", "--dtype", "bf16"),
+         "leave --dtype at fp32"))

@@ -17,7 +17,7 @@ from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import ModelConfig, TrainingConfig, load_config
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
-from seq2seq_cli.device import autocast
+from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics

@@ -9,6 +9,7 @@ from seq2seq_cli.config import load_config
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.launch import train
+from seq2seq_cli.translation import Translator
 
 from conftest import tiny_config, toy_learning_config, toy_lines
 
@@ -78,6 +79,43 @@ def test_model_learns_the_toy_task(tmp_path):
     copy_baseline = corpus_bleu(dev_en, dev_de)
     assert copy_baseline < 5
     assert summary["best_dev_bleu"] > 50, summary
+    # The learned model decodes about as well in bf16 and with int8 weights as in fp32.
+    fp32 = Translator.load(config.run_dir, "cpu")
+    fp32_bleu = corpus_bleu(fp32.translate(dev_en), dev_de)
+    for options in ({"dtype": "bf16"}, {"quantize": "int8"}):
+        translator = Translator.load(config.run_dir, "cpu", **options)
+        dtypes = set()
+        handle = translator.model.decoder.output.register_forward_hook(lambda m, i, output: dtypes.add(output.dtype))
+        bleu = corpus_bleu(translator.translate(dev_en), dev_de)
+        handle.remove()
+        assert abs(bleu - fp32_bleu) < 2.0, (options, bleu, fp32_bleu)
+        if "dtype" in options:
+            assert dtypes == {torch.bfloat16}
+        else:
+            assert dtypes == {torch.float32}
+            assert type(translator.model.decoder.output).__name__ == "Linear"  # the dynamic quantized one
+            assert type(translator.model.decoder.output).__module__.startswith("torch.ao.nn.quantized.dynamic")
+            assert type(translator.model.decoder.rnn).__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+
+@pytest.mark.parametrize("precision, expected", [("auto", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_precision_on_the_cpu(tmp_path, precision, expected):
+    """fp32 unless asked: ``training.precision=bf16`` runs the linear layers in bf16, in the
+    training steps and in validation."""
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 2, "precision": precision}))
+    dtypes = set()
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            dtypes.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        summary = train(config)
+    finally:
+        handle.remove()
+    assert dtypes == {expected}
+    assert summary["skipped_steps"] == 0  # every step's loss and gradients were finite
 
 
 def test_bert_initialised_embeddings(tmp_path):

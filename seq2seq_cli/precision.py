@@ -1,0 +1,84 @@
+"""The number formats a model computes in: fp32, bf16 autocast, and int8 weights for decoding.
+
+``precision`` is ``auto``, ``fp32`` or ``bf16``, for training (``training.precision``) and for
+decoding (``--dtype``). ``auto`` is bf16 autocast on CUDA, where it is what the tensor cores
+are for, and fp32 on the CPU, where the exactness tests and bit-identical resume are defined.
+bf16 on the CPU is opt-in: this machine class (AVX512-BF16, AMX) runs bf16 matrix products
+several times faster, at the cost of about three significant digits in each product's inputs.
+
+Under bf16 autocast, matrix products and the recurrent cells' gate products run in bf16;
+losses, log-probabilities and softmaxes stay in fp32 (autocast's own op lists, plus the
+explicit ``.float()`` before every log-softmax), so search scores keep their precision.
+
+``quantize_int8`` is dynamic quantization for CPU decoding: the weights of the linear layers
+and of the LSTM / GRU cells are stored as int8 (per output channel), activations are quantized
+on the fly, accumulation is in int32. Embeddings stay fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+from seq2seq_cli.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+QUANTIZATIONS = ("none", "int8")
+
+
+def resolve(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: what ``precision`` means on ``device``."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--dtype {precision}: unknown number format; use auto, fp32 or bf16")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "auto", cache_enabled: bool = True):
+    """The context that computes in ``precision`` on ``device``: bf16 autocast or plain fp32."""
+    if resolve(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+    return nullcontext()
+
+
+def for_decoding(model: nn.Module, device: torch.device, precision: str = "auto", quantize: str = "none") -> nn.Module:
+    """``model`` (a Seq2Seq or an Ensemble) as decoding in ``precision`` with ``quantize`` runs it.
+
+    bf16 on the CPU decodes with a bf16 copy of the weights: autocast would cast every weight
+    again at every decoder step, which took a third of the time and made bf16 slower than fp32.
+    (The products are the same: autocast rounds the weights to bf16 either way.)"""
+    if quantize not in QUANTIZATIONS:
+        raise UserError(f"--quantize {quantize}: unknown; use none or int8")
+    if quantize == "int8":
+        return quantize_int8(model, device, precision)
+    if device.type == "cpu" and resolve(precision, device) == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
+    return model
+
+
+def quantize_int8(model: nn.Module, device: torch.device, precision: str = "auto") -> nn.Module:
+    """A copy of ``model`` (a Seq2Seq or an Ensemble, for decoding only) whose linear layers and
+    recurrent cells hold int8 weights."""
+    if device.type != "cpu":
+        raise UserError(f"--quantize int8 decodes on the CPU only (device is {device}); add --device cpu, or use "
+                        "--dtype bf16 on a GPU")
+    if resolve(precision, device) != "fp32":
+        raise UserError("--quantize int8 computes its int8 products with fp32 around them; leave --dtype at fp32 "
+                        "(or auto) with it")
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated in favour of torchao, which does not
+        # quantize recurrent cells on the CPU; it still works and is what is tested here.
+        warnings.simplefilter("ignore")
+        # One scale per output row of a linear layer: the output layer's rows (one per target
+        # token) differ in range, and a shared scale would cost the rare tokens their precision.
+        # The recurrent cells take one scale per matrix, the only kind torch.ao has for them.
+        qconfigs = {nn.Linear: per_channel_dynamic_qconfig, nn.LSTM: default_dynamic_qconfig,
+                    nn.GRUCell: default_dynamic_qconfig}
+        return quantize_dynamic(model, qconfigs, dtype=torch.qint8, inplace=False)

@@ -1,0 +1,34 @@
+"""Number formats: what ``auto`` means on each device, and the combinations that are refused."""
+
+import pytest
+import torch
+
+from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.model import build_model
+from seq2seq_cli.precision import autocast, quantize_int8, resolve
+
+
+def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
+    assert resolve("auto", torch.device("cuda")) == "bf16"
+    assert resolve("auto", torch.device("cpu")) == "fp32"
+    assert resolve("bf16", torch.device("cpu")) == "bf16"
+    assert resolve("fp32", torch.device("cuda")) == "fp32"
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast(torch.device("cpu")):
+        assert (a @ b).dtype == torch.float32
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_int8_quantization_is_for_fp32_decoding_on_the_cpu():
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=8), 20, 20, 0)
+    with pytest.raises(UserError, match="CPU only"):
+        quantize_int8(model, torch.device("cuda"))
+    with pytest.raises(UserError, match="leave --dtype at fp32"):
+        quantize_int8(model, torch.device("cpu"), "bf16")
+    quantized = quantize_int8(model, torch.device("cpu"))
+    assert quantized is not model and type(model.decoder.output) is torch.nn.Linear  # the original is untouched
+    # Each output row has a scale of its own (the rare target tokens keep their precision).
+    weight = quantized.decoder.output.weight()
+    assert weight.qscheme() == torch.per_channel_affine and weight.q_per_channel_scales().numel() == 20
