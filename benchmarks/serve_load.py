@@ -5,7 +5,8 @@
 
 Starts `s2s serve` on a free loopback port (127.0.0.1 only), then for each client count sends
 the first --sentences sentences of test2016 (source side of the run's language pair), one
-sentence per request, from that many concurrent clients (asyncio + httpx), each phase bounded
+sentence per request, from that many concurrent clients (asyncio, one keep-alive connection
+each, a minimal HTTP/1.1 client: the clients share the machine with the server), each phase bounded
 by --seconds. Reports sentences/s, p50/p95/p99 request latency and the mean decoding batch
 size (from /metrics), beside `Translator.translate` on the same sentences in one call (what
 `s2s translate` does offline, measured before the server starts, so the two never compete
@@ -48,27 +49,60 @@ def batch_counters(url: str) -> tuple[float, float]:
     return values.get("s2s_batch_sentences_count", 0.0), values.get("s2s_batch_sentences_sum", 0.0)
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for POST + JSON.
+
+    The clients share the server's two cores, so they must cost little: httpx spent about as
+    much CPU per request as the server (measured with py-spy), and the benchmark measured the
+    client as much as the server."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, payload: dict) -> tuple[int, dict]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        return status, json.loads(await self.reader.readexactly(length))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def load(url: str, sentences: list[str], expected: list[str], clients: int, seconds: float, target: str):
     """Each client takes the next sentence and sends it alone, until all are sent or time is up."""
     queue = list(enumerate(sentences))[::-1]
     latencies, wrong = [], 0
     deadline = time.perf_counter() + seconds
+    host, port = url.removeprefix("http://").split(":")
 
-    async def client(session: httpx.AsyncClient) -> None:
+    async def client() -> None:
         nonlocal wrong
-        while queue and time.perf_counter() < deadline:
-            index, text = queue.pop()
-            started = time.perf_counter()
-            answer = await session.post(f"{url}/translate", json={"q": text, "target": target})
-            latencies.append(time.perf_counter() - started)
-            answer.raise_for_status()
-            wrong += answer.json()["translatedText"] != expected[index]
+        connection = Connection(host, int(port))
+        try:
+            while queue and time.perf_counter() < deadline:
+                index, text = queue.pop()
+                started = time.perf_counter()
+                status, answer = await connection.post_json("/translate", {"q": text, "target": target})
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    raise SystemExit(f"HTTP {status}: {answer}")
+                wrong += answer["translatedText"] != expected[index]
+        finally:
+            connection.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
     return latencies, elapsed, wrong
 
 

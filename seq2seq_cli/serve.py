@@ -299,7 +299,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
     async def translate_lines(model: ServedModel, lines: list[str], search: Search) -> list:
         return await asyncio.wrap_future(model.worker.submit(lines, search))
 
-    @app.post("/translate", summary="Translate (LibreTranslate API): q, source, target, format, alternatives")
+    @app.post("/translate", summary="Translate (LibreTranslate API): q, source, target, format, alternatives",
+              **_documented(_LIBRETRANSLATE_BODY, _LIBRETRANSLATE_ANSWER, forms=True))
     async def translate(request: Request):
         body = await read_body(request)
         check_key(body.get("api_key"))
@@ -327,7 +328,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
                                           else [{"confidence": 100.0, "language": model.source}] * len(texts))
         return answer
 
-    @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention")
+    @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention",
+              **_documented(_NATIVE_BODY, _NATIVE_ANSWER, forms=False))
     async def translate_native(request: Request):
         body = await read_body(request)
         check_key(body.get("api_key"))
@@ -373,6 +375,72 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
         return page_html
 
     return app
+
+
+# OpenAPI descriptions of the bodies ``read_body`` parses by hand: by hand because LibreTranslate
+# clients send JSON or form fields, and every mistake must get LibreTranslate's {"error": ...}
+# answer, not a validation report. /docs shows these; tests send their examples.
+_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_ERROR = {"description": "{\"error\": message}: 400 bad input or a limit, 403 wrong api_key, 413 body over "
+                         "1 MiB, 429 queue full (Retry-After)",
+          "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_LIBRETRANSLATE_BODY = {
+    "type": "object", "required": ["q", "target"],
+    "properties": {
+        "q": {**_STRINGS, "description": "text, or a list of texts (a line is a sentence)"},
+        "source": {"type": "string", "description": "language code, or auto", "default": "auto"},
+        "target": {"type": "string", "description": "language code"},
+        "format": {"type": "string", "enum": ["text", "html"], "default": "text"},
+        "alternatives": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0},
+        "api_key": {"type": "string"},
+    },
+    "example": {"q": "Ein Mann fährt Fahrrad.", "source": "de", "target": "en"},
+}
+_NATIVE_BODY = {
+    "type": "object", "required": ["texts"],
+    "properties": {
+        "texts": {"type": "array", "items": {"type": "string"}},
+        "source": {"type": "string", "description": "language code (default: the one served pair)"},
+        "target": {"type": "string"},
+        "beam_size": {"type": "integer", "minimum": 1, "maximum": 64, "description": "default: the run's"},
+        "nbest": {"type": "integer", "minimum": 1, "default": 1, "description": "at most beam_size"},
+        "attention": {"type": "boolean", "default": False},
+        "api_key": {"type": "string"},
+    },
+    "example": {"texts": ["Ein Mann fährt Fahrrad."], "beam_size": 5, "nbest": 2, "attention": True},
+}
+_NATIVE_ANSWER = {
+    "type": "object",
+    "properties": {
+        "source": {"type": "string"}, "target": {"type": "string"},
+        "translations": {"type": "array", "items": {"type": "object", "properties": {
+            "translation": {"type": "string"}, "score": {"type": "number"}, "log_prob": {"type": "number"},
+            "nbest": {"type": "array", "items": {"type": "object", "properties": {
+                "translation": {"type": "string"}, "score": {"type": "number"}}}},
+            "source_tokens": {"type": "array", "items": {"type": "string"}},
+            "target_tokens": {"type": "array", "items": {"type": "string"}},
+            "attention": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                          "description": "one row per target token, one weight per source token"}}}},
+    },
+}
+_LIBRETRANSLATE_ANSWER = {
+    "type": "object", "required": ["translatedText"],
+    "properties": {
+        "translatedText": _STRINGS,
+        "alternatives": {"type": "array", "items": {}},
+        "detectedLanguage": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]},
+    },
+}
+
+
+def _documented(body: dict, answer: dict, forms: bool) -> dict:
+    """``openapi_extra`` and ``responses`` arguments that describe a hand-parsed endpoint."""
+    content = {"application/json": {"schema": body}}
+    if forms:
+        content["application/x-www-form-urlencoded"] = content["multipart/form-data"] = {"schema": body}
+    return {"openapi_extra": {"requestBody": {"required": True, "content": content}},
+            "responses": {200: {"content": {"application/json": {"schema": answer}}},
+                          **{code: _ERROR for code in (400, 403, 413, 429)}}}
 
 
 async def read_body(request) -> dict[str, Any]:

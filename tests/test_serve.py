@@ -119,6 +119,18 @@ def test_libretranslate_requests_and_answers(run, server):
         [row.split(" ||| ")[1] for row in nbest]
     assert httpx.get(f"{server.url}/languages").json() == [{"code": "en", "name": "English", "targets": ["de"]}]
     assert httpx.get(f"{server.url}/docs").status_code == 200
+    # The bodies parsed by hand are described in the OpenAPI schema, and its examples work.
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for path, fields in (("/translate", {"q", "source", "target", "format", "alternatives", "api_key"}),
+                         ("/v1/translate", {"texts", "beam_size", "nbest", "attention", "api_key"})):
+        operation = paths[path]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert fields <= set(schema["properties"]) and {"400", "429"} <= set(operation["responses"])
+        example = {**schema["example"], "source": "en", "target": "de"}
+        example["q" if path == "/translate" else "texts"] = line if path == "/translate" else [line]
+        answer = httpx.post(f"{server.url}{path}", json=example)
+        assert answer.status_code == 200 and set(answer.json()) <= set(
+            operation["responses"]["200"]["content"]["application/json"]["schema"]["properties"]), answer.text
     assert "s2s_requests_total" in httpx.get(f"{server.url}/metrics").text
 
 
