@@ -52,9 +52,10 @@ def batch_counters(url: str) -> tuple[float, float]:
 class Connection:
     """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for POST + JSON.
 
-    The clients share the server's two cores, so they must cost little: httpx spent about as
-    much CPU per request as the server (measured with py-spy), and the benchmark measured the
-    client as much as the server."""
+    The clients share the server's two cores, so they must cost little. With httpx's async
+    client the same server reached 63.5 sentences/s at 64 clients in decoding batches of 2.8
+    sentences: the clients could not send faster, and the benchmark measured httpx. This client
+    took 0.5 s of CPU for 2,000 requests."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
