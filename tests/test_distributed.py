@@ -59,10 +59,13 @@ def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path
     assert steps == list(range(1, STEPS + 1))
 
 
-def s2s_train(*args) -> subprocess.CompletedProcess:
+def s2s_train(*args, wait: bool = True):
+    """``s2s train ARGS`` in a new process: finished (a CompletedProcess), or running (a Popen)."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    return subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", *map(str, args)], capture_output=True,
-                          timeout=300, env=env)
+    command = [sys.executable, "-m", "seq2seq_cli", "train", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    return subprocess.run(command, capture_output=True, timeout=300, env=env)
 
 
 def test_nproc_runs_torchrun_and_resumes(tmp_path):
@@ -76,6 +79,9 @@ def test_nproc_runs_torchrun_and_resumes(tmp_path):
     assert len(straight["trainer"]["rng"]) == 2
 
     config = tiny_config(tmp_path / "b", training=SCHEDULE)
+    # Fine-tuning under torchrun (checked below), beside the next run: 4 one-thread processes.
+    fine_tuning = s2s_train("--nproc", 2, "--config", config, f"run_dir={tmp_path / 'c'}",
+                            f"training.init_from={tmp_path / 'a' / 'run'}", f"training.max_steps={STEPS}", wait=False)
     result = s2s_train("--nproc", 2, "--config", config)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     result = s2s_train("--nproc", 2, "--resume", tmp_path / "b" / "run", f"training.max_steps={2 * STEPS}")
@@ -92,9 +98,8 @@ def test_nproc_runs_torchrun_and_resumes(tmp_path):
     assert "saved by 2 process(es); resume it with the same number (now 1)" in mismatch.stderr.decode()
 
     # Fine-tuning under torchrun: both processes start from the finished run's weights.
-    result = s2s_train("--nproc", 2, "--config", tmp_path / "b" / "run" / "config.yaml", f"run_dir={tmp_path / 'c'}",
-                       f"training.init_from={tmp_path / 'a' / 'run'}", f"training.max_steps={STEPS}")
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    _, stderr = fine_tuning.communicate(timeout=300)
+    assert fine_tuning.returncode == 0, stderr.decode()[-3000:]
     child, parent = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("c", "a/run"))
     assert child[0]["init_from"].startswith(str(tmp_path / "a" / "run")) and child[0]["processes"] == 2
     first_loss = [[r["train_loss"] for r in records if r["event"] == "train"][0] for records in (child, parent)]
