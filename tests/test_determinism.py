@@ -114,7 +114,7 @@ def test_bf16_cpu_training_is_the_same_in_every_process(tmp_path):
     """``training.precision=bf16`` on the CPU (bf16 autocast) is as reproducible as fp32: two
     processes at once, one thread each (a busy machine), the toy config's real model size."""
     runs = [tmp_path / f"bf16-{number}" for number in range(2)]
-    procs = [toy_run(run, "training.precision=bf16", "training.num_threads=1", "training.max_steps=12",
+    procs = [toy_run(run, "training.precision=bf16", "training.num_threads=1", "training.max_steps=8",
                      "training.validate_every=0", "training.log_every=4", "data.test_src=null", "data.test_tgt=null")
              for run in runs]
     for proc in procs:
@@ -122,4 +122,4 @@ def test_bf16_cpu_training_is_the_same_in_every_process(tmp_path):
     assert_same_run(runs[1], runs[0])
     start = next(r for r in read_metrics(runs[0] / "metrics.jsonl") if r["event"] == "start")
     assert start["precision"] == "bf16"
-    assert [r["step"] for r in read_metrics(runs[0] / "metrics.jsonl") if r["event"] == "valid"] == [12]
+    assert [r["step"] for r in read_metrics(runs[0] / "metrics.jsonl") if r["event"] == "valid"] == [8]
