@@ -46,30 +46,38 @@ def autocast(device: torch.device, precision: str = "auto", cache_enabled: bool 
     return nullcontext()
 
 
+def check_decoding_format(device: torch.device, precision: str = "auto", quantize: str = "none") -> str:
+    """The resolved precision (fp32 or bf16) of decoding with ``precision`` and ``quantize`` on
+    ``device``; a UserError for a combination that cannot run. Cheap: check before loading."""
+    resolved = resolve(precision, device)
+    if quantize not in QUANTIZATIONS:
+        raise UserError(f"--quantize {quantize}: unknown; use none or int8")
+    if quantize == "int8" and device.type != "cpu":
+        raise UserError(f"--quantize int8 decodes on the CPU only (device is {device}); add --device cpu, or use "
+                        "--dtype bf16 on a GPU")
+    if quantize == "int8" and resolved != "fp32":
+        raise UserError("--quantize int8 computes its int8 products with fp32 around them; leave --dtype at fp32 "
+                        "(or auto) with it")
+    return resolved
+
+
 def for_decoding(model: nn.Module, device: torch.device, precision: str = "auto", quantize: str = "none") -> nn.Module:
     """``model`` (a Seq2Seq or an Ensemble) as decoding in ``precision`` with ``quantize`` runs it.
 
     bf16 on the CPU decodes with a bf16 copy of the weights: autocast would cast every weight
     again at every decoder step, which took a third of the time and made bf16 slower than fp32.
     (The products are the same: autocast rounds the weights to bf16 either way.)"""
-    if quantize not in QUANTIZATIONS:
-        raise UserError(f"--quantize {quantize}: unknown; use none or int8")
+    resolved = check_decoding_format(device, precision, quantize)
     if quantize == "int8":
-        return quantize_int8(model, device, precision)
-    if device.type == "cpu" and resolve(precision, device) == "bf16":
+        return quantize_int8(model)
+    if device.type == "cpu" and resolved == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16)
     return model
 
 
-def quantize_int8(model: nn.Module, device: torch.device, precision: str = "auto") -> nn.Module:
-    """A copy of ``model`` (a Seq2Seq or an Ensemble, for decoding only) whose linear layers and
-    recurrent cells hold int8 weights."""
-    if device.type != "cpu":
-        raise UserError(f"--quantize int8 decodes on the CPU only (device is {device}); add --device cpu, or use "
-                        "--dtype bf16 on a GPU")
-    if resolve(precision, device) != "fp32":
-        raise UserError("--quantize int8 computes its int8 products with fp32 around them; leave --dtype at fp32 "
-                        "(or auto) with it")
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (a Seq2Seq or an Ensemble, for CPU decoding in fp32 only) whose linear
+    layers and recurrent cells hold int8 weights."""
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():

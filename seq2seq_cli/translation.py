@@ -26,7 +26,7 @@ from seq2seq_cli.decoding import Ensemble, Hypothesis, translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
-from seq2seq_cli.precision import for_decoding, resolve
+from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,15 @@ class Translator:
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
         none or int8 (CPU only)."""
         torch_device = device if isinstance(device, torch.device) else select_device(device)
-        precision = resolve(dtype, torch_device)
+        precision = check_decoding_format(torch_device, dtype, quantize)  # before the slow loading
         checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
         if weights is not None and len(weights) != len(checkpoints):
             raise UserError(f"--weights gives {len(weights)} weight(s) for {len(checkpoints)} checkpoint(s); "
                             "give one per --checkpoint")
-        loaded = [cls(*load_model(path, torch_device), torch_device, checkpoint=str(path)) for path in checkpoints]
+        loaded = [cls(*load_model(path, torch_device), torch_device, checkpoint=str(path), precision=precision)
+                  for path in checkpoints]
         translator = loaded[0] if len(loaded) == 1 else cls.ensemble(loaded, weights)
-        translator.model, translator.precision = for_decoding(translator.model, torch_device, precision, quantize), precision
+        translator.model = for_decoding(translator.model, torch_device, precision, quantize)
         return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)

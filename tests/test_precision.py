@@ -6,7 +6,7 @@ import torch
 from seq2seq_cli.config import ModelConfig
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import build_model
-from seq2seq_cli.precision import autocast, quantize_int8, resolve
+from seq2seq_cli.precision import autocast, for_decoding, resolve
 
 
 def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
@@ -24,10 +24,10 @@ def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
 def test_int8_quantization_is_for_fp32_decoding_on_the_cpu():
     model = build_model(ModelConfig(embed_dim=8, hidden_size=8), 20, 20, 0)
     with pytest.raises(UserError, match="CPU only"):
-        quantize_int8(model, torch.device("cuda"))
+        for_decoding(model, torch.device("cuda"), quantize="int8")
     with pytest.raises(UserError, match="leave --dtype at fp32"):
-        quantize_int8(model, torch.device("cpu"), "bf16")
-    quantized = quantize_int8(model, torch.device("cpu"))
+        for_decoding(model, torch.device("cpu"), "bf16", "int8")
+    quantized = for_decoding(model, torch.device("cpu"), quantize="int8")
     assert quantized is not model and type(model.decoder.output) is torch.nn.Linear  # the original is untouched
     # Each output row has a scale of its own (the rare target tokens keep their precision).
     weight = quantized.decoder.output.weight()
