@@ -372,9 +372,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
 class _Observe:
     """Counts, times and logs every HTTP request, and answers an unhandled error with a JSON 500.
 
-    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` wraps every answer in a
-    stream between two tasks, which cost more CPU per request than the rest of the request
-    handling (the event loop shares two cores with the decoder)."""
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` passes every answer
+    through a stream between two tasks, and the event loop, which shares the CPU with the
+    decoder, served 10-16% fewer sentences/s at 64 clients with it (benchmarks/README.md)."""
 
     def __init__(self, app, observed):
         self.app = app

@@ -4,6 +4,7 @@ Every answer must equal what `s2s translate` prints for the same lines, however 
 interleave; bad requests get LibreTranslate's error codes and the server goes on serving.
 """
 
+import asyncio
 import json
 import os
 import shutil
@@ -327,3 +328,28 @@ def test_runs_of_one_pair_are_served_as_an_ensemble_with_ensemble(run):
     assert twice.name == f"{run} + {run}"
     lines = toy_lines("dev", 12)[0]
     assert twice.translator.translate(lines) == single.translator.translate(lines)
+
+
+def test_an_unhandled_error_is_a_json_500_that_is_counted_and_logged():
+    """The observing middleware answers a bug with {"error": ...} (never a traceback to the client),
+    and still records the request with its status; answers that went well pass through unchanged."""
+    from seq2seq_cli.serve import _Observe
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/broken":
+            raise RuntimeError("a bug")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"fine"})
+
+    seen = []
+    transport = httpx.ASGITransport(app=_Observe(app, lambda *request: seen.append(request[:3])),
+                                    raise_app_exceptions=False)
+
+    async def ask():
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/broken"), await client.get("/fine")
+
+    broken, fine = asyncio.run(ask())
+    assert broken.status_code == 500 and broken.json() == {"error": "internal error; see the server log"}
+    assert fine.status_code == 200 and fine.text == "fine"
+    assert seen == [("GET", "/broken", 500), ("GET", "/fine", 200)]
