@@ -24,14 +24,13 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 # PyTorch computes tanh, exp, log and other elementwise functions of float tensors on the CPU
 # with Intel MKL's vector math, called from each thread of a parallel region. MKL sets a
 # function up on its first call; when two threads make that first call at once, one of them
 # can compute it along another code path, which differs in the last bits. A training
 # process's first LSTM step is such a call: 2 processes in 100 computed their first parallel
 # tanh differently from their second (benchmarks/README.md, "Determinism across processes"),
-# which made about 1 training run in 30 differ from the others in every weight's last bits.
+# which made about 1 training process in 30 differ from the others in every weight's last bits.
 # One small call of each function, on this thread, before any parallel region, sets them up.
 _VECTOR_MATH = ("tanh", "exp", "log", "log10", "log2", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan",
                 "asin", "acos", "atan", "sinh", "cosh", "erf", "erfc", "erfinv", "lgamma", "sigmoid", "reciprocal")
