@@ -398,12 +398,10 @@ class _Observe:
             log.exception("unhandled error on %s", scope["path"])
             if status:  # the answer had begun: nothing more can be sent
                 raise
-            status = 500
-            body = b'{"error": "internal error; see the server log"}'
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            from starlette.responses import JSONResponse
+
+            await JSONResponse({"error": "internal error; see the server log"}, status_code=500)(
+                scope, receive, send_observed)
         finally:
             self.observed(scope["method"], scope["path"], status, time.perf_counter() - started)
 
