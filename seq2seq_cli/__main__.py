@@ -1,3 +1,4 @@
 from seq2seq_cli.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (s2s serve's decoder) imports it
+    main()

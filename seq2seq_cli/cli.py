@@ -261,6 +261,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(5000, "--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", metavar="K", min=1, help="Beam size (default: each run's config)."),
+    decoders: int = typer.Option(1, "--decoders", metavar="N", min=1, help="Batches searched at once per model, each in a process of its own with 1/N of the threads; see the README for what N > 1 changes."),
     max_batch_sentences: Optional[int] = typer.Option(None, "--max-batch-sentences", metavar="N", min=1, help="Sentences per decoding batch (default: decoding.batch_size)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", metavar="MS", min=0.0, help="How long a batch waits for more sentences after the first."),
     max_queue: int = typer.Option(2048, "--max-queue", metavar="N", min=1, help="Sentences waiting per model before 429."),
@@ -280,11 +281,12 @@ def serve(
         import uvicorn
     except ImportError:
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
-    from seq2seq_cli.serve import ServeSettings, create_app, load_models
+    from seq2seq_cli.serve import LoadOptions, ServeSettings, create_app, load_models
 
-    models = load_models([str(path) for path in checkpoint], device, beam_size, ensemble, dtype, quantize)
+    options = LoadOptions(device, beam_size, dtype, quantize)
+    models = load_models([str(path) for path in checkpoint], options, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
-                             cors_origin)
+                             cors_origin, decoders)
     _check_port_free(host, port)
     pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
 
@@ -300,7 +302,7 @@ def serve(
     # the signal again, which these handlers turn into a normal exit (0) instead of a kill.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: None)
-    Server(uvicorn.Config(create_app(models, settings), host=host, port=port, log_level="warning",
+    Server(uvicorn.Config(create_app(models, settings, options), host=host, port=port, log_level="warning",
                           access_log=False)).run()
 
 

@@ -2,9 +2,15 @@
 
 Each served model has one decoding worker (a thread). It takes every sentence waiting in its
 queue, up to ``max_batch_sentences``, waiting at most ``max_wait_ms`` after the first one
-arrived, and runs one batched search; each request then gets its own sentences back. Requests
-with different search settings never share a batch. Since a sentence's translation does not
-depend on the batch it is in, every answer equals what ``s2s translate`` prints for the line.
+arrived, and has one batched search run; each request then gets its own sentences back.
+Requests with different search settings never share a batch. Since a sentence's translation
+does not depend on the batch it is in, every answer equals what ``s2s translate`` prints for
+the line.
+
+The search runs in a decoder process of the model's own, not in the server's: in one Python
+process the decoder's step loop and the event loop answering HTTP take turns holding the
+interpreter lock, and on two cores the server then decoded at about half the offline rate
+(benchmarks/README.md). Only texts and finished translations cross between the two processes.
 
 The API speaks LibreTranslate's (``POST /translate``, ``GET /languages``), so its clients work
 unchanged, plus ``POST /v1/translate`` for what LibreTranslate cannot say (scores, n-best lists,
@@ -16,15 +22,20 @@ import asyncio
 import html
 import json
 import logging
+import multiprocessing
 import re
+import signal
 import threading
 import time
+import traceback
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
 from urllib.parse import parse_qs
+
+import torch
 
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.translation import Translator
@@ -56,6 +67,120 @@ class Search:
 
 
 @dataclass
+class Decoded:
+    """One sentence as the decoder process gives it back."""
+
+    translations: list[str]  # the n-best list, detokenized, best first
+    scores: list[float]  # what the search ranked them by
+    log_prob: float  # the best translation's log-probability, [SEP] included
+    source_tokens: Optional[list[str]] = None  # with attention: the subwords along its two axes,
+    target_tokens: Optional[list[str]] = None
+    attention: Optional[list[list[float]]] = None  # one row per target subword
+
+
+def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
+    """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
+    translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
+                                          beam_size=search.beam_size)
+    sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
+    decoded = []
+    for source_ids, hypotheses in zip(sources, results):
+        best = hypotheses[0]
+        sentence = Decoded(translator.detokenize(hypotheses), [h.score for h in hypotheses], best.log_prob)
+        if search.attention:
+            sentence.source_tokens, sentence.target_tokens = translator.attention_labels(source_ids, best)
+            sentence.attention = [] if best.attention is None else [
+                [round(weight, 4) for weight in row] for row in best.attention.tolist()]
+        decoded.append(sentence)
+    return decoded
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How ``s2s serve`` loads its runs (the same in the server and in each decoder process)."""
+
+    device: str = "auto"
+    beam_size: Optional[int] = None
+    dtype: str = "auto"
+    quantize: str = "none"
+
+
+class DecoderProcess:
+    """A served model's searches, run in a process of its own (see the module docstring) with
+    ``threads`` threads (None: PyTorch's default). The process loads the model the way the
+    server did; ``ready`` waits for it.
+
+    Called from one thread at a time (a BatchingWorker thread) with texts and settings, it
+    sends them through a pipe and waits, without holding the interpreter lock, for the
+    ``Decoded`` sentences."""
+
+    def __init__(self, checkpoints: list[str], options: LoadOptions, threads: Optional[int]):
+        context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads' locks
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(target=_decoder_main, args=(child_end, checkpoints, options, threads),
+                                        name="s2s-decoder", daemon=True)
+        self._process.start()
+        child_end.close()
+
+    def ready(self) -> None:
+        self._answer()
+
+    def __call__(self, texts: list[str], search: Search) -> list[Decoded]:
+        self._connection.send((texts, search))
+        return self._answer()
+
+    def _answer(self):
+        try:
+            kind, payload = self._connection.recv()
+        except EOFError:
+            raise RuntimeError(f"the decoder process ended (exit code {self._process.exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"in the decoder process: {payload}")
+        return payload
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._connection.close()
+
+
+def _decoder_main(connection, checkpoints: list[str], options: LoadOptions, threads: Optional[int]) -> None:
+    """The decoder process: load the model, then search each batch sent until None arrives.
+
+    Ctrl+C and SIGTERM reach the whole process group; the server decides when this process
+    ends (after the last accepted request), so it ignores them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # as s2s's
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model, = load_models(checkpoints, options, ensemble=True)
+        connection.send(("ready", None))
+    except BaseException:
+        connection.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:  # the server is gone
+            return
+        if request is None:
+            return
+        try:
+            answer = ("ok", decode_batch(model.translator, *request))
+        except Exception:
+            answer = ("error", traceback.format_exc())
+        connection.send(answer)
+
+
+@dataclass
 class _Job:
     texts: list[str]
     search: Search
@@ -64,11 +189,11 @@ class _Job:
 
 
 class BatchingWorker:
-    """One model's queue and the thread that decodes it in batches."""
+    """One model's queue, and one thread per decoder (a callable: texts, Search -> one Decoded
+    per text) that takes batches from it; several decoders search several batches at once."""
 
-    def __init__(self, translator: Translator, max_batch_sentences: int, max_wait_ms: float, max_queue: int,
+    def __init__(self, decoders: list, max_batch_sentences: int, max_wait_ms: float, max_queue: int,
                  on_batch=None):
-        self.translator = translator
         self.max_batch_sentences = max_batch_sentences
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
@@ -77,15 +202,17 @@ class BatchingWorker:
         self._queued_sentences = 0
         self._condition = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="s2s-decoder", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(decode,), name="s2s-batcher", daemon=True)
+                         for decode in decoders]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued_sentences(self) -> int:
         return self._queued_sentences
 
     def submit(self, texts: list[str], search: Search) -> Future:
-        """Queue ``texts``; the future gives their n-best lists. Full queue: ClientError 429."""
+        """Queue ``texts``; the future gives one Decoded per text. Full queue: ClientError 429."""
         job = _Job(texts, search)
         with self._condition:
             if self._closing:
@@ -95,27 +222,35 @@ class BatchingWorker:
                                   {"Retry-After": "1"})
             self._jobs.append(job)
             self._queued_sentences += len(texts)
-            self._condition.notify()
+            self._condition.notify_all()
         return job.future
 
     def close(self) -> None:
-        """Finish every queued job, then stop the thread."""
+        """Finish every queued job, then stop the threads."""
         with self._condition:
             self._closing = True
-            self._condition.notify()
-        self._thread.join()
+            self._condition.notify_all()
+        for thread in self._threads:
+            thread.join()
 
-    def _take_batch(self) -> Optional[list[_Job]]:
-        """Jobs with the first job's settings, up to max_batch_sentences (a larger job comes alone)."""
+    def _take_batch(self, free_since: float) -> Optional[list[_Job]]:
+        """Jobs with the first job's settings, up to max_batch_sentences (a larger job comes
+        alone), for a decoder free since ``free_since``; None once closed and empty."""
         with self._condition:
-            while not self._jobs:
-                if self._closing:
-                    return None
-                self._condition.wait()
-            deadline = self._jobs[0].arrived + self.max_wait  # the oldest job waits no longer than this
-            while not self._closing and self._waiting_for(self._jobs[0].search) < self.max_batch_sentences:
+            while True:
+                if not self._jobs:
+                    if self._closing:
+                        return None
+                    self._condition.wait()
+                    continue
+                # Waiting counts from the first arrival, or from when this decoder came free if
+                # sentences were already waiting: those then wait a little for the clients the last
+                # batch just answered, and batches stay large instead of splitting the clients
+                # into turns (benchmarks/README.md).
+                deadline = max(self._jobs[0].arrived, free_since) + self.max_wait
                 left = deadline - time.monotonic()
-                if left <= 0:
+                full = self._waiting_for(self._jobs[0].search) >= self.max_batch_sentences
+                if self._closing or full or left <= 0:
                     break
                 self._condition.wait(left)
             search, batch, size = self._jobs[0].search, [], 0
@@ -134,18 +269,14 @@ class BatchingWorker:
     def _waiting_for(self, search: Search) -> int:
         return sum(len(job.texts) for job in self._jobs if job.search == search)
 
-    def _run(self) -> None:
-        while (batch := self._take_batch()) is not None:
+    def _run(self, decode) -> None:
+        while (batch := self._take_batch(time.monotonic())) is not None:
             if not batch:
                 continue
             search = batch[0].search
             texts = [text for job in batch for text in job.texts]
             try:
-                translator = self.translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
-                                                           beam_size=search.beam_size)
-                sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
-                outputs = [(source, hypotheses, translator.detokenize(hypotheses))
-                           for source, hypotheses in zip(sources, results)]
+                outputs = decode(texts, search)
             except Exception as err:  # a bug must fail these requests, not the worker
                 log.exception("decoding failed")
                 for job in batch:
@@ -162,6 +293,7 @@ class BatchingWorker:
 @dataclass
 class ServedModel:
     name: str  # the checkpoint argument, for messages
+    checkpoints: list[str]  # one run, or the members of an ensemble
     source: str
     target: str
     translator: Translator
@@ -177,18 +309,19 @@ class ServeSettings:
     batch_limit: int = 64
     api_key: Optional[str] = None
     cors_origin: Optional[str] = None
+    decoders: int = 1  # processes per model, each searching a batch
 
 
-def load_models(checkpoints: list[str], device: str, beam_size: Optional[int], ensemble: bool = False,
-                dtype: str = "auto", quantize: str = "none") -> list[ServedModel]:
-    """Load each run (decoding in ``dtype``, with ``quantize``d weights); its language pair comes
-    from its config. Runs of the same pair are one ensemble when ``ensemble`` is set, and an
-    error otherwise."""
+def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = False) -> list[ServedModel]:
+    """Load each run (on ``options.device``, decoding in its ``dtype``, with ``quantize``d
+    weights); its language pair comes from its config. Runs of the same pair are one ensemble
+    when ``ensemble`` is set, and an error otherwise."""
     from seq2seq_cli.config import language_pair
 
     groups: dict[tuple[str, str], list[Translator]] = {}
     for checkpoint in checkpoints:
-        translator = Translator.load(checkpoint, device, beam_size=beam_size, dtype=dtype, quantize=quantize)
+        translator = Translator.load(checkpoint, options.device, beam_size=options.beam_size, dtype=options.dtype,
+                                     quantize=options.quantize)
         source, target = language_pair(translator.config.data)
         if source is None or target is None:
             raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "
@@ -197,13 +330,14 @@ def load_models(checkpoints: list[str], device: str, beam_size: Optional[int], e
             raise UserError(f"{checkpoint} and {groups[(source, target)][0].checkpoint} both translate {source} -> "
                             f"{target}; serve one model per language pair, or add --ensemble to serve them as one")
         groups.setdefault((source, target), []).append(translator)
-    return [ServedModel(" + ".join(str(t.checkpoint) for t in members), source, target,
+    return [ServedModel(" + ".join(t.checkpoint for t in members), [t.checkpoint for t in members], source, target,
                         members[0] if len(members) == 1 else Translator.ensemble(members))
             for (source, target), members in groups.items()]
 
 
-def create_app(models: list[ServedModel], settings: ServeSettings):
-    """The FastAPI application serving ``models``; their workers start and stop with it."""
+def create_app(models: list[ServedModel], settings: ServeSettings, options: LoadOptions):
+    """The FastAPI application serving ``models`` (loaded with ``options``); their workers and
+    decoder processes start and stop with it."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -228,13 +362,23 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
 
     @asynccontextmanager
     async def lifespan(app):
+        count = settings.decoders
+        # One decoder keeps PyTorch's thread count, so that it computes exactly what s2s translate
+        # does; N decoders share the cores.
+        threads = None if count == 1 else max(1, torch.get_num_threads() // count)
+        decoders = {model.name: [DecoderProcess(model.checkpoints, options, threads) for _ in range(count)]
+                    for model in models}  # they load in parallel
         for model in models:
-            decoding = model.translator.decoding
-            model.worker = BatchingWorker(model.translator, settings.max_batch_sentences or decoding.batch_size,
+            for decoder in decoders[model.name]:
+                decoder.ready()
+            model.worker = BatchingWorker(decoders[model.name],
+                                          settings.max_batch_sentences or model.translator.decoding.batch_size,
                                           settings.max_wait_ms, settings.max_queue, on_batch)
         yield
-        for model in models:  # every accepted request is answered before the process ends
+        for model in models:  # every accepted request is answered before the end
             model.worker.close()
+            for decoder in decoders[model.name]:
+                decoder.close()
 
     app = FastAPI(title="s2s translation service", lifespan=lifespan,
                   description="LibreTranslate-compatible API plus /v1/translate; batches concurrent requests.")
@@ -335,14 +479,14 @@ def create_app(models: list[ServedModel], settings: ServeSettings):
         outputs = await translate_lines(model, [t.replace("\n", " ") for t in texts],
                                         Search(beam_size=beam, nbest=nbest, attention=attention))
         answer = []
-        for source_ids, hypotheses, detokenized in outputs:
-            best = hypotheses[0]
-            item = {"translation": detokenized[0], "score": best.score, "log_prob": best.log_prob,
-                    "nbest": [{"translation": text, "score": h.score} for text, h in zip(detokenized, hypotheses)]}
+        for sentence in outputs:
+            item = {"translation": sentence.translations[0], "score": sentence.scores[0],
+                    "log_prob": sentence.log_prob,
+                    "nbest": [{"translation": text, "score": score}
+                              for text, score in zip(sentence.translations, sentence.scores)]}
             if attention:
-                item["source_tokens"], item["target_tokens"] = model.translator.attention_labels(source_ids, best)
-                item["attention"] = [] if best.attention is None else [
-                    [round(w, 4) for w in row] for row in best.attention.tolist()]
+                item.update(source_tokens=sentence.source_tokens, target_tokens=sentence.target_tokens,
+                            attention=sentence.attention)
             answer.append(item)
         return JSONResponse({"translations": answer, "source": model.source, "target": model.target})
 
@@ -539,7 +683,7 @@ def _reassemble(pieces, outputs, alternatives: int, text_format: str) -> tuple[s
             for version in versions:
                 version.append(markup)
             continue
-        _, _, texts = next(outputs)
+        texts = next(outputs).translations
         lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
         for index, version in enumerate(versions):
             translation = texts[min(index, len(texts) - 1)]

@@ -188,9 +188,10 @@ def test_a_client_that_leaves_does_not_break_its_batch(server):
 
 
 def test_api_key_full_queue_then_sigterm_answers_every_accepted_request(run):
+    """Also with two decoder processes, which must both stop only after the last batch."""
     lines = toy_lines("dev", 20)[0]
     expected = cli_translations(run, lines)
-    server = Server(run, "--api-key", "secret", "--max-queue", "20", "--max-wait-ms", "5000")
+    server = Server(run, "--api-key", "secret", "--max-queue", "20", "--max-wait-ms", "5000", "--decoders", "2")
     url = f"{server.url}/translate"
     assert httpx.post(url, json={"q": "Hi", "target": "de"}).status_code == 400
     assert httpx.post(url, json={"q": "Hi", "target": "de", "api_key": "wrong"}).status_code == 403
@@ -320,10 +321,10 @@ def test_two_runs_serve_two_pairs_from_one_process(run, tmp_path):
 
 def test_runs_of_one_pair_are_served_as_an_ensemble_with_ensemble(run):
     """--ensemble: runs that translate the same pair become one model; a model with itself is the model."""
-    from seq2seq_cli.serve import load_models
+    from seq2seq_cli.serve import LoadOptions, load_models
 
-    single, = load_models([str(run)], "cpu", None)
-    twice, = load_models([str(run), str(run)], "cpu", None, ensemble=True)
+    single, = load_models([str(run)], LoadOptions("cpu"))
+    twice, = load_models([str(run), str(run)], LoadOptions("cpu"), ensemble=True)
     assert (twice.source, twice.target) == (single.source, single.target) == ("en", "de")
     assert twice.name == f"{run} + {run}"
     lines = toy_lines("dev", 12)[0]
