@@ -115,9 +115,13 @@ class DecoderProcess:
     ``Decoded`` sentences."""
 
     def __init__(self, checkpoints: list[str], options: LoadOptions, threads: Optional[int]):
+        self._arguments = (checkpoints, options, threads)
+        self._start()
+
+    def _start(self) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads' locks
         self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_decoder_main, args=(child_end, checkpoints, options, threads),
+        self._process = context.Process(target=_decoder_main, args=(child_end, *self._arguments),
                                         name="s2s-decoder", daemon=True)
         self._process.start()
         child_end.close()
@@ -126,14 +130,22 @@ class DecoderProcess:
         self._answer()
 
     def __call__(self, texts: list[str], search: Search) -> list[Decoded]:
-        self._connection.send((texts, search))
-        return self._answer()
+        """The batch's sentences; a decoder process that died (killed, out of memory) is
+        replaced and the batch searched again, once."""
+        for attempt in range(2):
+            try:
+                self._connection.send((texts, search))
+                return self._answer()
+            except (EOFError, OSError):
+                log.error("the decoder process of %s ended (exit code %s); starting another",
+                          " + ".join(self._arguments[0]), self._process.exitcode)
+                self._connection.close()
+                self._start()
+                self.ready()
+        raise RuntimeError("the decoder process ended twice while searching this batch")
 
     def _answer(self):
-        try:
-            kind, payload = self._connection.recv()
-        except EOFError:
-            raise RuntimeError(f"the decoder process ended (exit code {self._process.exitcode})") from None
+        kind, payload = self._connection.recv()
         if kind == "error":
             raise RuntimeError(f"in the decoder process: {payload}")
         return payload
@@ -142,7 +154,7 @@ class DecoderProcess:
         if self._process.is_alive():
             try:
                 self._connection.send(None)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 pass
         self._process.join(timeout=30)
         if self._process.is_alive():

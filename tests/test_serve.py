@@ -187,6 +187,26 @@ def test_a_client_that_leaves_does_not_break_its_batch(server):
     assert httpx.post(url, json={"q": "Hi", "target": "de"}).status_code == 200
 
 
+def decoder_processes(server) -> list[int]:
+    """The pids of the server's decoder processes (its spawned children, not the resource tracker)."""
+    pid = server.process.pid
+    children = [int(c) for task in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    return [c for c in children if b"spawn_main" in open(f"/proc/{c}/cmdline", "rb").read()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the decoder process in /proc")
+def test_a_killed_decoder_process_is_replaced_and_no_answer_is_lost(run, server):
+    lines = toy_lines("dev", 6)[0]
+    expected = cli_translations(run, lines)
+    (decoder,) = decoder_processes(server)
+    os.kill(decoder, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    answer = httpx.post(f"{server.url}/translate", json={"q": lines, "target": "de"}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["translatedText"] == expected
+    (replacement,) = decoder_processes(server)
+    assert replacement != decoder
+
+
 def test_api_key_full_queue_then_sigterm_answers_every_accepted_request(run):
     """Also with two decoder processes, which must both stop only after the last batch."""
     lines = toy_lines("dev", 20)[0]
