@@ -132,7 +132,7 @@ class DecoderProcess:
     def __call__(self, texts: list[str], search: Search) -> list[Decoded]:
         """The batch's sentences; a decoder process that died (killed, out of memory) is
         replaced and the batch searched again, once."""
-        for attempt in range(2):
+        for _ in range(2):
             try:
                 self._connection.send((texts, search))
                 return self._answer()
