@@ -281,10 +281,10 @@ def serve(
         import uvicorn
     except ImportError:
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
-    from seq2seq_cli.serve import LoadOptions, ServeSettings, create_app, load_models
+    from seq2seq_cli.serve import LoadOptions, ServeSettings, create_app, server_models
 
     options = LoadOptions(device, beam_size, dtype, quantize)
-    models = load_models([str(path) for path in checkpoint], options, ensemble)
+    models = server_models([str(path) for path in checkpoint], options, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin, decoders)
     _check_port_free(host, port)

@@ -347,6 +347,18 @@ def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = F
             for (source, target), members in groups.items()]
 
 
+def server_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = False) -> list[ServedModel]:
+    """The models as the server's own process holds them, to know their language pairs and
+    search settings: loaded on the CPU as stored, after checking that the decoder processes
+    can load them as ``options`` say (they load their own copies, so a GPU serves without a
+    second copy and CUDA context in the process that answers HTTP)."""
+    from seq2seq_cli.device import select_device
+    from seq2seq_cli.precision import check_decoding_format
+
+    check_decoding_format(select_device(options.device), options.dtype, options.quantize)
+    return load_models(checkpoints, LoadOptions("cpu", options.beam_size), ensemble)
+
+
 def create_app(models: list[ServedModel], settings: ServeSettings, options: LoadOptions):
     """The FastAPI application serving ``models`` (loaded with ``options``); their workers and
     decoder processes start and stop with it."""

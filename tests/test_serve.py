@@ -248,7 +248,28 @@ def test_serve_user_errors(run, tmp_path):
         assert_user_errors(
             (("serve", "--checkpoint", tmp_path / "nothing"), "no such checkpoint file or run directory"),
             (("serve", "--checkpoint", run, "--checkpoint", run, "--device", "cpu"), "both translate en -> de"),
+            (("serve", "--checkpoint", run, "--device", "cpu", "--quantize", "int4"), "--quantize int4: unknown"),
             (("serve", "--checkpoint", run, "--port", port, "--device", "cpu"), f"cannot listen on 127.0.0.1:{port}"))
+
+
+def test_the_decoder_processes_search_in_the_number_format_asked_for(run):
+    """The server's own copy of a run is only for its settings: the decoders load theirs as told."""
+    lines = toy_lines("dev", 8)[0]
+
+    def scored(rows):  # `s2s translate --nbest` lines -> (translation, score) pairs
+        return [tuple(row.split(" ||| ")[1:]) for row in rows]
+
+    expected = scored(cli_translations(run, lines, "--quantize", "int8", "--beam-size", "2", "--nbest", "2"))
+    assert expected != scored(cli_translations(run, lines, "--beam-size", "2", "--nbest", "2"))  # int8 shows
+    served = Server(run, "--quantize", "int8")
+    try:
+        answer = httpx.post(f"{served.url}/v1/translate", json={"texts": lines, "beam_size": 2, "nbest": 2},
+                            timeout=60).json()
+        assert [(n["translation"], f"{n['score']:.4f}") for item in answer["translations"]
+                for n in item["nbest"]] == expected
+    finally:
+        code, log = served.stop()
+    assert code == 0, log
 
 
 def chromium():
