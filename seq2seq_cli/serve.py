@@ -1,8 +1,9 @@
 """``s2s serve``: a translation service over HTTP that batches concurrent requests.
 
-Each served model has one decoding worker (a thread). It takes every sentence waiting in its
-queue, up to ``max_batch_sentences``, waiting at most ``max_wait_ms`` after the first one
-arrived, and has one batched search run; each request then gets its own sentences back.
+Each served model has a queue and one decoder (``--decoders N``: N of them). A free decoder
+takes every sentence waiting, up to ``max_batch_sentences``, waiting at most ``max_wait_ms``
+after the first one arrived (or after it came free), and searches them as one batch; each
+request then gets its own sentences back.
 Requests with different search settings never share a batch. Since a sentence's translation
 does not depend on the batch it is in, every answer equals what ``s2s translate`` prints for
 the line.
@@ -245,9 +246,10 @@ class BatchingWorker:
         for thread in self._threads:
             thread.join()
 
-    def _take_batch(self, free_since: float) -> Optional[list[_Job]]:
+    def _take_batch(self) -> Optional[list[_Job]]:
         """Jobs with the first job's settings, up to max_batch_sentences (a larger job comes
-        alone), for a decoder free since ``free_since``; None once closed and empty."""
+        alone), for a decoder that has just come free; None once closed and empty."""
+        free_since = time.monotonic()
         with self._condition:
             while True:
                 if not self._jobs:
@@ -282,7 +284,7 @@ class BatchingWorker:
         return sum(len(job.texts) for job in self._jobs if job.search == search)
 
     def _run(self, decode) -> None:
-        while (batch := self._take_batch(time.monotonic())) is not None:
+        while (batch := self._take_batch()) is not None:
             if not batch:
                 continue
             search = batch[0].search
