@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import platform
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import score_report
 from seq2seq_cli.launch import train
+from seq2seq_cli.progress import log_to_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY=VALUE")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # training's log
+    log_to_stderr()  # training's log
     data = args.data.resolve()
     files = {"train_src": "train.de", "train_tgt": "train.en", "dev_src": "val.de", "dev_tgt": "val.en",
              "test_src": "test_2016_flickr.de", "test_tgt": "test_2016_flickr.en"}

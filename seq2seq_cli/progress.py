@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def log_to_stderr() -> None:
+    """s2s's log lines: the time and the message, on stderr (every command, and the processes
+    that s2s serve starts, write them alike)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr, force=True)
+
+
 PLAIN_LOG_SECONDS = 30.0  # without a progress bar, a log line at least this often
 
 

@@ -39,6 +39,7 @@ from urllib.parse import parse_qs
 import torch
 
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.progress import log_to_stderr
 from seq2seq_cli.translation import Translator
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def _decoder_main(connection, checkpoints: list[str], options: LoadOptions, thre
     ends (after the last accepted request), so it ignores them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # as s2s's
+    log_to_stderr()
     if threads:
         torch.set_num_threads(threads)
     try:
