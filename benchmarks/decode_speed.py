@@ -113,8 +113,11 @@ def main() -> None:
 
     greedy_row, beam_row, single_row = rows[:3]
     counter = FlopCounterMode(display=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the counter sees its own thread's operations only: search on this one
     with counter:
         translate_corpus(model, tokenizers, sources, beam, device)
+    torch.set_num_threads(threads)
     beam_flops_per_sentence = counter.get_total_flops() / len(sources)
     peak = matmul_peak(device)
     roofline = peak / beam_flops_per_sentence  # sentences/s if only matmuls cost, at peak

@@ -10,9 +10,10 @@ sentence per request, from that many concurrent clients (asyncio, one keep-alive
 each, a minimal HTTP/1.1 client: the clients share the machine with the server), each phase bounded
 by --seconds. Reports sentences/s, p50/p95/p99 request latency and the mean decoding batch
 size (from /metrics), beside two offline rates on the same sentences, in this process:
-- "s2s translate": what the command does with them on its input, the same functions in the
-  same order (chunks of decoding.batch_size lines as they come, each sorted by length and
-  searched, output lines formatted); the issue's targets compare with this;
+- "s2s translate": what the command does with them on its input, through the same method
+  (`Translator.translate_stream` over chunks of decoding.batch_size lines as they come, several
+  chunks at once on the CPU's threads, output lines formatted); the issue's targets compare
+  with this;
 - "one call": `Translator.translate` on all of them at once (sorted across the whole set, as
   `s2s evaluate` does), the best case, shown beside it.
 Both are measured right before and right after each phase, while the server is idle, and each
@@ -129,7 +130,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--beam-size", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--decoders", type=int, default=1, help="passed to s2s serve")
+    parser.add_argument("--decoders", type=int, help="passed to s2s serve (default: its own)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="passed to s2s serve")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -144,8 +145,8 @@ def main() -> None:
     def offline_rates() -> tuple[float, float]:
         """Sentences/s of s2s translate's loop and of one Translator.translate call."""
         started = time.perf_counter()
-        for raw_lines in read_line_batches(io.BytesIO(stdin), translator.decoding.batch_size):
-            _, results = translator.translate_raw(raw_lines)
+        for _, results in translator.translate_stream(read_line_batches(io.BytesIO(stdin),
+                                                                        translator.decoding.batch_size)):
             for hypotheses in results:
                 translator.output_lines(0, hypotheses)
         middle = time.perf_counter()
@@ -157,7 +158,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "serve", "--checkpoint", str(args.checkpoint),
                                "--port", str(port), "--device", "cpu", "--beam-size", str(args.beam_size),
                                "--max-wait-ms", str(args.max_wait_ms),
-                               *(["--decoders", str(args.decoders)] if args.decoders != 1 else [])],
+                               *(["--decoders", str(args.decoders)] if args.decoders else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
@@ -191,7 +192,7 @@ def main() -> None:
         server.wait(timeout=60)
 
     sequential = rows[0]["sentences_per_s"] if rows and rows[0]["clients"] == 1 else None
-    print(f"s2s serve, beam {args.beam_size}, {args.decoders} decoder(s), max wait {args.max_wait_ms:g} ms, "
+    print(f"s2s serve, beam {args.beam_size}, {args.decoders or torch.get_num_threads()} decoder(s), max wait {args.max_wait_ms:g} ms, "
           f"{len(sentences)} test2016 sentences ({source}->{target}), {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     print(f"{'clients':>7} {'sent/s':>8} {'translate':>9} {'of it':>6} {'one call':>8} {'of it':>6} "
@@ -204,7 +205,7 @@ def main() -> None:
               f"{speedup:>10} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['p99_ms']:>8.1f} "
               f"{row['mean_batch']:>6.2f} {row['different_from_offline']:>5}")
     if args.json:
-        args.json.write_text(json.dumps({"beam_size": args.beam_size, "decoders": args.decoders,
+        args.json.write_text(json.dumps({"beam_size": args.beam_size, "decoders": args.decoders or torch.get_num_threads(),
                                          "max_wait_ms": args.max_wait_ms, "rows": rows}, indent=2) + "\n")
 
 

@@ -168,8 +168,7 @@ def translate(
     source = _open_binary(input_file, "rb", sys.stdin.buffer)
     out = _open_binary(output_file, "wb", sys.stdout.buffer)
     index = 0
-    for raw_lines in read_line_batches(source, translator.decoding.batch_size):
-        sources, results = translator.translate_raw(raw_lines)
+    for sources, results in translator.translate_stream(read_line_batches(source, translator.decoding.batch_size)):
         for source_ids, hypotheses in zip(sources, results):
             out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
             if plot_attention is not None and hypotheses[0].attention is not None:
@@ -260,7 +259,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(5000, "--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", metavar="K", min=1, help="Beam size (default: each run's config)."),
-    decoders: int = typer.Option(1, "--decoders", metavar="N", min=1, help="Batches searched at once per model, each in a process of its own with 1/N of the threads; see the README for what N > 1 changes."),
+    decoders: Optional[int] = typer.Option(None, "--decoders", metavar="N", min=1, help="Batches searched at once per model, each on one thread in a process of its own (default: one per CPU thread; one on a GPU)."),
     max_batch_sentences: Optional[int] = typer.Option(None, "--max-batch-sentences", metavar="N", min=1, help="Sentences per decoding batch (default: decoding.batch_size)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", metavar="MS", min=0.0, help="How long a batch waits for more sentences after the first."),
     max_queue: int = typer.Option(2048, "--max-queue", metavar="N", min=1, help="Sentences waiting per model before 429."),

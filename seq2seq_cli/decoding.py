@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
+from seq2seq_cli.device import decoding_threads, map_in_order
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
@@ -321,31 +322,39 @@ def _backtrack(history: list, row: int, chosen: list[tuple[float, float, int, in
 
 
 def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
-                  decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False) -> list[list[Hypothesis]]:
+                  decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False,
+                  precision: str = "auto") -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
-    searched as ``decoding`` says (beam size, length penalty and limits, batch size).
+    searched as ``decoding`` says (beam size, length penalty and limits, batch size), computing
+    in ``precision`` (see ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU).
 
-    Sentences are sorted by length so that a batch holds similar lengths, then put back."""
+    Sentences are sorted by length so that a batch holds similar lengths, then put back. On the
+    CPU, as many batches are searched at once as torch has threads, each on one thread
+    (``seq2seq_cli.device.decoding_threads`` says why)."""
     if nbest > decoding.beam_size:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({decoding.beam_size})")
+
+    def search(chunk: list[int]) -> list[list[Hypothesis]]:
+        src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
+        limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
+        src_ids = src_ids.to(device)
+        with autocast(device, precision):  # per thread: autocast is a thread's own state
+            if decoding.beam_size == 1:
+                return [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
+                                                   decoding.no_repeat_ngram_size)]
+            return beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
+                               decoding.length_penalty, nbest, keep_attention, decoding.no_repeat_ngram_size)
+
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    chunks = [order[start: start + decoding.batch_size] for start in range(0, len(order), decoding.batch_size)]
     results: list[list[Hypothesis]] = [[] for _ in sources]
     try:
-        for start in range(0, len(order), decoding.batch_size):
-            chunk = order[start: start + decoding.batch_size]
-            src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
-            limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
-            src_ids = src_ids.to(device)
-            if decoding.beam_size == 1:
-                found = [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
-                                                    decoding.no_repeat_ngram_size)]
-            else:
-                found = beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
-                                    decoding.length_penalty, nbest, keep_attention, decoding.no_repeat_ngram_size)
-            for index, hypotheses in zip(chunk, found):
-                results[index] = hypotheses
+        with decoding_threads(device) as threads:
+            for chunk, found in zip(chunks, map_in_order(search, chunks, min(threads, len(chunks)))):
+                for index, hypotheses in zip(chunk, found):
+                    results[index] = hypotheses
     finally:
         model.train(was_training)
     return results
@@ -354,7 +363,5 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False, precision: str = "auto") -> list[list[Hypothesis]]:
-    """``translate_ids`` with the tokenizers' special ids, computing in ``precision`` (see
-    ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU)."""
-    with autocast(device, precision):
-        return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention)
+    """``translate_ids`` with the tokenizers' special ids."""
+    return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision)

@@ -1,7 +1,14 @@
 """Where the model runs: device selection from config (``precision`` says in what number format),
-and the CPU math library set up so that the same computation gives the same bits in every process."""
+the CPU math library set up so that the same computation gives the same bits in every process,
+and how decoding spreads over the CPU's threads."""
 
 from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
 
@@ -45,3 +52,86 @@ def _set_up_vector_math() -> None:
 
 
 _set_up_vector_math()
+
+
+# Decoding on the CPU runs one batch per thread, each batch's operations on that one thread,
+# rather than each operation split across all threads. Two reasons (benchmarks/README.md,
+# "Decoding on one thread per batch"): a decoder step is many small products that split
+# badly (2 threads decoding 2 batches are 10-20% faster than 2 threads sharing each step),
+# and MKL's matrix products round differently when split across another number of threads,
+# so a translation's scores (and, at a near tie, its words) would depend on the machine's
+# core count. Computed on one thread, they do not: `s2s translate`, `s2s evaluate` and every
+# `s2s serve` decoder process give the same numbers with 1, 2 or 16 threads.
+@contextmanager
+def decoding_threads(device: torch.device) -> Iterator[int]:
+    """How many batches to decode at once on ``device`` (torch's thread count on the CPU, else 1);
+    inside, torch computes on one thread until the previous count is restored."""
+    if device.type != "cpu":
+        yield 1
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def _on_one_thread(function: Callable[[Item], Result], item: Item) -> Result:
+    # torch's thread count is each thread's own (OpenMP and MKL keep it per thread), and a new
+    # thread takes the process-wide count when it first computes: set it here, every time.
+    torch.set_num_threads(1)
+    return function(item)
+
+
+def map_in_order(function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+    """``map(function, items)`` with ``workers`` threads computing on one torch thread each,
+    results in input order. ``items`` is read by a thread of its own, no further ahead than the
+    workers can take, so a stream stays a stream: a line typed at a terminal is translated and
+    printed before the next one is read."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    submitted: queue.Queue = queue.Queue(maxsize=workers)  # futures, then None at the end
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(entry) -> bool:  # False once the consumer has gone
+        while not stop.is_set():
+            try:
+                submitted.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def feed(pool: ThreadPoolExecutor) -> None:
+        try:
+            for item in items:
+                if not put(pool.submit(_on_one_thread, function, item)):
+                    return
+        except BaseException as error:  # reading the input failed: the consumer raises it
+            failure.append(error)
+        put(None)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        feeder = threading.Thread(target=feed, args=(pool,), name="decode-input", daemon=True)
+        feeder.start()
+        try:
+            while (future := submitted.get()) is not None:
+                yield future.result()
+            if failure:
+                raise failure[0]
+        finally:
+            stop.set()
+            while True:  # unblock the feeder and drop what it queued
+                try:
+                    pending = submitted.get_nowait()
+                except queue.Empty:
+                    break
+                if pending is not None:
+                    pending.cancel()

@@ -1,6 +1,7 @@
 """``s2s serve``: a translation service over HTTP that batches concurrent requests.
 
-Each served model has a queue and one decoder (``--decoders N``: N of them). A free decoder
+Each served model has a queue and decoders (``--decoders N``; by default one per CPU thread,
+one on a GPU), each searching one batch at a time on one thread. A free decoder
 takes every sentence waiting, up to ``max_batch_sentences``, waiting at most ``max_wait_ms``
 after the first one arrived (or after it came free), and searches them as one batch; each
 request then gets its own sentences back.
@@ -38,7 +39,9 @@ from urllib.parse import parse_qs
 
 import torch
 
+from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.precision import check_decoding_format
 from seq2seq_cli.progress import log_to_stderr
 from seq2seq_cli.translation import Translator
 
@@ -108,16 +111,16 @@ class LoadOptions:
 
 
 class DecoderProcess:
-    """A served model's searches, run in a process of its own (see the module docstring) with
-    ``threads`` threads (None: PyTorch's default). The process loads the model the way the
-    server did; ``ready`` waits for it.
+    """A served model's searches, run in a process of its own (see the module docstring) on one
+    thread, as ``s2s translate`` searches each of its batches. The process loads the model the
+    way the server did; ``ready`` waits for it.
 
     Called from one thread at a time (a BatchingWorker thread) with texts and settings, it
     sends them through a pipe and waits, without holding the interpreter lock, for the
     ``Decoded`` sentences."""
 
-    def __init__(self, checkpoints: list[str], options: LoadOptions, threads: Optional[int]):
-        self._arguments = (checkpoints, options, threads)
+    def __init__(self, checkpoints: list[str], options: LoadOptions):
+        self._arguments = (checkpoints, options)
         self._start()
 
     def _start(self) -> None:
@@ -164,7 +167,7 @@ class DecoderProcess:
         self._connection.close()
 
 
-def _decoder_main(connection, checkpoints: list[str], options: LoadOptions, threads: Optional[int]) -> None:
+def _decoder_main(connection, checkpoints: list[str], options: LoadOptions) -> None:
     """The decoder process: load the model, then search each batch sent until None arrives.
 
     Ctrl+C and SIGTERM reach the whole process group; the server decides when this process
@@ -172,8 +175,7 @@ def _decoder_main(connection, checkpoints: list[str], options: LoadOptions, thre
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log_to_stderr()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # as each batch of s2s translate: the same numbers on any machine
     try:
         model, = load_models(checkpoints, options, ensemble=True)
         connection.send(("ready", None))
@@ -324,7 +326,7 @@ class ServeSettings:
     batch_limit: int = 64
     api_key: Optional[str] = None
     cors_origin: Optional[str] = None
-    decoders: int = 1  # processes per model, each searching a batch
+    decoders: Optional[int] = None  # processes per model, each searching a batch (None: one per CPU thread)
 
 
 def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = False) -> list[ServedModel]:
@@ -355,9 +357,6 @@ def server_models(checkpoints: list[str], options: LoadOptions, ensemble: bool =
     search settings: loaded on the CPU as stored, after checking that the decoder processes
     can load them as ``options`` say (they load their own copies, so a GPU serves without a
     second copy and CUDA context in the process that answers HTTP)."""
-    from seq2seq_cli.device import select_device
-    from seq2seq_cli.precision import check_decoding_format
-
     check_decoding_format(select_device(options.device), options.dtype, options.quantize)
     return load_models(checkpoints, LoadOptions("cpu", options.beam_size), ensemble)
 
@@ -389,11 +388,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
 
     @asynccontextmanager
     async def lifespan(app):
-        count = settings.decoders
-        # One decoder keeps PyTorch's thread count, so that it computes exactly what s2s translate
-        # does; N decoders share the cores.
-        threads = None if count == 1 else max(1, torch.get_num_threads() // count)
-        decoders = {model.name: [DecoderProcess(model.checkpoints, options, threads) for _ in range(count)]
+        # Each decoder searches on one thread: one per thread PyTorch would use, or one per GPU.
+        count = settings.decoders or (torch.get_num_threads() if select_device(options.device).type == "cpu" else 1)
+        decoders = {model.name: [DecoderProcess(model.checkpoints, options) for _ in range(count)]
                     for model in models}  # they load in parallel
         for model in models:
             for decoder in decoders[model.name]:

@@ -16,14 +16,14 @@ import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional, Sequence
+from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
 
 import torch
 
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig
 from seq2seq_cli.decoding import Ensemble, Hypothesis, translate_corpus
-from seq2seq_cli.device import select_device
+from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -67,6 +67,17 @@ def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]
             del complete[:max_lines]
         if at_end:
             return
+
+
+def decode_line(raw: bytes, line_number: int) -> str:
+    """One raw input line as text; invalid UTF-8 is replaced, with a warning naming the line."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning("input line %d: invalid UTF-8 replaced by U+FFFD", line_number)
+        return raw.decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -194,24 +205,30 @@ class Translator:
         return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
                 for hypotheses in results]
 
-    def decode_line(self, raw: bytes) -> str:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            log.warning("input line %d: invalid UTF-8 replaced by U+FFFD", self.lines_read + 1)
-            return raw.decode("utf-8", errors="replace")
-
     def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None
                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         """Source ids and n-best hypotheses (``nbest``, default this translator's) for each raw input line."""
+        first_line = self.lines_read + 1
+        self.lines_read += len(raw_lines)
+        return self._translate_raw(raw_lines, first_line, nbest)
+
+    def translate_stream(self, raw_line_batches: Iterable[list[bytes]]
+                         ) -> Iterator[tuple[list[list[int]], list[list[Hypothesis]]]]:
+        """``translate_raw`` of each batch of raw lines, in order, taking batches from the stream as
+        it goes (what ``s2s translate`` does with its input); on the CPU, as many batches at once
+        as torch has threads, each on one thread, like ``translate``'s own batches."""
+        def numbered() -> Iterator[tuple[list[bytes], int]]:
+            for raw_lines in raw_line_batches:
+                yield raw_lines, self.lines_read + 1
+                self.lines_read += len(raw_lines)
+
+        with decoding_threads(self.device) as threads:
+            yield from map_in_order(lambda batch: self._translate_raw(*batch), numbered(), threads)
+
+    def _translate_raw(self, raw_lines: list[bytes], first_line: int, nbest: Optional[int] = None
+                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         nbest = self.nbest if nbest is None else nbest
-        texts = []
-        for raw in raw_lines:
-            texts.append(self.decode_line(raw))
-            self.lines_read += 1
-        first_line = self.lines_read - len(texts) + 1
+        texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         sources = self.tokenizers.encode_src(texts)
         for offset, source in enumerate(sources):
             if len(source) > self.max_source_tokens:

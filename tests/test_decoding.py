@@ -1,6 +1,8 @@
 """Search correctness on tiny random models, where exact answers can be computed."""
 
 import itertools
+import threading
+import time
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import beam_search, gnmt_penalty, greedy_search, translate_ids
+from seq2seq_cli.device import map_in_order
 
 from conftest import IDS, SOURCES, make_batch, tiny_model
 
@@ -134,3 +137,47 @@ def test_no_repeat_ngram_size_holds(beam):
     for hypotheses in banned:
         pairs = bigrams(hypotheses[0].tokens)
         assert len(pairs) == len(set(pairs))
+
+
+def test_batches_decoded_side_by_side_come_back_in_order_as_a_stream():
+    """``map_in_order``, which decodes CPU batches on several threads: results in input order
+    however long each takes, input read only as far ahead as the workers can take (so a line
+    typed at a terminal is answered before the next arrives), errors raised to the caller, and
+    torch's thread count restored after decoding."""
+    def uneven(x):
+        time.sleep(0.05 if x % 3 == 0 else 0.0)  # early items finish last
+        return x * x
+
+    assert list(map_in_order(uneven, range(12), 3)) == [x * x for x in range(12)]
+
+    more_typed = threading.Event()
+    guard = threading.Timer(30, more_typed.set)  # unblocks a broken version, which then fails
+    guard.start()
+    read = []
+
+    def terminal():
+        for line in range(3):
+            read.append(line)
+            yield line
+            more_typed.wait()
+
+    results = map_in_order(lambda line: -line, terminal(), 2)
+    assert next(results) == 0 and not more_typed.is_set() and read == [0]
+    more_typed.set()
+    guard.cancel()
+    assert list(results) == [-1, -2]
+
+    with pytest.raises(ZeroDivisionError):
+        list(map_in_order(lambda x: 1 / x, [1, 0, 2], 2))
+
+    def unreadable():
+        yield 1
+        raise OSError("input/output error")
+
+    with pytest.raises(OSError, match="input/output"):
+        list(map_in_order(lambda x: x, unreadable(), 2))
+
+    threads = torch.get_num_threads()
+    model = tiny_model(0)
+    translate_ids(model, SOURCES, IDS, torch.device("cpu"), DecodingConfig(beam_size=2, batch_size=2))
+    assert torch.get_num_threads() == threads

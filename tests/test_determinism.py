@@ -4,6 +4,7 @@ Each run here starts its own Python process with its own corpus cache, so nothin
 tokenizer trained once, a cached corpus, a warm allocator) is shared between the runs compared.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,37 @@ def test_bf16_cpu_training_is_the_same_in_every_process(tmp_path):
     start = next(r for r in read_metrics(runs[0] / "metrics.jsonl") if r["event"] == "start")
     assert start["precision"] == "bf16"
     assert [r["step"] for r in read_metrics(runs[0] / "metrics.jsonl") if r["event"] == "valid"] == [8]
+
+
+SCORES = """
+import json, sys
+from seq2seq_cli import Translator
+lines = open(sys.argv[2], encoding="utf-8").read().splitlines()
+for beam in (1, 5):
+    nbest = Translator.load(sys.argv[1], "cpu", beam_size=beam).translate_nbest(lines, min(beam, 2))
+    print(json.dumps([[(t.text, t.score) for t in hypotheses] for hypotheses in nbest]))
+"""
+
+
+def test_translations_do_not_depend_on_the_thread_count(tmp_path):
+    """The same run and input give the same translations and scores, to the last bit, with 1 or 2
+    threads: `s2s translate`'s bytes and the Python API's float scores, each thread count in a
+    process of its own, at the toy config's real size (where a matrix product split across two
+    threads rounds differently from one computed on one)."""
+    run = tmp_path / "run"
+    finish(toy_run(run, "training.max_steps=10", "training.validate_every=0", "data.test_src=null",
+                   "data.test_tgt=null"))
+
+    def in_process(threads: int, *args: str) -> bytes:
+        result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, timeout=600,
+                                env={**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout
+
+    cli = ("-m", "seq2seq_cli", "translate", "--checkpoint", str(run), "--input", str(TOY / "test.en"),
+           "--beam-size", "5", "--nbest", "2")
+    assert in_process(1, *cli) == in_process(2, *cli)
+    api = ("-c", SCORES, str(run), str(TOY / "test.en"))
+    one_thread, two_threads = (in_process(threads, *api).splitlines() for threads in (1, 2))
+    assert len(one_thread) == 2 and len(json.loads(one_thread[1])) == 500  # greedy, then beam 5
+    assert one_thread == two_threads  # JSON writes each float's every digit

@@ -1,6 +1,7 @@
 """s2s translate as a filter, interactively, with n-best lists and attention pictures."""
 
 import os
+import re
 import select
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, png_size, s2s, tiny_config
+from conftest import TOY, assert_user_error, png_size, s2s, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,25 @@ def test_bad_input_never_breaks_the_stream(run_dir):
     assert "Traceback" not in stderr
     assert "line 3: invalid UTF-8" in stderr
     assert stderr.count("truncated to the model's limit of 30") == 1
+
+
+def test_small_batches_decoded_side_by_side_keep_order_and_line_numbers(run_dir):
+    """With --batch-size 3, 40 lines are 14 batches that the CPU's threads decode side by side:
+    the output is still line for line the one-batch output, and warnings name the right lines."""
+    lines = (TOY / "test.en").read_bytes().splitlines()[:40]
+    lines[22] = b"bad \xff bytes"
+    lines[30] = b" ".join([b"the big red dog"] * 50)
+    text = b"\n".join(lines) + b"\n"
+    outputs = {}
+    for batch_size in ("3", "128"):
+        proc = subprocess.run([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir),
+                               "--batch-size", batch_size], input=text, capture_output=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 0, stderr
+        assert "input line 23: invalid UTF-8" in stderr and re.search(r"input line 31: \d+ tokens, truncated", stderr)
+        outputs[batch_size] = proc.stdout, [line.split(" ", 1)[1] for line in stderr.splitlines()]  # no time
+    assert len(outputs["3"][0].splitlines()) == 40 and outputs["3"] == outputs["128"]
 
 
 def test_nbest_output(run_dir):
