@@ -5,7 +5,8 @@ at a time, and each number format (fp32, bf16 autocast, int8 weights).
         [--src test_2016_flickr.de --ref test_2016_flickr.en] [--formats fp32,bf16,int8] [--json out.json]
 
 Prints a table and writes JSON. "one at a time" runs the very same beam search code with
-batches of one sentence, on the first --single-sentences sentences (it is slow); the speedup
+batches of one sentence, on the first --single-sentences sentences (it is slow; on the CPU as
+many such batches at once as torch has threads, as with every batch size); the speedup
 compares sentences/s measured in this same run. Each format's rows say how much faster than
 fp32 with the same search they are, and how much BLEU they give up, measured in this run
 (every format warmed up on the whole test set first, then the formats take turns).
