@@ -145,16 +145,19 @@ def test_translations_do_not_depend_on_the_thread_count(tmp_path):
     finish(toy_run(run, "training.max_steps=10", "training.validate_every=0", "data.test_src=null",
                    "data.test_tgt=null"))
 
+    source = tmp_path / "test.en"  # two batches of 128, decoded side by side with 2 threads
+    source.write_bytes(b"".join((TOY / "test.en").read_bytes().splitlines(keepends=True)[:256]))
+
     def in_process(threads: int, *args: str) -> bytes:
         result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, timeout=600,
                                 env={**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
         assert result.returncode == 0, result.stderr.decode()
         return result.stdout
 
-    cli = ("-m", "seq2seq_cli", "translate", "--checkpoint", str(run), "--input", str(TOY / "test.en"),
+    cli = ("-m", "seq2seq_cli", "translate", "--checkpoint", str(run), "--input", str(source),
            "--beam-size", "5", "--nbest", "2")
     assert in_process(1, *cli) == in_process(2, *cli)
-    api = ("-c", SCORES, str(run), str(TOY / "test.en"))
+    api = ("-c", SCORES, str(run), str(source))
     one_thread, two_threads = (in_process(threads, *api).splitlines() for threads in (1, 2))
-    assert len(one_thread) == 2 and len(json.loads(one_thread[1])) == 500  # greedy, then beam 5
+    assert len(one_thread) == 2 and len(json.loads(one_thread[1])) == 256  # greedy, then beam 5
     assert one_thread == two_threads  # JSON writes each float's every digit
