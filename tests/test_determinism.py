@@ -84,14 +84,21 @@ SCHEDULE = ("training.max_steps=30", "training.save_every=10", "training.validat
             "data.test_src=null", "data.test_tgt=null")
 
 
-def test_toy_run_killed_and_resumed_equals_one_never_interrupted(tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """A toy run of SCHEDULE never interrupted, in a process of its own."""
+    run = tmp_path_factory.mktemp("toy") / "straight"
+    finish(toy_run(run, *SCHEDULE))
+    return run
+
+
+def test_toy_run_killed_and_resumed_equals_one_never_interrupted(tmp_path, straight_run):
     """Each side trains its own tokenizer in its own process, at the toy config's real size.
 
     Three processes (uninterrupted; killed after step 10; resumed) must agree bit for bit,
     which also proves that two runs of the same config in separate processes are identical.
     (One after the other: two trainings of 2 threads each on 2 cores take 5 times as long.)"""
-    straight_run, run = tmp_path / "straight", tmp_path / "killed"
-    finish(toy_run(straight_run, *SCHEDULE))
+    run = tmp_path / "killed"
     proc = toy_run(run, *SCHEDULE)
     deadline = time.time() + 300
     while saved_step(run) < 10:
@@ -136,14 +143,12 @@ for beam in (1, 5):
 """
 
 
-def test_translations_do_not_depend_on_the_thread_count(tmp_path):
+def test_translations_do_not_depend_on_the_thread_count(tmp_path, straight_run):
     """The same run and input give the same translations and scores, to the last bit, with 1 or 2
     threads: `s2s translate`'s bytes and the Python API's float scores, each thread count in a
     process of its own, at the toy config's real size (where a matrix product split across two
     threads rounds differently from one computed on one)."""
-    run = tmp_path / "run"
-    finish(toy_run(run, "training.max_steps=10", "training.validate_every=0", "data.test_src=null",
-                   "data.test_tgt=null"))
+    run = straight_run
 
     source = tmp_path / "test.en"  # two batches of 128, decoded side by side with 2 threads
     source.write_bytes(b"".join((TOY / "test.en").read_bytes().splitlines(keepends=True)[:256]))

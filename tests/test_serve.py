@@ -265,7 +265,7 @@ def test_the_decoder_processes_search_in_the_number_format_asked_for(run):
 
     expected = scored(cli_translations(run, lines, "--quantize", "int8", "--beam-size", "2", "--nbest", "2"))
     assert expected != scored(cli_translations(run, lines, "--beam-size", "2", "--nbest", "2"))  # int8 shows
-    served = Server(run, "--quantize", "int8")
+    served = Server(run, "--quantize", "int8", "--decoders", "1")
     try:
         answer = httpx.post(f"{served.url}/v1/translate", json={"texts": lines, "beam_size": 2, "nbest": 2},
                             timeout=60).json()
@@ -347,7 +347,7 @@ def test_two_runs_serve_two_pairs_from_one_process(run, tmp_path):
     german_english = tmp_path / "run"
     lines = toy_lines("dev", 4)
     expected = {("en", "de"): cli_translations(run, lines[0]), ("de", "en"): cli_translations(german_english, lines[1])}
-    served = Server(run, "--checkpoint", german_english)
+    served = Server(run, "--checkpoint", german_english, "--decoders", "1")
     try:
         assert httpx.get(f"{served.url}/languages").json() == [
             {"code": "de", "name": "German", "targets": ["en"]}, {"code": "en", "name": "English", "targets": ["de"]}]
