@@ -33,7 +33,7 @@ from speed import matmul_peak  # benchmarks/ is on sys.path when this script run
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import translate_corpus
-from seq2seq_cli.device import select_device
+from seq2seq_cli.device import decoding_threads, select_device
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.precision import for_decoding
 
@@ -114,11 +114,8 @@ def main() -> None:
 
     greedy_row, beam_row, single_row = rows[:3]
     counter = FlopCounterMode(display=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the counter sees its own thread's operations only: search on this one
-    with counter:
+    with decoding_threads(device), counter:  # the counter sees its own thread's operations only: search on this one
         translate_corpus(model, tokenizers, sources, beam, device)
-    torch.set_num_threads(threads)
     beam_flops_per_sentence = counter.get_total_flops() / len(sources)
     peak = matmul_peak(device)
     roofline = peak / beam_flops_per_sentence  # sentences/s if only matmuls cost, at peak

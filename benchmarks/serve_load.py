@@ -191,8 +191,9 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
 
+    decoders = args.decoders or torch.get_num_threads()  # s2s serve's default on the CPU
     sequential = rows[0]["sentences_per_s"] if rows and rows[0]["clients"] == 1 else None
-    print(f"s2s serve, beam {args.beam_size}, {args.decoders or torch.get_num_threads()} decoder(s), max wait {args.max_wait_ms:g} ms, "
+    print(f"s2s serve, beam {args.beam_size}, {decoders} decoder(s), max wait {args.max_wait_ms:g} ms, "
           f"{len(sentences)} test2016 sentences ({source}->{target}), {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     print(f"{'clients':>7} {'sent/s':>8} {'translate':>9} {'of it':>6} {'one call':>8} {'of it':>6} "
@@ -205,7 +206,7 @@ def main() -> None:
               f"{speedup:>10} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['p99_ms']:>8.1f} "
               f"{row['mean_batch']:>6.2f} {row['different_from_offline']:>5}")
     if args.json:
-        args.json.write_text(json.dumps({"beam_size": args.beam_size, "decoders": args.decoders or torch.get_num_threads(),
+        args.json.write_text(json.dumps({"beam_size": args.beam_size, "decoders": decoders,
                                          "max_wait_ms": args.max_wait_ms, "rows": rows}, indent=2) + "\n")
 
 

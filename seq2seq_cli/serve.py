@@ -175,7 +175,9 @@ def _decoder_main(connection, checkpoints: list[str], options: LoadOptions) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log_to_stderr()
-    torch.set_num_threads(1)  # as each batch of s2s translate: the same numbers on any machine
+    # One thread, as s2s translate searches each batch: the decoders are the parallelism, so a
+    # batch longer than decoding.batch_size does not spread over more threads either.
+    torch.set_num_threads(1)
     try:
         model, = load_models(checkpoints, options, ensemble=True)
         connection.send(("ready", None))

@@ -208,22 +208,21 @@ class Translator:
     def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None
                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         """Source ids and n-best hypotheses (``nbest``, default this translator's) for each raw input line."""
-        first_line = self.lines_read + 1
-        self.lines_read += len(raw_lines)
-        return self._translate_raw(raw_lines, first_line, nbest)
+        return self._translate_raw(raw_lines, self._number_lines(len(raw_lines)), nbest)
 
     def translate_stream(self, raw_line_batches: Iterable[list[bytes]]
                          ) -> Iterator[tuple[list[list[int]], list[list[Hypothesis]]]]:
         """``translate_raw`` of each batch of raw lines, in order, taking batches from the stream as
         it goes (what ``s2s translate`` does with its input); on the CPU, as many batches at once
         as torch has threads, each on one thread, like ``translate``'s own batches."""
-        def numbered() -> Iterator[tuple[list[bytes], int]]:
-            for raw_lines in raw_line_batches:
-                yield raw_lines, self.lines_read + 1
-                self.lines_read += len(raw_lines)
-
+        numbered = ((raw_lines, self._number_lines(len(raw_lines))) for raw_lines in raw_line_batches)
         with decoding_threads(self.device) as threads:
-            yield from map_in_order(lambda batch: self._translate_raw(*batch), numbered(), threads)
+            yield from map_in_order(lambda batch: self._translate_raw(*batch), numbered, threads)
+
+    def _number_lines(self, count: int) -> int:
+        """The input line number of the first of the next ``count`` lines read, for warnings."""
+        self.lines_read += count
+        return self.lines_read - count + 1
 
     def _translate_raw(self, raw_lines: list[bytes], first_line: int, nbest: Optional[int] = None
                        ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
