@@ -9,7 +9,8 @@ import torch
 
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import beam_search, gnmt_penalty, greedy_search, translate_ids
+import seq2seq_cli.decoding
+from seq2seq_cli.decoding import BLOCK, beam_search, gnmt_penalty, greedy_search, top_by_blocks, translate_ids
 from seq2seq_cli.device import map_in_order
 
 from conftest import IDS, SOURCES, make_batch, tiny_model
@@ -84,6 +85,47 @@ def test_batch_composition_does_not_change_output(beam):
             for a, t in zip(alone, together):
                 assert [h.tokens for h in t] == [h.tokens for h in a]
                 assert t[0].score == pytest.approx(a[0].score, abs=1e-4)
+
+
+@pytest.mark.parametrize("width", [8000, 8037, 3000, 1100, 300])
+@pytest.mark.parametrize("count", [1, 2, 10])
+def test_top_by_blocks_is_topk(width, count):
+    """Exactly torch.topk's entries, in its order: on rows with a peak in the columns after the
+    last whole block, with ties (equal values), with -inf everywhere but a few columns, and with
+    the best entries crowded into one block."""
+    torch.manual_seed(width + count)
+    scores = torch.randn(7, width)
+    scores[1, -1] = 10.0  # the best entry past the last whole block
+    scores[2] = scores[2].round()  # many equal values
+    scores[3] = float("-inf")
+    scores[3, [5, width - 2]] = torch.tensor([-1.0, -2.0])
+    scores[4, 130:140] = torch.arange(10.0) + 20  # every best entry in one block
+    scores[5] = torch.randn(width).double().float() * 1e-30  # tiny and close together
+    best, where = top_by_blocks(scores, count)
+    expected = scores.topk(count, dim=1)
+    assert best.shape == where.shape == (7, count)
+    assert torch.equal(best, expected.values)
+    assert torch.equal(scores.gather(1, where), best)
+    assert all(len(set(row)) == count for row in where.tolist())  # no column twice
+    untied = [0, 1, 3, 4]
+    assert torch.equal(where[untied], expected.indices[untied])
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_a_large_vocabulary_searches_as_with_topk(beam, monkeypatch):
+    """Block-wise ranking (a vocabulary of many blocks) finds the hypotheses, scores and n-best
+    lists that ranking the whole vocabulary with torch.topk finds."""
+    vocab = 3000
+    assert 2 * beam * BLOCK * 4 <= vocab  # enough blocks that the block-wise path runs
+    model = tiny_model(2, vocab=vocab, sharpness=4.0)
+    decoding = DecodingConfig(beam_size=beam, batch_size=3)
+    sources = [[4 + (7 * i + j) % (vocab - 4) for j in range(1 + i % 6)] for i in range(9)]
+    ours = translate_ids(model, sources, IDS, torch.device("cpu"), decoding, nbest=beam)
+    monkeypatch.setattr(seq2seq_cli.decoding, "top_by_blocks", lambda scores, count: scores.topk(count, dim=1))
+    reference = translate_ids(model, sources, IDS, torch.device("cpu"), decoding, nbest=beam)
+    assert [[(h.tokens, h.score, h.log_prob) for h in n] for n in ours] == \
+        [[(h.tokens, h.score, h.log_prob) for h in n] for n in reference]
+    assert any(len(n[0].tokens) > 2 for n in ours)  # the search went somewhere
 
 
 def test_nbest_lists_and_length_limits():

@@ -32,3 +32,7 @@ def test_int8_quantization_is_for_fp32_decoding_on_the_cpu():
     # Each output row has a scale of its own (the rare target tokens keep their precision).
     weight = quantized.decoder.output.weight()
     assert weight.qscheme() == torch.per_channel_affine and weight.q_per_channel_scales().numel() == 20
+    # Every linear layer and recurrent cell is int8 but attention's one-column scoring product.
+    kept = {name for name, module in quantized.named_modules() if type(module) in (torch.nn.Linear, torch.nn.LSTM,
+                                                                                    torch.nn.GRUCell)}
+    assert kept == {"decoder.attention.v"}
