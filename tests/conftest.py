@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import concurrent.futures
 import subprocess
@@ -76,13 +77,41 @@ def tiny_config(tmp_path: Path, train_pairs: int = 400, dev_pairs: int = 40, **s
     return path
 
 
-def toy_learning_config(tmp_path: Path, device: str = "cpu") -> Path:
+def toy_learning_config(tmp_path: Path, device: str = "cpu", **sections) -> Path:
     """The short run on the toy corpus that must clear 50 dev BLEU (the quality floor)."""
     return tiny_config(
         tmp_path, train_pairs=20000, dev_pairs=200, tokenizer={"vocab_size": 600},
         model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
         training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
-                  "log_every": 50, "device": device})
+                  "log_every": 50, "device": device}, **sections)
+
+
+ANIMALS = re.compile(r"\b(dogs?|cats?|horses?|birds?)\b")
+
+
+def toy_domain(split: str, animals: bool) -> tuple[list[str], list[str]]:
+    """The toy corpus's pairs with animals in them, or those without: two domains, the second
+    with words and noun forms the first never has."""
+    pairs = [(en, de) for en, de in zip(*toy_lines(split)) if bool(ANIMALS.search(en)) == animals]
+    return [en for en, _ in pairs], [de for _, de in pairs]
+
+
+@pytest.fixture(scope="session")
+def learned_toy_run(tmp_path_factory) -> Path:
+    """The run of ``toy_learning_config`` on the pairs without animals, trained once a session:
+    the learning test reads it, fine-tuning starts from it. Nothing may write into it."""
+    from seq2seq_cli.config import load_config
+    from seq2seq_cli.launch import train
+
+    folder = tmp_path_factory.mktemp("learned")
+    files = {}
+    for split in ("train", "dev"):
+        files[f"{split}_src"], files[f"{split}_tgt"] = map(str, write_corpus(folder / "corpus", split,
+                                                                            *toy_domain(split, animals=False)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        train(load_config(toy_learning_config(folder, data=files)))
+    return folder / "run"
 
 
 def saved_step(run: Path) -> int:

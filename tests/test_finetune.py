@@ -10,44 +10,38 @@ import re
 import torch
 import yaml
 
-from conftest import assert_user_errors, final_weights, s2s, tiny_config, toy_lines, write_corpus
+from conftest import assert_user_errors, final_weights, s2s, tiny_config, toy_domain, write_corpus
 from seq2seq_cli.config import load_config
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.translation import Translator
 
-ANIMALS = re.compile(r"\b(dogs?|cats?|horses?|birds?)\b")
+# The parent's sizes (conftest.toy_learning_config).
 SIZES = {"tokenizer": {"vocab_size": 600}, "model": {"embed_dim": 64, "hidden_size": 128, "dropout": 0.1}}
 
 
-def domain(split: str, animals: bool) -> tuple[list[str], list[str]]:
-    pairs = [(en, de) for en, de in zip(*toy_lines(split)) if bool(ANIMALS.search(en)) == animals]
-    return [en for en, _ in pairs], [de for _, de in pairs]
-
-
 def domain_config(folder, animals: bool, training: dict) -> "Path":
-    train_en, train_de = write_corpus(folder / "corpus", "train", *domain("train", animals))
-    dev_en, dev_de = write_corpus(folder / "corpus", "dev", *domain("dev", animals))
+    train_en, train_de = write_corpus(folder / "corpus", "train", *toy_domain("train", animals))
+    dev_en, dev_de = write_corpus(folder / "corpus", "dev", *toy_domain("dev", animals))
     return tiny_config(folder, data={"train_src": str(train_en), "train_tgt": str(train_de), "dev_src": str(dev_en),
                                      "dev_tgt": str(dev_de)}, **SIZES,
                        training={"batch_tokens": 2500, "learning_rate": 0.003, **training})
 
 
-def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path):
-    parent = domain_config(tmp_path / "parent", animals=False, training={"max_steps": 120, "validate_every": 120})
-    assert train(load_config(parent))["best_dev_bleu"] > 40
-    dev_en, dev_de = domain("dev", animals=True)
-    hypotheses, _ = Translator.load(tmp_path / "parent" / "run", "cpu").translate_lines(dev_en)
+def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path, learned_toy_run):
+    parent_run = learned_toy_run  # trained on the pairs without animals
+    dev_en, dev_de = toy_domain("dev", animals=True)
+    hypotheses, _ = Translator.load(parent_run, "cpu").translate_lines(dev_en)
     parent_score = corpus_bleu(hypotheses, dev_de)
 
     child = domain_config(tmp_path / "child", animals=True, training={
-        "max_steps": 20, "validate_every": 5, "learning_rate": 0.001, "init_from": str(tmp_path / "parent" / "run")})
+        "max_steps": 20, "validate_every": 5, "learning_rate": 0.001, "init_from": str(parent_run)})
     result = s2s("train", "--config", child)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     records = read_metrics(tmp_path / "child" / "run" / "metrics.jsonl")
     start = records[0]
-    assert start["event"] == "start" and start["init_from"] == str(tmp_path / "parent" / "run" / "checkpoints" / "best.pt")
+    assert start["event"] == "start" and start["init_from"] == str(parent_run / "checkpoints" / "best.pt")
     valid = [r for r in records if r["event"] == "valid"]
     # Fresh optimizer, schedule, step and best score; the weights are the parent's.
     assert [r["step"] for r in valid] == [5, 10, 15, 20] and records[1]["step"] > 0
@@ -55,12 +49,12 @@ def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path):
     assert valid[0]["dev_bleu"] > 0.8 * parent_score, (valid, parent_score)
     assert valid[-1]["best_dev_bleu"] > parent_score + 3, (valid, parent_score)
     assert (tmp_path / "child" / "run" / "tokenizer" / "vocab.txt").read_bytes() == \
-        (tmp_path / "parent" / "run" / "tokenizer" / "vocab.txt").read_bytes()
+        (parent_run / "tokenizer" / "vocab.txt").read_bytes()
     saved = yaml.safe_load((tmp_path / "child" / "run" / "config.yaml").read_text())
-    assert saved["training"]["init_from"] == str(tmp_path / "parent" / "run")
+    assert saved["training"]["init_from"] == str(parent_run)
     info = s2s("info", tmp_path / "child" / "run").stdout.decode()
-    assert re.search(rf"started from +{re.escape(str(tmp_path / 'parent' / 'run' / 'checkpoints' / 'best.pt'))} "
-                     r"\(step 120\)", info), info
+    assert re.search(rf"started from +{re.escape(str(parent_run / 'checkpoints' / 'best.pt'))} "
+                     r"\(step 160\)", info), info
 
     # Stopped at step 10 and resumed to 20: the same weights as the run that went straight through.
     halfway = load_config(child, [f"run_dir={tmp_path / 'resumed'}", "training.max_steps=10"])
