@@ -21,7 +21,7 @@ from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq_cli.config import Config, to_dict
 from seq2seq_cli.data import ParallelCorpus, TokenBatches
 from seq2seq_cli.decoding import translate_corpus
-from seq2seq_cli.precision import autocast
+from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
@@ -294,10 +294,14 @@ class Trainer:
         return float(total) / max(tokens, 1)
 
     def translate(self, corpus: ParallelCorpus) -> list[str]:
-        """Greedy translations: validation BLEU tracks training, not the search settings."""
+        """Greedy translations: validation BLEU tracks training, not the search settings.
+
+        In the training's number format, decoded as ``s2s translate --dtype`` decodes (bf16 on
+        the CPU: a bf16 copy of the weights, not autocast recasting them at every step)."""
         greedy = dataclasses.replace(self.config.decoding, beam_size=1)
-        hypotheses = translate_corpus(self.model, self.tokenizers, corpus.src_ids, greedy, self.device,
-                                      precision=self.training_config.precision)
+        precision = self.training_config.precision
+        hypotheses = translate_corpus(for_decoding(self.model, self.device, precision), self.tokenizers,
+                                      corpus.src_ids, greedy, self.device, precision=precision)
         return self.tokenizers.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 
     def validate_and_save(self, end_of_epoch: bool = False) -> None:
