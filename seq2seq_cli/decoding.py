@@ -159,9 +159,9 @@ def top_by_blocks(scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch
     whole = width // BLOCK * BLOCK
     if scores.device.type != "cpu" or count * BLOCK * 4 > whole:  # on the CPU: too few blocks to skip any
         return scores.topk(count, dim=1)
-    block_maxima = scores[:, :whole].view(rows, -1, BLOCK).amax(dim=2)  # (R, V // BLOCK)
+    block_maxima = scores[:, :whole].view(rows, whole // BLOCK, BLOCK).amax(dim=2)  # (R, V // BLOCK)
     blocks = block_maxima.topk(count, dim=1).indices  # (R, count)
-    columns = (blocks.unsqueeze(2) * BLOCK + torch.arange(BLOCK, device=scores.device)).view(rows, -1)  # (R, count * BLOCK)
+    columns = (blocks.unsqueeze(2) * BLOCK + torch.arange(BLOCK, device=scores.device)).view(rows, count * BLOCK)
     if whole < width:
         columns = torch.cat([columns, torch.arange(whole, width, device=scores.device).expand(rows, -1)], dim=1)
     best, where = scores.gather(1, columns).topk(count, dim=1)

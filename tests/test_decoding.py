@@ -109,6 +109,7 @@ def test_top_by_blocks_is_topk(width, count):
     assert all(len(set(row)) == count for row in where.tolist())  # no column twice
     untied = [0, 1, 3, 4]
     assert torch.equal(where[untied], expected.indices[untied])
+    assert [t.shape for t in top_by_blocks(scores[:0], count)] == [(0, count), (0, count)]
 
 
 @pytest.mark.parametrize("beam", [1, 4])
