@@ -116,7 +116,8 @@ class AdditiveAttention(nn.Module):
                 score_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, H), keys (B, S, A), values (B, S, 2H), score_bias (B, S): 0 on real tokens,
         -inf on padding."""
-        energy = torch.tanh(keys + self.query_proj(query).unsqueeze(1))  # (B, S, A)
+        # tanh in place: (B, S, A) is the largest tensor of a decoder step; one fewer of them.
+        energy = (keys + self.query_proj(query).unsqueeze(1)).tanh_()  # (B, S, A)
         scores = self.v(energy).squeeze(2) + score_bias  # (B, S)
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 2H)

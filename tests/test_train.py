@@ -11,7 +11,7 @@ from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.launch import train
 from seq2seq_cli.translation import Translator
 
-from conftest import tiny_config, toy_domain
+from conftest import tiny_config, toy_domain, toy_lines
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
