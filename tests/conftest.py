@@ -106,7 +106,8 @@ def learned_toy_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("learned")
     files = {}
     for split in ("train", "dev"):
-        files[f"{split}_src"], files[f"{split}_tgt"] = map(str, write_corpus(folder / "corpus", split,
+        # Beside, not in, tiny_config's corpus folder, where it writes the whole toy corpus.
+        files[f"{split}_src"], files[f"{split}_tgt"] = map(str, write_corpus(folder / "no-animals", split,
                                                                             *toy_domain(split, animals=False)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
