@@ -53,7 +53,10 @@ def toy_lines(split: str, limit: int | None = None) -> tuple[list[str], list[str
 
 
 def tiny_config(tmp_path: Path, train_pairs: int = 400, dev_pairs: int = 40, **sections) -> Path:
-    """A config for a very small model on a slice of the toy corpus; ``sections`` update it."""
+    """A config for a very small model on a slice of the toy corpus; ``sections`` update it.
+
+    The slice is written to ``tmp_path / "corpus"`` whatever ``sections`` say (some tests point
+    ``data`` at those files under other names): a corpus of the caller's own goes elsewhere."""
     data_dir = tmp_path / "corpus"
     train_src, train_tgt = write_corpus(data_dir, "train", *toy_lines("train", train_pairs))
     dev_src, dev_tgt = write_corpus(data_dir, "dev", *toy_lines("dev", dev_pairs))
@@ -96,6 +99,15 @@ def toy_domain(split: str, animals: bool) -> tuple[list[str], list[str]]:
     return [en for en, _ in pairs], [de for _, de in pairs]
 
 
+def toy_domain_files(folder: Path, animals: bool) -> dict[str, str]:
+    """``data`` keys of the train and dev pairs of ``toy_domain``, written to ``folder``."""
+    files = {}
+    for split in ("train", "dev"):
+        files[f"{split}_src"], files[f"{split}_tgt"] = map(str, write_corpus(folder, split,
+                                                                            *toy_domain(split, animals)))
+    return files
+
+
 @pytest.fixture(scope="session")
 def learned_toy_run(tmp_path_factory) -> Path:
     """The run of ``toy_learning_config`` on the pairs without animals, trained once a session:
@@ -104,14 +116,9 @@ def learned_toy_run(tmp_path_factory) -> Path:
     from seq2seq_cli.launch import train
 
     folder = tmp_path_factory.mktemp("learned")
-    files = {}
-    for split in ("train", "dev"):
-        # Beside, not in, tiny_config's corpus folder, where it writes the whole toy corpus.
-        files[f"{split}_src"], files[f"{split}_tgt"] = map(str, write_corpus(folder / "no-animals", split,
-                                                                            *toy_domain(split, animals=False)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
-        train(load_config(toy_learning_config(folder, data=files)))
+        train(load_config(toy_learning_config(folder, data=toy_domain_files(folder / "no-animals", animals=False))))
     return folder / "run"
 
 

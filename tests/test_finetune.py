@@ -6,11 +6,12 @@ parent's score there, not from zero, ends above it, resumes exactly, and refuses
 or model size that is not the parent's."""
 
 import re
+from pathlib import Path
 
 import torch
 import yaml
 
-from conftest import assert_user_errors, final_weights, s2s, tiny_config, toy_domain, write_corpus
+from conftest import assert_user_errors, final_weights, s2s, tiny_config, toy_domain, toy_domain_files
 from seq2seq_cli.config import load_config
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.launch import train
@@ -21,12 +22,10 @@ from seq2seq_cli.translation import Translator
 SIZES = {"tokenizer": {"vocab_size": 600}, "model": {"embed_dim": 64, "hidden_size": 128, "dropout": 0.1}}
 
 
-def domain_config(folder, animals: bool, training: dict) -> "Path":
-    train_en, train_de = write_corpus(folder / "corpus", "train", *toy_domain("train", animals))
-    dev_en, dev_de = write_corpus(folder / "corpus", "dev", *toy_domain("dev", animals))
-    return tiny_config(folder, data={"train_src": str(train_en), "train_tgt": str(train_de), "dev_src": str(dev_en),
-                                     "dev_tgt": str(dev_de)}, **SIZES,
-                       training={"batch_tokens": 2500, "learning_rate": 0.003, **training})
+def animals_config(folder: Path, training: dict) -> Path:
+    """The parent's sizes, trained on the pairs with animals."""
+    return tiny_config(folder, data=toy_domain_files(folder / "animals", animals=True), **SIZES,
+                       training={"batch_tokens": 2500, **training})
 
 
 def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path, learned_toy_run):
@@ -35,7 +34,7 @@ def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path, learne
     hypotheses, _ = Translator.load(parent_run, "cpu").translate_lines(dev_en)
     parent_score = corpus_bleu(hypotheses, dev_de)
 
-    child = domain_config(tmp_path / "child", animals=True, training={
+    child = animals_config(tmp_path / "child", training={
         "max_steps": 20, "validate_every": 5, "learning_rate": 0.001, "init_from": str(parent_run)})
     result = s2s("train", "--config", child)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
