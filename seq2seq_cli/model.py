@@ -12,7 +12,8 @@ per batch (``keys``), not once per decoder step, and source padding is masked ou
 
 Decoder: a GRU cell fed ``[context; embedded previous token]``; the output layer reads
 ``[gru output; context; embedded]``, optionally through a smaller tanh layer first
-(``output_dim``).
+(``output_dim``). Search runs it one token at a time (``step``); training on gold tokens runs
+the same arithmetic rearranged into fewer, larger operations per token (``teacher_forced``).
 
 Shapes: B batch, S source length, T target length, E embedding, H hidden size,
 A attention size, V vocabulary.
@@ -116,8 +117,13 @@ class AdditiveAttention(nn.Module):
                 score_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, H), keys (B, S, A), values (B, S, 2H), score_bias (B, S): 0 on real tokens,
         -inf on padding."""
+        return self.attend(self.query_proj(query), keys, values, score_bias)
+
+    def attend(self, projected_query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               score_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` from the query already projected, (B, A)."""
         # tanh in place: (B, S, A) is the largest tensor of a decoder step; one fewer of them.
-        energy = (keys + self.query_proj(query).unsqueeze(1)).tanh_()  # (B, S, A)
+        energy = (keys + projected_query.unsqueeze(1)).tanh_()  # (B, S, A)
         scores = self.v(energy).squeeze(2) + score_bias  # (B, S)
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 2H)
@@ -142,6 +148,22 @@ class EncoderState:
     def select(self, index: torch.Tensor) -> "EncoderState":
         return EncoderState(*(tensor.index_select(0, index) for tensor in (
             self.encoder_outputs, self.keys, self.src_mask, self.hidden, self.score_bias)))
+
+
+def gru_update(input_gates: torch.Tensor, hidden_gates: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """A GRU cell's new state (B, H) from its input and hidden projections (B, 3H), biases
+    included, gates in ``nn.GRUCell``'s order (reset, update, new).
+
+    On CUDA this is the fused kernel ``nn.GRUCell`` runs there (one launch forward, one
+    backward); elsewhere the same arithmetic written out."""
+    if input_gates.is_cuda:
+        return torch.ops.aten._thnn_fused_gru_cell(input_gates, hidden_gates, hidden.to(input_gates.dtype))[0]
+    input_reset, input_update, input_new = input_gates.chunk(3, 1)
+    hidden_reset, hidden_update, hidden_new = hidden_gates.chunk(3, 1)
+    reset = (input_reset + hidden_reset).sigmoid_()
+    update = (input_update + hidden_update).sigmoid_()
+    new = (input_new + reset * hidden_new).tanh_()
+    return (hidden - new).mul_(update).add_(new)
 
 
 class Decoder(nn.Module):
@@ -173,6 +195,35 @@ class Decoder(nn.Module):
         context, weights = self.attention(hidden, state.keys, state.encoder_outputs, state.score_bias)
         hidden = self.rnn(torch.cat([context, embedded], dim=-1), hidden)
         return hidden, context, weights
+
+    def teacher_forced(self, gold_embedded: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, torch.Tensor]:
+        """``recur`` over all T gold tokens (B, T, E): the hidden states (B, T, H) and contexts
+        (B, T, 2H) after each.
+
+        The same arithmetic as calling ``recur`` token by token, arranged so that the loop holds
+        as few operations as it can (each is a kernel launch on a GPU, forward and backward):
+        the gold tokens' share of the GRU's input projection is one product for all T before the
+        loop, and the two products of the previous state, attention's query and the GRU's hidden
+        gates, are one product per token."""
+        rnn, attention = self.rnn, self.attention
+        query_dim, gates_dim = attention.query_proj.out_features, rnn.weight_hh.size(0)
+        context_weight, embedded_weight = rnn.weight_ih.split(
+            [state.encoder_outputs.size(-1), gold_embedded.size(-1)], dim=1)
+        embedded_gates = F.linear(gold_embedded, embedded_weight, rnn.bias_ih)  # (B, T, 3H)
+        # In the products' own dtype (bf16 under autocast) once, rather than autocast casting
+        # these joined weights again at every token.
+        dtype = embedded_gates.dtype
+        state_weight = torch.cat([attention.query_proj.weight, rnn.weight_hh]).to(dtype)  # (A + 3H, H)
+        state_bias = torch.cat([rnn.bias_hh.new_zeros(query_dim), rnn.bias_hh]).to(dtype)
+        context_weight = context_weight.t().to(dtype)  # (2H, 3H)
+        hidden, hiddens, contexts = state.hidden, [], []
+        for gates in embedded_gates.unbind(1):
+            query, hidden_gates = F.linear(hidden, state_weight, state_bias).split([query_dim, gates_dim], dim=1)
+            context, _ = attention.attend(query, state.keys, state.encoder_outputs, state.score_bias)
+            hidden = gru_update(torch.addmm(gates, context, context_weight), hidden_gates, hidden)
+            hiddens.append(hidden)
+            contexts.append(context)
+        return torch.stack(hiddens, 1), torch.stack(contexts, 1)
 
     def step(self, embedded: torch.Tensor, hidden: torch.Tensor, state: EncoderState):
         """``recur``, then the output-layer features (B, F) of the step, the new hidden state
@@ -222,15 +273,9 @@ class Seq2Seq(nn.Module):
         steps = tgt_in.size(1)
         if teacher_forcing_ratio >= 1.0:
             # Only the recurrence runs per token; the output layer's inputs are joined and the
-            # logits computed once for all T, so the loop holds as few operations as it can
-            # (each is a kernel launch on a GPU, forward and backward).
-            hiddens, contexts = [], []
-            for embedded in gold_embedded.unbind(1):
-                hidden, context, _ = self.decoder.recur(embedded, hidden, state)
-                hiddens.append(hidden)
-                contexts.append(context)
-            features = torch.cat([torch.stack(hiddens, 1), torch.stack(contexts, 1), gold_embedded], dim=-1)
-            return self.decoder.logits(features)  # (B, T, V)
+            # logits computed once for all T.
+            hiddens, contexts = self.decoder.teacher_forced(gold_embedded, state)
+            return self.decoder.logits(torch.cat([hiddens, contexts, gold_embedded], dim=-1))  # (B, T, V)
 
         logits, embedded = [], gold_embedded[:, 0]
         for t in range(steps):

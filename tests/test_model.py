@@ -52,6 +52,38 @@ def test_attention_ignores_padding():
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
 
 
+@pytest.mark.parametrize("changes", [{}, {"attention_dim": 5, "output_dim": 12, "tie_embeddings": "output"}])
+def test_the_training_loop_computes_the_decoding_step(changes):
+    """Teacher forcing runs the recurrence rearranged for fewer operations per token (the gold
+    tokens' share of the GRU input for all T at once, one product of the previous state): its
+    logits and every gradient equal ``step`` fed the same tokens one at a time, nn.GRUCell and
+    all, padding included."""
+    model = make_model(**changes)
+    src_ids, src_lengths = pad_sources([[5, 6, 7, 8], [9]], PAD, EOS)
+    tgt_in = torch.tensor([[BOS, 9, 10, 11, 12], [BOS, 13, 14, PAD, PAD]])
+    weights = torch.randn(2, 5, 25, generator=torch.Generator().manual_seed(1))
+
+    def stepwise():
+        state = model.encode(src_ids, src_lengths)
+        hidden, features = state.hidden, []
+        for embedded in model.decoder.embed(tgt_in).unbind(1):
+            step_features, hidden, _ = model.decoder.step(embedded, hidden, state)
+            features.append(step_features)
+        return model.decoder.logits(torch.stack(features, 1))
+
+    results = []
+    for run in (lambda: model(src_ids, src_lengths, tgt_in), stepwise):
+        model.zero_grad()
+        logits = run()
+        (logits * weights).sum().backward()
+        results.append((logits, {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (fused, fused_grads), (reference, reference_grads) = results
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_teacher_forcing_ratio_zero_feeds_predictions():
     model = make_model()
     src_ids, src_lengths = pad_sources([[5, 6, 7]], PAD, EOS)
