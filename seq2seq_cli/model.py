@@ -120,11 +120,13 @@ class AdditiveAttention(nn.Module):
         return self.attend(self.query_proj(query), keys, values, score_bias)
 
     def attend(self, projected_query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               score_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward`` from the query already projected, (B, A)."""
+               score_bias: torch.Tensor, v_weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` from the query already projected, (B, A); ``v_weight``: ``v``'s weight
+        already in the products' dtype (training casts it once, not at every token)."""
         # tanh in place: (B, S, A) is the largest tensor of a decoder step; one fewer of them.
         energy = (keys + projected_query.unsqueeze(1)).tanh_()  # (B, S, A)
-        scores = self.v(energy).squeeze(2) + score_bias  # (B, S)
+        scored = self.v(energy) if v_weight is None else F.linear(energy, v_weight)  # (B, S, 1)
+        scores = scored.squeeze(2) + score_bias  # (B, S)
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 2H)
         return context, weights
@@ -210,16 +212,17 @@ class Decoder(nn.Module):
         context_weight, embedded_weight = rnn.weight_ih.split(
             [state.encoder_outputs.size(-1), gold_embedded.size(-1)], dim=1)
         embedded_gates = F.linear(gold_embedded, embedded_weight, rnn.bias_ih)  # (B, T, 3H)
-        # In the products' own dtype (bf16 under autocast) once, rather than autocast casting
-        # these joined weights again at every token.
+        # What every token reads, in the products' dtype (bf16 under autocast) once, rather than
+        # autocast casting it again at every token (and back in the backward pass).
         dtype = embedded_gates.dtype
         state_weight = torch.cat([attention.query_proj.weight, rnn.weight_hh]).to(dtype)  # (A + 3H, H)
         state_bias = torch.cat([rnn.bias_hh.new_zeros(query_dim), rnn.bias_hh]).to(dtype)
         context_weight = context_weight.t().to(dtype)  # (2H, 3H)
+        v_weight, values = attention.v.weight.to(dtype), state.encoder_outputs.to(dtype)
         hidden, hiddens, contexts = state.hidden, [], []
         for gates in embedded_gates.unbind(1):
             query, hidden_gates = F.linear(hidden, state_weight, state_bias).split([query_dim, gates_dim], dim=1)
-            context, _ = attention.attend(query, state.keys, state.encoder_outputs, state.score_bias)
+            context, _ = attention.attend(query, state.keys, values, state.score_bias, v_weight)
             hidden = gru_update(torch.addmm(gates, context, context_weight), hidden_gates, hidden)
             hiddens.append(hidden)
             contexts.append(context)
