@@ -17,6 +17,13 @@ import os
 # Both must be set before MKL starts, i.e. before PyTorch is first used.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 os.environ.setdefault("MKL_CBWR", "AUTO")
+# oneDNN, which runs the LSTM and every bf16 matrix product on the CPU, builds a kernel for each
+# new shape and keeps 1,024 by default. Length-bucketed batches and searches that drop finished
+# sentences bring more shapes than that, so the cache kept evicting what came next: bf16
+# decoding ran 1.03-1.24x fp32's speed with it and 1.34-1.38x with room for 16,384, and a second
+# bf16 training epoch was 23% slower than with the larger cache, at the same memory
+# (benchmarks/README.md). oneDNN reads this when it first builds a kernel.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 __version__ = "0.1.0"
 __all__ = ["Translation", "Translator", "__version__"]
