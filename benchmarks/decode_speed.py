@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per row; the fastest counts")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.single_sentences < 1:
+        parser.error("--single-sentences must be at least 1 (the unbatched baseline is a row of the table)")
 
     device = select_device(args.device)
     model, tokenizers, config = load_model(args.checkpoint, device)
