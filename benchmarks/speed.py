@@ -141,8 +141,15 @@ def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
     finally:
         model_module.gru_update = gru_update
     counted = ("aten::", "s2s_count::")
-    return sum(1 for event in prof.events() if event.name.startswith(counted) and event.name not in NO_KERNEL
-               and not (event.cpu_parent is not None and event.cpu_parent.name.startswith(counted)))
+
+    def inside_another(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith(counted):
+            parent = parent.cpu_parent
+        return parent is not None
+
+    return sum(1 for event in prof.events()
+               if event.name.startswith(counted) and event.name not in NO_KERNEL and not inside_another(event))
 
 
 def training_step(model, optimizer, pad_id: int, device: torch.device, mixed_precision: bool):
