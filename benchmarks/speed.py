@@ -18,9 +18,10 @@ machine it measures:
 6. operator calls per training step (forward, loss, backward, clip, AdamW), counted by the
    profiler on a CPU copy of the model: ATen calls not made from inside another ATen call,
    without views and other calls that launch nothing, so each is at least one kernel launch on
-   a GPU, and the GRU cell as the one fused call it is on CUDA, each way (PyTorch 2.4+). Given for the first timed batch (per step and per target token) and per target
-   position (the per-token loop's share: two synthetic batches of 32 sentences whose targets
-   are 16 and 32 tokens long).
+   a GPU, and the GRU cell as the one fused call it is on CUDA, each way (PyTorch 2.4+). Given
+   for the first timed batch (per step and per target token) and per target position (the
+   per-token loop's share: two synthetic batches of 32 sentences whose targets are 16 and 32
+   tokens long).
 
 ``--compile`` also times s2s training with the decoder step (attention + GRU cell, the body of
 the per-token loop) under ``torch.compile(dynamic=True)``, after the eager row and on the same
