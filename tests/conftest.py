@@ -80,11 +80,14 @@ def tiny_config(tmp_path: Path, train_pairs: int = 400, dev_pairs: int = 40, **s
     return path
 
 
+# The vocabulary and model of toy_learning_config: what a fine-tuning child of its run must keep.
+TOY_LEARNING_SIZES = {"tokenizer": {"vocab_size": 600}, "model": {"embed_dim": 64, "hidden_size": 128, "dropout": 0.1}}
+
+
 def toy_learning_config(tmp_path: Path, device: str = "cpu", **sections) -> Path:
     """The short run on the toy corpus that must clear 50 dev BLEU (the quality floor)."""
     return tiny_config(
-        tmp_path, train_pairs=20000, dev_pairs=200, tokenizer={"vocab_size": 600},
-        model={"embed_dim": 64, "hidden_size": 128, "dropout": 0.1},
+        tmp_path, train_pairs=20000, dev_pairs=200, **TOY_LEARNING_SIZES,
         training={"max_steps": 160, "batch_tokens": 2500, "learning_rate": 0.003, "validate_every": 160,
                   "log_every": 50, "device": device}, **sections)
 

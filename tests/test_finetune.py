@@ -11,20 +11,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from conftest import assert_user_errors, final_weights, s2s, tiny_config, toy_domain, toy_domain_files
+from conftest import (TOY_LEARNING_SIZES, assert_user_errors, final_weights, s2s, tiny_config, toy_domain,
+                      toy_domain_files)
 from seq2seq_cli.config import load_config
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.translation import Translator
 
-# The parent's sizes (conftest.toy_learning_config).
-SIZES = {"tokenizer": {"vocab_size": 600}, "model": {"embed_dim": 64, "hidden_size": 128, "dropout": 0.1}}
-
-
 def animals_config(folder: Path, training: dict) -> Path:
     """The parent's sizes, trained on the pairs with animals."""
-    return tiny_config(folder, data=toy_domain_files(folder / "animals", animals=True), **SIZES,
+    return tiny_config(folder, data=toy_domain_files(folder / "animals", animals=True), **TOY_LEARNING_SIZES,
                        training={"batch_tokens": 2500, **training})
 
 
