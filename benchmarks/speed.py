@@ -104,7 +104,7 @@ NO_KERNEL = {"aten::" + name for name in (
 def fused_gru_cell(input_gates: torch.Tensor, hidden_gates: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """The GRU cell as one call, forward and backward, as CUDA's fused kernel runs it; on the
     CPU ``gru_update`` writes it out in ten operations, which a GPU does not launch."""
-    return gru_update(input_gates, hidden_gates, hidden).clone()
+    return gru_update(input_gates, hidden_gates, hidden)
 
 
 @torch.library.custom_op("s2s_count::fused_gru_cell_backward", mutates_args=())
