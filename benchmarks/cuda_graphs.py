@@ -33,7 +33,8 @@ from seq2seq_cli.data import TokenBatches, filter_pairs, read_parallel, tokenize
 from seq2seq_cli.device import select_device
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.graphs import GraphedSteps
-from seq2seq_cli.model import build_model, sequence_loss
+from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.model import build_model
 from seq2seq_cli.tokenization import build_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -48,7 +48,8 @@ from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.precision import autocast
 from seq2seq_cli import model as model_module
-from seq2seq_cli.model import build_model, gru_update, sequence_loss
+from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.model import build_model, gru_update
 from seq2seq_cli.tokenization import build_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -127,7 +128,7 @@ fused_gru_cell.register_autograd(lambda ctx, grad: tuple(fused_gru_cell_backward
 
 def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
     """Kernel-launching ATen calls of one training step of a fresh CPU copy of the model on
-    ``batch``, the GRU cell counted as the one fused kernel it is on CUDA, each way."""
+    ``batch`` as CUDA runs it: the loss from the logits, the GRU cell as one fused kernel each way."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(1)
@@ -153,13 +154,19 @@ def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
                if event.name.startswith(counted) and event.name not in NO_KERNEL and not inside_another(event))
 
 
-def training_step(model, optimizer, pad_id: int, device: torch.device, mixed_precision: bool):
-    """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``."""
+def training_step(model, optimizer, pad_id: int, device: torch.device, mixed_precision: bool,
+                  loss_from_model: bool = False):
+    """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``.
+
+    ``loss_from_model``: the loss as the trainer takes it, from the model given the targets (on
+    the CPU without logits); else from the logits, as a GPU computes it, and the reference."""
 
     def step(batch):
         with autocast(device) if mixed_precision else contextlib.nullcontext():
-            logits = model(batch.src_ids, batch.src_lengths, batch.tgt_in)
-            loss = sequence_loss(logits, batch.tgt_out, pad_id, 0.1)
+            if loss_from_model:
+                loss = model(batch.src_ids, batch.src_lengths, batch.tgt_in, tgt_out=batch.tgt_out, label_smoothing=0.1)
+            else:
+                loss = sequence_loss(model(batch.src_ids, batch.src_lengths, batch.tgt_in), batch.tgt_out, pad_id, 0.1)
         optimizer.zero_grad(set_to_none=True)
         (loss / batch.n_tgt_tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -240,7 +247,7 @@ def main() -> None:
     token_batches = TokenBatches(corpus, tokenizers, args.batch_tokens, seed=1)
     s2s_batches = [token_batches.make_batch(b).to(device) for b in token_batches.epoch_batches(0)]
 
-    s2s_step = training_step(model, optimizer, tokenizers.pad_id, device, mixed_precision=True)
+    s2s_step = training_step(model, optimizer, tokenizers.pad_id, device, mixed_precision=True, loss_from_model=True)
     s2s_tps, s2s_steps = train_throughput(s2s_step, s2s_batches, args.train_seconds, device)
     print(f"s2s training: {s2s_tps:.0f} target tokens/s over {s2s_steps} steps", flush=True)
     compiled = compiled_training(model, s2s_step, s2s_batches, args.train_seconds, device) if args.compile else None

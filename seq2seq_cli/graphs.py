@@ -28,7 +28,8 @@ import torch
 from seq2seq_cli.config import TrainingConfig
 from seq2seq_cli.data import Batch, pad_batch, padded_shape
 from seq2seq_cli.precision import autocast
-from seq2seq_cli.model import Seq2Seq, sequence_loss
+from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
 
 

@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq_cli.config import ModelConfig
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.loss import output_layer_loss, sequence_loss
 
 
 def make_embedding(vocab_size: int, embed_dim: int, pad_id: int, pretrained_dim: int = 0) -> nn.Module:
@@ -234,12 +235,16 @@ class Decoder(nn.Module):
         hidden, context, weights = self.recur(embedded, hidden, state)
         return torch.cat([hidden, context, embedded], dim=-1), hidden, weights
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(..., F) -> (..., V); runs once over all steps when the gold tokens are fed."""
+    def output_inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """What the output layer reads, (..., F) -> (..., output_dim or F)."""
         features = self.dropout(features)
         if self.pre_output is not None:
             features = torch.tanh(self.pre_output(features))
-        return self.output(features)
+        return features
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., F) -> (..., V); runs once over all steps when the gold tokens are fed."""
+        return self.output(self.output_inputs(features))
 
 
 class Seq2Seq(nn.Module):
@@ -264,8 +269,10 @@ class Seq2Seq(nn.Module):
         return EncoderState(encoder_outputs, keys, src_ids != self.pad_id, hidden)
 
     def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
-                teacher_forcing_ratio: float = 1.0, packed: bool = True) -> torch.Tensor:
-        """Logits (B, T, V) for predicting each next target token.
+                teacher_forcing_ratio: float = 1.0, packed: bool = True, tgt_out: Optional[torch.Tensor] = None,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+        """Logits (B, T, V) for predicting each next target token; given the targets ``tgt_out``
+        (B, T), their summed loss instead (``sequence_loss`` of the logits).
 
         With ``teacher_forcing_ratio`` < 1 each sentence is fed, at each step and with that
         probability, the gold previous token, else the model's own previous prediction.
@@ -278,28 +285,25 @@ class Seq2Seq(nn.Module):
             # Only the recurrence runs per token; the output layer's inputs are joined and the
             # logits computed once for all T.
             hiddens, contexts = self.decoder.teacher_forced(gold_embedded, state)
-            return self.decoder.logits(torch.cat([hiddens, contexts, gold_embedded], dim=-1))  # (B, T, V)
-
-        logits, embedded = [], gold_embedded[:, 0]
-        for t in range(steps):
-            step_features, hidden, _ = self.decoder.step(embedded, hidden, state)
-            step_logits = self.decoder.logits(step_features)  # (B, V)
-            logits.append(step_logits)
-            if t + 1 < steps:
-                use_gold = torch.rand(tgt_in.size(0), 1, device=tgt_in.device) < teacher_forcing_ratio
-                predicted = self.decoder.embed(step_logits.argmax(-1))
-                embedded = torch.where(use_gold, gold_embedded[:, t + 1], predicted)
-        return torch.stack(logits, dim=1)
-
-
-def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
-    """Summed cross-entropy over non-padding target tokens: logits (B, T, V), targets (B, T).
-
-    Summed, not averaged: the trainer divides by the real target tokens of the whole global
-    batch, so a batch split over processes gives the same loss as one process."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=pad_id, label_smoothing=label_smoothing, reduction="sum")
+            features = torch.cat([hiddens, contexts, gold_embedded], dim=-1)  # (B, T, F)
+            if tgt_out is not None and features.device.type == "cpu":
+                # The CPU's memory bandwidth, not its arithmetic, limits the vocabulary-wide
+                # passes of the loss; a GPU runs them from the logits (and its graphs replay them).
+                return output_layer_loss(self.decoder.output_inputs(features), self.decoder.output, tgt_out,
+                                         self.pad_id, label_smoothing)
+            logits = self.decoder.logits(features)  # (B, T, V)
+        else:
+            logits, embedded = [], gold_embedded[:, 0]
+            for t in range(steps):
+                step_features, hidden, _ = self.decoder.step(embedded, hidden, state)
+                step_logits = self.decoder.logits(step_features)  # (B, V)
+                logits.append(step_logits)
+                if t + 1 < steps:
+                    use_gold = torch.rand(tgt_in.size(0), 1, device=tgt_in.device) < teacher_forcing_ratio
+                    predicted = self.decoder.embed(step_logits.argmax(-1))
+                    embedded = torch.where(use_gold, gold_embedded[:, t + 1], predicted)
+            logits = torch.stack(logits, dim=1)
+        return logits if tgt_out is None else sequence_loss(logits, tgt_out, self.pad_id, label_smoothing)
 
 
 def load_bert_embeddings(name_or_path: str) -> torch.Tensor:

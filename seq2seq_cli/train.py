@@ -27,7 +27,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
 from seq2seq_cli.metrics import MetricsLog, read_metrics
-from seq2seq_cli.model import Seq2Seq, sequence_loss
+from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.plotting import plot_curves
 from seq2seq_cli.progress import Progress, StopOnSignal
 from seq2seq_cli.rundir import RunDir
@@ -238,8 +238,8 @@ class Trainer:
         training = self.training_config
         self.schedule.step(self.state.step)
         with autocast(self.device, training.precision):
-            logits = self.ddp_model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio)
-            loss = sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id, training.label_smoothing)
+            loss = self.ddp_model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio,
+                                  tgt_out=batch.tgt_out, label_smoothing=training.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         # The mean over the real target tokens of the global batch: DDP averages the
         # processes' gradients, so each scales its summed loss by world size / global tokens.
@@ -287,8 +287,8 @@ class Trainer:
         for batch in batches:
             batch = batch.to(self.device)
             with autocast(self.device, self.training_config.precision):
-                logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in)
-            total += sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id).double().cpu()
+                loss = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in, tgt_out=batch.tgt_out)
+            total += loss.double().cpu()
             tokens += batch.n_tgt_tokens
         self.model.train()
         return float(total) / max(tokens, 1)

@@ -21,7 +21,7 @@ from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics
-from seq2seq_cli.model import sequence_loss
+from seq2seq_cli.loss import sequence_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

@@ -12,7 +12,8 @@ import torch
 
 from seq2seq_cli.config import ModelConfig
 from seq2seq_cli.data import collate, pad_batch, padded_shape
-from seq2seq_cli.model import build_model, sequence_loss
+from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.model import build_model
 
 SPECIAL = SimpleNamespace(pad_id=0, bos_id=2, eos_id=3)
 

@@ -42,7 +42,7 @@ def test_reference_matches_s2s(output_dim):
 
 def test_training_steps_match_the_straightforward_path():
     """A few Adam steps through each path from the same weights end at the same dev loss."""
-    from seq2seq_cli.model import sequence_loss
+    from seq2seq_cli.loss import sequence_loss
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(embed_dim=8, hidden_size=10, dropout=0.0, output_dim=6), 30, 25, pad_id=0)
