@@ -1,0 +1,103 @@
+"""Training steps on the CPU: fp32 against bf16, the loss from the logits against the loss without them.
+
+    python benchmarks/cpu_training.py --data ../shared/data/multi30k [--batches 40] [--rounds 3] [--json out.json]
+
+`configs/multi30k_cpu.yaml`'s model and batches (emb/hidden/output 256, tied output layer,
+dropout 0.1, 2,000-token length-bucketed batches, label smoothing 0.1, AdamW) on the first
+--batches batches of a Multi30k epoch. Four ways of taking a step, each a whole update:
+``fp32`` and ``bf16`` (autocast, ``training.precision=bf16``), each with the loss from the logits
+(``sequence_loss``, what the trainer did before, and what a GPU runs) and from the model given
+the targets (what the trainer does now: on the CPU without holding the logits).
+
+Every way first runs once over all the batches (oneDNN builds its bf16 kernels per shape), then
+the ways take turns for --rounds rounds on the same batches, so each comparison is between
+passes minutes apart at most: this machine's speed drifts by a third within minutes. One model
+and optimizer carry on through all of it (the weights change, the work per step does not).
+Reports seconds per pass, the median of the rounds, and each way's speed against fp32 from the
+logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from seq2seq_cli.config import ModelConfig, TokenizerConfig
+from seq2seq_cli.data import TokenBatches, filter_pairs, read_parallel, tokenize_corpus
+from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.model import build_model
+from seq2seq_cli.precision import autocast
+from seq2seq_cli.tokenization import build_tokenizers
+
+WAYS = [("fp32", "logits"), ("fp32", "model"), ("bf16", "logits"), ("bf16", "model")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.batches < 1 or args.rounds < 1:
+        parser.error("--batches and --rounds must be at least 1")
+
+    src_lines, tgt_lines = read_parallel(args.data / "train.de", args.data / "train.en")
+    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=8000), src_lines, tgt_lines)
+    corpus, _, _ = filter_pairs(tokenize_corpus(tokenizers, str(args.data / "train.de"), str(args.data / "train.en")), 80)
+    token_batches = TokenBatches(corpus, tokenizers, 2000, shuffle=True, seed=42)
+    batches = [token_batches.make_batch(indices) for indices in token_batches.epoch_batches(0)[:args.batches]]
+    torch.manual_seed(0)
+    config = ModelConfig(embed_dim=256, hidden_size=256, output_dim=256, dropout=0.1, tie_embeddings="output")
+    model = build_model(config, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    cpu, pad_id = torch.device("cpu"), tokenizers.pad_id
+
+    def one_pass(precision: str, loss_from: str) -> float:
+        started = time.perf_counter()
+        for batch in batches:
+            with autocast(cpu, precision):
+                if loss_from == "model":
+                    loss = model(batch.src_ids, batch.src_lengths, batch.tgt_in, tgt_out=batch.tgt_out, label_smoothing=0.1)
+                else:
+                    loss = sequence_loss(model(batch.src_ids, batch.src_lengths, batch.tgt_in), batch.tgt_out, pad_id, 0.1)
+            optimizer.zero_grad(set_to_none=True)
+            (loss / batch.n_tgt_tokens).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        return time.perf_counter() - started
+
+    for way in WAYS:
+        one_pass(*way)
+    seconds = {way: [] for way in WAYS}
+    for _ in range(args.rounds):
+        for way in WAYS:
+            seconds[way].append(one_pass(*way))
+    baseline = statistics.median(seconds[WAYS[0]])
+    tokens = sum(batch.n_tgt_tokens for batch in batches)
+    rows = [{"precision": precision, "loss_from": loss_from, "seconds": [round(s, 2) for s in seconds[(precision, loss_from)]],
+             "median_s": round(statistics.median(seconds[(precision, loss_from)]), 2),
+             "tokens_per_s": round(tokens / statistics.median(seconds[(precision, loss_from)]), 1),
+             "speedup": round(baseline / statistics.median(seconds[(precision, loss_from)]), 3)}
+            for precision, loss_from in WAYS]
+    print(f"{len(batches)} batches, {tokens} target tokens per pass, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    print("| precision | loss from | seconds per pass (rounds) | median | target tokens/s | vs fp32 from logits |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['precision']} | {row['loss_from']} | {', '.join(f'{s:.1f}' for s in row['seconds'])} | "
+              f"{row['median_s']:.1f} | {row['tokens_per_s']:,.0f} | {row['speedup']:.2f}x |")
+    if args.json:
+        result = {"batches": len(batches), "tokens_per_pass": tokens, "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "machine": platform.machine(), "rows": rows}
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
