@@ -30,10 +30,10 @@ import torch
 
 from seq2seq_cli.config import ModelConfig, TokenizerConfig
 from seq2seq_cli.data import TokenBatches, filter_pairs, read_parallel, tokenize_corpus
-from seq2seq_cli.loss import sequence_loss
 from seq2seq_cli.model import build_model
-from seq2seq_cli.precision import autocast
 from seq2seq_cli.tokenization import build_tokenizers
+
+from speed import training_step  # benchmarks/ is on sys.path when this script runs
 
 WAYS = [("fp32", "logits"), ("fp32", "model"), ("bf16", "logits"), ("bf16", "model")]
 
@@ -57,20 +57,15 @@ def main() -> None:
     config = ModelConfig(embed_dim=256, hidden_size=256, output_dim=256, dropout=0.1, tie_embeddings="output")
     model = build_model(config, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    cpu, pad_id = torch.device("cpu"), tokenizers.pad_id
+
+    steps = {(precision, loss_from): training_step(model, optimizer, tokenizers.pad_id, torch.device("cpu"), precision,
+                                                   loss_from_model=loss_from == "model")
+             for precision, loss_from in WAYS}
 
     def one_pass(precision: str, loss_from: str) -> float:
         started = time.perf_counter()
         for batch in batches:
-            with autocast(cpu, precision):
-                if loss_from == "model":
-                    loss = model(batch.src_ids, batch.src_lengths, batch.tgt_in, tgt_out=batch.tgt_out, label_smoothing=0.1)
-                else:
-                    loss = sequence_loss(model(batch.src_ids, batch.src_lengths, batch.tgt_in), batch.tgt_out, pad_id, 0.1)
-            optimizer.zero_grad(set_to_none=True)
-            (loss / batch.n_tgt_tokens).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            steps[(precision, loss_from)](batch)
         return time.perf_counter() - started
 
     for way in WAYS:

@@ -31,7 +31,6 @@ batches, and reports the compile warm-up separately: the evidence for or against
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import platform
@@ -134,7 +133,7 @@ def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
     torch.manual_seed(1)
     model = build_model(config, tokenizers.src_size, tokenizers.tgt_size, tokenizers.pad_id).train()
     step = training_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), tokenizers.pad_id,
-                         torch.device("cpu"), mixed_precision=False)
+                         torch.device("cpu"))
     model_module.gru_update = fused_gru_cell
     try:
         step(batch)  # AdamW creates its state on the first step
@@ -154,15 +153,16 @@ def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
                if event.name.startswith(counted) and event.name not in NO_KERNEL and not inside_another(event))
 
 
-def training_step(model, optimizer, pad_id: int, device: torch.device, mixed_precision: bool,
+def training_step(model, optimizer, pad_id: int, device: torch.device, precision: str = "fp32",
                   loss_from_model: bool = False):
-    """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``.
+    """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``
+    in ``precision`` (``training.precision``'s values).
 
     ``loss_from_model``: the loss as the trainer takes it, from the model given the targets (on
     the CPU without logits); else from the logits, as a GPU computes it, and the reference."""
 
     def step(batch):
-        with autocast(device) if mixed_precision else contextlib.nullcontext():
+        with autocast(device, precision):
             if loss_from_model:
                 loss = model(batch.src_ids, batch.src_lengths, batch.tgt_in, tgt_out=batch.tgt_out, label_smoothing=0.1)
             else:
@@ -247,7 +247,7 @@ def main() -> None:
     token_batches = TokenBatches(corpus, tokenizers, args.batch_tokens, seed=1)
     s2s_batches = [token_batches.make_batch(b).to(device) for b in token_batches.epoch_batches(0)]
 
-    s2s_step = training_step(model, optimizer, tokenizers.pad_id, device, mixed_precision=True, loss_from_model=True)
+    s2s_step = training_step(model, optimizer, tokenizers.pad_id, device, "auto", loss_from_model=True)
     s2s_tps, s2s_steps = train_throughput(s2s_step, s2s_batches, args.train_seconds, device)
     print(f"s2s training: {s2s_tps:.0f} target tokens/s over {s2s_steps} steps", flush=True)
     compiled = compiled_training(model, s2s_step, s2s_batches, args.train_seconds, device) if args.compile else None
@@ -262,7 +262,7 @@ def main() -> None:
                    for i in range(0, len(corpus), n)]
 
     # The seed ran in full precision: the reference gets no autocast.
-    ref_step = training_step(seed_style, ref_optimizer, tokenizers.pad_id, device, mixed_precision=False)
+    ref_step = training_step(seed_style, ref_optimizer, tokenizers.pad_id, device)
     ref_tps, ref_steps = train_throughput(ref_step, ref_batches, args.ref_train_seconds, device)
 
     # 3. decoding test2016 with the weights s2s has now
