@@ -70,7 +70,7 @@ class _OutputLayerLoss(torch.autograd.Function):
             logits = torch.addmm(bias, features[start:start + rows], weight_t).float()  # (n, V)
             gold_logits, logits_sum = logits.gather(1, gold).squeeze(1), logits.sum(1)
             peak = logits.amax(1, keepdim=True)
-            probabilities = logits.sub_(peak).exp_()  # unnormalized, in place: the slice's only (n, V)
+            probabilities = logits.sub_(peak).exp_()  # unnormalized, in place of the fp32 logits
             total = probabilities.sum(1, keepdim=True)
             log_normalizer = (peak + total.log()).squeeze(1)
             loss += (log_normalizer - (1 - label_smoothing) * gold_logits
