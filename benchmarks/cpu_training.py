@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from seq2seq_cli.config import ModelConfig, TokenizerConfig
-from seq2seq_cli.data import TokenBatches, filter_pairs, read_parallel, tokenize_corpus
+from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.data import TokenBatches
 from seq2seq_cli.model import build_model
-from seq2seq_cli.tokenization import build_tokenizers
 
-from speed import training_step  # benchmarks/ is on sys.path when this script runs
+from speed import multi30k_training_corpus, training_step  # benchmarks/ is on sys.path when this script runs
 
 WAYS = [("fp32", "logits"), ("fp32", "model"), ("bf16", "logits"), ("bf16", "model")]
 
@@ -48,9 +47,7 @@ def main() -> None:
     if args.batches < 1 or args.rounds < 1:
         parser.error("--batches and --rounds must be at least 1")
 
-    src_lines, tgt_lines = read_parallel(args.data / "train.de", args.data / "train.en")
-    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=8000), src_lines, tgt_lines)
-    corpus, _, _ = filter_pairs(tokenize_corpus(tokenizers, str(args.data / "train.de"), str(args.data / "train.en")), 80)
+    tokenizers, corpus = multi30k_training_corpus(args.data, max_len=80)
     token_batches = TokenBatches(corpus, tokenizers, 2000, shuffle=True, seed=42)
     batches = [token_batches.make_batch(indices) for indices in token_batches.epoch_batches(0)[:args.batches]]
     torch.manual_seed(0)

@@ -153,6 +153,16 @@ def operator_calls(config: ModelConfig, tokenizers, batch) -> int:
                if event.name.startswith(counted) and event.name not in NO_KERNEL and not inside_another(event))
 
 
+def multi30k_training_corpus(data: Path, max_len: int):
+    """A joint 8,000-token WordPiece tokenizer trained on Multi30k's train split (de->en), and
+    the split tokenized with it, pairs longer than ``max_len`` tokens left out."""
+    src_path, tgt_path = data / "train.de", data / "train.en"
+    lines = read_parallel(src_path, tgt_path)
+    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=8000), *lines)
+    corpus, _, _ = filter_pairs(tokenize_corpus(tokenizers, str(src_path), str(tgt_path), lines=lines), max_len)
+    return tokenizers, corpus
+
+
 def training_step(model, optimizer, pad_id: int, device: torch.device, precision: str = "fp32",
                   loss_from_model: bool = False):
     """One update (forward, label-smoothed loss over real tokens, backward, clip, Adam) of ``model``
@@ -229,9 +239,7 @@ def main() -> None:
     device = select_device(args.device)
     torch.manual_seed(1)
 
-    src_lines, tgt_lines = read_parallel(args.data / "train.de", args.data / "train.en")
-    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=8000), src_lines, tgt_lines)
-    corpus, _, _ = filter_pairs(tokenize_corpus(tokenizers, str(args.data / "train.de"), str(args.data / "train.en")), 100)
+    tokenizers, corpus = multi30k_training_corpus(args.data, max_len=100)
     config = ModelConfig(embed_dim=256, hidden_size=256, dropout=0.3, output_dim=args.output_dim)
     src_per_tgt = sum(len(s) + 1 for s in corpus.src_ids) / sum(len(t) + 1 for t in corpus.tgt_ids)
     attended = sum((len(s) + 1) * (len(t) + 1) for s, t in zip(corpus.src_ids, corpus.tgt_ids)) / sum(
