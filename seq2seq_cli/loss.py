@@ -36,17 +36,16 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int,
 def output_layer_loss(features: torch.Tensor, output: nn.Linear, targets: torch.Tensor, pad_id: int,
                       label_smoothing: float = 0.0, rows_per_slice: Optional[int] = None) -> torch.Tensor:
     """``sequence_loss(output(features), targets, ...)`` without holding the logits: features
-    (B, T, F), targets (B, T).
+    (B, T, F), targets (B, T); ``output`` is the vocabulary layer, with its bias.
 
     The products run in the features' dtype (bf16 under bf16 autocast, where the pre-output
     layer makes them), the softmax in fp32."""
     vocab_size = output.out_features
     kept = (targets.reshape(-1) != pad_id).nonzero().squeeze(1)  # padding positions never reach the output layer
     features = features.reshape(-1, features.size(-1)).index_select(0, kept)  # (N, F), N real target tokens
-    bias = output.bias if output.bias is not None else features.new_zeros(vocab_size, dtype=torch.float32)
     rows = rows_per_slice or max(1, SLICE_ELEMENTS // vocab_size)
     with torch.autocast(features.device.type, enabled=False):
-        return _OutputLayerLoss.apply(features, output.weight, bias, targets.reshape(-1)[kept], label_smoothing,
+        return _OutputLayerLoss.apply(features, output.weight, output.bias, targets.reshape(-1)[kept], label_smoothing,
                                       rows, torch.is_grad_enabled())
 
 

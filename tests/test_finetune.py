@@ -19,6 +19,7 @@ from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.translation import Translator
 
+
 def animals_config(folder: Path, training: dict) -> Path:
     """The parent's sizes, trained on the pairs with animals."""
     return tiny_config(folder, data=toy_domain_files(folder / "animals", animals=True), **TOY_LEARNING_SIZES,

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from seq2seq_cli.config import ModelConfig
+from seq2seq_cli.data import pad_sources
 from seq2seq_cli.loss import output_layer_loss, sequence_loss
 from seq2seq_cli.model import build_model
 
-PAD = 0
+PAD, EOS = 0, 3
 
 
 def padded_targets(batch: int, steps: int, vocab: int) -> torch.Tensor:
@@ -57,10 +58,7 @@ def tiny_model_and_batch():
     torch.manual_seed(0)
     config = ModelConfig(embed_dim=16, hidden_size=16, output_dim=16, dropout=0.0, tie_embeddings="output")
     model = build_model(config, 40, 60, PAD)
-    src_ids = torch.randint(1, 40, (5, 7))
-    src_lengths = torch.tensor([7, 3, 5, 1, 6])
-    for row, length in enumerate(src_lengths.tolist()):
-        src_ids[row, length:] = PAD
+    src_ids, src_lengths = pad_sources([torch.randint(4, 40, (n,)).tolist() for n in (6, 2, 4, 0, 5)], PAD, EOS)
     return model, (src_ids, src_lengths, torch.randint(1, 60, (5, 8))), padded_targets(5, 8, 60)
 
 
