@@ -277,6 +277,11 @@ def _length_step(length: int) -> int:
     return 4 if length <= 32 else 8 if length <= 64 else 16 if length <= 128 else 32
 
 
+def rounded_up(length: int) -> int:
+    """``length`` rounded up to its granule (``_length_step``): about an eighth more at most."""
+    return -(-length // _length_step(length)) * _length_step(length)
+
+
 def padded_shape(batch: Batch, batch_tokens: int) -> tuple[int, int, int]:
     """The fixed (sentences, source length, target length) that ``batch`` is padded to for a
     step replayed from a CUDA graph. Lengths round up to a multiple of 4 (8 above 32 tokens,
@@ -284,7 +289,7 @@ def padded_shape(batch: Batch, batch_tokens: int) -> tuple[int, int, int]:
     ``batch_tokens`` lets the narrowest batch of those rounded lengths hold, so that each pair
     of rounded lengths has one shape, and a corpus a few dozen."""
     sentences, src_len = batch.src_ids.shape
-    src_len, tgt_len = (-(-n // _length_step(n)) * _length_step(n) for n in (src_len, batch.tgt_in.size(1)))
+    src_len, tgt_len = rounded_up(src_len), rounded_up(batch.tgt_in.size(1))
     widest = max(src_len, tgt_len)
     narrowest = max(widest - _length_step(widest) + 1, 2)  # every sentence has a token and [SEP]
     return max(sentences, batch_tokens // narrowest), src_len, tgt_len

@@ -17,7 +17,7 @@ log-probabilities are those of the weighted mean of the models' distributions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,9 @@ from seq2seq_cli.device import decoding_threads, map_in_order
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
+
+if TYPE_CHECKING:
+    from seq2seq_cli.search_graphs import SearchGraphs
 
 
 @dataclass
@@ -347,22 +350,30 @@ def _backtrack(history: list, row: int, chosen: list[tuple[float, float, int, in
 
 def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
                   decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False,
-                  precision: str = "auto") -> list[list[Hypothesis]]:
+                  precision: str = "auto", graphs: Optional["SearchGraphs"] = None) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
     searched as ``decoding`` says (beam size, length penalty and limits, batch size), computing
     in ``precision`` (see ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU).
+    With ``graphs`` the searches replay their decoder steps from CUDA graphs, except where
+    attention weights or ``no_repeat_ngram_size`` ask for the eager search.
 
     Sentences are sorted by length so that a batch holds similar lengths, then put back. On the
     CPU, as many batches are searched at once as torch has threads, each on one thread
     (``seq2seq_cli.device.decoding_threads`` says why)."""
     if nbest > decoding.beam_size:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({decoding.beam_size})")
+    if keep_attention or decoding.no_repeat_ngram_size:
+        graphs = None
 
     def search(chunk: list[int]) -> list[list[Hypothesis]]:
         src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
         limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
         src_ids = src_ids.to(device)
         with autocast(device, precision):  # per thread: autocast is a thread's own state
+            if graphs is not None:
+                if decoding.beam_size == 1:
+                    return [[h] for h in graphs.greedy(src_ids, src_lengths, limits)]
+                return graphs.beam(src_ids, src_lengths, limits, decoding.beam_size, decoding.length_penalty, nbest)
             if decoding.beam_size == 1:
                 return [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
                                                    decoding.no_repeat_ngram_size)]
@@ -386,6 +397,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 
 def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
-                     keep_attention: bool = False, precision: str = "auto") -> list[list[Hypothesis]]:
+                     keep_attention: bool = False, precision: str = "auto",
+                     graphs: Optional["SearchGraphs"] = None) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids."""
-    return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision)
+    return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision,
+                         graphs)
