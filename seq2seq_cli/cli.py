@@ -148,6 +148,7 @@ def translate(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
+    cuda_graphs: Optional[str] = typer.Option(None, "--cuda-graphs", metavar="MODE", help="auto: on a GPU, replay decoder steps from CUDA graphs; off (default: the run's decoding.cuda_graphs)."),
 ) -> None:
     """Translate text, one output line per input line.
 
@@ -159,7 +160,8 @@ def translate(
                                  keep_attention=plot_attention is not None,
                                  beam_size=beam_size, length_penalty=length_penalty,
                                  max_length_ratio=max_length_ratio, batch_size=batch_size,
-                                 no_repeat_ngram_size=no_repeat_ngram_size, dtype=dtype, quantize=quantize)
+                                 no_repeat_ngram_size=no_repeat_ngram_size, dtype=dtype, quantize=quantize,
+                                 cuda_graphs=cuda_graphs)
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
@@ -193,6 +195,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
+    cuda_graphs: Optional[str] = typer.Option(None, "--cuda-graphs", metavar="MODE", help="auto: on a GPU, replay decoder steps from CUDA graphs; off (default: the run's decoding.cuda_graphs)."),
 ) -> None:
     """Score translations with sacreBLEU: BLEU, chrF2 and TER with signatures.
 
@@ -217,7 +220,7 @@ def evaluate(
                             "source and reference must be line-aligned")
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                                     dtype=dtype, quantize=quantize)
+                                     dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs)
         hypotheses, speed = translator.translate_lines(sources)
         compared = src
     else:
@@ -270,6 +273,7 @@ def serve(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
+    cuda_graphs: Optional[str] = typer.Option(None, "--cuda-graphs", metavar="MODE", help="auto: on a GPU, replay decoder steps from CUDA graphs; off (default: the run's decoding.cuda_graphs)."),
 ) -> None:
     """Serve runs over HTTP (LibreTranslate API), batching concurrent requests.
 
@@ -281,7 +285,7 @@ def serve(
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
     from seq2seq_cli.serve import LoadOptions, ServeSettings, create_app, server_models
 
-    options = LoadOptions(device, beam_size, dtype, quantize)
+    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs)
     models = server_models([str(path) for path in checkpoint], options, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin, decoders)

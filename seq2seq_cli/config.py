@@ -191,6 +191,9 @@ class DecodingConfig:
     no_repeat_ngram_size: int = 0
     # Sentences per batch when translating and validating.
     batch_size: int = 64
+    # auto: on CUDA, replay each batch shape's decoder steps from a CUDA graph (search_graphs).
+    # Off by default until measured on a GPU.
+    cuda_graphs: str = "off"
 
 
 @dataclass
@@ -303,6 +306,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("decoding.max_length_offset", lambda v: v >= 0, "0 or positive"),
     ("decoding.no_repeat_ngram_size", lambda v: v >= 0, "0 (off) or positive"),
     ("decoding.batch_size", lambda v: v >= 1, "positive"),
+    ("decoding.cuda_graphs", lambda v: v in ("auto", "off"), "'auto' or 'off'"),
 ]
 
 

@@ -20,7 +20,7 @@ import torch
 from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq_cli.config import Config, to_dict
 from seq2seq_cli.data import ParallelCorpus, TokenBatches
-from seq2seq_cli.decoding import translate_corpus
+from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
@@ -32,6 +32,7 @@ from seq2seq_cli.plotting import plot_curves
 from seq2seq_cli.progress import Progress, StopOnSignal
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.schedule import LearningRateSchedule
+from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.state import Stop, TrainingState, out_of_time, rng_states, set_rng_states
 from seq2seq_cli.tokenization import Tokenizers
 
@@ -78,6 +79,7 @@ class Trainer:
         if self.training_config.cuda_graphs == "auto" and device.type == "cuda" and not world.distributed:
             self.graphed = GraphedSteps(model, self.optimizer, self.training_config, tokenizers, device)
         self._pending: Optional[tuple[int, PendingStep, int]] = None
+        self.search_graphs: Optional[SearchGraphs] = None  # validation's, with decoding.cuda_graphs
         self.state = TrainingState()
         if resume_from is not None:
             self._restore(resume_from)
@@ -300,8 +302,12 @@ class Trainer:
         the CPU: a bf16 copy of the weights, not autocast recasting them at every step)."""
         greedy = dataclasses.replace(self.config.decoding, beam_size=1)
         precision = self.training_config.precision
-        hypotheses = translate_corpus(for_decoding(self.model, self.device, precision), self.tokenizers,
-                                      corpus.src_ids, greedy, self.device, precision=precision)
+        model = for_decoding(self.model, self.device, precision)
+        if self.search_graphs is None or self.search_graphs.model is not model:
+            self.search_graphs = SearchGraphs.when_wanted(greedy.cuda_graphs, model, SpecialIds.of(self.tokenizers),
+                                                          self.device, precision)
+        hypotheses = translate_corpus(model, self.tokenizers, corpus.src_ids, greedy, self.device, precision=precision,
+                                      graphs=self.search_graphs)
         return self.tokenizers.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 
     def validate_and_save(self, end_of_epoch: bool = False) -> None:

@@ -22,11 +22,12 @@ import torch
 
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig
-from seq2seq_cli.decoding import Ensemble, Hypothesis, translate_corpus
+from seq2seq_cli.decoding import Ensemble, Hypothesis, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
+from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -144,17 +145,24 @@ class Translator:
         # The longest source the model was trained on; longer input is cut to it.
         self.max_source_tokens = config.data.max_len
         self.lines_read = 0
+        # The CUDA graphs of this model's searches, shared with the translators ``with_settings``
+        # makes (a graph is made per batch shape and kept).
+        self._graphs: list[SearchGraphs] = []
 
     @classmethod
     def load(cls, checkpoint: str | Path | Sequence[str | Path], device: str | torch.device = "auto", *,
              weights: Optional[Sequence[float]] = None, beam_size: Optional[int] = None,
              length_penalty: Optional[float] = None, max_length_ratio: Optional[float] = None,
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
-             keep_attention: bool = False, dtype: str = "auto", quantize: str = "none") -> "Translator":
+             keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
+             cuda_graphs: Optional[str] = None) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
-        none or int8 (CPU only)."""
+        none or int8 (CPU only); ``cuda_graphs``: auto (replay decoder steps from CUDA graphs on
+        CUDA) or off."""
+        if cuda_graphs not in (None, "auto", "off"):
+            raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         torch_device = device if isinstance(device, torch.device) else select_device(device)
         precision = check_decoding_format(torch_device, dtype, quantize)  # before the slow loading
         checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -167,7 +175,8 @@ class Translator:
         translator.model = for_decoding(translator.model, torch_device, precision, quantize)
         return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
-                                        no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
+                                        no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
+                                        cuda_graphs=cuda_graphs)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -179,6 +188,7 @@ class Translator:
         model = Ensemble([member.model for member in members], weights).to(first.device).eval()
         ensemble = copy.copy(first)
         ensemble.model, ensemble.checkpoint = model, " + ".join(member.checkpoint for member in members)
+        ensemble._graphs = []
         # Input longer than any member was trained on is cut to the shortest limit.
         ensemble.max_source_tokens = min(member.max_source_tokens for member in members)
         return ensemble
@@ -237,10 +247,21 @@ class Translator:
         to_translate = [i for i, source in enumerate(sources) if source]
         results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
         found = translate_corpus(self.model, self.tokenizers, [sources[i] for i in to_translate], self.decoding,
-                                 self.device, nbest, self.keep_attention, self.precision)
+                                 self.device, nbest, self.keep_attention, self.precision, self._search_graphs())
         for index, hypotheses in zip(to_translate, found):
             results[index] = hypotheses
         return sources, results
+
+    def _search_graphs(self) -> Optional[SearchGraphs]:
+        """The CUDA graphs of this translator's model, when ``decoding.cuda_graphs`` asks for them."""
+        for graphs in self._graphs:
+            if graphs.model is self.model:
+                return graphs if self.decoding.cuda_graphs == "auto" else None
+        graphs = SearchGraphs.when_wanted(self.decoding.cuda_graphs, self.model, SpecialIds.of(self.tokenizers),
+                                          self.device, self.precision)
+        if graphs is not None:
+            self._graphs.append(graphs)
+        return graphs
 
     def detokenize(self, hypotheses: list[Hypothesis]) -> list[str]:
         return [text.replace("\n", " ") for text in self.tokenizers.decode_tgt([h.tokens for h in hypotheses])]

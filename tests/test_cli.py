@@ -61,11 +61,12 @@ def test_translate_one_line_per_input_line(trained_run, tmp_path):
     result = s2s("translate", "--checkpoint", trained_run, stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr.decode()
     assert len(result.stdout.decode("utf-8").split("\n")) == len(lines) + 1
-    # From a checkpoint file and a file argument the result is the same.
+    # From a checkpoint file and a file argument the result is the same (and CUDA graphs asked
+    # for where there is no GPU change nothing).
     source = tmp_path / "in.en"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     again = s2s("translate", "--checkpoint", trained_run / "checkpoints" / "best.pt", "--input", source,
-                "--output", tmp_path / "out.de")
+                "--output", tmp_path / "out.de", "--cuda-graphs", "auto")
     assert again.returncode == 0, again.stderr.decode()
     assert (tmp_path / "out.de").read_bytes() == result.stdout
 
@@ -114,5 +115,6 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
         (("info", trained_run / "checkpoints"), "no metrics.jsonl"),
         (("translate", "--checkpoint", trained_run, "--dtype", "fp16"), "--dtype fp16: unknown number format"),
         (("serve", "--checkpoint", trained_run, "--quantize", "int4"), "--quantize int4: unknown"),
+        (("serve", "--checkpoint", trained_run, "--cuda-graphs", "on"), "--cuda-graphs on: unknown; use auto or off"),
         (("translate", "--checkpoint", trained_run, "--quantize", "int8", "--dtype", "bf16"),
          "leave --dtype at fp32"))

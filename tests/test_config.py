@@ -45,6 +45,7 @@ def test_relative_paths_resolve_against_working_directory(tmp_path, monkeypatch)
     ("- a\n- b\n", [], "mapping"),
     (MINIMAL + "training: {device: tpu}\n", [], "training.device"),
     (MINIMAL, ["training.plateau_metric=ppl"], "training.plateau_metric must be 'bleu' or 'loss'"),
+    (MINIMAL, ["decoding.cuda_graphs=on"], "decoding.cuda_graphs must be 'auto' or 'off'"),
     (MINIMAL + "model: {embed_type: bert}\n", [], "model.embed_type=bert"),
     (MINIMAL + "model: {tie_embeddings: yes}\n", [], "model.tie_embeddings must be"),
     (MINIMAL + "model: {tie_embeddings: output, output_dim: 128}\n", [], "model.output_dim (128) must equal"),

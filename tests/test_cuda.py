@@ -16,12 +16,14 @@ from conftest import (IDS, SOURCES, final_weights, make_batch, tiny_config, tiny
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import ModelConfig, TrainingConfig, load_config
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
+from seq2seq_cli.decoding import SpecialIds, beam_search, greedy_search, translate_corpus
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.search_graphs import SearchGraphs
+from seq2seq_cli.translation import Translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -99,10 +101,11 @@ def test_search_on_cuda_equals_cpu(seed):
 
 
 def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
-    """A CUDA run (bf16 autocast, fused AdamW) learns the toy task; its checkpoint loads on the
-    CPU, where greedy output matches the GPU's almost everywhere (bf16 vs fp32 ties aside);
-    and the run resumes on CUDA from its saved optimizer state."""
-    config = load_config(toy_learning_config(tmp_path, device="cuda"))
+    """A CUDA run (bf16 autocast, fused AdamW, validation searching from CUDA graphs) learns
+    the toy task; its checkpoint loads on the CPU, where greedy output matches the GPU's almost
+    everywhere (bf16 vs fp32 ties aside); search replayed from graphs translates as the eager
+    search does; and the run resumes on CUDA from its saved optimizer state."""
+    config = load_config(toy_learning_config(tmp_path, device="cuda", decoding={"cuda_graphs": "auto"}))
     summary = train(config)
     assert summary["best_dev_bleu"] > 50, summary
     assert summary["cuda_graph_shapes"] > 0  # the default on CUDA: the steps were graphed
@@ -116,6 +119,15 @@ def test_trains_on_cuda_then_translates_on_either_device(tmp_path):
                for net, device in ((on_cpu, CPU), (on_gpu, CUDA))]
     same = sum(a == b for a, b in zip(*outputs)) / len(sources)
     assert same >= 0.9, same
+
+    lines = toy_lines("dev", 200)[0]
+    for beam in (1, 5):
+        eager = Translator.load(run_dir, "cuda", beam_size=beam, cuda_graphs="off")
+        graphed = eager.with_settings(cuda_graphs="auto")
+        translations = [eager.translate(lines), graphed.translate(lines)]
+        assert graphed._search_graphs().shapes(), beam  # the graphed translator recorded its searches
+        same = sum(a == b for a, b in zip(*translations)) / len(lines)
+        assert same >= 0.97, (beam, same)
 
     more = load_config(run_dir / "config.yaml", ["training.max_steps=200"])
     resumed = train(more, resume=True)
@@ -190,3 +202,43 @@ def test_a_graphed_step_that_is_not_finite_changes_nothing():
     assert steps.launch(batch, 1e-3).loss() > 0  # the same graph steps again
     assert not torch.equal(model.encoder.bridge.weight, before["encoder.bridge.weight"])
     assert len(steps.graphs) == 1
+
+
+# -- CUDA graphs of search (decoding.cuda_graphs) ---------------------------------------------
+
+
+@pytest.mark.parametrize("vocab", [300, 1100])
+def test_search_replayed_from_graphs_equals_eager_search(vocab):
+    """In fp32, greedy and beam search from CUDA graphs find the eager search's hypotheses with
+    its scores, over several batches of one shape (each replaying the graphs recorded once)."""
+    from test_search_graphs import assert_same, random_batch, random_model
+
+    model = random_model(0, vocab).to(CUDA)
+    graphs = SearchGraphs(model, IDS, CUDA, "fp32")
+    for seed in range(3):
+        src_ids, src_lengths, limits = (t.to(CUDA) for t in random_batch(seed, vocab, sentences=21 + seed))
+        assert_same([[h] for h in greedy_search(model, src_ids, src_lengths, IDS, limits)],
+                    [[h] for h in graphs.greedy(src_ids, src_lengths, limits)])
+        assert_same(beam_search(model, src_ids, src_lengths, IDS, limits, 5, 1.0, 2),
+                    graphs.beam(src_ids, src_lengths, limits, 5, 1.0, 2))
+    recorded = graphs._recorded.values()
+    assert len(recorded) == 2  # one greedy and one beam shape: 21-23 sentences round up to 24
+    assert all(isinstance(getattr(replay, "__self__", None), torch.cuda.CUDAGraph) for _, replay in recorded)
+
+
+def test_search_replayed_from_graphs_under_bf16_autocast():
+    """Under bf16 autocast (the default on CUDA) graphs record the casts too: the translations of
+    the eager bf16 search, bar near ties."""
+    from test_search_graphs import random_batch, random_model
+
+    model = random_model(1, 300).to(CUDA)
+    graphs = SearchGraphs(model, IDS, CUDA, "bf16")
+    src_ids, src_lengths, limits = (t.to(CUDA) for t in random_batch(1, 300, sentences=40))
+    with autocast(CUDA, "bf16"):
+        eager = greedy_search(model, src_ids, src_lengths, IDS, limits)
+        graphed = graphs.greedy(src_ids, src_lengths, limits)
+        eager_beam = beam_search(model, src_ids, src_lengths, IDS, limits, 4, 1.0, 1)
+        graphed_beam = graphs.beam(src_ids, src_lengths, limits, 4, 1.0, 1)
+    assert sum(e.tokens == g.tokens for e, g in zip(eager, graphed)) >= 0.9 * len(eager)
+    assert sum(e[0].tokens == g[0].tokens for e, g in zip(eager_beam, graphed_beam)) >= 0.9 * len(eager)
+    assert graphs.shapes()[0][-1] == torch.bfloat16
