@@ -6,7 +6,9 @@
 #   3. configs/multi30k_de_en.yaml trained with CUDA graphs (the default on CUDA) for what time
 #      is left, scored by quality.py like the eager run in benchmarks/README.md (beam 5, length
 #      penalty tuned on val, last 5 checkpoints averaged); the full test suite runs beside it
-#      at low priority.
+#      at low priority;
+#   4. search_graphs.py on that model: eager vs graphed search (decoding.cuda_graphs),
+#      greedy and beam 5 on test2016.
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR SECONDS
 #
@@ -48,16 +50,21 @@ timeout 170 python3 benchmarks/cuda_graphs.py --data "$data" --seconds 6 --json 
 tail -8 "$out/logs/cuda_graphs.log"
 
 log "3. multi30k_de_en.yaml with CUDA graphs, the suite beside it"
-minutes=$(python3 -c "print(round(max(0.5, ($(left) - 75) / 60), 2))")
+minutes=$(python3 -c "print(round(max(0.5, ($(left) - 165) / 60), 2))")
 log "training for $minutes min"
-timeout $(($(left) - 10)) python3 benchmarks/quality.py --data "$data" --config configs/multi30k_de_en.yaml \
+timeout $(($(left) - 100)) python3 benchmarks/quality.py --data "$data" --config configs/multi30k_de_en.yaml \
     --minutes "$minutes" --run-dir runs/gpu-graphs --average 5 --length-penalties 0.6,1.0,1.4 \
     --json "$out/logs/quality-graphs.json" >"$out/logs/quality-graphs.log" 2>&1 &
 sleep 15  # the training starts before the suite takes its cores
-S2S_MULTI30K="$data" OMP_NUM_THREADS=2 timeout $(($(left) - 60)) nice -n 19 \
+S2S_MULTI30K="$data" OMP_NUM_THREADS=2 timeout $(($(left) - 150)) nice -n 19 \
     python3 -m pytest -q -p no:cacheprovider -n 3 >"$out/logs/test_suite.log" 2>&1
 log "full suite: $(tail -1 "$out/logs/test_suite.log")"
 wait
 cp runs/gpu-graphs/metrics.jsonl "$out/logs/metrics-graphs.jsonl" 2>/dev/null
 tail -25 "$out/logs/quality-graphs.log"
+
+log "4. search_graphs.py"
+timeout $(($(left) - 5)) python3 benchmarks/search_graphs.py --checkpoint runs/gpu-graphs --data "$data" \
+    --json "$out/logs/search_graphs.json" >"$out/logs/search_graphs.log" 2>&1 || log "search_graphs.py failed (exit $?)"
+tail -6 "$out/logs/search_graphs.log"
 log "done"
