@@ -49,14 +49,19 @@ def timed_translate(model, tokenizers, sources, decoding, device, precision="aut
     return tokenizers.decode_tgt([nbest[0].tokens for nbest in results]), seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_and_test_set(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a decoding benchmark: a trained model, a test set and the search."""
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     parser.add_argument("--data", type=Path, required=True, help="folder with the test files")
     parser.add_argument("--src", default="test_2016_flickr.de")
     parser.add_argument("--ref", default="test_2016_flickr.en")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_and_test_set(parser)
     parser.add_argument("--single-sentences", type=int, default=200,
                         help="sentences decoded one at a time for the unbatched baseline")
     parser.add_argument("--device", default="auto")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from decode_speed import add_model_and_test_set  # benchmarks/ is on sys.path when this script runs
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import SpecialIds, translate_corpus
@@ -44,12 +45,7 @@ def timed(device, function):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    parser.add_argument("--data", type=Path, required=True, help="folder with the test files")
-    parser.add_argument("--src", default="test_2016_flickr.de")
-    parser.add_argument("--ref", default="test_2016_flickr.en")
-    parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
+    add_model_and_test_set(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per row; the fastest counts")
