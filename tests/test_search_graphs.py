@@ -14,7 +14,7 @@ from seq2seq_cli.decoding import Ensemble, beam_search, greedy_search, max_lengt
 from seq2seq_cli.model import build_model
 from seq2seq_cli.search_graphs import UNROLL, SearchGraphs
 
-from conftest import IDS
+from conftest import IDS, toy_lines
 
 CPU = torch.device("cpu")
 
@@ -194,3 +194,26 @@ def test_recorded_steps_never_wait_for_the_device(ensemble):
     graphs.beam(src_ids, src_lengths, limits, 3, 1.0, 2)
     assert len(logs) >= 2 and all({"aten.topk", "aten.log_softmax"} <= names for names in logs)
     assert set.union(*logs) & READS_THE_DEVICE == set()
+
+
+def test_a_translator_asked_for_graphs_translates_a_trained_model_as_without(learned_toy_run, monkeypatch):
+    """Through ``Translator`` (what translate, evaluate and serve use), on the toy run trained
+    once a session: with graphs (allowed on the CPU here) the eager translations, greedy and
+    beam 5 with n-best lists, with its siblings sharing one set of recorded shapes."""
+    from seq2seq_cli.translation import Translator
+
+    monkeypatch.setattr(SearchGraphs, "when_wanted", classmethod(
+        lambda cls, setting, model, ids, device, precision="auto":
+        cls(model, ids, device, precision) if setting == "auto" else None))
+    lines = toy_lines("test", 150)[0]
+    eager = Translator.load(learned_toy_run, "cpu", cuda_graphs="off")
+    graphed = eager.with_settings(cuda_graphs="auto")
+    assert eager._search_graphs() is None
+    assert graphed.translate(lines) == eager.translate(lines)
+    beam_eager, beam_graphed = (t.with_settings(beam_size=5, nbest=3) for t in (eager, graphed))
+    found, expected = beam_graphed.translate_nbest(lines), beam_eager.translate_nbest(lines)
+    assert [[t.text for t in n] for n in found] == [[t.text for t in n] for n in expected]
+    assert [t.score for n in found for t in n] == pytest.approx([t.score for n in expected for t in n], abs=1e-4)
+    shapes = graphed._search_graphs().shapes()
+    assert {shape[0] for shape in shapes} == {"greedy", "beam"}
+    assert beam_graphed._search_graphs() is graphed._search_graphs()
