@@ -1,12 +1,13 @@
 """Greedy and beam search whose decoder steps are replayed from CUDA graphs (``decoding.cuda_graphs``).
 
-The eager searches (``seq2seq_cli.decoding``) launch some sixty small kernels per decoder
-step and drop finished sentences from the batch, so its shape changes as it goes. Here a
-batch is padded to one of a few fixed shapes (sentences and source length rounded up as
-training's graphs round theirs, ``data.rounded_up``); finished sentences stay in the batch
-with their outputs ignored, and ``UNROLL`` decoder steps of each shape are recorded once and
-replayed with one launch. Nothing in a recorded step reads the host: the step counter and
-the length limits are device tensors.
+The eager searches (``seq2seq_cli.decoding``) launch some 35 small kernels per greedy decoder
+step (more in beam search) and ask the host at every step which sentences have finished, to
+drop them from the batch, so its shape changes as it goes. Here a batch is padded to one of
+a few fixed shapes (sentences and source length rounded up as training's graphs round
+theirs, ``data.rounded_up``); finished sentences stay in the batch with their outputs
+ignored, and ``UNROLL`` decoder steps of each shape are recorded once and replayed with one
+launch. Nothing in a recorded step reads the host: the step counter and the length limits
+are device tensors.
 
 The host looks at a batch once per replay: to stop when every sentence is done and, in beam
 search, to collect finished hypotheses from the steps' records by the eager search's own
