@@ -296,7 +296,7 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
         if no_repeat_ngram_size:
             generated = torch.cat([generated.index_select(0, parent_rows), tokens.unsqueeze(1)], dim=1)
 
-        keep = _still_searching(active, finished, scores[:, 0].tolist(), best_bound, k, nbest)
+        keep = still_searching(active, finished, scores[:, 0].tolist(), best_bound, k, nbest)
         if not keep:
             break
         if len(keep) < n:
@@ -306,11 +306,11 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
             scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
             tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
 
-    return [_backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]),
+    return [backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]),
                        keep_attention) for row in range(batch_size)]
 
 
-def _still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
+def still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
                      best_bound: list[float], k: int, nbest: int) -> list[int]:
     """Positions in ``active`` of the sentences not done: fewer than K finished hypotheses, and
     a live beam could still beat the n-th best finished one."""
@@ -325,7 +325,7 @@ def _still_searching(active: list[int], finished: list[list[tuple]], best_live: 
     return keep
 
 
-def _backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int]], source_length: int,
+def backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int]], source_length: int,
                keep_attention: bool) -> list[Hypothesis]:
     """The tokens (and attention rows) of sentence ``row``'s chosen finished hypotheses, read
     back through each step's parent beams."""

@@ -11,7 +11,7 @@ are device tensors.
 
 The host looks at a batch once per replay: to stop when every sentence is done and, in beam
 search, to collect finished hypotheses from the steps' records by the eager search's own
-rules (``decoding._still_searching``, ``decoding._backtrack``), so both searches find the
+rules (``decoding.still_searching``, ``decoding.backtrack``), so both searches find the
 same translations with the same scores. Attention weights and ``no_repeat_ngram_size`` need
 the eager search.
 
@@ -29,8 +29,8 @@ from typing import Callable, Optional
 import torch
 
 from seq2seq_cli.data import rounded_up
-from seq2seq_cli.decoding import (Ensemble, EnsembleState, Hypothesis, SpecialIds, _backtrack, _still_searching,
-                                  beam_search, gnmt_penalty, greedy_search, step_log_probs, top_by_blocks)
+from seq2seq_cli.decoding import (Ensemble, EnsembleState, Hypothesis, SpecialIds, backtrack, beam_search,
+                                  gnmt_penalty, greedy_search, still_searching, step_log_probs, top_by_blocks)
 from seq2seq_cli.graphs import GraphCaptureError
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.precision import autocast
@@ -232,7 +232,8 @@ class SearchGraphs:
         b.scores[:, 0] = 0.0  # one live beam to start with
 
     def _beam_hypotheses(self, buffers: _BeamBuffers, replay: Callable[[], None], limits: torch.Tensor,
-                         src_lengths: torch.Tensor, k: int, length_penalty: float, nbest: int) -> list[list[Hypothesis]]:
+                         src_lengths: torch.Tensor, k: int, length_penalty: float,
+                         nbest: int) -> list[list[Hypothesis]]:
         """Replay until every real sentence is done, reading each step's records as the eager
         search reads its step (``decoding.beam_search``), and backtrack the best hypotheses."""
         rows = limits.size(0)
@@ -261,12 +262,12 @@ class SearchGraphs:
                         finished[row].append((raw / penalty, raw, t, int(top_beams[row, column])))
                 history.append((positions, parents, chosen, None))
                 best_live = top_scores.masked_fill(is_eos, float("-inf")).amax(dim=1).tolist()
-                keep = _still_searching(searching, finished, [best_live[row] for row in searching], best_bound,
+                keep = still_searching(searching, finished, [best_live[row] for row in searching], best_bound,
                                         k, nbest)
                 searching = [searching[p] for p in keep]
             if not searching:
                 break
-        return [_backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]), False)
+        return [backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]), False)
                 for row in range(rows)]
 
     def _beam_steps(self, b: _BeamBuffers, k: int) -> None:

@@ -167,8 +167,9 @@ class OperatorLog(TorchDispatchMode):
 
 # What waits for the device (a value read back, or a shape that depends on values): a CUDA
 # graph cannot record it.
-READS_THE_DEVICE = {"aten.item", "aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero", "aten.masked_select",
-                    "aten.index", "aten.index_put", "aten.index_put_", "aten.unique", "aten._unique2"}
+READS_THE_DEVICE = {"aten.item", "aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.nonzero",
+                    "aten.masked_select", "aten.index", "aten.index_put", "aten.index_put_", "aten.unique",
+                    "aten._unique2"}
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
