@@ -135,13 +135,19 @@ def best_next_tokens(log_probs: torch.Tensor, ids: SpecialIds, at_limit: torch.T
     always the model's own. Beam search asks each beam for its 2K best tokens instead of
     ranking all K x V extensions of a sentence: the 2K best extensions are among them, and
     no (B, K x V) matrix of scored extensions is built."""
-    if bool(at_limit.any()):
-        eos = log_probs[:, ids.eos].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[:, ids.eos] = eos
+    if bool(at_limit.any()):  # most steps have none: skip the pass over (R, V)
+        only_end_at_limit(log_probs, at_limit, ids.eos)
     if no_repeat_ngram_size and generated is not None:
         ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
     return top_by_blocks(log_probs, min(count, log_probs.size(1)))
+
+
+def only_end_at_limit(log_probs: torch.Tensor, at_limit: torch.Tensor, eos: int) -> None:
+    """In place on log_probs (R, V): the rows at their length limit (at_limit (R,)) may only end,
+    keeping their true log P([SEP]). Reads nothing back to the host, so a CUDA graph can record it."""
+    eos_log_probs = log_probs[:, eos].clone()
+    log_probs.masked_fill_(at_limit.unsqueeze(1), float("-inf"))
+    log_probs[:, eos] = eos_log_probs
 
 
 BLOCK = 64  # columns; the fastest of 16 to 256 here for greedy and beam 5 over 8,000 tokens
@@ -307,11 +313,11 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
             tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
 
     return [backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]),
-                       keep_attention) for row in range(batch_size)]
+                      keep_attention) for row in range(batch_size)]
 
 
 def still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
-                     best_bound: list[float], k: int, nbest: int) -> list[int]:
+                    best_bound: list[float], k: int, nbest: int) -> list[int]:
     """Positions in ``active`` of the sentences not done: fewer than K finished hypotheses, and
     a live beam could still beat the n-th best finished one."""
     keep = []
@@ -326,7 +332,7 @@ def still_searching(active: list[int], finished: list[list[tuple]], best_live: l
 
 
 def backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int]], source_length: int,
-               keep_attention: bool) -> list[Hypothesis]:
+              keep_attention: bool) -> list[Hypothesis]:
     """The tokens (and attention rows) of sentence ``row``'s chosen finished hypotheses, read
     back through each step's parent beams."""
     hypotheses = []

@@ -30,7 +30,8 @@ import torch
 
 from seq2seq_cli.data import rounded_up
 from seq2seq_cli.decoding import (Ensemble, EnsembleState, Hypothesis, SpecialIds, backtrack, beam_search,
-                                  gnmt_penalty, greedy_search, still_searching, step_log_probs, top_by_blocks)
+                                  gnmt_penalty, greedy_search, only_end_at_limit, still_searching,
+                                  step_log_probs, top_by_blocks)
 from seq2seq_cli.graphs import GraphCaptureError
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.precision import autocast
@@ -58,14 +59,6 @@ def _fill_state(static: EncoderState | EnsembleState, state: EncoderState | Ense
 
 def _tensors(state: EncoderState) -> tuple[torch.Tensor, ...]:
     return state.encoder_outputs, state.keys, state.src_mask, state.hidden, state.score_bias
-
-
-def _only_end_at_limit(log_probs: torch.Tensor, at_limit: torch.Tensor, eos: int) -> None:
-    """Rows at their length limit may only end (``decoding.best_next_tokens``), without asking the
-    host whether any row is: in place, log_probs (R, V), at_limit (R,)."""
-    eos_log_probs = log_probs[:, eos].clone()
-    log_probs.masked_fill_(at_limit.unsqueeze(1), float("-inf"))
-    log_probs[:, eos] = eos_log_probs
 
 
 @dataclass
@@ -189,7 +182,7 @@ class SearchGraphs:
         """``UNROLL`` steps of greedy search, in place on ``b``."""
         for i in range(UNROLL):
             log_probs, hidden, _ = step_log_probs(self.model, b.tokens, b.hidden, b.state, self.ids)
-            _only_end_at_limit(log_probs, b.limits <= b.step, self.ids.eos)
+            only_end_at_limit(log_probs, b.limits <= b.step, self.ids.eos)
             best, tokens = top_by_blocks(log_probs, 1)  # (N, 1)
             tokens = tokens.squeeze(1).masked_fill_(b.done, self.ids.eos)
             b.log_prob.add_(best.squeeze(1).masked_fill_(b.done, 0.0))
@@ -276,7 +269,7 @@ class SearchGraphs:
         sentences = b.scores.size(0)
         for i in range(UNROLL):
             log_probs, hidden, _ = step_log_probs(self.model, b.tokens, b.hidden, b.state, self.ids)
-            _only_end_at_limit(log_probs, b.limits <= b.step, self.ids.eos)
+            only_end_at_limit(log_probs, b.limits <= b.step, self.ids.eos)
             beam_log_probs, beam_tokens = top_by_blocks(log_probs, 2 * k)  # (N*K, 2K)
             candidates = (b.scores.view(-1, 1) + beam_log_probs).view(sentences, k * 2 * k)
             top_scores, top_index = candidates.topk(2 * k, dim=1)  # (N, 2K)
