@@ -71,6 +71,19 @@ def test_beam_search_over_a_fixed_shape_finds_the_eager_hypotheses(seed, beam, l
     assert all(len(n) == nbest for n in fixed)
 
 
+def test_a_sentence_done_in_beam_search_takes_no_more_hypotheses():
+    """A sentence is done once K hypotheses have ended (or none left can beat its n-th best),
+    but its beams go on computing in the fixed batch: what they end later is not its. With a
+    length penalty of 2 a later, longer hypothesis would rank first, so taking one would show."""
+    model = random_model(7, 300)
+    with torch.no_grad():
+        model.decoder.output.bias[IDS.eos] += 0.3  # sentences end early, so some are done early
+    src_ids, src_lengths, limits = random_batch(7, 300, sentences=20)
+    graphs = SearchGraphs(model, IDS, CPU)
+    assert_same(beam_search(model, src_ids, src_lengths, IDS, limits, 5, 2.0, 3),
+                graphs.beam(src_ids, src_lengths, limits, 5, 2.0, 3))
+
+
 def test_an_ensemble_searches_over_a_fixed_shape_as_it_does_eagerly():
     ensemble = Ensemble([random_model(0, 300), random_model(1, 300, hidden=24)], [1.0, 2.0])
     src_ids, src_lengths, limits = random_batch(3, 300, sentences=9)
