@@ -146,17 +146,14 @@ class SearchGraphs:
         with self._lock:
             rows, length, state, limits = self._encode(src_ids, src_lengths, limits, 1)
             sentences = limits.size(0)
-            key = ("greedy", sentences, length, state.hidden.dtype)
-            if key not in self._recorded:
-                buffers = _GreedyBuffers(
+            buffers, replay = self._ready(
+                ("greedy", sentences, length, state.hidden.dtype),
+                lambda: _GreedyBuffers(
                     _copy_state(state), torch.empty_like(limits), state.hidden.clone(), torch.empty_like(limits),
                     torch.zeros(1, dtype=torch.long, device=self.device),
                     torch.empty_like(limits, dtype=torch.bool), torch.empty(sentences, device=self.device),
-                    torch.empty((sentences, UNROLL), dtype=torch.long, device=self.device))
-                self._start_greedy(buffers, state, limits, rows)  # what the warm-up before capture reads
-                self._recorded[key] = buffers, self._record(lambda: self._greedy_steps(buffers))
-            buffers, replay = self._recorded[key]
-            self._start_greedy(buffers, state, limits, rows)
+                    torch.empty((sentences, UNROLL), dtype=torch.long, device=self.device)),
+                lambda buffers: self._start_greedy(buffers, state, limits, rows), self._greedy_steps)
             chosen = []
             for _ in range(0, int(limits.max()) + 1, UNROLL):
                 replay()
@@ -167,6 +164,18 @@ class SearchGraphs:
             log_prob = buffers.log_prob[:rows].tolist()
         return [Hypothesis(sequence[: sequence.index(self.ids.eos)], score, score)
                 for sequence, score in zip(output, log_prob)]
+
+    def _ready(self, key: tuple, make: Callable[[], object], start: Callable[[object], None],
+               steps: Callable[[object], None]) -> tuple:
+        """The buffers of shape ``key`` filled by ``start`` for this batch, and what replays
+        ``steps`` on them; both made, and the steps recorded, at the shape's first batch."""
+        if key not in self._recorded:
+            buffers = make()
+            start(buffers)  # what the warm-up before capture reads
+            self._recorded[key] = buffers, self._record(lambda: steps(buffers))
+        buffers, replay = self._recorded[key]
+        start(buffers)
+        return buffers, replay
 
     def _start_greedy(self, b: _GreedyBuffers, state: EncoderState | EnsembleState, limits: torch.Tensor,
                       rows: int) -> None:
@@ -198,21 +207,20 @@ class SearchGraphs:
         with self._lock:
             rows, length, state, limits = self._encode(src_ids, src_lengths, limits, k)
             sentences = limits.size(0)
-            key = ("beam", sentences, length, k, state.hidden.dtype)
-            if key not in self._recorded:
-                def empty(*shape, dtype=torch.long):
-                    return torch.empty(shape, dtype=dtype, device=self.device)
 
-                buffers = _BeamBuffers(
+            def empty(*shape, dtype=torch.long):
+                return torch.empty(shape, dtype=dtype, device=self.device)
+
+            buffers, replay = self._ready(
+                ("beam", sentences, length, k, state.hidden.dtype),
+                lambda: _BeamBuffers(
                     _copy_state(state), empty(sentences * k), state.hidden.clone(), empty(sentences * k),
                     torch.zeros(1, dtype=torch.long, device=self.device), empty(sentences, k, dtype=torch.float),
                     (torch.arange(sentences, device=self.device) * k).unsqueeze(1),
                     empty(UNROLL, sentences, 2 * k, dtype=torch.float), empty(UNROLL, sentences, 2 * k),
-                    empty(UNROLL, sentences, 2 * k), empty(UNROLL, sentences, k), empty(UNROLL, sentences, k))
-                self._start_beam(buffers, state, limits, k)  # what the warm-up before capture reads
-                self._recorded[key] = buffers, self._record(lambda: self._beam_steps(buffers, k))
-            buffers, replay = self._recorded[key]
-            self._start_beam(buffers, state, limits, k)
+                    empty(UNROLL, sentences, 2 * k), empty(UNROLL, sentences, k), empty(UNROLL, sentences, k)),
+                lambda buffers: self._start_beam(buffers, state, limits, k),
+                lambda buffers: self._beam_steps(buffers, k))
             return self._beam_hypotheses(buffers, replay, limits[:rows].cpu(), src_lengths, k, length_penalty, nbest)
 
     def _start_beam(self, b: _BeamBuffers, state: EncoderState | EnsembleState, limits: torch.Tensor, k: int) -> None:
@@ -236,7 +244,6 @@ class SearchGraphs:
         positions = {row: row for row in range(rows)}  # rows never move here
         history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, None]] = []
         finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(rows)]
-        rank = torch.arange(2 * k)
         for start in range(0, last_step + 1, UNROLL):
             replay()
             records = [record[:, :rows].to("cpu", copy=True) for record in (  # a copy on the CPU too
@@ -247,7 +254,7 @@ class SearchGraphs:
                 is_eos = top_tokens == self.ids.eos
                 still = torch.zeros(rows, 1, dtype=torch.bool)
                 still[searching] = True
-                ending = is_eos & (rank < k) & torch.isfinite(top_scores) & still
+                ending = (is_eos & torch.isfinite(top_scores))[:, :k] & still  # among the K best extensions
                 if bool(ending.any()):
                     penalty = gnmt_penalty(t + 1, length_penalty)
                     for row, column in ending.nonzero().tolist():
