@@ -28,7 +28,6 @@ import torch
 from seq2seq_cli.config import TrainingConfig
 from seq2seq_cli.data import Batch, pad_batch, padded_shape
 from seq2seq_cli.precision import autocast
-from seq2seq_cli.loss import sequence_loss
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
 
@@ -101,9 +100,8 @@ class GraphedSteps:
     def _forward_backward(self, batch: Batch, scale: torch.Tensor) -> torch.Tensor:
         # Autocast's weight cache would hold casts made during capture: off inside graphs.
         with autocast(self.device, self.config.precision, cache_enabled=False):
-            logits = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in, self.config.teacher_forcing_ratio,
-                                packed=False)
-            loss = sequence_loss(logits, batch.tgt_out, self.tokenizers.pad_id, self.config.label_smoothing)
+            loss = self.model(batch.src_ids, batch.src_lengths, batch.tgt_in, self.config.teacher_forcing_ratio,
+                              packed=False, tgt_out=batch.tgt_out, label_smoothing=self.config.label_smoothing)
         (loss * scale).backward()
         return loss
 
