@@ -71,12 +71,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for way in WAYS:
             seconds[way].append(one_pass(*way))
-    baseline = statistics.median(seconds[WAYS[0]])
+    median = {way: statistics.median(seconds[way]) for way in WAYS}
     tokens = sum(batch.n_tgt_tokens for batch in batches)
     rows = [{"precision": precision, "loss_from": loss_from, "seconds": [round(s, 2) for s in seconds[(precision, loss_from)]],
-             "median_s": round(statistics.median(seconds[(precision, loss_from)]), 2),
-             "tokens_per_s": round(tokens / statistics.median(seconds[(precision, loss_from)]), 1),
-             "speedup": round(baseline / statistics.median(seconds[(precision, loss_from)]), 3)}
+             "median_s": round(median[(precision, loss_from)], 2),
+             "tokens_per_s": round(tokens / median[(precision, loss_from)], 1),
+             "speedup": round(median[WAYS[0]] / median[(precision, loss_from)], 3)}
             for precision, loss_from in WAYS]
     print(f"{len(batches)} batches, {tokens} target tokens per pass, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
