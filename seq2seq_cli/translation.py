@@ -254,9 +254,11 @@ class Translator:
 
     def _search_graphs(self) -> Optional[SearchGraphs]:
         """The CUDA graphs of this translator's model, when ``decoding.cuda_graphs`` asks for them."""
+        if self.decoding.cuda_graphs != "auto":
+            return None
         for graphs in self._graphs:
             if graphs.model is self.model:
-                return graphs if self.decoding.cuda_graphs == "auto" else None
+                return graphs
         graphs = SearchGraphs.when_wanted(self.decoding.cuda_graphs, self.model, SpecialIds.of(self.tokenizers),
                                           self.device, self.precision)
         if graphs is not None:
