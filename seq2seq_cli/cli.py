@@ -12,6 +12,7 @@ import typer
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.files import atomic_write_text, is_same_file
 from seq2seq_cli.progress import log_to_stderr
 
 app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
@@ -123,6 +124,21 @@ def _weights(text: Optional[str]) -> Optional[list[float]]:
     return weights
 
 
+def _stdin_descriptor() -> Optional[int]:
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a stream without one (tests, embedding)
+        return None
+
+
+def _refuse_overwriting_inputs(output: Optional[Path], option: str, inputs: dict[str, Optional[Path]]) -> None:
+    """A one-line error when ``output`` is one of the files a command reads."""
+    for name, path in inputs.items():
+        if output is not None and path is not None and is_same_file(output, path):
+            raise UserError(f"{option} {output} is the {name} file; writing it would replace that file: "
+                            f"choose another {option}")
+
+
 def _open_binary(path: Optional[Path], mode: str, default):
     if path is None:
         return default
@@ -156,6 +172,9 @@ def translate(
     """
     from seq2seq_cli.translation import Translator, read_line_batches
 
+    if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
+        raise UserError(f"--output {output_file} is the file being translated: opening it for writing would erase "
+                        "the text before it is read; write to another file")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), nbest=nbest,
                                  keep_attention=plot_attention is not None,
                                  beam_size=beam_size, length_penalty=length_penalty,
@@ -206,6 +225,7 @@ def evaluate(
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.evaluation import format_report, score_report
 
+    _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
     references = read_lines(ref)
     speed = None
     if hyp is not None:
@@ -234,7 +254,7 @@ def evaluate(
     typer.echo(format_report(report))
     if json_file is not None:
         try:
-            json_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(json_file, json.dumps(report, indent=2) + "\n")
         except OSError as err:
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
 

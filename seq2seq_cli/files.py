@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -41,6 +42,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda out: out.write(text.encode("utf-8")))
+
+
+def is_same_file(path: str | Path, other: str | Path | int) -> bool:
+    """Whether ``path`` is an existing regular file and ``other`` (a path or an open file
+    descriptor, such as stdin's) is that same file: writing ``path`` would destroy ``other``.
+
+    Only regular files count: ``/dev/stdout`` and a terminal on stdin are one device, not
+    one text."""
+    try:
+        info = os.stat(path)
+        other_info = os.fstat(other) if isinstance(other, int) else os.stat(other)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == (other_info.st_dev, other_info.st_ino)
 
 
 def save_atomically(folder: str | Path, save: Callable[[Path], object]) -> None:

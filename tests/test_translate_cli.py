@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY, assert_user_error, png_size, s2s, tiny_config
+from conftest import TOY, assert_user_error, assert_user_errors, png_size, s2s, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,35 @@ def test_beam_of_one_matches_greedy_output(run_dir, tmp_path):
     greedy = s2s("translate", "--checkpoint", run_dir, stdin=text)
     beam_one = s2s("translate", "--checkpoint", run_dir, "--beam-size", "1", stdin=text)
     assert greedy.returncode == 0 and greedy.stdout == beam_one.stdout
+
+
+def test_an_output_that_is_an_input_is_refused_and_left_as_it_was(run_dir, tmp_path):
+    """Opening --output for writing empties it before a line is read: named as the input,
+    redirected to stdin, or as evaluate's --json over --src or --ref, the text would be gone."""
+    source, reference = tmp_path / "test.en", tmp_path / "test.de"
+    source.write_bytes(b"The man sees the dog.\nA cat.\n")
+    reference.write_bytes("Der Mann sieht den Hund.\nEine Katze.\n".encode())
+    with open(source, "rb") as stdin:
+        redirected = subprocess.run([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir),
+                                     "--output", str(source)], stdin=stdin, capture_output=True, timeout=120)
+    assert_user_error(redirected, f"--output {source} is the file being translated")
+    assert_user_errors(
+        (("translate", "--checkpoint", run_dir, "--input", source, "--output", tmp_path / "." / "test.en"),
+         "is the file being translated"),
+        (("evaluate", "--checkpoint", run_dir, "--src", source, "--ref", reference, "--json", reference),
+         f"--json {reference} is the --ref file"),
+        (("evaluate", "--checkpoint", run_dir, "--src", source, "--ref", reference, "--json", source),
+         "is the --src file"),
+        (("evaluate", "--hyp", reference, "--ref", source, "--json", reference), "is the --hyp file"))
+    assert source.read_bytes() == b"The man sees the dog.\nA cat.\n"
+    assert reference.read_bytes() == "Der Mann sieht den Hund.\nEine Katze.\n".encode()
+    # Another file is written as before, a new folder included; stdout by name still works.
+    translated = s2s("translate", "--checkpoint", run_dir, "--input", source, "--output", tmp_path / "out.de")
+    assert translated.returncode == 0 and (tmp_path / "out.de").read_bytes().count(b"\n") == 2
+    named_stdout = s2s("translate", "--checkpoint", run_dir, "--input", source, "--output", "/dev/stdout")
+    assert named_stdout.returncode == 0 and named_stdout.stdout == (tmp_path / "out.de").read_bytes()
+    scored = s2s("evaluate", "--hyp", tmp_path / "out.de", "--ref", reference, "--json", tmp_path / "new" / "r.json")
+    assert scored.returncode == 0 and '"bleu"' in (tmp_path / "new" / "r.json").read_text()
 
 
 def test_interactive_lines_are_answered_at_once(run_dir):
