@@ -104,6 +104,11 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | Non
     if len(snapshots) < last:
         raise UserError(f"{folder} has {len(snapshots)} step checkpoints but --last {last} asks for more; "
                         f"train with training.keep_last={last} (or more)")
+    target = Path(output) if output is not None else run.averaged
+    if RunDir.is_training_checkpoint(target):
+        raise UserError(f"--output {target}: s2s train writes and reads that file ({target.name} holds the run's "
+                        f"{'best weights' if target.name == 'best.pt' else 'training state'}); write the average "
+                        f"to another file, e.g. the default {run.averaged}")
     chosen = snapshots[-last:]
     payloads = [load_checkpoint(path) for path in chosen]
     newest = payloads[-1]
@@ -113,7 +118,6 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | Non
             averaged[name] = sum(p["model"][name].double() for p in payloads).div(last).to(tensor.dtype)
         else:
             averaged[name] = tensor
-    target = Path(output) if output is not None else run.averaged
     save_checkpoint(target, {"config": newest["config"], "model_args": newest["model_args"], "model": averaged,
                              "step": newest["step"], "epoch": newest["epoch"],
                              "best_dev_bleu": newest.get("best_dev_bleu"), "best_step": newest.get("best_step"),

@@ -18,6 +18,7 @@ Nothing else in the package spells these names; everything asks a ``RunDir``.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -73,6 +74,14 @@ class RunDir:
     def step_checkpoints(self) -> list[Path]:
         """The kept ``step-N.pt`` files, oldest first."""
         return sorted(self.checkpoints.glob("step-*.pt"))
+
+    @staticmethod
+    def is_training_checkpoint(path: str | Path) -> bool:
+        """Whether ``path`` is where some run's training keeps ``best.pt``, ``last.pt`` or a
+        ``step-N.pt`` (a folder named ``checkpoints``), which nothing else may replace."""
+        path = Path(path).resolve()
+        managed = path.name in ("best.pt", "last.pt") or fnmatch.fnmatch(path.name, "step-*.pt")
+        return managed and path.parent.name == "checkpoints"
 
     def keep_step_checkpoints(self, step: int, kept_steps: list[int]) -> None:
         """Keep ``last.pt`` as ``step-N.pt`` too (a hard link: no extra disk) and remove every

@@ -15,7 +15,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.launch import train
 
-from conftest import png_size, s2s, tiny_config
+from conftest import assert_user_errors, png_size, s2s, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,9 @@ def test_average_checkpoints(tmp_path):
     assert translated.returncode == 0 and translated.stdout.count(b"\n") == 1
     too_many = s2s("average", run, "--last", "5")
     assert too_many.returncode == 2 and "training.keep_last=5" in too_many.stderr.decode()
+    # The files training keeps (resume state, best weights, the averaged steps) are never the output.
+    kept = {path: path.read_bytes() for path in (run / "checkpoints").glob("*.pt") if path.name != "averaged.pt"}
+    assert len(kept) == 5
+    assert_user_errors(*[(("average", run, "--last", "3", "--output", path), "s2s train writes and reads that file")
+                         for path in sorted(kept)[:4]])
+    assert all(path.read_bytes() == data for path, data in kept.items())
