@@ -190,7 +190,11 @@ def _read_texts(config: Config) -> _Texts:
 def _start_fresh(config: Config, run: RunDir, overwrite: bool, texts: _Texts, parent: Optional[_Parent]) -> _Corpora:
     """A new run: the directory made ready, the tokenizer trained (or loaded: a fine-tuned run's
     parent's, or the shards') and saved."""
-    run.start_fresh(overwrite)
+    reads = {"tokenizer.pretrained": config.tokenizer.pretrained, "model.bert_model": config.model.bert_model,
+             "data.prepared_dir": config.data.prepared_dir}
+    if parent is not None:
+        reads.update({"training.init_from": parent.checkpoint, "the tokenizer of training.init_from": parent.run.tokenizer})
+    run.start_fresh(overwrite, reads)
     sharded = _open_shards(config, writer=True)
     if parent is not None:
         tokenizers = Tokenizers.load(parent.run.tokenizer)

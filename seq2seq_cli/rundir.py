@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import FolderLock
@@ -127,13 +128,20 @@ class RunDir:
     def unlock(self) -> None:
         self._lock.release()
 
-    def start_fresh(self, overwrite: bool) -> None:
+    def start_fresh(self, overwrite: bool, reads: Optional[dict[str, Optional[str | Path]]] = None) -> None:
         """Make the (locked) directory ready for a new run: refuse one that holds a run unless
-        told to replace it, and never touch files s2s did not write."""
+        told to replace it, and never touch files s2s did not write. ``reads`` names what the
+        new run will read (setting: path), which replacing the old run must not remove: a run
+        fine-tuned from the run it replaces would delete its own parent."""
         existing = [name for name in self.ENTRIES if (self.root / name).exists()]
         if existing and not overwrite:
             raise UserError(f"run directory {self.root} already holds a run ({', '.join(existing)}); "
                             "pass --overwrite to replace it or --run-dir to choose another")
+        removed = [(self.root / name).resolve() for name in existing]
+        for setting, path in (reads or {}).items():
+            if path is not None and any(Path(path).resolve().is_relative_to(entry) for entry in removed):
+                raise UserError(f"{setting} is {path}, part of the run in {self.root} that --overwrite would remove "
+                                "first; write the new run to another run directory")
         for name in existing:
             target = self.root / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()

@@ -61,10 +61,19 @@ def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path, learne
     for name, weight in straight.items():
         assert torch.equal(resumed[name], weight), name
 
-    # What the parent cannot give is refused before anything is written.
+    # What the parent cannot give is refused before anything is written, and so is replacing a
+    # run (--overwrite) by one that reads it: it would remove its own parent or tokenizer first.
+    child_run = tmp_path / "child" / "run"
+    before = {path: path.read_bytes() for path in child_run.rglob("*") if path.is_file()}
     assert_user_errors(
         (("train", "--config", child, f"run_dir={tmp_path / 'x'}", "tokenizer.vocab_size=500"),
          "tokenizer.vocab_size is 500 but training.init_from"),
         (("train", "--config", child, f"run_dir={tmp_path / 'y'}", "model.hidden_size=64"),
-         "model.hidden_size is 64 but training.init_from"))
+         "model.hidden_size is 64 but training.init_from"),
+        (("train", "--config", child, "--overwrite", f"training.init_from={child_run}"),
+         f"training.init_from is {child_run / 'checkpoints' / 'best.pt'}, part of the run in {child_run} that "
+         "--overwrite would remove"),
+        (("train", "--config", child, "--overwrite", "training.init_from=null",
+          f"tokenizer.pretrained={child_run / 'tokenizer'}"), "tokenizer.pretrained is"))
     assert not any((tmp_path / name).exists() for name in "xy")
+    assert {path: path.read_bytes() for path in child_run.rglob("*") if path.is_file()} == before
