@@ -137,11 +137,14 @@ class RunDir:
         if existing and not overwrite:
             raise UserError(f"run directory {self.root} already holds a run ({', '.join(existing)}); "
                             "pass --overwrite to replace it or --run-dir to choose another")
-        removed = [(self.root / name).resolve() for name in existing]
         for setting, path in (reads or {}).items():
-            if path is not None and any(Path(path).resolve().is_relative_to(entry) for entry in removed):
-                raise UserError(f"{setting} is {path}, part of the run in {self.root} that --overwrite would remove "
-                                "first; write the new run to another run directory")
+            read = Path(path).resolve() if path is not None else None
+            for name in existing:
+                # The one inside the other: a parent's checkpoint in ours, or our tokenizer/ in a shards folder.
+                entry = (self.root / name).resolve()
+                if read is not None and (read.is_relative_to(entry) or entry.is_relative_to(read)):
+                    raise UserError(f"--overwrite would remove {self.root / name}, which {setting} ({path}) needs; "
+                                    "write the new run to another run directory")
         for name in existing:
             target = self.root / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()

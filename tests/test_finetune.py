@@ -71,9 +71,9 @@ def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path, learne
         (("train", "--config", child, f"run_dir={tmp_path / 'y'}", "model.hidden_size=64"),
          "model.hidden_size is 64 but training.init_from"),
         (("train", "--config", child, "--overwrite", f"training.init_from={child_run}"),
-         f"training.init_from is {child_run / 'checkpoints' / 'best.pt'}, part of the run in {child_run} that "
-         "--overwrite would remove"),
+         f"--overwrite would remove {child_run / 'checkpoints'}, which training.init_from "
+         f"({child_run / 'checkpoints' / 'best.pt'}) needs"),
         (("train", "--config", child, "--overwrite", "training.init_from=null",
-          f"tokenizer.pretrained={child_run / 'tokenizer'}"), "tokenizer.pretrained is"))
+          f"tokenizer.pretrained={child_run / 'tokenizer'}"), "which tokenizer.pretrained ("))
     assert not any((tmp_path / name).exists() for name in "xy")
     assert {path: path.read_bytes() for path in child_run.rglob("*") if path.is_file()} == before

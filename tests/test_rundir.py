@@ -55,6 +55,18 @@ def test_prepare_is_refused_while_another_holds_the_folder(tmp_path):
     assert s2s("prepare", "--config", config).returncode == 0
 
 
+def test_overwrite_never_removes_what_the_new_run_reads(tmp_path):
+    """A prepared-shards folder used as the run directory: --overwrite would remove the shards'
+    tokenizer/ (one of a run's entries) before the run reads it."""
+    prepared = tmp_path / "prepared"
+    config = tiny_config(tmp_path, data={"prepared_dir": str(prepared)})
+    assert s2s("prepare", "--config", config).returncode == 0
+    before = snapshot(prepared)
+    assert_user_error(s2s("train", "--config", config, f"run_dir={prepared}", "--overwrite"),
+                      f"--overwrite would remove {prepared / 'tokenizer'}, which data.prepared_dir ({prepared}) needs")
+    assert snapshot(prepared) == before
+
+
 def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(tmp_path):
     config = tiny_config(tmp_path)
     dev_en = tmp_path / "corpus" / "dev.en"
