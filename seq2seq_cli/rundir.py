@@ -76,6 +76,10 @@ class RunDir:
         """The kept ``step-N.pt`` files, oldest first."""
         return sorted(self.checkpoints.glob("step-*.pt"))
 
+    def holds_run(self) -> bool:
+        """Whether a run was started here: its ``config.yaml`` or a checkpoint exists."""
+        return self.config.is_file() or any(self.checkpoints.glob("*.pt"))
+
     @staticmethod
     def is_training_checkpoint(path: str | Path) -> bool:
         """Whether ``path`` is where some run's training keeps ``best.pt``, ``last.pt`` or a

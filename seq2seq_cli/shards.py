@@ -40,6 +40,7 @@ from seq2seq_cli.files import FolderLock, atomic_write, save_atomically
 from seq2seq_cli.config import COMPRESSED_SUFFIXES, Config, check_training_files, split_files
 from seq2seq_cli.data import BOM, corpus_errors, decode_lines, open_corpus, split_tsv_line
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import LineStream, Tokenizers, build_tokenizers
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
     config, continues an interrupted prepare of it (with its first shard size), and refuses
     (unless ``overwrite``) to replace shards of anything else."""
     data_dir = _data_dir(config)
+    if RunDir(data_dir).holds_run():  # its tokenizer/ would be replaced, and its checkpoints then misread
+        raise UserError(f"data.prepared_dir {data_dir} holds a training run (config.yaml, checkpoints/), whose "
+                        "tokenizer/ preparing would replace; give the shards a folder of their own")
     recipe = _recipe(config)
     meta = _finished_meta(data_dir, recipe)
     if meta is not None:

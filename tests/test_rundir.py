@@ -67,6 +67,19 @@ def test_overwrite_never_removes_what_the_new_run_reads(tmp_path):
     assert snapshot(prepared) == before
 
 
+def test_prepare_never_writes_into_a_run(tmp_path):
+    """Shards written into a run directory would replace its tokenizer/, after which its
+    checkpoints read other token ids (an error at best, wrong translations at worst)."""
+    config = tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0})
+    assert s2s("train", "--config", config).returncode == 0
+    run = tmp_path / "run"
+    before = snapshot(run)
+    assert_user_errors(*(((command, "--config", config, f"data.prepared_dir={run}", "tokenizer.lowercase=true",
+                           *extra), f"data.prepared_dir {run} holds a training run")
+                         for command, extra in (("prepare", ()), ("train", (f"run_dir={tmp_path / 'other'}",)))))
+    assert snapshot(run) == before and not (tmp_path / "other").exists()
+
+
 def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(tmp_path):
     config = tiny_config(tmp_path)
     dev_en = tmp_path / "corpus" / "dev.en"
