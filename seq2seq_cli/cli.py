@@ -12,7 +12,7 @@ import typer
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_write_text, is_same_file
+from seq2seq_cli.files import is_same_file
 from seq2seq_cli.progress import log_to_stderr
 
 app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
@@ -189,15 +189,21 @@ def translate(
     source = _open_binary(input_file, "rb", sys.stdin.buffer)
     out = _open_binary(output_file, "wb", sys.stdout.buffer)
     index = 0
-    for sources, results in translator.translate_stream(read_line_batches(source, translator.decoding.batch_size)):
-        for source_ids, hypotheses in zip(sources, results):
-            out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
-            if plot_attention is not None and hypotheses[0].attention is not None:
-                translator.plot_attention(plot_attention / f"{index:05d}.png", source_ids, hypotheses[0])
-            index += 1
-        out.flush()
-    if out is not sys.stdout.buffer:
-        out.close()
+    try:
+        for sources, results in translator.translate_stream(read_line_batches(source, translator.decoding.batch_size)):
+            for source_ids, hypotheses in zip(sources, results):
+                out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
+                if plot_attention is not None and hypotheses[0].attention is not None:
+                    translator.plot_attention(plot_attention / f"{index:05d}.png", source_ids, hypotheses[0])
+                index += 1
+            out.flush()
+        if out is not sys.stdout.buffer:
+            out.close()
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
+    except OSError as err:  # a full disk, a quota
+        raise UserError(f"cannot write {err.filename or output_file or 'to stdout'} ({err.strerror}); free space "
+                        "or write elsewhere, then translate again") from None
 
 
 @app.command()
@@ -254,7 +260,8 @@ def evaluate(
     typer.echo(format_report(report))
     if json_file is not None:
         try:
-            atomic_write_text(json_file, json.dumps(report, indent=2) + "\n")
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as err:
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
 

@@ -108,6 +108,24 @@ def test_an_output_that_is_an_input_is_refused_and_left_as_it_was(run_dir, tmp_p
     assert named_stdout.returncode == 0 and named_stdout.stdout == (tmp_path / "out.de").read_bytes()
     scored = s2s("evaluate", "--hyp", tmp_path / "out.de", "--ref", reference, "--json", tmp_path / "new" / "r.json")
     assert scored.returncode == 0 and '"bleu"' in (tmp_path / "new" / "r.json").read_text()
+    # A pipe is written into, not replaced by a file (as /dev/stdout or /dev/null would be).
+    pipe = tmp_path / "report.pipe"
+    os.mkfifo(pipe)
+    reader = subprocess.Popen(["cat", str(pipe)], stdout=subprocess.PIPE)
+    scored = s2s("evaluate", "--hyp", tmp_path / "out.de", "--ref", reference, "--json", pipe)
+    assert scored.returncode == 0 and b'"bleu"' in reader.communicate(timeout=60)[0]
+    assert pipe.is_fifo()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_is_a_one_line_error(run_dir, tmp_path):
+    assert_user_error(s2s("translate", "--checkpoint", run_dir, "--output", "/dev/full", stdin="A cat.\n"),
+                      "cannot write /dev/full (No space left on device)")
+    with open("/dev/full", "wb") as full:
+        to_stdout = subprocess.run([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir)],
+                                   input=b"A cat.\n", stdout=full, stderr=subprocess.PIPE, timeout=120)
+    assert to_stdout.returncode == 2 and b"cannot write to stdout (No space left on device)" in to_stdout.stderr
+    assert b"Traceback" not in to_stdout.stderr
 
 
 def test_interactive_lines_are_answered_at_once(run_dir):
