@@ -24,12 +24,34 @@ from typing import BinaryIO, Callable
 from seq2seq_cli.errors import UserError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, as the package loads: reading it means setting it for a moment, which a thread
+# creating a file at that moment would feel. mkstemp and mkdtemp make private (0600/0700)
+# files; a file s2s writes gets the mode any program's would (0644 under umask 022), so that a
+# server's account or a colleague can read a run.
+_UMASK = _read_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file through ``write(handle)`` so that a crash leaves the old file or the new one."""
-    path = Path(path)
+    """Write a file through ``write(handle)`` so that a crash leaves the old file or the new one.
+
+    A symbolic link is followed (the file it names is replaced, the link stays); a device or
+    pipe (``/dev/null``, ``/dev/stdout``), which renaming would replace, is written in place."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "wb") as out:
+            write(out)
+        return
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # A replaced file keeps its mode; a new one gets what the umask allows.
+        os.fchmod(handle, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_UMASK)
         with os.fdopen(handle, "wb") as out:
             write(out)
             out.flush()
@@ -63,6 +85,7 @@ def save_atomically(folder: str | Path, save: Callable[[Path], object]) -> None:
     folder = Path(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
+        tmp.chmod(0o777 & ~_UMASK)
         save(tmp)
         if folder.exists():
             shutil.rmtree(folder)

@@ -80,6 +80,34 @@ def test_prepare_never_writes_into_a_run(tmp_path):
     assert snapshot(run) == before and not (tmp_path / "other").exists()
 
 
+def test_files_get_the_modes_the_umask_allows(tmp_path):
+    """Written through temporary files, checkpoints and the tokenizer came out private (0600,
+    0700) whatever the umask: a server's account or a colleague could not read the run."""
+    config = tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0})
+    result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)],
+                            capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o027))
+    assert result.returncode == 0, result.stderr.decode()
+    run = tmp_path / "run"
+    modes = {str(path.relative_to(run)): path.stat().st_mode & 0o777 for path in run.rglob("*")}
+    assert {"checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "tokenizer/vocab.txt"} <= set(modes)
+    assert {name: mode for name, mode in modes.items()
+            if mode != (0o750 if (run / name).is_dir() else 0o640)} == {}
+
+    from seq2seq_cli.files import atomic_write_text
+    mine = tmp_path / "report.json"
+    mine.write_text("old")
+    mine.chmod(0o604)
+    link = tmp_path / "link.json"
+    link.symlink_to(mine)
+    atomic_write_text(link, "new")  # through the link: the file it names is replaced, keeping its mode
+    assert link.is_symlink() and mine.read_text() == "new" and mine.stat().st_mode & 0o777 == 0o604
+    pipe = tmp_path / "pipe"  # as /dev/null or /dev/stdout: written into, never renamed over
+    os.mkfifo(pipe)
+    reader = subprocess.Popen(["cat", str(pipe)], stdout=subprocess.PIPE)
+    atomic_write_text(pipe, "through")
+    assert reader.communicate(timeout=60)[0] == b"through" and pipe.is_fifo()
+
+
 def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(tmp_path):
     config = tiny_config(tmp_path)
     dev_en = tmp_path / "corpus" / "dev.en"
