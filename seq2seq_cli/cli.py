@@ -200,7 +200,10 @@ def translate(
         if out is not sys.stdout.buffer:
             out.close()
     except BrokenPipeError:
-        raise  # the reader went away: main() ends quietly
+        # The reader went away (`s2s translate ... | head`): not an error of ours. Typer would
+        # exit with 1; stdout goes to /dev/null so that flushing it at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0)
     except OSError as err:  # a full disk, a quota
         raise UserError(f"cannot write {err.filename or output_file or 'to stdout'} ({err.strerror}); free space "
                         "or write elsewhere, then translate again") from None
@@ -369,7 +372,3 @@ def main() -> None:
     except UserError as err:
         print(f"s2s: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except BrokenPipeError:
-        # The reader went away (e.g. `s2s translate ... | head`): not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)

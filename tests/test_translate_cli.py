@@ -128,6 +128,17 @@ def test_a_full_disk_is_a_one_line_error(run_dir, tmp_path):
     assert b"Traceback" not in to_stdout.stderr
 
 
+def test_a_reader_that_goes_away_ends_translation_quietly(run_dir):
+    """`s2s translate ... | head -1`: the pipe closes after the first line; that is no error."""
+    proc = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir),
+                             "--batch-size", "4", "--input", str(TOY / "test.en")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().endswith(b"\n")
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and stderr == b"", stderr.decode()
+
+
 def test_interactive_lines_are_answered_at_once(run_dir):
     proc = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
