@@ -30,9 +30,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     payload = {"format_version": FORMAT_VERSION, "s2s_version": __version__, **payload}
     try:
         atomic_write(path, lambda out: torch.save(payload, out))
-    except OSError as err:
-        raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous one is "
-                        "unchanged. Free disk space, then continue with s2s train --resume") from None
+    except (OSError, RuntimeError) as err:
+        # torch.save's zip writer, closing after a failed write, raises a RuntimeError of its
+        # own ("unexpected pos") with the OSError as its context.
+        failed_write = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(failed_write, OSError):
+            raise
+        raise UserError(f"cannot write checkpoint {path} ({failed_write.strerror or failed_write}); the previous one "
+                        "is unchanged. Free disk space, then continue with s2s train --resume") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
