@@ -271,7 +271,7 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
         torch.manual_seed(config.training.seed + 1000 * world.rank)  # own dropout masks per process
     parameters = sum(p.numel() for p in model.parameters())
     if world.is_main:
-        _check_disk_space(run, parameters)
+        _check_disk_space(run, parameters, config.training.keep_last)
     log.info("device %s x %d process(es), %d parameters, vocab %d/%d, %d train / %d dev pairs, "
              "%d tokens per batch, run dir %s", device, world.size, parameters, tokenizers.src_size, tokenizers.tgt_size,
              len(train_corpus), len(corpora.dev), config.training.batch_tokens, run)
@@ -292,11 +292,19 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_disk_space(run: RunDir, parameters: int) -> None:
-    """Fail before training when checkpoints cannot fit: best + last (with Adam's two moments)
-    + the temporary copy written before each rename, 4 bytes per number."""
-    needed = parameters * 4 * (1 + 3 + 3)
+def _check_disk_space(run: RunDir, parameters: int, keep_last: int) -> None:
+    """Fail before training when checkpoints cannot fit: best + ``keep_last`` states with Adam's
+    two moments (``last.pt`` is the newest of them) + the temporary copy written before each
+    rename, 4 bytes per number. A resumed run's checkpoints are replaced, so they count as room."""
+    needed = parameters * 4 * (1 + 3 * keep_last + 3)
+    existing = {}  # by inode: a step checkpoint is a hard link to the last.pt it was
+    for path in (run.best, run.last, *run.step_checkpoints()):
+        if path.is_file():
+            info = path.stat()
+            existing[info.st_dev, info.st_ino] = info.st_size
+    more = needed - sum(existing.values())
     free = shutil.disk_usage(run.root).free
-    if free < needed:
+    if free < more:
         raise UserError(f"run directory {run} has {free / 2**20:.0f} MB free but checkpoints of this "
-                        f"model need about {needed / 2**20:.0f} MB; free space or choose another --run-dir")
+                        f"model need about {more / 2**20:.0f} MB more; free space, lower training.keep_last "
+                        "or choose another --run-dir")

@@ -235,11 +235,28 @@ def test_not_enough_disk_is_caught_before_training(tmp_path, monkeypatch):
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    config = load_config(tiny_config(tmp_path))
-    with pytest.raises(UserError, match=r"has 0 MB free but checkpoints of this model need about"):
+    free = {"bytes": 1000}
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - free["bytes"], free["bytes"]))
+    config_file = tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0})
+    config = load_config(config_file)
+    with pytest.raises(UserError, match=r"has 0 MB free but checkpoints of this model need about .* MB more"):
         train(config)
     assert not (Path(config.run_dir) / "checkpoints" / "last.pt").exists()
+
+    # A number is 4 bytes: best.pt holds one per parameter, last.pt three (weights, Adam's moments).
+    free["bytes"] = 10**12
+    train(config)
+    run = Path(config.run_dir)
+    number = 4 * sum(t.numel() for t in torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"].values())
+    # Resuming replaces best.pt and last.pt: only the temporary copy of last.pt needs new room.
+    free["bytes"] = int(3.2 * number)
+    train(load_config(run / "config.yaml", ["training.max_steps=3"]), resume=True)
+    assert saved_step(run) == 3
+    # Each state training.keep_last keeps is one more last.pt.
+    free["bytes"] = int(9 * number)
+    train(load_config(config_file, [f"run_dir={tmp_path / 'one'}"]))
+    with pytest.raises(UserError, match="lower training.keep_last"):
+        train(load_config(config_file, [f"run_dir={tmp_path / 'three'}", "training.keep_last=3"]))
 
 
 def test_run_dir_that_cannot_be_created(tmp_path):
