@@ -17,7 +17,7 @@ import torch
 from seq2seq_cli import __version__
 from seq2seq_cli.config import Config, config_from_dict
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_write
+from seq2seq_cli.files import atomic_torch_save
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers
@@ -29,15 +29,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Save atomically; a full disk is a clear error and leaves the previous checkpoint as it was."""
     payload = {"format_version": FORMAT_VERSION, "s2s_version": __version__, **payload}
     try:
-        atomic_write(path, lambda out: torch.save(payload, out))
-    except (OSError, RuntimeError) as err:
-        # torch.save's zip writer, closing after a failed write, raises a RuntimeError of its
-        # own ("unexpected pos") with the OSError as its context.
-        failed_write = err if isinstance(err, OSError) else err.__context__
-        if not isinstance(failed_write, OSError):
-            raise
-        raise UserError(f"cannot write checkpoint {path} ({failed_write.strerror or failed_write}); the previous one "
-                        "is unchanged. Free disk space, then continue with s2s train --resume") from None
+        atomic_torch_save(path, payload)
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous one is "
+                        "unchanged. Free disk space, then continue with s2s train --resume") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

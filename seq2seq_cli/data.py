@@ -25,7 +25,7 @@ import torch
 
 from seq2seq_cli.config import COMPRESSED_SUFFIXES, DataConfig, split_files
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_write
+from seq2seq_cli.files import atomic_torch_save
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def _write_cache(cache_file: Path, src_ids: list[list[int]], tgt_ids: list[list[
     tgt_flat, tgt_lengths = _flatten(tgt_ids)
     payload = {"src_ids": src_flat, "src_lengths": src_lengths, "tgt_ids": tgt_flat, "tgt_lengths": tgt_lengths}
     try:
-        atomic_write(cache_file, lambda out: torch.save(payload, out))
+        atomic_torch_save(cache_file, payload)
     except OSError as err:  # the cache only saves time; a read-only home must not stop training
         log.warning("could not write corpus cache %s (%s)", cache_file, err)
 

@@ -66,6 +66,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda out: out.write(text.encode("utf-8")))
 
 
+def atomic_torch_save(path: str | Path, payload: object) -> None:
+    """``torch.save`` through ``atomic_write``; a failed write (a full disk) is raised as the
+    OSError it is. torch.save's zip writer, closing the archive after the failed write, raises
+    a RuntimeError of its own ("unexpected pos") with the OSError only as its context."""
+    import torch  # here, not above: the CLI imports this module and must start without PyTorch
+
+    try:
+        atomic_write(path, lambda out: torch.save(payload, out))
+    except RuntimeError as err:
+        if isinstance(err.__context__, OSError):
+            raise err.__context__ from None
+        raise
+
+
 def is_same_file(path: str | Path, other: str | Path | int) -> bool:
     """Whether ``path`` is an existing regular file and ``other`` (a path or an open file
     descriptor, such as stdin's) is that same file: writing ``path`` would destroy ``other``.
