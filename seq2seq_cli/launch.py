@@ -64,17 +64,34 @@ class _Corpora:
 
 
 def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train a model as ``config`` says (or continue the run in its run_dir); returns the end summary."""
-    trainer = build_trainer(config, overwrite, resume)
+    """Train a model as ``config`` says (or continue the run in its run_dir); returns the end summary.
+
+    A write that fails (a full disk, a quota, a folder made read-only) is a one-line error that
+    says how to go on: before the first step the start has been undone, after it the last
+    checkpoint is intact."""
+    try:
+        trainer = build_trainer(config, overwrite, resume)
+    except OSError as err:
+        raise UserError(f"cannot start the run in {config.run_dir}: {_failed_write(err)}; fix that (free "
+                        "space?) and run the same command again") from None
     try:
         summary = trainer.fit()
         # Rank 0 scores the test set after the others have finished; a rank that tears its
         # gloo connections down meanwhile can abort (SIGABRT) on exit.
         barrier(trainer.world)
         return summary
+    except OSError as err:
+        go_on = (f"the last checkpoint is intact: free space, then continue with s2s train --resume {trainer.run}"
+                 if trainer.run.last.is_file() else "no checkpoint was saved yet: free space, then start again "
+                 "with --overwrite")
+        raise UserError(f"training stopped at step {trainer.state.step}: {_failed_write(err)}; {go_on}") from None
     finally:
         trainer.run.unlock()
         leave(trainer.world)
+
+
+def _failed_write(err: OSError) -> str:
+    return f"{err.filename}: {err.strerror}" if err.filename else str(err.strerror or err)
 
 
 def build_trainer(config: Config, overwrite: bool = False, resume: bool = False) -> Trainer:

@@ -200,6 +200,44 @@ def test_full_disk_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert saved_step(Path(config.run_dir)) == 4
 
 
+def test_any_failed_write_is_one_line_that_says_how_to_go_on(tmp_path, monkeypatch):
+    """A full disk meets whichever file is written next: before the first step the start is
+    undone, during training the run resumes from its last checkpoint."""
+    import errno
+
+    from seq2seq_cli import launch as launch_module, train as train_module
+
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 6, "validate_every": 2}))
+    run = Path(config.run_dir)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "tokenizer"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(launch_module, "save_atomically", full_disk)
+        with pytest.raises(UserError, match=rf"cannot start the run in {run}: {run / 'tokenizer'}: No space left on "
+                                            r"device; .*run the same command again"):
+            train(config)
+    assert not run.exists()
+
+    real_plot, plots = train_module.plot_curves, {"count": 0}
+
+    def full_at_the_second_plot(records, path):
+        plots["count"] += 1
+        if plots["count"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_plot(records, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "plot_curves", full_at_the_second_plot)
+        with pytest.raises(UserError, match=rf"training stopped at step 4: {run / 'curves.png'}: No space left on device; "
+                                            rf"the last checkpoint is intact: .*s2s train --resume {run}"):
+            train(config)
+    assert saved_step(run) == 4
+    train(load_config(run / "config.yaml"), resume=True)
+    assert saved_step(run) == 6
+
+
 def test_incompatible_checkpoints_say_what_differs(tmp_path):
     config = load_config(tiny_config(tmp_path, training={"max_steps": 1}))
     train(config)
