@@ -25,14 +25,16 @@ from seq2seq_cli.tokenization import Tokenizers
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Save atomically; a full disk is a clear error and leaves the previous checkpoint as it was."""
+def save_checkpoint(path: str | Path, payload: dict[str, Any],
+                    then: str = "continue with s2s train --resume") -> None:
+    """Save atomically; a full disk is a clear error (ending "free disk space, then ``then``")
+    and leaves the previous checkpoint as it was."""
     payload = {"format_version": FORMAT_VERSION, "s2s_version": __version__, **payload}
     try:
         atomic_torch_save(path, payload)
     except OSError as err:
         raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous one is "
-                        "unchanged. Free disk space, then continue with s2s train --resume") from None
+                        f"unchanged. Free disk space, then {then}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -121,5 +123,6 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | Non
     save_checkpoint(target, {"config": newest["config"], "model_args": newest["model_args"], "model": averaged,
                              "step": newest["step"], "epoch": newest["epoch"],
                              "best_dev_bleu": newest.get("best_dev_bleu"), "best_step": newest.get("best_step"),
-                             "averaged_steps": [p["step"] for p in payloads]})
+                             "averaged_steps": [p["step"] for p in payloads]},
+                    then="average again")
     return target
