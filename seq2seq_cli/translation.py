@@ -202,15 +202,24 @@ class Translator:
         sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides)
         return sibling
 
-    def translate(self, texts: Sequence[str]) -> list[str]:
-        """The best translation of each text (a text is one line; an empty text gives "")."""
+    def translate(self, texts: Sequence[str] | str) -> list[str] | str:
+        """The best translation of each text (a text is one line; an empty text gives ""); a
+        single string, rather than a list of them, gives a single string."""
+        if isinstance(texts, str):  # not a sequence of one-letter texts
+            return self.translate([texts])[0]
         return [nbest[0].text for nbest in self.translate_nbest(texts, 1)]
 
-    def translate_nbest(self, texts: Sequence[str], nbest: Optional[int] = None) -> list[list[Translation]]:
+    def translate_nbest(self, texts: Sequence[str] | str, nbest: Optional[int] = None
+                        ) -> list[list[Translation]] | list[Translation]:
         """The ``nbest`` best translations of each text (default: this translator's), best first;
-        ``nbest`` may not exceed the beam size."""
+        ``nbest`` may not exceed the beam size. A single string gives its one list."""
+        if isinstance(texts, str):
+            return self.translate_nbest([texts], nbest)[0]
         count = self.nbest if nbest is None else nbest
         _check_nbest(count, self.decoding.beam_size)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: give strings, one per sentence")
         _, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
         return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
                 for hypotheses in results]

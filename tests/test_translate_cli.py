@@ -175,6 +175,19 @@ def test_attention_pictures(run_dir, tmp_path):
         assert png_size(tmp_path / "att" / f"{index:05d}.png") == attention_figure_size(source_pieces, target_pieces)
 
 
+def test_the_python_api_takes_one_string_as_one_text(run_dir):
+    """A string is a sequence too: translate("A cat.") must not translate "A", " ", "c", ..."""
+    from seq2seq_cli import Translator
+
+    translator = Translator.load(run_dir, "cpu", beam_size=3)
+    texts = ["The man sees the dog.", "A cat."]
+    assert translator.translate(texts[0]) == translator.translate(texts)[0]
+    assert translator.translate_nbest(texts[1], 2) == translator.translate_nbest(texts, 2)[1]
+    assert len(translator.translate_nbest(texts[1], 2)) == 2
+    with pytest.raises(TypeError, match=r"texts\[1\] is bytes, not str"):
+        translator.translate(["A cat.", b"A dog."])
+
+
 def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
     """The README's Python example, run as a user would (a new process, runs/toy beside it)."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
