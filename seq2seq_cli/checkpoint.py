@@ -41,8 +41,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
-    with open(path, "rb") as handle:
-        is_zip = handle.read(4) == b"PK\x03\x04"
+    try:
+        with open(path, "rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path} ({err.strerror})") from None
     if not is_zip:  # every checkpoint s2s writes is a PyTorch zip archive
         raise UserError(f"{path}: not a readable s2s checkpoint (not a PyTorch checkpoint file at all); give a "
                         "run directory or a checkpoints/*.pt file written by s2s train")

@@ -372,3 +372,11 @@ def main() -> None:
     except UserError as err:
         print(f"s2s: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.filename is None:  # not about a file the user named or owns: a fault of ours, shown whole
+            raise
+        # A file that cannot be read or written (permissions, a full disk, a lost mount) where
+        # no command expected trouble: still one line, naming the file.
+        print(f"s2s: error: {err.filename}: {err.strerror}; check that it exists and that you may read (or write) it",
+              file=sys.stderr)
+        sys.exit(2)

@@ -98,6 +98,33 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     assert_user_error(s2s("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")
 
 
+def test_an_unreadable_file_anywhere_is_one_line(monkeypatch, capsys):
+    """Permissions, a lost mount or a full disk can meet any file; root (who runs CI) passes
+    permission bits, so the failing read is made here, where `s2s info` reads metrics.jsonl."""
+    import seq2seq_cli.checkpoint as checkpoint_module
+    import seq2seq_cli.metrics as metrics_module
+    from seq2seq_cli.cli import main
+    from seq2seq_cli.errors import UserError
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/runs/x/metrics.jsonl")
+
+    monkeypatch.setattr(metrics_module, "run_summary", denied)
+    monkeypatch.setattr(sys, "argv", ["s2s", "info", "/runs/x"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("s2s: error: /runs/x/metrics.jsonl: Permission denied; check that it exists "
+                                       "and that you may read (or write) it\n")
+    # Reading a checkpoint says so.
+    monkeypatch.setattr(checkpoint_module, "open", denied, raising=False)
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*test_cli.py \(Permission denied\)"):
+        checkpoint_module.load_checkpoint(Path(__file__))  # any existing file: open() is the one denied
+    monkeypatch.setattr(metrics_module, "run_summary", lambda run: (_ for _ in ()).throw(OSError("no file")))
+    with pytest.raises(OSError, match="no file"):  # an OSError naming no file is a fault of ours: shown whole
+        main()
+
+
 def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
     missing = tmp_path / "missing"
     (tmp_path / "file").write_text("x")
