@@ -139,6 +139,19 @@ def _refuse_overwriting_inputs(output: Optional[Path], option: str, inputs: dict
                             f"choose another {option}")
 
 
+def _input_batches(input_file: Optional[Path], batch_size: int):
+    """Batches of raw lines from stdin, or from --input (decompressed when its name ends in .gz,
+    .xz or .bz2, as every corpus s2s reads)."""
+    from seq2seq_cli.data import corpus_errors, open_corpus
+    from seq2seq_cli.translation import read_line_batches
+
+    if input_file is None:
+        yield from read_line_batches(sys.stdin.buffer, batch_size)
+        return
+    with corpus_errors(input_file), open_corpus(input_file) as source:
+        yield from read_line_batches(source, batch_size)
+
+
 def _open_binary(path: Optional[Path], mode: str, default):
     if path is None:
         return default
@@ -170,8 +183,10 @@ def translate(
 
     Example: echo "Ein Mann fährt Fahrrad." | s2s translate --checkpoint runs/multi30k --beam-size 5
     """
-    from seq2seq_cli.translation import Translator, read_line_batches
+    from seq2seq_cli.translation import Translator
 
+    if input_file is not None and not input_file.exists():
+        raise UserError(f"--input {input_file}: file not found")
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
         raise UserError(f"--output {output_file} is the file being translated: opening it for writing would erase "
                         "the text before it is read; write to another file")
@@ -186,11 +201,10 @@ def translate(
             plot_attention.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create {plot_attention} ({err.strerror})") from None
-    source = _open_binary(input_file, "rb", sys.stdin.buffer)
     out = _open_binary(output_file, "wb", sys.stdout.buffer)
     index = 0
     try:
-        for sources, results in translator.translate_stream(read_line_batches(source, translator.decoding.batch_size)):
+        for sources, results in translator.translate_stream(_input_batches(input_file, translator.decoding.batch_size)):
             for source_ids, hypotheses in zip(sources, results):
                 out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
                 if plot_attention is not None and hypotheses[0].attention is not None:

@@ -8,9 +8,12 @@ a line typed at a terminal is answered without waiting for more input.
 
 from __future__ import annotations
 
+import bz2
 import copy
 import dataclasses
+import gzip
 import logging
+import lzma
 import os
 import select
 import time
@@ -35,30 +38,32 @@ log = logging.getLogger(__name__)
 
 def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]:
     """Yield lists of complete lines (without line ends): all that can be read without waiting,
-    at most ``max_lines`` at a time, and at least one line unless at end of input."""
+    at most ``max_lines`` at a time, and at least one line unless at end of input.
+
+    A pipe or terminal is read through its descriptor, so that a typed line is answered at
+    once; a stream with none of its own (in memory, or decompressing a file, whose descriptor
+    gives the compressed bytes) is read through ``read`` and never waits."""
     try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):  # an in-memory stream: everything is available
-        lines = stream.read().split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        for start in range(0, len(lines), max_lines):
-            yield lines[start: start + max_lines]
-        return
+        fd = None if isinstance(stream, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)) else stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
     pending, complete, at_end = b"", [], False
 
     def pull() -> None:  # one read: whatever is there, up to 64 KiB
         nonlocal pending, at_end
-        chunk = os.read(fd, 1 << 16)
+        chunk = os.read(fd, 1 << 16) if fd is not None else stream.read(1 << 16)
         at_end = not chunk
         *new_lines, pending = (pending + chunk).split(b"\n")
         complete.extend(new_lines)
+
+    def more_ready() -> bool:
+        return fd is None or bool(select.select([fd], [], [], 0)[0])
 
     while True:
         # Block for the first complete line, then take whatever else is already there.
         while not at_end and not complete:
             pull()
-        while not at_end and len(complete) < max_lines and select.select([fd], [], [], 0)[0]:
+        while not at_end and len(complete) < max_lines and more_ready():
             pull()
         if at_end and pending:
             complete.append(pending)  # a last line without a line end

@@ -131,7 +131,7 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
     src, ref = write_corpus(tmp_path, "m", ["a", "b"], ["x"])
     assert_user_errors(
         (("translate", "--checkpoint", missing), "no such checkpoint file or run directory"),
-        (("translate", "--checkpoint", trained_run, "--input", missing / "in.en"), "cannot open"),
+        (("translate", "--checkpoint", trained_run, "--input", missing / "in.en"), "in.en: file not found"),
         (("translate", "--checkpoint", trained_run, "--plot-attention", tmp_path / "file" / "pics"), "cannot create"),
         (("evaluate", "--ref", tmp_path / "file"), "give --hyp FILE, or --checkpoint RUN"),
         (("evaluate", "--checkpoint", trained_run, "--src", src, "--ref", ref), "line-aligned"),

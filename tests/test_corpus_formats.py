@@ -7,6 +7,7 @@ error naming the file (and line)."""
 import bz2
 import concurrent.futures
 import gzip
+import io
 import lzma
 
 import pytest
@@ -63,6 +64,24 @@ def test_damaged_compressed_files_are_one_line_errors(tmp_path):
         with pytest.raises(UserError, match=rf"{path.name}: cannot decompress it as (xz|gz)") as err:
             read_lines(path)
         assert "\n" not in str(err.value)
+
+
+def test_translation_input_is_read_decompressed_in_batches(tmp_path):
+    """`s2s translate --input F.gz` reads lines through the decompressing stream: its descriptor
+    would give the compressed bytes, translated as garbage."""
+    from seq2seq_cli.data import open_corpus
+    from seq2seq_cli.translation import read_line_batches
+
+    plain = tmp_path / "test.en"
+    plain.write_bytes(b"".join(b"line %d\n" % i for i in range(20000)) + b"no line end")
+    expected = plain.read_bytes().split(b"\n")
+    for suffix in ("", ".gz", ".xz", ".bz2"):
+        path = compressed_copy(plain, suffix) if suffix else plain
+        with open_corpus(path) as stream:
+            batches = list(read_line_batches(stream, 64))
+        assert [line for batch in batches for line in batch] == expected, suffix
+        assert max(map(len, batches)) == 64
+    assert [line for batch in read_line_batches(io.BytesIO(plain.read_bytes()), 7) for line in batch] == expected
 
 
 def test_tab_separated_corpus(tmp_path):
@@ -125,9 +144,11 @@ def test_training_prepare_and_evaluate_from_compressed_and_tsv_corpora(tmp_path)
     compressed_hyp = compressed_copy(hypotheses, ".bz2")
     reports = [*both(("evaluate", "--hyp", hypotheses, "--ref", dev_de),
                      ("evaluate", "--hyp", compressed_hyp, "--ref", dev_files[1])),
-               s2s("evaluate", "--checkpoint", tmp_path / "run", "--src", dev_files[0], "--ref", dev_files[1])]
+               *both(("evaluate", "--checkpoint", tmp_path / "run", "--src", dev_files[0], "--ref", dev_files[1]),
+                     ("translate", "--checkpoint", tmp_path / "run", "--input", dev_files[0]))]
     for report in reports:
         assert report.returncode == 0, report.stderr.decode()
+    assert reports.pop().stdout == hypotheses.read_bytes()  # translate --input test.en.xz reads the text
     assert reports[0].stdout == reports[1].stdout
     bleu_lines = [[line for line in r.stdout.decode().splitlines() if line.startswith("BLEU")] for r in reports]
     assert bleu_lines[2] == bleu_lines[0] and bleu_lines[0]
