@@ -234,6 +234,7 @@ def evaluate(
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", metavar="TOK", help="sacreBLEU's BLEU tokenizer: 13a, intl, char, zh, ja-mecab, ... (default: the run's training.bleu_tokenize, else by its target language as sacrebleu -l does; 13a with --hyp)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -245,10 +246,12 @@ def evaluate(
     """
     import json
 
+    from seq2seq_cli.config import language_pair
     from seq2seq_cli.data import read_lines
-    from seq2seq_cli.evaluation import format_report, score_report
+    from seq2seq_cli.evaluation import bleu_metric, format_report, score_report
 
     _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
+    bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
     references = read_lines(ref)
     speed = None
     if hyp is not None:
@@ -266,12 +269,14 @@ def evaluate(
                                      dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs)
         hypotheses, speed = translator.translate_lines(sources)
         compared = src
+        run = translator.config  # the (first) run's: its target language, its BLEU tokenizer
+        bleu = bleu_metric(language_pair(run.data)[1], tokenize or run.training.bleu_tokenize)
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
     if len(hypotheses) != len(references):
         raise UserError(f"{compared} has {len(hypotheses)} lines but {ref} has {len(references)}; "
                         "they must be line-aligned")
-    report = score_report(hypotheses, references)
+    report = score_report(hypotheses, references, bleu)
     if speed:
         report["decoding"] = speed
     typer.echo(format_report(report))

@@ -167,6 +167,9 @@ class TrainingConfig:
     keep_last: int = 1
     # Stop after this many validations without a better dev BLEU; 0 disables early stopping.
     patience: int = 0
+    # sacreBLEU's tokenizer for dev and test BLEU (13a, intl, char, zh, ja-mecab, ...); none:
+    # as sacrebleu -l picks it for the target language (zh, ja-mecab, ko-mecab, else 13a).
+    bleu_tokenize: Optional[str] = None
     log_every: int = 100
     # Also log the scalars of metrics.jsonl to RUN/tensorboard (needs the tensorboard extra).
     tensorboard: bool = False
@@ -300,6 +303,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("training.max_nonfinite_steps", lambda v: v >= 1, "at least 1"),
     ("training.cuda_graphs", lambda v: v in ("auto", "off"), "'auto' or 'off'"),
     ("training.precision", lambda v: v in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'"),
+    ("training.bleu_tokenize", lambda v: v is None or v in _bleu_tokenizers(),
+     "null (by the target language) or one of sacreBLEU's BLEU tokenizers (13a, intl, char, zh, ...)"),
     ("decoding.beam_size", lambda v: v >= 1, "at least 1"),
     ("decoding.length_penalty", lambda v: v >= 0, "0 or positive"),
     ("decoding.max_length_ratio", lambda v: v > 0, "positive"),
@@ -308,6 +313,12 @@ _RULES: list[tuple[str, Any, str]] = [
     ("decoding.batch_size", lambda v: v >= 1, "positive"),
     ("decoding.cuda_graphs", lambda v: v in ("auto", "off"), "'auto' or 'off'"),
 ]
+
+
+def _bleu_tokenizers() -> tuple[str, ...]:
+    from sacrebleu.metrics import BLEU
+
+    return tuple(BLEU.TOKENIZERS)
 
 
 def get_key(config: Config, dotted: str) -> Any:

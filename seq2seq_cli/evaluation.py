@@ -1,21 +1,44 @@
-"""Scores from sacreBLEU, on detokenized text against raw references."""
+"""Scores from sacreBLEU, on detokenized text against raw references.
+
+BLEU splits text into words as sacreBLEU's command line does for ``-l SRC-TGT``: its 13a
+tokenizer, but ``zh`` for a Chinese target, ``ja-mecab`` for Japanese and ``ko-mecab`` for
+Korean (13a sees a sentence without spaces as one or two words); ``tokenize`` chooses another
+of sacreBLEU's tokenizers.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Cased, detokenized corpus BLEU with sacreBLEU's default 13a tokenization."""
-    return BLEU().corpus_score(list(hypotheses), [list(references)]).score
+from seq2seq_cli.errors import UserError
 
 
-def score_report(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """BLEU, chrF2 and TER with their signatures, the length ratio and the sentence count."""
+def bleu_metric(tgt_lang: Optional[str] = None, tokenize: Optional[str] = None) -> BLEU:
+    """sacreBLEU's BLEU for text in ``tgt_lang`` (an ISO 639-1 code, or None: unknown)."""
+    try:
+        return BLEU(trg_lang=tgt_lang or "", tokenize=tokenize)
+    except KeyError:
+        raise UserError(f"BLEU tokenizer {tokenize!r} is not one of sacreBLEU's: use one of "
+                        f"{', '.join(BLEU.TOKENIZERS)}") from None
+    except (RuntimeError, ImportError, OSError) as err:  # ja-mecab and ko-mecab need packages of their own
+        name = tokenize or {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}.get(tgt_lang or "", "13a")
+        reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise UserError(f"sacreBLEU's BLEU tokenizer {name} (for target language {tgt_lang or 'unknown'}) cannot be "
+                        f"set up: {reason}") from None
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], metric: Optional[BLEU] = None) -> float:
+    """Cased, detokenized corpus BLEU (``metric``: from ``bleu_metric``; default 13a)."""
+    return (metric or BLEU()).corpus_score(list(hypotheses), [list(references)]).score
+
+
+def score_report(hypotheses: Sequence[str], references: Sequence[str], bleu: Optional[BLEU] = None) -> dict[str, Any]:
+    """BLEU (``bleu``: from ``bleu_metric``; default 13a), chrF2 and TER with their signatures,
+    the length ratio and the sentence count."""
     report: dict[str, Any] = {"sentences": len(hypotheses)}
-    for key, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+    for key, metric in (("bleu", bleu or BLEU()), ("chrf", CHRF()), ("ter", TER())):
         score = metric.corpus_score(list(hypotheses), [list(references)])
         report[key] = {"name": score.name, "score": round(score.score, 2), "signature": str(metric.get_signature())}
         if key == "bleu":

@@ -18,13 +18,13 @@ from typing import Any, Optional
 import torch
 
 from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq_cli.config import Config, to_dict
+from seq2seq_cli.config import Config, language_pair, to_dict
 from seq2seq_cli.data import ParallelCorpus, TokenBatches
 from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.evaluation import corpus_bleu
+from seq2seq_cli.evaluation import bleu_metric, corpus_bleu
 from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
 from seq2seq_cli.metrics import MetricsLog, read_metrics
 from seq2seq_cli.model import Seq2Seq
@@ -54,6 +54,7 @@ class Trainer:
                  resume_from: Optional[dict[str, Any]] = None, world: World = World()):
         self.config = config
         self.training_config = config.training
+        self.bleu_metric = bleu_metric(language_pair(config.data)[1], config.training.bleu_tokenize)
         self.world = world
         self.model = model
         self.tokenizers = tokenizers
@@ -319,7 +320,7 @@ class Trainer:
         state.validated_at = state.step
         loss = self.dev_loss()
         hypotheses = self.translate(self.dev)
-        bleu = corpus_bleu(hypotheses, self.dev.tgt_lines)
+        bleu = corpus_bleu(hypotheses, self.dev.tgt_lines, self.bleu_metric)
         # Every process validates the same weights; rank 0's numbers make the decisions everywhere.
         loss, bleu = from_main(self.world, (loss, bleu))
         improved = bleu > state.best_dev_bleu
@@ -382,6 +383,6 @@ class Trainer:
 
     def evaluate_test(self) -> float:
         self.model.load_state_dict(load_checkpoint(self.run.best)["model"])
-        bleu = corpus_bleu(self.translate(self.test), self.test.tgt_lines)
+        bleu = corpus_bleu(self.translate(self.test), self.test.tgt_lines, self.bleu_metric)
         log.info("test BLEU (best checkpoint, greedy): %.2f", bleu)
         return round(bleu, 2)

@@ -1,5 +1,6 @@
 """The command line as a user meets it: exit codes, one-line errors, pipes."""
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -96,6 +97,37 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     assert report["sentences"] == 100
     short = write_corpus(tmp_path, "y", hyps[:5], refs, src="hyp", tgt="ref")[0]
     assert_user_error(s2s("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")
+
+
+def test_bleu_splits_words_as_sacrebleu_does_for_the_target_language(tmp_path):
+    """Chinese has no spaces: 13a sees a sentence as one word, sacreBLEU's zh tokenizer (what
+    `sacrebleu -l en-zh` uses) splits its characters. A run's target language picks it."""
+    from seq2seq_cli.evaluation import bleu_metric, score_report
+
+    refs = ["我们今天下午去公园散步。", "他喜欢读书和写字。", "这是一个很好的例子。", "小狗在草地上跑。"]
+    hyps = ["我们今天去公园散步。", "他喜欢读书。", "这是一个好例子。", "小狗在草地上跑。"]
+    hyp_path, ref_path = write_corpus(tmp_path, "x", hyps, refs, src="hyp", tgt="ref")
+    reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-l", "en-zh",
+                                "-m", "bleu", "-w", "2"], capture_output=True, check=True)
+    expected = json.loads(reference.stdout)
+    zh = score_report(hyps, refs, bleu_metric("zh"))["bleu"]
+    assert (zh["score"], zh["signature"]) == (expected["score"], expected["signature"]) and "tok:zh" in zh["signature"]
+    assert score_report(hyps, refs)["bleu"]["score"] != zh["score"]  # 13a
+    # A run to Chinese (here by data.tgt_lang) validates and evaluates with zh, unless told otherwise.
+    config = tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0}, data={"tgt_lang": "zh"})
+    training = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh")
+    assert f"{expected['score']:7.2f}   {expected['signature']}" in ours.stdout.decode()
+    assert_user_error(s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh-words"),
+                      "BLEU tokenizer 'zh-words' is not one of sacreBLEU's")
+    assert training.wait(timeout=300) == 0
+    src_path, ref_path = write_corpus(tmp_path, "y", *toy_lines("test", 10))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        by_language, chosen = both_ways = list(pool.map(
+            lambda extra: s2s("evaluate", "--checkpoint", tmp_path / "run", "--src", src_path, "--ref", ref_path, *extra),
+            ((), ("--tokenize", "char"))))
+    assert "tok:zh" in by_language.stdout.decode() and "tok:char" in chosen.stdout.decode(), both_ways
 
 
 def test_an_unreadable_file_anywhere_is_one_line(monkeypatch, capsys):

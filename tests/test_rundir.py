@@ -157,7 +157,7 @@ def test_resuming_a_finished_run_changes_nothing_until_a_limit_is_raised(tmp_pat
 def test_a_run_stopped_early_is_finished_too(tmp_path, monkeypatch):
     import seq2seq_cli.train as train_module
 
-    monkeypatch.setattr(train_module, "corpus_bleu", lambda hypotheses, references: 5.0)  # never improves
+    monkeypatch.setattr(train_module, "corpus_bleu", lambda hypotheses, references, metric: 5.0)  # never improves
     config = load_config(tiny_config(tmp_path, training={"max_steps": 100, "validate_every": 2, "patience": 2}))
     assert train(config)["step"] == 6
     with pytest.raises(RunAlreadyFinished, match=r"finished at step 6 \(dev BLEU did not improve for 2 "

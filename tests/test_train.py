@@ -143,7 +143,7 @@ def test_bert_initialised_embeddings(tmp_path):
 def test_early_stopping_after_patience(tmp_path, monkeypatch):
     import seq2seq_cli.train as train_module
 
-    monkeypatch.setattr(train_module, "corpus_bleu", lambda hypotheses, references: 5.0)  # never improves
+    monkeypatch.setattr(train_module, "corpus_bleu", lambda hypotheses, references, metric: 5.0)  # never improves
     config = load_config(tiny_config(tmp_path, training={"max_steps": 100, "validate_every": 2, "patience": 3}))
     summary = train(config)
     assert summary["step"] == 8  # best at step 2, then 3 validations without a better BLEU
