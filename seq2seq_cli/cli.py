@@ -371,7 +371,7 @@ def _check_port_free(host: str, port: int) -> None:
 @app.command()
 def info(
     run_dir: Path = typer.Argument(..., help="A run directory written by s2s train."),
-    as_json: bool = typer.Option(False, "--json", metavar="FILE", help="Print the summary as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise a run: config highlights, size, best dev BLEU, speed, checkpoints.
 
