@@ -8,12 +8,10 @@ a line typed at a terminal is answered without waiting for more input.
 
 from __future__ import annotations
 
-import bz2
 import copy
 import dataclasses
-import gzip
+import io
 import logging
-import lzma
 import os
 import select
 import time
@@ -40,13 +38,10 @@ def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]
     """Yield lists of complete lines (without line ends): all that can be read without waiting,
     at most ``max_lines`` at a time, and at least one line unless at end of input.
 
-    A pipe or terminal is read through its descriptor, so that a typed line is answered at
-    once; a stream with none of its own (in memory, or decompressing a file, whose descriptor
-    gives the compressed bytes) is read through ``read`` and never waits."""
-    try:
-        fd = None if isinstance(stream, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)) else stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None
+    A plain file object (a pipe, a terminal, a file) is read through its descriptor, so that a
+    typed line is answered at once; any other stream (in memory, or decompressing a file, whose
+    descriptor gives the compressed bytes) is read through ``read`` and never waits."""
+    fd = stream.fileno() if isinstance(stream, (io.BufferedReader, io.FileIO)) else None
     pending, complete, at_end = b"", [], False
 
     def pull() -> None:  # one read: whatever is there, up to 64 KiB
