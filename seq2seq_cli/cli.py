@@ -246,9 +246,8 @@ def evaluate(
     """
     import json
 
-    from seq2seq_cli.config import language_pair
     from seq2seq_cli.data import read_lines
-    from seq2seq_cli.evaluation import bleu_metric, format_report, score_report
+    from seq2seq_cli.evaluation import bleu_metric, format_report, run_bleu_metric, score_report
 
     _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
@@ -269,8 +268,7 @@ def evaluate(
                                      dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs)
         hypotheses, speed = translator.translate_lines(sources)
         compared = src
-        run = translator.config  # the (first) run's: its target language, its BLEU tokenizer
-        bleu = bleu_metric(language_pair(run.data)[1], tokenize or run.training.bleu_tokenize)
+        bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
     if len(hypotheses) != len(references):

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from seq2seq_cli.config import Config, language_pair
 from seq2seq_cli.errors import UserError
 
 
@@ -23,10 +24,15 @@ def bleu_metric(tgt_lang: Optional[str] = None, tokenize: Optional[str] = None) 
         raise UserError(f"BLEU tokenizer {tokenize!r} is not one of sacreBLEU's: use one of "
                         f"{', '.join(BLEU.TOKENIZERS)}") from None
     except (RuntimeError, ImportError, OSError) as err:  # ja-mecab and ko-mecab need packages of their own
-        name = tokenize or {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}.get(tgt_lang or "", "13a")
+        which = repr(tokenize) if tokenize else f"for target language {tgt_lang}"
         reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        raise UserError(f"sacreBLEU's BLEU tokenizer {name} (for target language {tgt_lang or 'unknown'}) cannot be "
-                        f"set up: {reason}") from None
+        raise UserError(f"sacreBLEU's BLEU tokenizer {which} cannot be set up: {reason}") from None
+
+
+def run_bleu_metric(config: Config, tokenize: Optional[str] = None) -> BLEU:
+    """The BLEU a run is scored with: ``tokenize``, else its ``training.bleu_tokenize``, else by
+    its target language."""
+    return bleu_metric(language_pair(config.data)[1], tokenize or config.training.bleu_tokenize)
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], metric: Optional[BLEU] = None) -> float:

@@ -18,13 +18,13 @@ from typing import Any, Optional
 import torch
 
 from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq_cli.config import Config, language_pair, to_dict
+from seq2seq_cli.config import Config, to_dict
 from seq2seq_cli.data import ParallelCorpus, TokenBatches
 from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.evaluation import bleu_metric, corpus_bleu
+from seq2seq_cli.evaluation import corpus_bleu, run_bleu_metric
 from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
 from seq2seq_cli.metrics import MetricsLog, read_metrics
 from seq2seq_cli.model import Seq2Seq
@@ -54,7 +54,7 @@ class Trainer:
                  resume_from: Optional[dict[str, Any]] = None, world: World = World()):
         self.config = config
         self.training_config = config.training
-        self.bleu_metric = bleu_metric(language_pair(config.data)[1], config.training.bleu_tokenize)
+        self.bleu_metric = run_bleu_metric(config)
         self.world = world
         self.model = model
         self.tokenizers = tokenizers
