@@ -69,12 +69,14 @@ class RunDir:
     def averaged(self) -> Path:
         return self.checkpoints / "averaged.pt"
 
+    STEP_CHECKPOINTS = "step-*.pt"  # what step_checkpoint names
+
     def step_checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:08d}.pt"
 
     def step_checkpoints(self) -> list[Path]:
         """The kept ``step-N.pt`` files, oldest first."""
-        return sorted(self.checkpoints.glob("step-*.pt"))
+        return sorted(self.checkpoints.glob(self.STEP_CHECKPOINTS))
 
     def holds_run(self) -> bool:
         """Whether a run was started here: its ``config.yaml`` or a checkpoint exists."""
@@ -85,8 +87,9 @@ class RunDir:
         """Whether ``path`` is where some run's training keeps ``best.pt``, ``last.pt`` or a
         ``step-N.pt`` (a folder named ``checkpoints``), which nothing else may replace."""
         path = Path(path).resolve()
-        managed = path.name in ("best.pt", "last.pt") or fnmatch.fnmatch(path.name, "step-*.pt")
-        return managed and path.parent.name == "checkpoints"
+        run = RunDir(path.parent.parent)
+        return path.parent == run.checkpoints and (path in (run.best, run.last)
+                                                   or fnmatch.fnmatch(path.name, RunDir.STEP_CHECKPOINTS))
 
     def keep_step_checkpoints(self, step: int, kept_steps: list[int]) -> None:
         """Keep ``last.pt`` as ``step-N.pt`` too (a hard link: no extra disk) and remove every
@@ -142,11 +145,13 @@ class RunDir:
             raise UserError(f"run directory {self.root} already holds a run ({', '.join(existing)}); "
                             "pass --overwrite to replace it or --run-dir to choose another")
         for setting, path in (reads or {}).items():
-            read = Path(path).resolve() if path is not None else None
+            if path is None:
+                continue
+            read = Path(path).resolve()
             for name in existing:
                 # The one inside the other: a parent's checkpoint in ours, or our tokenizer/ in a shards folder.
                 entry = (self.root / name).resolve()
-                if read is not None and (read.is_relative_to(entry) or entry.is_relative_to(read)):
+                if read.is_relative_to(entry) or entry.is_relative_to(read):
                     raise UserError(f"--overwrite would remove {self.root / name}, which {setting} ({path}) needs; "
                                     "write the new run to another run directory")
         for name in existing:
