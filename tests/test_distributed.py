@@ -1,9 +1,11 @@
 """Data-parallel training with torch.distributed: gloo on CPU, 2 processes on 127.0.0.1."""
 
+import faulthandler
 import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +29,8 @@ def free_port() -> int:
 
 
 def worker(rank: int, config_path: str, out: str, port: int) -> None:
+    # A rank that aborts leaves where it was (every thread's Python stack) in rankN.faults.
+    faulthandler.enable(open(Path(out) / f"rank{rank}.faults", "w"))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -37,9 +41,27 @@ def worker(rank: int, config_path: str, out: str, port: int) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path):
+def two_ranks(tmp_path: Path) -> Path:
+    """Train the tiny config in 2 spawned ranks; returns the folder holding the config, the run
+    and each rank's final weights."""
     config_path = tiny_config(tmp_path, model=NO_DROPOUT, training=SCHEDULE)
     mp.spawn(worker, args=(str(config_path), str(tmp_path), free_port()), nprocs=2, join=True)
+    return tmp_path
+
+
+def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path):
+    try:
+        tmp_path = two_ranks(tmp_path)
+    except mp.ProcessExitedException as died:
+        # Rarely (once in ~30 CI runs, never in 150 tries here) a gloo rank dies of SIGABRT
+        # ("terminate called without an active exception"), a known c10d flake (pytorch#65237).
+        # It says nothing of what this test checks, so it gets one more try, on the record.
+        if died.signal_name is None:
+            raise
+        stacks = "".join(path.read_text() for path in sorted(tmp_path.glob("rank*.faults")))
+        warnings.warn(f"a rank died of {died.signal_name}; trying once more. Where the ranks were:\n{stacks}")
+        tmp_path = two_ranks(tmp_path / "again")
+    config_path = tmp_path / "config.yaml"
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for name in rank0:
