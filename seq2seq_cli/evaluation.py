@@ -16,10 +16,16 @@ from seq2seq_cli.config import Config, language_pair
 from seq2seq_cli.errors import UserError
 
 
+def bleu_tokenizer(tgt_lang: Optional[str] = None, tokenize: Optional[str] = None) -> str:
+    """The name of the tokenizer BLEU splits ``tgt_lang`` text with: ``tokenize``, else the one
+    sacreBLEU picks for that language (``-l``)."""
+    return tokenize or BLEU._TOKENIZER_MAP.get(tgt_lang or "", BLEU.TOKENIZER_DEFAULT)
+
+
 def bleu_metric(tgt_lang: Optional[str] = None, tokenize: Optional[str] = None) -> BLEU:
     """sacreBLEU's BLEU for text in ``tgt_lang`` (an ISO 639-1 code, or None: unknown)."""
     try:
-        return BLEU(trg_lang=tgt_lang or "", tokenize=tokenize)
+        return BLEU(trg_lang=tgt_lang or "", tokenize=bleu_tokenizer(tgt_lang, tokenize))
     except KeyError:
         raise UserError(f"BLEU tokenizer {tokenize!r} is not one of sacreBLEU's: use one of "
                         f"{', '.join(BLEU.TOKENIZERS)}") from None
@@ -29,10 +35,14 @@ def bleu_metric(tgt_lang: Optional[str] = None, tokenize: Optional[str] = None) 
         raise UserError(f"sacreBLEU's BLEU tokenizer {which} cannot be set up: {reason}") from None
 
 
+def run_bleu_tokenizer(config: Config) -> str:
+    """The tokenizer a run's BLEU uses: its ``training.bleu_tokenize``, else by its target language."""
+    return bleu_tokenizer(language_pair(config.data)[1], config.training.bleu_tokenize)
+
+
 def run_bleu_metric(config: Config, tokenize: Optional[str] = None) -> BLEU:
-    """The BLEU a run is scored with: ``tokenize``, else its ``training.bleu_tokenize``, else by
-    its target language."""
-    return bleu_metric(language_pair(config.data)[1], tokenize or config.training.bleu_tokenize)
+    """The BLEU a run is scored with: with ``tokenize``, else ``run_bleu_tokenizer``'s."""
+    return bleu_metric(language_pair(config.data)[1], tokenize or run_bleu_tokenizer(config))
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], metric: Optional[BLEU] = None) -> float:

@@ -30,6 +30,7 @@ from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_sp
 from seq2seq_cli.device import select_device
 from seq2seq_cli.distributed import World, barrier, join, leave
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.evaluation import run_bleu_tokenizer
 from seq2seq_cli.files import atomic_write_text, save_atomically
 from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
@@ -108,6 +109,8 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     resume_from = _checkpoint_to_resume(config, run) if resume else None
+    if resume_from is not None:
+        config = _same_bleu(config, TrainingState.from_checkpoint(resume_from), run)
     # A resumed run has its own weights: the parent matters only to a fresh start.
     parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
@@ -196,6 +199,21 @@ def _same_experiment(config: Config, saved: Config, run: RunDir) -> None:
             if ours[key] != theirs[key]:
                 raise UserError(f"cannot resume {run}: {section}.{key} is {ours[key]!r} but the run was "
                                 f"trained with {theirs[key]!r}; drop the change or start a new run")
+
+
+def _same_bleu(config: Config, state: TrainingState, run: RunDir) -> Config:
+    """A resumed run scores dev BLEU as it did: best.pt, patience and the schedule compare each
+    validation with its best so far. A run whose BLEU tokenizer was left to its target language
+    keeps the one it was measured with (a run from before s2s chose by language used 13a)."""
+    measured_with = state.bleu_tokenize
+    if run_bleu_tokenizer(config) == measured_with:
+        return config
+    if config.training.bleu_tokenize is not None:
+        raise UserError(f"cannot resume {run}: its dev BLEU (best {state.best_dev_bleu:.2f}) was measured with "
+                        f"sacreBLEU's {measured_with} tokenizer, and {config.training.bleu_tokenize} scores "
+                        f"differently; drop training.bleu_tokenize={config.training.bleu_tokenize} or start a new run")
+    log.info("%s: dev BLEU stays split by sacreBLEU's %s tokenizer, as its best so far was", run, measured_with)
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, bleu_tokenize=measured_with))
 
 
 def _read_texts(config: Config) -> _Texts:

@@ -37,9 +37,13 @@ class TrainingState:
     interval_tokens: int = 0
     skipped_steps: int = 0  # updates skipped for a non-finite loss
     elapsed_s: float = 0.0  # training seconds, up to the moment this state was saved
+    # sacreBLEU's tokenizer for dev BLEU: best_dev_bleu compares only with BLEU split the same way.
+    bleu_tokenize: Optional[str] = None
 
     # At the top level of every checkpoint, best.pt included; the rest under "trainer".
     HEADLINE: ClassVar[tuple[str, ...]] = ("step", "epoch", "best_dev_bleu", "best_step")
+    # What a checkpoint saved before a field existed held: earlier versions always scored with 13a.
+    FORMERLY: ClassVar[dict[str, Any]] = {"bleu_tokenize": "13a"}
 
     def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(headline fields, trainer fields) as a checkpoint stores them."""
@@ -49,7 +53,7 @@ class TrainingState:
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> "TrainingState":
-        saved = payload["trainer"]
+        saved = {**cls.FORMERLY, **payload["trainer"]}
         return cls(**{key: payload[key] for key in cls.HEADLINE},
                    **{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name not in cls.HEADLINE})
 

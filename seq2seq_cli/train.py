@@ -24,7 +24,7 @@ from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.evaluation import corpus_bleu, run_bleu_metric
+from seq2seq_cli.evaluation import corpus_bleu, run_bleu_metric, run_bleu_tokenizer
 from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
 from seq2seq_cli.metrics import MetricsLog, read_metrics
 from seq2seq_cli.model import Seq2Seq
@@ -84,6 +84,7 @@ class Trainer:
         self.state = TrainingState()
         if resume_from is not None:
             self._restore(resume_from)
+        self.state.bleu_tokenize = run_bleu_tokenizer(config)
         self.metrics = None  # only rank 0 writes
         if world.is_main:
             self.metrics = MetricsLog(run.metrics, run.tensorboard if self.training_config.tensorboard else None,

@@ -130,6 +130,19 @@ def test_bleu_splits_words_as_sacrebleu_does_for_the_target_language(tmp_path):
     assert "tok:zh" in by_language.stdout.decode() and "tok:char" in chosen.stdout.decode(), both_ways
 
 
+def test_the_bleu_tokenizer_s2s_names_is_the_one_sacrebleu_picks():
+    """A run records its BLEU tokenizer by name (to resume scoring alike): the name must be the
+    tokenizer sacreBLEU itself picks for the language."""
+    from sacrebleu.metrics import BLEU
+
+    from seq2seq_cli.evaluation import bleu_tokenizer
+
+    for language in ("zh", "de", "en", "", None):
+        picked = BLEU(trg_lang=language or "").tokenizer
+        assert type(BLEU(tokenize=bleu_tokenizer(language)).tokenizer) is type(picked), language
+    assert bleu_tokenizer("zh", "intl") == "intl" and bleu_tokenizer("zh") == "zh" and bleu_tokenizer("de") == "13a"
+
+
 def test_an_unreadable_file_anywhere_is_one_line(monkeypatch, capsys):
     """Permissions, a lost mount or a full disk can meet any file; root (who runs CI) passes
     permission bits, so the failing read is made here, where `s2s info` reads metrics.jsonl."""

@@ -146,6 +146,34 @@ def test_resume_refuses_a_different_model(tmp_path):
     assert missing.returncode == 2 and "nothing/config.yaml not found" in missing.stderr.decode()
 
 
+def test_a_resumed_run_scores_bleu_as_its_best_was_scored(tmp_path):
+    """best.pt, patience and the schedule compare each validation with the best so far, so a run
+    keeps its BLEU tokenizer: a run to Chinese from before s2s chose zh by language (its
+    checkpoint says nothing, its BLEU was 13a's) stays on 13a, and an override is refused."""
+    config = load_config(tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 2}, data={"tgt_lang": "zh"}))
+    train(config)
+    last = Path(config.run_dir) / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    assert payload["trainer"]["bleu_tokenize"] == "zh"
+    del payload["trainer"]["bleu_tokenize"]  # as the earlier versions saved it
+    torch.save(payload, last)
+
+    def resume_to(steps: int, *overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", config.run_dir,
+                               f"training.max_steps={steps}", *overrides], capture_output=True, timeout=300)
+
+    refused = resume_to(4, "training.bleu_tokenize=zh")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr.decode()
+    assert "its dev BLEU (best" in refused.stderr.decode()
+    assert "measured with sacreBLEU's 13a tokenizer, and zh scores differently" in refused.stderr.decode()
+    resumed = resume_to(4)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert "dev BLEU stays split by sacreBLEU's 13a tokenizer" in resumed.stderr.decode()
+    assert torch.load(last, weights_only=True)["trainer"]["bleu_tokenize"] == "13a"
+    assert load_config(Path(config.run_dir) / "config.yaml").training.bleu_tokenize == "13a"
+    assert [r["step"] for r in read_metrics(Path(config.run_dir) / "metrics.jsonl") if r["event"] == "valid"] == [2, 4]
+
+
 def test_nonfinite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
     real_forward = Seq2Seq.forward
     calls = {"n": 0}
