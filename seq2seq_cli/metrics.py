@@ -84,6 +84,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
     from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
     from seq2seq_cli.config import language_pair, split_files
+    from seq2seq_cli.evaluation import run_bleu_tokenizer
+    from seq2seq_cli.state import TrainingState
 
     run = RunDir(run_dir)
     if not run.root.is_dir():
@@ -96,13 +98,15 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     valid = [r for r in records if r["event"] == "valid"]
     end = next((r for r in reversed(records) if r["event"] == "end"), None)
     best = max(valid, key=lambda r: r["dev_bleu"], default=None)
-    checkpoints = {}
+    checkpoints, bleu_tokenize = {}, None
     for name, path in (("best", run.best), ("last", run.last)):
         if path.is_file():
             payload = load_checkpoint(path)
             checkpoints[name] = {"path": str(path), "step": payload["step"]}
             parameters = sum(t.numel() for t in payload["model"].values())
             config = checkpoint_config(payload, path)
+            if "trainer" in payload:  # the tokenizer dev BLEU was measured with (best.pt has no state)
+                bleu_tokenize = TrainingState.from_checkpoint(payload).bleu_tokenize
     if not checkpoints:
         raise UserError(f"{run_dir}: no checkpoints/best.pt or last.pt yet")
     return {
@@ -118,6 +122,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "train_pairs": start.get("train_pairs"),
         "best_dev_bleu": best["dev_bleu"] if best else None,
         "best_step": best["step"] if best else None,
+        "bleu_tokenize": bleu_tokenize or run_bleu_tokenizer(config),
         "last_step": max((r["step"] for r in records), default=0),
         "finished": end is not None,
         "stop_reason": end.get("reason") if end else None,
@@ -145,7 +150,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                   f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}"),
         ("parameters", f"{summary['parameters']:,}"),
         ("device", str(summary["device"])),
-        ("best dev BLEU", f"{_number(summary['best_dev_bleu'])} at step {summary['best_step']}"),
+        ("best dev BLEU", f"{_number(summary['best_dev_bleu'])} at step {summary['best_step']} "
+                          f"(sacreBLEU tokenizer {summary['bleu_tokenize']})"),
         ("last step", str(summary["last_step"])),
         ("wall time", f"{summary['wall_s'] / 60:.1f} min"),
         ("tokens/s", _number(summary["tokens_per_s"], ".0f")),

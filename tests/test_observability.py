@@ -67,7 +67,7 @@ def test_info_json_matches_metrics(run):
     assert summary["last_step"] == 8 and summary["finished"]
     assert summary["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in train_events) / len(train_events),
                                                     abs=0.1)
-    assert summary["device"] == "cpu" and summary["parameters"] > 0
+    assert summary["device"] == "cpu" and summary["parameters"] > 0 and summary["bleu_tokenize"] == "13a"
     assert summary["checkpoints"]["last"]["step"] == 8
     human = s2s("info", run)
     assert "best dev BLEU" in human.stdout.decode() and human.returncode == 0

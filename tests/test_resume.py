@@ -1,5 +1,6 @@
 """Nothing lost: exact resume after SIGKILL, clean stops on SIGINT/SIGTERM, safe checkpoints."""
 
+import json
 import os
 import signal
 import subprocess
@@ -157,6 +158,9 @@ def test_a_resumed_run_scores_bleu_as_its_best_was_scored(tmp_path):
     assert payload["trainer"]["bleu_tokenize"] == "zh"
     del payload["trainer"]["bleu_tokenize"]  # as the earlier versions saved it
     torch.save(payload, last)
+    info = subprocess.run([sys.executable, "-m", "seq2seq_cli", "info", config.run_dir, "--json"],
+                          capture_output=True, timeout=120)
+    assert json.loads(info.stdout)["bleu_tokenize"] == "13a", info.stderr.decode()
 
     def resume_to(steps: int, *overrides: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", config.run_dir,
