@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ def _same_bleu(config: Config, state: TrainingState, run: RunDir) -> Config:
     validation with its best so far. A run whose BLEU tokenizer was left to its target language
     keeps the one it was measured with (a run from before s2s chose by language used 13a)."""
     measured_with = state.bleu_tokenize
-    if run_bleu_tokenizer(config) == measured_with:
+    if run_bleu_tokenizer(config) == measured_with or state.best_dev_bleu == -math.inf:  # or nothing measured yet
         return config
     if config.training.bleu_tokenize is not None:
         raise UserError(f"cannot resume {run}: its dev BLEU (best {state.best_dev_bleu:.2f}) was measured with "

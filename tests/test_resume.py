@@ -176,6 +176,13 @@ def test_a_resumed_run_scores_bleu_as_its_best_was_scored(tmp_path):
     assert torch.load(last, weights_only=True)["trainer"]["bleu_tokenize"] == "13a"
     assert load_config(Path(config.run_dir) / "config.yaml").training.bleu_tokenize == "13a"
     assert [r["step"] for r in read_metrics(Path(config.run_dir) / "metrics.jsonl") if r["event"] == "valid"] == [2, 4]
+    # Before its first validation (say, stopped by Ctrl-C) a run has no best to compare with.
+    payload = torch.load(last, weights_only=True)
+    payload["best_dev_bleu"] = float("-inf")
+    torch.save(payload, last)
+    changed = resume_to(6, "training.bleu_tokenize=char")
+    assert changed.returncode == 0, changed.stderr.decode()
+    assert torch.load(last, weights_only=True)["trainer"]["bleu_tokenize"] == "char"
 
 
 def test_nonfinite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
