@@ -6,13 +6,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import BinaryIO, List, Optional
 
 import typer
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import is_same_file
+from seq2seq_cli.files import atomic_write, is_same_file
 from seq2seq_cli.progress import log_to_stderr
 
 app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
@@ -152,21 +152,12 @@ def _input_batches(input_file: Optional[Path], batch_size: int):
         yield from read_line_batches(source, batch_size)
 
 
-def _open_binary(path: Optional[Path], mode: str, default):
-    if path is None:
-        return default
-    try:
-        return open(path, mode)
-    except OSError as err:
-        raise UserError(f"cannot open {path} ({err.strerror})") from None
-
-
 @app.command()
 def translate(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
     input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin)."),
-    output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write translations (default: stdout)."),
+    output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write translations, complete or not at all (default: stdout)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size; 1 is greedy search (default: the config's)."),
     nbest: int = typer.Option(1, "--nbest", min=1, metavar="N", help="Hypotheses per sentence, as INDEX ||| HYPOTHESIS ||| SCORE lines."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
@@ -188,8 +179,8 @@ def translate(
     if input_file is not None and not input_file.exists():
         raise UserError(f"--input {input_file}: file not found")
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
-        raise UserError(f"--output {output_file} is the file being translated: opening it for writing would erase "
-                        "the text before it is read; write to another file")
+        raise UserError(f"--output {output_file} is the file being translated: its translation would replace it; "
+                        "write to another file")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), nbest=nbest,
                                  keep_attention=plot_attention is not None,
                                  beam_size=beam_size, length_penalty=length_penalty,
@@ -201,9 +192,9 @@ def translate(
             plot_attention.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create {plot_attention} ({err.strerror})") from None
-    out = _open_binary(output_file, "wb", sys.stdout.buffer)
-    index = 0
-    try:
+
+    def write_translations(out: BinaryIO) -> None:
+        index = 0
         for sources, results in translator.translate_stream(_input_batches(input_file, translator.decoding.batch_size)):
             for source_ids, hypotheses in zip(sources, results):
                 out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
@@ -211,8 +202,12 @@ def translate(
                     translator.plot_attention(plot_attention / f"{index:05d}.png", source_ids, hypotheses[0])
                 index += 1
             out.flush()
-        if out is not sys.stdout.buffer:
-            out.close()
+
+    try:
+        if output_file is None:
+            write_translations(sys.stdout.buffer)
+        else:  # complete or not at all: an interrupted run leaves an earlier file as it was
+            atomic_write(output_file, write_translations)
     except BrokenPipeError:
         # The reader went away (`s2s translate ... | head`): not an error of ours. Typer would
         # exit with 1; stdout goes to /dev/null so that flushing it at exit cannot fail again.

@@ -108,6 +108,34 @@ def test_files_get_the_modes_the_umask_allows(tmp_path):
     assert reader.communicate(timeout=60)[0] == b"through" and pipe.is_fifo()
 
 
+def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path, monkeypatch):
+    """An error reaches the user as one line naming a file: the one they asked for, never the
+    temporary file it is written through (a read-only folder, a rename that fails)."""
+    import errno
+    import tempfile
+
+    from seq2seq_cli import files
+
+    target = tmp_path / "out.txt"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".out.txt.x1y2.tmp"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(OSError) as raised:
+            files.atomic_write_text(target, "text")
+    assert (raised.value.filename, raised.value.strerror) == (str(target), "Read-only file system")
+
+    def failed_rename(source, destination):
+        raise OSError(errno.EIO, "Input/output error", source, destination)
+
+    monkeypatch.setattr(os, "replace", failed_rename)
+    with pytest.raises(OSError) as raised:
+        files.atomic_write_text(target, "text")
+    assert raised.value.filename == str(target) and list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(tmp_path):
     config = tiny_config(tmp_path)
     dev_en = tmp_path / "corpus" / "dev.en"

@@ -3,8 +3,10 @@
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,8 +84,8 @@ def test_beam_of_one_matches_greedy_output(run_dir, tmp_path):
 
 
 def test_an_output_that_is_an_input_is_refused_and_left_as_it_was(run_dir, tmp_path):
-    """Opening --output for writing empties it before a line is read: named as the input,
-    redirected to stdin, or as evaluate's --json over --src or --ref, the text would be gone."""
+    """An --output named as the input or redirected to stdin would be replaced by its own
+    translation, and evaluate's --json over --src or --ref emptied: the text would be gone."""
     source, reference = tmp_path / "test.en", tmp_path / "test.de"
     source.write_bytes(b"The man sees the dog.\nA cat.\n")
     reference.write_bytes("Der Mann sieht den Hund.\nEine Katze.\n".encode())
@@ -114,6 +116,30 @@ def test_an_output_that_is_an_input_is_refused_and_left_as_it_was(run_dir, tmp_p
     scored = s2s("evaluate", "--hyp", tmp_path / "out.de", "--ref", reference, "--json", pipe)
     assert scored.returncode == 0 and b'"bleu"' in reader.communicate(timeout=60)[0]
     assert pipe.is_fifo()
+
+
+def test_an_interrupted_translation_leaves_an_earlier_output_as_it_was(run_dir, tmp_path):
+    """--output is complete or not there: Ctrl-C halfway through leaves yesterday's file, not
+    half of today's (and no temporary file); a finished run replaces it, keeping its mode."""
+    source, output = tmp_path / "many.en", tmp_path / "out.de"
+    source.write_text((TOY / "test.en").read_text() * 100)
+    output.write_text("earlier translations\n")
+    output.chmod(0o640)
+    proc = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir),
+                             "--batch-size", "4", "--input", str(source), "--output", str(output)],
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not any(path.stat().st_size for path in tmp_path.glob(".out.de.*.tmp")):  # translating
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert output.read_text() == "earlier translations\n" and not list(tmp_path.glob(".out.de.*"))
+    short = tmp_path / "short.en"
+    short.write_text("The man sees the dog.\nA cat.\n")
+    finished = s2s("translate", "--checkpoint", run_dir, "--input", short, "--output", output)
+    assert finished.returncode == 0, finished.stderr.decode()
+    assert output.read_text().count("\n") == 2 and output.stat().st_mode & 0o777 == 0o640
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
