@@ -12,7 +12,7 @@ import typer
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_write, is_same_file
+from seq2seq_cli.files import atomic_write, atomic_write_text, is_same_file
 from seq2seq_cli.progress import log_to_stderr
 
 app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
@@ -274,9 +274,8 @@ def evaluate(
         report["decoding"] = speed
     typer.echo(format_report(report))
     if json_file is not None:
-        try:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        try:  # a report from before stays whole if this one cannot be written
+            atomic_write_text(json_file, json.dumps(report, indent=2) + "\n")
         except OSError as err:
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
 

@@ -143,6 +143,30 @@ def test_the_bleu_tokenizer_s2s_names_is_the_one_sacrebleu_picks():
     assert bleu_tokenizer("zh", "intl") == "intl" and bleu_tokenizer("zh") == "zh" and bleu_tokenizer("de") == "13a"
 
 
+def test_a_report_that_cannot_be_written_leaves_the_earlier_one(tmp_path, monkeypatch, capsys):
+    """evaluate --json on a full disk: one line, and the report already there stays whole."""
+    import errno
+    import os
+
+    from seq2seq_cli.cli import main
+
+    hyp_path, ref_path = write_corpus(tmp_path, "x", ["A man rides a bike."], ["A man rides a bike."], src="hyp", tgt="ref")
+    report = tmp_path / "report.json"
+    report.write_text('{"earlier": true}\n')
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    monkeypatch.setattr(sys, "argv", ["s2s", "evaluate", "--hyp", str(hyp_path), "--ref", str(ref_path),
+                                      "--json", str(report)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(f"s2s: error: cannot write {report} (No space left on device)\n")
+    assert report.read_text() == '{"earlier": true}\n' and not list(tmp_path.glob(".report.json.*"))
+
+
 def test_an_unreadable_file_anywhere_is_one_line(monkeypatch, capsys):
     """Permissions, a lost mount or a full disk can meet any file; root (who runs CI) passes
     permission bits, so the failing read is made here, where `s2s info` reads metrics.jsonl."""
