@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -214,8 +215,9 @@ def translate(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0)
     except OSError as err:  # a full disk, a quota
-        raise UserError(f"cannot write {err.filename or output_file or 'to stdout'} ({err.strerror}); free space "
-                        "or write elsewhere, then translate again") from None
+        fix = "free space or write elsewhere" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "write elsewhere"
+        raise UserError(f"cannot write {err.filename or output_file or 'to stdout'} ({err.strerror}); {fix}, "
+                        "then translate again") from None
 
 
 @app.command()

@@ -140,6 +140,8 @@ def test_an_interrupted_translation_leaves_an_earlier_output_as_it_was(run_dir, 
     finished = s2s("translate", "--checkpoint", run_dir, "--input", short, "--output", output)
     assert finished.returncode == 0, finished.stderr.decode()
     assert output.read_text().count("\n") == 2 and output.stat().st_mode & 0o777 == 0o640
+    assert_user_error(s2s("translate", "--checkpoint", run_dir, "--input", short, "--output", tmp_path),
+                      f"cannot write {tmp_path} (Is a directory); write elsewhere, then translate again")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
