@@ -7,6 +7,7 @@ structural sizes, so a checkpoint plus its run directory's tokenizer rebuild the
 
 from __future__ import annotations
 
+import errno
 import pickle
 import zipfile
 from pathlib import Path
@@ -27,14 +28,15 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any],
                     then: str = "continue with s2s train --resume") -> None:
-    """Save atomically; a full disk is a clear error (ending "free disk space, then ``then``")
-    and leaves the previous checkpoint as it was."""
+    """Save atomically; a failed write (a full disk) is a clear error (ending "free disk space,
+    then ``then``") and leaves the previous checkpoint as it was."""
     payload = {"format_version": FORMAT_VERSION, "s2s_version": __version__, **payload}
     try:
         atomic_torch_save(path, payload)
     except OSError as err:
+        fix = "Free disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "Fix that"
         raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous one is "
-                        f"unchanged. Free disk space, then {then}") from None
+                        f"unchanged. {fix}, then {then}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -116,5 +116,8 @@ def test_average_checkpoints(tmp_path):
     kept = {path: path.read_bytes() for path in (run / "checkpoints").glob("*.pt") if path.name != "averaged.pt"}
     assert len(kept) == 5
     assert_user_errors(*[(("average", run, "--last", "3", "--output", path), "s2s train writes and reads that file")
-                         for path in sorted(kept)[:4]])
+                         for path in sorted(kept)[:4]],
+                       (("average", run, "--last", "3", "--output", tmp_path),  # a folder: no use freeing space
+                        f"cannot write checkpoint {tmp_path} (Is a directory); the previous one is unchanged. "
+                        "Fix that, then average again"))
     assert all(path.read_bytes() == data for path, data in kept.items())

@@ -232,7 +232,7 @@ def test_full_disk_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         real_save(payload, FullDisk(handle) if saves["count"] == 3 else handle)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
-    with pytest.raises(UserError, match="No space left on device.*previous one is unchanged"):
+    with pytest.raises(UserError, match="No space left on device.*previous one is unchanged. Free disk space, then"):
         train(config)
     assert saved_step(Path(config.run_dir)) == 4
 
