@@ -7,7 +7,6 @@ structural sizes, so a checkpoint plus its run directory's tokenizer rebuild the
 
 from __future__ import annotations
 
-import errno
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from seq2seq_cli import __version__
 from seq2seq_cli.config import Config, config_from_dict
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_torch_save
+from seq2seq_cli.files import atomic_torch_save, out_of_space
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers
@@ -34,7 +33,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any],
     try:
         atomic_torch_save(path, payload)
     except OSError as err:
-        fix = "Free disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "Fix that"
+        fix = "Free disk space" if out_of_space(err) else "Fix that"
         raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous one is "
                         f"unchanged. {fix}, then {then}") from None
 

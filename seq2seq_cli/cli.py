@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -13,7 +12,7 @@ import typer
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_write, atomic_write_text, is_same_file
+from seq2seq_cli.files import atomic_write, atomic_write_text, is_same_file, out_of_space
 from seq2seq_cli.progress import log_to_stderr
 
 app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
@@ -215,7 +214,7 @@ def translate(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0)
     except OSError as err:  # a full disk, a quota
-        fix = "free space or write elsewhere" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "write elsewhere"
+        fix = "free space or write elsewhere" if out_of_space(err) else "write elsewhere"
         raise UserError(f"cannot write {err.filename or output_file or 'to stdout'} ({err.strerror}); {fix}, "
                         "then translate again") from None
 

@@ -42,7 +42,7 @@ def run_bleu_tokenizer(config: Config) -> str:
 
 def run_bleu_metric(config: Config, tokenize: Optional[str] = None) -> BLEU:
     """The BLEU a run is scored with: with ``tokenize``, else ``run_bleu_tokenizer``'s."""
-    return bleu_metric(language_pair(config.data)[1], tokenize or run_bleu_tokenizer(config))
+    return bleu_metric(language_pair(config.data)[1], tokenize or config.training.bleu_tokenize)
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], metric: Optional[BLEU] = None) -> float:

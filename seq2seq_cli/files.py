@@ -85,6 +85,11 @@ def atomic_torch_save(path: str | Path, payload: object) -> None:
         raise
 
 
+def out_of_space(err: OSError) -> bool:
+    """Whether a failed write failed for want of room (a full disk, a quota): freeing space helps."""
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def is_same_file(path: str | Path, other: str | Path | int) -> bool:
     """Whether ``path`` is an existing regular file and ``other`` (a path or an open file
     descriptor, such as stdin's) is that same file: writing ``path`` would destroy ``other``.
