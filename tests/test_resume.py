@@ -250,11 +250,18 @@ def test_any_failed_write_is_one_line_that_says_how_to_go_on(tmp_path, monkeypat
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(run / "tokenizer"))
 
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(run / "tokenizer"))
+
     with monkeypatch.context() as patch:
         patch.setattr(launch_module, "save_atomically", full_disk)
         with pytest.raises(UserError, match=rf"cannot start the run in {run}: {run / 'tokenizer'}: No space left on "
-                                            r"device; .*run the same command again"):
+                                            r"device; free space and run the same command again"):
             train(config)
+        patch.setattr(launch_module, "save_atomically", read_only)
+        with pytest.raises(UserError, match=r"Read-only file system; fix that and run the same command again") as failed:
+            train(config)
+        assert "free space" not in str(failed.value)  # freeing space would not help
     assert not run.exists()
 
     real_plot, plots = train_module.plot_curves, {"count": 0}
@@ -268,7 +275,8 @@ def test_any_failed_write_is_one_line_that_says_how_to_go_on(tmp_path, monkeypat
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "plot_curves", full_at_the_second_plot)
         with pytest.raises(UserError, match=rf"training stopped at step 4: {run / 'curves.png'}: No space left on device; "
-                                            rf"the last checkpoint is intact: .*s2s train --resume {run}"):
+                                            rf"the last checkpoint is intact: free space, then continue with "
+                                            rf"s2s train --resume {run}"):
             train(config)
     assert saved_step(run) == 4
     train(load_config(run / "config.yaml"), resume=True)

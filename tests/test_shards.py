@@ -111,8 +111,17 @@ def test_full_disk_is_a_clear_error_and_keeps_finished_shards(tmp_path, monkeypa
         real(path, write)
 
     monkeypatch.setattr(shards, "atomic_write", fill_up)
-    with pytest.raises(UserError, match="No space left on device.*finished shards are kept"):
+    with pytest.raises(UserError, match=r"\(No space left on device\); free space or choose another data.prepared_dir, "
+                                        "then run s2s prepare again: finished shards are kept"):
         prepare(config, workers=1, shard_pairs=100)
+
+    def read_only(path, write):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(shards, "atomic_write", read_only)
+    with pytest.raises(UserError, match=r"\(Read-only file system\); fix that or choose another") as failed:
+        prepare(config, workers=1, shard_pairs=100)
+    assert "free space" not in str(failed.value)  # freeing space would not help
     monkeypatch.undo()
     assert (tmp_path / "prepared" / "shard-00000.json").is_file()
     assert not (tmp_path / "prepared" / "meta.json").exists()
