@@ -248,6 +248,8 @@ def evaluate(
     _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
     references = read_lines(ref)
+    if not references:  # sacreBLEU has no score for no sentences
+        raise UserError(f"--ref {ref} is empty: there is nothing to score; give a file with one reference per line")
     speed = None
     if hyp is not None:
         hypotheses = read_lines(hyp)

@@ -197,6 +197,7 @@ def test_an_unreadable_file_anywhere_is_one_line(monkeypatch, capsys):
 def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
     missing = tmp_path / "missing"
     (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").write_text("")
     src, ref = write_corpus(tmp_path, "m", ["a", "b"], ["x"])
     assert_user_errors(
         (("translate", "--checkpoint", missing), "no such checkpoint file or run directory"),
@@ -205,6 +206,7 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
         (("evaluate", "--ref", tmp_path / "file"), "give --hyp FILE, or --checkpoint RUN"),
         (("evaluate", "--checkpoint", trained_run, "--src", src, "--ref", ref), "line-aligned"),
         (("evaluate", "--hyp", missing, "--ref", ref), "file not found"),
+        (("evaluate", "--hyp", tmp_path / "empty", "--ref", tmp_path / "empty"), "is empty: there is nothing to score"),
         (("train",), "give --config FILE to start a run, or --resume RUN_DIR"),
         (("train", "--resume", trained_run, "--overwrite"), "choose one"),
         (("train", "--resume", trained_run, "--run-dir", tmp_path / "other"), "name different runs"),
