@@ -98,6 +98,8 @@ def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> Dec
 
 
 def _check_nbest(nbest: int, beam_size: int) -> None:
+    if nbest < 1:
+        raise UserError(f"--nbest {nbest}: ask for 1 or more translations per sentence")
     if nbest > beam_size:
         raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {beam_size})")
 
@@ -202,14 +204,14 @@ class Translator:
         sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides)
         return sibling
 
-    def translate(self, texts: Sequence[str] | str) -> list[str] | str:
+    def translate(self, texts: Iterable[str] | str) -> list[str] | str:
         """The best translation of each text (a text is one line; an empty text gives ""); a
         single string, rather than a list of them, gives a single string."""
         if isinstance(texts, str):  # not a sequence of one-letter texts
             return self.translate([texts])[0]
         return [nbest[0].text for nbest in self.translate_nbest(texts, 1)]
 
-    def translate_nbest(self, texts: Sequence[str] | str, nbest: Optional[int] = None
+    def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
                         ) -> list[list[Translation]] | list[Translation]:
         """The ``nbest`` best translations of each text (default: this translator's), best first;
         ``nbest`` may not exceed the beam size. A single string gives its one list."""
@@ -217,6 +219,9 @@ class Translator:
             return self.translate_nbest([texts], nbest)[0]
         count = self.nbest if nbest is None else nbest
         _check_nbest(count, self.decoding.beam_size)
+        if not isinstance(texts, Iterable):
+            raise TypeError(f"texts is {type(texts).__name__}: give a string or a list of strings")
+        texts = list(texts)  # a generator is read once, here
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: give strings, one per sentence")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from seq2seq_cli.errors import UserError
+
 from conftest import TOY, assert_user_error, assert_user_errors, png_size, s2s, tiny_config
 
 
@@ -203,7 +205,8 @@ def test_attention_pictures(run_dir, tmp_path):
 
 
 def test_the_python_api_takes_one_string_as_one_text(run_dir):
-    """A string is a sequence too: translate("A cat.") must not translate "A", " ", "c", ..."""
+    """A string is a sequence too: translate("A cat.") must not translate "A", " ", "c", ...;
+    and a generator is read once, not checked and then found empty."""
     from seq2seq_cli import Translator
 
     translator = Translator.load(run_dir, "cpu", beam_size=3)
@@ -213,6 +216,12 @@ def test_the_python_api_takes_one_string_as_one_text(run_dir):
     assert len(translator.translate_nbest(texts[1], 2)) == 2
     with pytest.raises(TypeError, match=r"texts\[1\] is bytes, not str"):
         translator.translate(["A cat.", b"A dog."])
+    assert translator.translate(text for text in texts) == translator.translate(texts)
+    assert translator.translate_nbest(iter(texts), 2) == translator.translate_nbest(texts, 2)
+    with pytest.raises(TypeError, match="texts is NoneType: give a string or a list of strings"):
+        translator.translate(None)
+    with pytest.raises(UserError, match="--nbest 0: ask for 1 or more"):  # not one translation regardless
+        translator.translate_nbest(texts, 0)
 
 
 def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
