@@ -315,6 +315,20 @@ _RULES: list[tuple[str, Any, str]] = [
 ]
 
 
+def check_decoding_settings(decoding: DecodingConfig) -> None:
+    """The ``decoding`` rules, for settings given in code rather than in a config file (the
+    Python API's ``beam_size=...``), where no schema has checked their types."""
+    for item in dataclasses.fields(decoding):
+        value = getattr(decoding, item.name)
+        expected = {"int": int, "float": (int, float), "str": str}[item.type]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise UserError(f"{item.name} must be {item.type}, got {value!r}")
+    for key, test, expected in _RULES:
+        section, name = key.split(".")
+        if section == "decoding" and not test(getattr(decoding, name)):
+            raise UserError(f"{name} must be {expected}, got {getattr(decoding, name)!r}")
+
+
 def _bleu_tokenizers() -> tuple[str, ...]:
     from sacrebleu.metrics import BLEU
 

@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
 import torch
 
 from seq2seq_cli.checkpoint import load_model
-from seq2seq_cli.config import Config, DecodingConfig
+from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings
 from seq2seq_cli.decoding import Ensemble, Hypothesis, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
@@ -93,6 +93,7 @@ class Translation:
 def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> DecodingConfig:
     """``decoding`` with the settings in ``overrides`` that are not None, checked for ``nbest``."""
     decoding = dataclasses.replace(decoding, **{key: value for key, value in overrides.items() if value is not None})
+    check_decoding_settings(decoding)
     _check_nbest(nbest, decoding.beam_size)
     return decoding
 

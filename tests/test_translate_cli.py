@@ -222,6 +222,14 @@ def test_the_python_api_takes_one_string_as_one_text(run_dir):
         translator.translate(None)
     with pytest.raises(UserError, match="--nbest 0: ask for 1 or more"):  # not one translation regardless
         translator.translate_nbest(texts, 0)
+    # Settings given in code are held to the config file's rules (no schema has seen them).
+    for settings, error in (({"batch_size": 0}, "batch_size must be positive, got 0"),
+                            ({"beam_size": 2.5}, "beam_size must be int, got 2.5"),
+                            ({"max_length_ratio": -1.0}, "max_length_ratio must be positive")):
+        with pytest.raises(UserError, match=error):
+            Translator.load(run_dir, "cpu", **settings)
+        with pytest.raises(UserError, match=error):
+            translator.with_settings(**settings)
 
 
 def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
