@@ -675,6 +675,8 @@ async def read_body(request) -> dict[str, Any]:
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool):  # int(true) would be 1
+        raise ClientError(f"{name} must be a whole number from {low} to {high}, not {str(value).lower()}")
     try:
         number = int(value)
     except (TypeError, ValueError):

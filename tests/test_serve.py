@@ -163,6 +163,7 @@ def test_native_endpoint_gives_scores_nbest_and_attention(run, server):
     (b'{"q": 5, "target": "de"}', "application/json", 400, "q must be a string or a list of strings"),
     (b'{"q": "Hello", "source": "fr", "target": "de"}', "application/json", 400, "no model translates fr -> de"),
     (b'{"q": "Hello", "target": "de", "alternatives": "many"}', "application/json", 400, "alternatives must be"),
+    (b'{"q": "Hello", "target": "de", "alternatives": true}', "application/json", 400, "from 0 to 10, not true"),
     (b'{"q": "\xff\xfe", "target": "de"}', "application/json", 400, "not valid UTF-8"),
     (json.dumps({"q": ["Hi"] * 65, "target": "de"}).encode(), "application/json", 400, "limit is 64"),
     (json.dumps({"q": "x" * 5001, "target": "de"}).encode(), "application/json", 400, "over the limit of 5000"),
