@@ -9,14 +9,35 @@ from pathlib import Path
 from typing import BinaryIO, List, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # newer typer versions carry their own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write, atomic_write_text, is_same_file, out_of_space
 from seq2seq_cli.progress import log_to_stderr
 
-app = typer.Typer(help="Train and run attention RNN translation models.", no_args_is_help=True, rich_markup_mode=None,
-                  pretty_exceptions_enable=False, add_completion=True)
+
+class _Commands(TyperGroup):
+    """A mistyped command, option or value is one line like every other user error, rather than
+    click's usage block (a usage line, a hint, a blank line, then the error)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as err:
+            where = err.ctx.command_path if err.ctx is not None else " ".join(
+                filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            message = " ".join(err.format_message().split()).rstrip(".")
+            raise UserError(f"{message} (see {where} --help)") from None
+
+
+app = typer.Typer(cls=_Commands, help="Train and run attention RNN translation models.", no_args_is_help=True,
+                  rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=True)
 
 
 def _version(value: bool) -> None:

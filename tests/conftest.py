@@ -152,10 +152,12 @@ def assert_user_errors(*cases: tuple[tuple, str]) -> None:
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit 2, nothing on stdout, and the error one line, the last (log lines may come before)."""
     stderr = result.stderr.decode()
     assert result.returncode == 2, stderr
     assert "Traceback" not in stderr
-    assert fragment in stderr, stderr
+    last = stderr.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last.startswith("s2s: error: ") and fragment in last, stderr
     assert result.stdout == b""
 
 
