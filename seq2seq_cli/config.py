@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,7 +321,7 @@ def check_decoding_settings(decoding: DecodingConfig) -> None:
     Python API's ``beam_size=...``), where no schema has checked their types."""
     for item in dataclasses.fields(decoding):
         value = getattr(decoding, item.name)
-        expected = {"int": int, "float": (int, float), "str": str}[item.type]
+        expected = {"int": numbers.Integral, "float": numbers.Real, "str": str}[item.type]  # numpy's too
         if isinstance(value, bool) or not isinstance(value, expected):
             raise UserError(f"{item.name} must be {item.type}, got {value!r}")
     for key, test, expected in _RULES:
