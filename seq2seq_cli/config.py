@@ -232,7 +232,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: a config must be a YAML mapping of sections, got {type(loaded).__name__}")
     config = _merge(loaded, overrides, source=str(path))
-    check_config(config, source=str(path))
+    check_config(config, source=str(path), overrides=overrides)
     return resolve_paths(config)
 
 
@@ -343,12 +343,17 @@ def get_key(config: Config, dotted: str) -> Any:
     return value
 
 
-def check_config(config: Config, source: str = "config") -> None:
-    """Reject values that type-check but cannot work, naming the key."""
+def check_config(config: Config, source: str = "config", overrides: tuple[str, ...] | list[str] = ()) -> None:
+    """Reject values that type-check but cannot work, naming the key and where it was set: the
+    file ``source``, or the command-line override that set it."""
+    set_by = {item.split("=", 1)[0].strip(): item for item in overrides}
     for key, test, expected in _RULES:
         value = get_key(config, key)
         if not test(value):
-            raise UserError(f"{source}: {key} must be {expected}, got {value!r}")
+            where = f"command-line override {set_by[key]}" if key in set_by else source
+            raise UserError(f"{where}: {key} must be {expected}, got {value!r}")
+    if overrides:  # what follows weighs keys together, which may come from both
+        source = f"{source} (with command-line overrides)"
     training = config.training
     if training.max_steps == 0 and training.max_epochs == 0 and training.max_minutes == 0:
         raise UserError(f"{source}: training.max_steps, max_epochs and max_minutes are all 0; "
