@@ -13,6 +13,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import select
 import time
 from dataclasses import dataclass
@@ -96,6 +97,20 @@ def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> Dec
     check_decoding_settings(decoding)
     _check_nbest(nbest, decoding.beam_size)
     return decoding
+
+
+# How many characters of a line are read per token the model takes: far more than a token
+# ever needs (Multi30k averages 4.6 characters per token), so only absurd lines are cut.
+HEAD_CHARACTERS_PER_TOKEN = 64
+
+
+def _head(text: str, characters: int) -> str:
+    """``text``, or when longer than ``characters`` its words before the last whitespace in
+    its first ``characters`` (all of it when there is no whitespace there)."""
+    if len(text) <= characters:
+        return text
+    match = re.match(r"(.*)\s", text[:characters], re.DOTALL)  # greedy: up to the last whitespace
+    return match.group(1) if match else text
 
 
 def _check_nbest(nbest: int, beam_size: int) -> None:
@@ -253,12 +268,7 @@ class Translator:
                        ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         nbest = self.nbest if nbest is None else nbest
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
-        sources = self.tokenizers.encode_src(texts)
-        for offset, source in enumerate(sources):
-            if len(source) > self.max_source_tokens:
-                log.warning("input line %d: %d tokens, truncated to the model's limit of %d (data.max_len)",
-                            first_line + offset, len(source), self.max_source_tokens)
-                sources[offset] = source[: self.max_source_tokens]
+        sources = self._encode_sources(texts, first_line)
         to_translate = [i for i, source in enumerate(sources) if source]
         results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
         found = translate_corpus(self.model, self.tokenizers, [sources[i] for i in to_translate], self.decoding,
@@ -266,6 +276,29 @@ class Translator:
         for index, hypotheses in zip(to_translate, found):
             results[index] = hypotheses
         return sources, results
+
+    def _encode_sources(self, texts: list[str], first_line: int) -> list[list[int]]:
+        """Source ids, each cut to the longest source the model was trained on (with a warning).
+
+        A line thousands of times longer than that (a document without newlines, a binary file)
+        would cost the tokenizer gigabytes, so only its head is read: the words before the last
+        whitespace in its first ``HEAD_CHARACTERS_PER_TOKEN x limit`` characters, tokenized as
+        they are in the whole line (both BERT pre-tokenizers split at whitespace). Should they
+        give fewer tokens than the limit (a few very long words), the whole line is read."""
+        limit = self.max_source_tokens
+        heads = [_head(text, HEAD_CHARACTERS_PER_TOKEN * limit) for text in texts]
+        sources = self.tokenizers.encode_src(heads)
+        for offset, (text, head) in enumerate(zip(texts, heads)):
+            if len(head) < len(text) and len(sources[offset]) < limit:
+                sources[offset] = self.tokenizers.encode_src([text])[0]
+                head = text
+            if len(sources[offset]) > limit or len(head) < len(text):
+                count = f"over {limit} tokens in {len(text)} characters" if len(head) < len(text) else \
+                    f"{len(sources[offset])} tokens"
+                log.warning("input line %d: %s, truncated to the model's limit of %d (data.max_len)",
+                            first_line + offset, count, limit)
+                sources[offset] = sources[offset][:limit]
+        return sources
 
     def _search_graphs(self) -> Optional[SearchGraphs]:
         """The CUDA graphs of this translator's model, when ``decoding.cuda_graphs`` asks for them."""

@@ -44,6 +44,35 @@ def test_bad_input_never_breaks_the_stream(run_dir):
     assert stderr.count("truncated to the model's limit of 30") == 1
 
 
+def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_tokens(run_dir, monkeypatch, caplog):
+    """Only the head of such a line is tokenized (a 20 MB line took 3.6 GB and 32 s), and the
+    model gets exactly the tokens it would get from the whole line, cut to data.max_len."""
+    import random
+
+    from seq2seq_cli import Translator
+    from seq2seq_cli.translation import HEAD_CHARACTERS_PER_TOKEN
+
+    translator = Translator.load(run_dir, "cpu")
+    limit, tokenizers = translator.max_source_tokens, translator.tokenizers
+    words, rng = (TOY / "train.en").read_text().split()[:5000], random.Random(0)
+    head, halfway = HEAD_CHARACTERS_PER_TOKEN * limit, limit // 2
+    unknown = "x" * ((head - 60) // halfway - 1)  # over 100 characters: one [UNK]
+    lines = [" ".join(rng.choice(words) for _ in range(30_000)),  # the head is enough
+             " ".join(["x" * 400] * 100 + words[:200]),  # long words first: the head has too few tokens
+             "y" * 50_000,  # no whitespace to cut at
+             "a\tb  c\u3000d\u00a0e, f " * 3_000,  # other whitespace, punctuation
+             # A word across the head's end: one [UNK] whole, but cut there it would be many pieces.
+             " ".join([unknown] * halfway + ["the" * 50] + words[:3_000])]
+    assert len(lines[4].split(" ")[halfway]) > 100 and lines[4].index("the") < head < lines[4].index("the") + 150
+    expected = [ids[:limit] for ids in tokenizers.encode_src(lines)]
+    read, encode = [], tokenizers.encode_src
+    monkeypatch.setattr(tokenizers, "encode_src", lambda texts: read.extend(map(len, texts)) or encode(texts))
+    sources, _ = translator.translate_raw([line.encode() for line in lines])
+    assert sources == expected
+    assert read[0] <= HEAD_CHARACTERS_PER_TOKEN * limit < len(lines[0])  # not read whole
+    assert f"input line 1: over {limit} tokens in {len(lines[0])} characters, truncated" in caplog.text
+
+
 def test_small_batches_decoded_side_by_side_keep_order_and_line_numbers(run_dir):
     """With --batch-size 3, 40 lines are 14 batches that the CPU's threads decode side by side:
     the output is still line for line the one-batch output, and warnings name the right lines."""
