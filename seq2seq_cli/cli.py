@@ -12,9 +12,9 @@ import typer
 from typer.core import TyperGroup
 
 try:  # newer typer versions carry their own copy of click
-    from typer._click.exceptions import UsageError
+    from typer._click import exceptions as click_exceptions
 except ImportError:
-    from click.exceptions import UsageError
+    from click import exceptions as click_exceptions
 
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
@@ -26,14 +26,26 @@ class _Commands(TyperGroup):
     """A mistyped command, option or value is one line like every other user error, rather than
     click's usage block (a usage line, a hint, a blank line, then the error)."""
 
-    def invoke(self, ctx):
+    def parse_args(self, ctx, args):  # s2s's own options: --verison
+        try:
+            return super().parse_args(ctx, args)
+        except click_exceptions.UsageError as err:
+            # `s2s` alone shows the help (newer click raises that as a usage error, too)
+            if isinstance(err, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+                raise
+            raise _one_line(err, ctx.command_path) from None
+
+    def invoke(self, ctx):  # a command's name, options and values
         try:
             return super().invoke(ctx)
-        except UsageError as err:
-            where = err.ctx.command_path if err.ctx is not None else " ".join(
-                filter(None, (ctx.command_path, ctx.invoked_subcommand)))
-            message = " ".join(err.format_message().split()).rstrip(".")
-            raise UserError(f"{message} (see {where} --help)") from None
+        except click_exceptions.UsageError as err:
+            raise _one_line(err, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))) from None
+
+
+def _one_line(err, command_path: str) -> UserError:
+    where = err.ctx.command_path if err.ctx is not None else command_path
+    message = " ".join(err.format_message().split()).rstrip(".")
+    return UserError(f"{message} (see {where} --help)")
 
 
 app = typer.Typer(cls=_Commands, help="Train and run attention RNN translation models.", no_args_is_help=True,

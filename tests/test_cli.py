@@ -212,6 +212,7 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
         (("evaluate", "--hyp", ref), "Missing option '--ref' (see python -m seq2seq_cli evaluate --help)"),
         (("translate", "--checkpoint"), "Option '--checkpoint' requires an argument (see python -m seq2seq_cli translate --help)"),
         (("traain",), "No such command 'traain'. Did you mean 'train'? (see python -m seq2seq_cli --help)"),
+        (("--verison",), "No such option: --verison"),
         (("train", "--resume", trained_run, "--overwrite"), "choose one"),
         (("train", "--resume", trained_run, "--run-dir", tmp_path / "other"), "name different runs"),
         (("info", trained_run / "checkpoints"), "no metrics.jsonl"),
