@@ -88,6 +88,10 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     from seq2seq_cli.state import TrainingState
 
     run = RunDir(run_dir)
+    if run.root.is_file():  # a checkpoint or the config.yaml of a run, say
+        owner = next((folder for folder in run.root.parents if RunDir(folder).metrics.is_file()), None)
+        raise UserError(f"{run_dir} is a file, not a run directory; give "
+                        + (f"the run it is in: {owner}" if owner else "the folder s2s train wrote"))
     if not run.root.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     if not run.metrics.is_file():

@@ -78,6 +78,16 @@ def test_info_on_a_folder_that_is_not_a_run(tmp_path):
     assert result.returncode == 2 and "no metrics.jsonl" in result.stderr.decode()
 
 
+def test_info_on_a_file_of_a_run_names_the_run(run, tmp_path):
+    from seq2seq_cli.metrics import run_summary
+
+    with pytest.raises(UserError, match=rf"best.pt is a file, not a run directory; give the run it is in: {run}$"):
+        run_summary(run / "checkpoints" / "best.pt")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="notes.txt is a file, not a run directory; give the folder s2s train wrote"):
+        run_summary(tmp_path / "notes.txt")
+
+
 @pytest.mark.parametrize("command", ["train", "translate", "evaluate", "info"])
 def test_help_has_purpose_and_example(command):
     result = s2s(command, "--help")
