@@ -56,8 +56,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable s2s checkpoint (it holds Python objects other than tensors "
                         "and numbers, which s2s never loads: loading them could run code)") from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: not a readable s2s checkpoint ({reason[:200]})") from None
+        if not zipfile.is_zipfile(path):  # a zip's directory is at its end: a copy cut short loses it
+            reason = f"the file is cut short or damaged, {path.stat().st_size:,} bytes without a zip directory"
+        else:
+            reason = (str(err).splitlines()[0] if str(err) else type(err).__name__)[:200]
+        raise UserError(f"{path}: not a readable s2s checkpoint ({reason})") from None
     if not isinstance(payload, dict) or "model" not in payload or "model_args" not in payload:
         raise UserError(f"{path}: not an s2s checkpoint (no model weights or sizes in it)")
     version = payload.get("format_version")
