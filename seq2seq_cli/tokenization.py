@@ -114,6 +114,9 @@ def load_pretrained(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
     _silence_transformers()
+    if Path(name_or_path).is_absolute() and not Path(name_or_path).is_dir():  # a folder, not a model name
+        raise UserError(f"tokenizer folder {name_or_path!s} not found; give a folder written by save_pretrained "
+                        "(a run's tokenizer/) or a model in the local cache")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
     except (OSError, ValueError) as err:

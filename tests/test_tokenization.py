@@ -81,8 +81,10 @@ def test_saved_truncation_does_not_cut_sentences(tmp_path):
 
 
 def test_unknown_pretrained_tokenizer_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="could not be loaded"):
-        load_pretrained(tmp_path / "missing-model")
+    with pytest.raises(UserError, match=rf"tokenizer folder {tmp_path / 'missing-model'} not found; give a folder"):
+        load_pretrained(tmp_path / "missing-model")  # not the hub's complaint about a repo id
+    with pytest.raises(UserError, match="tokenizer missing-model could not be loaded"):
+        load_pretrained("missing-model")
 
 
 def test_a_saved_tokenizer_reads_back_the_same_without_transformers(tmp_path):
