@@ -278,6 +278,9 @@ def evaluate(
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.evaluation import bleu_metric, format_report, run_bleu_metric, score_report
 
+    if hyp is not None and (checkpoint or src is not None):  # which would be scored?
+        raise UserError("give --hyp FILE (translations to score) or --checkpoint RUN with --src FILE "
+                        "(a model to translate them), not both")
     _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
     references = read_lines(ref)

@@ -206,6 +206,7 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
         (("evaluate", "--ref", tmp_path / "file"), "give --hyp FILE, or --checkpoint RUN"),
         (("evaluate", "--checkpoint", trained_run, "--src", src, "--ref", ref), "line-aligned"),
         (("evaluate", "--hyp", missing, "--ref", ref), "file not found"),
+        (("evaluate", "--checkpoint", trained_run, "--src", src, "--hyp", src, "--ref", ref), "not both"),
         (("evaluate", "--hyp", tmp_path / "empty", "--ref", tmp_path / "empty"), "is empty: there is nothing to score"),
         (("train",), "give --config FILE to start a run, or --resume RUN_DIR"),
         (("translate", "--bogus"), "No such option: --bogus (see python -m seq2seq_cli translate --help)"),
