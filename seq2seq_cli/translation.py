@@ -184,6 +184,10 @@ class Translator:
         torch_device = device if isinstance(device, torch.device) else select_device(device)
         precision = check_decoding_format(torch_device, dtype, quantize)  # before the slow loading
         checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+        if not checkpoints:
+            raise UserError("no checkpoint given: give a run directory or checkpoint file, or a list of them")
+        if isinstance(weights, str):  # not one weight per character
+            raise TypeError(f"weights is a string ({weights!r}): give a list of numbers, one per checkpoint")
         if weights is not None and len(weights) != len(checkpoints):
             raise UserError(f"--weights gives {len(weights)} weight(s) for {len(checkpoints)} checkpoint(s); "
                             "give one per --checkpoint")

@@ -251,6 +251,10 @@ def test_the_python_api_takes_one_string_as_one_text(run_dir):
         translator.translate(None)
     with pytest.raises(UserError, match="--nbest 0: ask for 1 or more"):  # not one translation regardless
         translator.translate_nbest(texts, 0)
+    with pytest.raises(UserError, match="no checkpoint given"):
+        Translator.load([], "cpu")
+    with pytest.raises(TypeError, match="weights is a string"):
+        Translator.load([run_dir, run_dir], "cpu", weights="1,2")
     # Settings given in code are held to the config file's rules (no schema has seen them).
     for settings, error in (({"batch_size": 0}, "batch_size must be positive, got 0"),
                             ({"beam_size": 2.5}, "beam_size must be int, got 2.5"),
