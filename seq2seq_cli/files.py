@@ -90,6 +90,11 @@ def out_of_space(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def remedy(err: OSError) -> str:
+    """What a message tells the user to do about a failed write: free space only where space ran out."""
+    return "free space" if out_of_space(err) else "fix that"
+
+
 def is_same_file(path: str | Path, other: str | Path | int) -> bool:
     """Whether ``path`` is an existing regular file and ``other`` (a path or an open file
     descriptor, such as stdin's) is that same file: writing ``path`` would destroy ``other``.

@@ -32,7 +32,7 @@ from seq2seq_cli.device import select_device
 from seq2seq_cli.distributed import World, barrier, join, leave
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import run_bleu_tokenizer
-from seq2seq_cli.files import atomic_write_text, out_of_space, save_atomically
+from seq2seq_cli.files import atomic_write_text, remedy, save_atomically
 from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
 from seq2seq_cli.precision import resolve as resolve_precision
@@ -75,7 +75,7 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
         trainer = build_trainer(config, overwrite, resume)
     except OSError as err:
         raise UserError(f"cannot start the run in {config.run_dir}: {_failed_write(err)}; "
-                        f"{_fix(err)} and run the same command again") from None
+                        f"{remedy(err)} and run the same command again") from None
     try:
         summary = trainer.fit()
         # Rank 0 scores the test set after the others have finished; a rank that tears its
@@ -83,8 +83,8 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
         barrier(trainer.world)
         return summary
     except OSError as err:
-        go_on = (f"the last checkpoint is intact: {_fix(err)}, then continue with s2s train --resume {trainer.run}"
-                 if trainer.run.last.is_file() else f"no checkpoint was saved yet: {_fix(err)}, then start "
+        go_on = (f"the last checkpoint is intact: {remedy(err)}, then continue with s2s train --resume {trainer.run}"
+                 if trainer.run.last.is_file() else f"no checkpoint was saved yet: {remedy(err)}, then start "
                  "again with --overwrite")
         raise UserError(f"training stopped at step {trainer.state.step}: {_failed_write(err)}; {go_on}") from None
     finally:
@@ -94,11 +94,6 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
 
 def _failed_write(err: OSError) -> str:
     return f"{err.filename}: {err.strerror}" if err.filename else str(err.strerror or err)
-
-
-def _fix(err: OSError) -> str:
-    """What to do about a failed write: free space only where space was what ran out."""
-    return "free space" if out_of_space(err) else "fix that"
 
 
 def build_trainer(config: Config, overwrite: bool = False, resume: bool = False) -> Trainer:

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from seq2seq_cli.files import FolderLock, atomic_write, out_of_space, save_atomically
+from seq2seq_cli.files import FolderLock, atomic_write, remedy, save_atomically
 from seq2seq_cli.config import COMPRESSED_SUFFIXES, Config, check_training_files, split_files
 from seq2seq_cli.data import BOM, corpus_errors, decode_lines, open_corpus, split_tsv_line
 from seq2seq_cli.errors import UserError
@@ -114,8 +114,7 @@ def _prepare_locked(config: Config, data_dir: Path, recipe: dict[str, Any], work
         meta = {**plan, "pairs": sum(s["pairs"] for s in shards), "shards": shards}
         _write_json(data_dir / "meta.json", meta)
     except OSError as err:
-        fix = "free space" if out_of_space(err) else "fix that"
-        raise UserError(f"cannot write to {data_dir} ({err.strerror or err}); {fix} or choose another "
+        raise UserError(f"cannot write to {data_dir} ({err.strerror or err}); {remedy(err)} or choose another "
                         "data.prepared_dir, then run s2s prepare again: finished shards are kept") from None
     seconds = time.perf_counter() - started
     log.info("%s: %d pairs in %d shards prepared in %.1f s (%.0f pairs/s)", data_dir, meta["pairs"],
