@@ -287,18 +287,18 @@ class Translator:
         A line thousands of times longer than that (a document without newlines, a binary file)
         would cost the tokenizer gigabytes, so only its head is read: the words before the last
         whitespace in its first ``HEAD_CHARACTERS_PER_TOKEN x limit`` characters, tokenized as
-        they are in the whole line (both BERT pre-tokenizers split at whitespace). Should they
-        give fewer tokens than the limit (a few very long words), the whole line is read."""
+        they are in the whole line (both BERT pre-tokenizers split at whitespace). Unless they
+        prove the line too long, giving more tokens than the limit, the whole line is read."""
         limit = self.max_source_tokens
         heads = [_head(text, HEAD_CHARACTERS_PER_TOKEN * limit) for text in texts]
         sources = self.tokenizers.encode_src(heads)
         for offset, (text, head) in enumerate(zip(texts, heads)):
-            if len(head) < len(text) and len(sources[offset]) < limit:
+            head_only = len(head) < len(text) and len(sources[offset]) > limit
+            if len(head) < len(text) and not head_only:  # a few very long words: read them all
                 sources[offset] = self.tokenizers.encode_src([text])[0]
-                head = text
-            if len(sources[offset]) > limit or len(head) < len(text):
-                count = f"over {limit} tokens in {len(text)} characters" if len(head) < len(text) else \
-                    f"{len(sources[offset])} tokens"
+            if len(sources[offset]) > limit:
+                count = (f"over {limit} tokens in {len(text)} characters" if head_only
+                         else f"{len(sources[offset])} tokens")
                 log.warning("input line %d: %s, truncated to the model's limit of %d (data.max_len)",
                             first_line + offset, count, limit)
                 sources[offset] = sources[offset][:limit]
