@@ -281,6 +281,17 @@ def evaluate(
     if hyp is not None and (checkpoint or src is not None):  # which would be scored?
         raise UserError("give --hyp FILE (translations to score) or --checkpoint RUN with --src FILE "
                         "(a model to translate them), not both")
+    if hyp is not None:  # a decoding option would be silently ignored: the file is scored as it is
+        decoding_options = {"--weights": weights is not None, "--beam-size": beam_size is not None,
+                            "--length-penalty": length_penalty is not None,
+                            "--no-repeat-ngram-size": no_repeat_ngram_size is not None,
+                            "--device": device != "auto", "--dtype": dtype != "auto",
+                            "--quantize": quantize != "none", "--cuda-graphs": cuda_graphs is not None}
+        given = [name for name, is_given in decoding_options.items() if is_given]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UserError(f"{', '.join(given)} only {verb} to translating with --checkpoint; --hyp {hyp} "
+                            "is scored as it is: drop them, or give --checkpoint RUN --src FILE instead")
     _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
     references = read_lines(ref)
