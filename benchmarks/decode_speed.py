@@ -35,7 +35,7 @@ from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import translate_corpus
 from seq2seq_cli.device import decoding_threads, select_device
 from seq2seq_cli.evaluation import corpus_bleu
-from seq2seq_cli.precision import for_decoding
+from seq2seq_cli.precision import cpu_computes_bf16, for_decoding
 
 
 def timed_translate(model, tokenizers, sources, decoding, device, precision="auto"):
@@ -82,7 +82,10 @@ def main() -> None:
     beam = dataclasses.replace(base, beam_size=args.beam_size)
     single = dataclasses.replace(beam, batch_size=1)
 
-    formats = ["fp32"] + [f for f in args.formats.split(",") if f != "fp32" and (f != "int8" or device.type == "cpu")]
+    formats = ["fp32"] + [f for f in args.formats.split(",") if f != "fp32" and (f != "int8" or device.type == "cpu")
+                          and (f != "bf16" or device.type != "cpu" or cpu_computes_bf16())]
+    if len(formats) < len(set(args.formats.split(",")) | {"fp32"}):
+        print(f"formats run on {device}: {', '.join(formats)} (int8 is CPU only; bf16 on a CPU needs AVX-512 or AMX)")
     searches = [("greedy, batched", greedy, sources), (f"beam {args.beam_size}, batched", beam, sources)]
     models = {}
     for number_format in formats:

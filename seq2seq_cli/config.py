@@ -177,7 +177,8 @@ class TrainingConfig:
     # Stop (keeping the last good checkpoint) after this many non-finite losses in a row.
     max_nonfinite_steps: int = 5
     # auto: bf16 autocast on CUDA, fp32 on the CPU; fp32; bf16 (on the CPU: faster on CPUs with
-    # AVX512-BF16 or AMX, and still the same run for the same seed on the same machine).
+    # AVX512-BF16 or AMX, refused on CPUs without bf16 arithmetic, and still the same run for
+    # the same seed on the same machine).
     precision: str = "auto"
     # auto: on CUDA (one process), replay each training step from a CUDA graph, batches padded
     # to a few dozen fixed shapes; off: launch every operation from Python (the eager step).

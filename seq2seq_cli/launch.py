@@ -35,7 +35,7 @@ from seq2seq_cli.evaluation import run_bleu_tokenizer
 from seq2seq_cli.files import atomic_write_text, remedy, save_atomically
 from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
-from seq2seq_cli.precision import resolve as resolve_precision
+from seq2seq_cli.precision import check_cpu_bf16, resolve as resolve_precision
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
 from seq2seq_cli.state import TrainingState, out_of_time
@@ -105,6 +105,7 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
+    check_cpu_bf16(config.training.precision, device, "training.precision=")  # before any slow work
     if not world.is_main:
         logging.getLogger("seq2seq_cli").setLevel(logging.WARNING)  # one log, from rank 0
     if config.training.num_threads:

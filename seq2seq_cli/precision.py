@@ -3,8 +3,9 @@
 ``precision`` is ``auto``, ``fp32`` or ``bf16``, for training (``training.precision``) and for
 decoding (``--dtype``). ``auto`` is bf16 autocast on CUDA, where it is what the tensor cores
 are for, and fp32 on the CPU, where the exactness tests and bit-identical resume are defined.
-bf16 on the CPU is opt-in: this machine class (AVX512-BF16, AMX) runs bf16 matrix products
-several times faster, at the cost of about three significant digits in each product's inputs.
+bf16 on the CPU is opt-in: a CPU with AVX512-BF16 or AMX runs bf16 matrix products several
+times faster, at the cost of about three significant digits in each product's inputs. On a CPU
+without bf16 arithmetic (AVX2 only) it is refused: there it could only be slower.
 
 Under bf16 autocast, matrix products and the recurrent cells' gate products run in bf16;
 losses, log-probabilities and softmaxes stay in fp32 (autocast's own op lists, plus the
@@ -19,6 +20,7 @@ stay fp32.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from contextlib import nullcontext
 
@@ -41,6 +43,24 @@ def resolve(precision: str, device: torch.device) -> str:
     return precision
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_computes_bf16() -> bool:
+    """Whether oneDNN, which runs the LSTM and the bf16 products on the CPU, has bf16 kernels for
+    this CPU (on x86: AVX-512 or AMX). Without them PyTorch's LSTM fails under bf16 autocast, and
+    run outside oneDNN a bf16 training step took 25x as long as fp32 (benchmarks/README.md)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_cpu_bf16(precision: str, device: torch.device, setting: str) -> str:
+    """The resolved ``precision``; a UserError naming ``setting`` (``"--dtype "``,
+    ``"training.precision="``) where it is bf16 on a CPU that has no bf16 arithmetic."""
+    resolved = resolve(precision, device)
+    if resolved == "bf16" and device.type == "cpu" and not cpu_computes_bf16():
+        raise UserError(f"{setting}bf16 needs a CPU with bf16 arithmetic (AVX-512 or AMX), which this one "
+                        f"lacks; use {setting}fp32 (or auto) here, or bf16 on a GPU")
+    return resolved
+
+
 def autocast(device: torch.device, precision: str = "auto", cache_enabled: bool = True):
     """The context that computes in ``precision`` on ``device``: bf16 autocast or plain fp32."""
     if resolve(precision, device) == "bf16":
@@ -60,7 +80,7 @@ def check_decoding_format(device: torch.device, precision: str = "auto", quantiz
     if quantize == "int8" and resolved != "fp32":
         raise UserError("--quantize int8 computes its int8 products with fp32 around them; leave --dtype at fp32 "
                         "(or auto) with it")
-    return resolved
+    return check_cpu_bf16(precision, device, "--dtype ")
 
 
 def for_decoding(model: nn.Module, device: torch.device, precision: str = "auto", quantize: str = "none") -> nn.Module:

@@ -19,10 +19,16 @@ from seq2seq_cli.config import ModelConfig
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import SpecialIds
 from seq2seq_cli.model import build_model
+from seq2seq_cli.precision import cpu_computes_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "data" / "toy"
 MULTI30K = Path(os.environ.get("S2S_MULTI30K", ROOT.parent / "shared" / "data" / "multi30k"))
+
+
+# bf16 on the CPU runs where the CPU has bf16 arithmetic; elsewhere it is refused (tested there).
+needs_cpu_bf16 = pytest.mark.skipif(not cpu_computes_bf16(), reason="this CPU has no bf16 arithmetic (AVX-512 or "
+                                    "AMX), where bf16 is refused")
 
 
 def multi30k(name: str) -> Path:

@@ -16,7 +16,7 @@ import torch
 
 from seq2seq_cli.metrics import read_metrics
 
-from conftest import ROOT, TOY, final_weights, multi30k, saved_step
+from conftest import ROOT, TOY, final_weights, multi30k, needs_cpu_bf16, saved_step
 
 TRAIN_VOCABULARY = """
 import sys
@@ -118,6 +118,7 @@ def test_toy_run_killed_and_resumed_equals_one_never_interrupted(tmp_path, strai
     assert [r["step"] for r in records if r["event"] == "valid"] == [20, 30]
 
 
+@needs_cpu_bf16
 def test_bf16_cpu_training_is_the_same_in_every_process(tmp_path):
     """``training.precision=bf16`` on the CPU (bf16 autocast) is as reproducible as fp32: two
     processes at once, one thread each (a busy machine), the toy config's real model size."""

@@ -1,12 +1,19 @@
 """Number formats: what ``auto`` means on each device, and the combinations that are refused."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from seq2seq_cli.config import ModelConfig
+from seq2seq_cli import precision
+from seq2seq_cli.config import ModelConfig, load_config
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.launch import build_trainer
 from seq2seq_cli.model import build_model
-from seq2seq_cli.precision import autocast, for_decoding, resolve
+from seq2seq_cli.precision import autocast, check_decoding_format, cpu_computes_bf16, for_decoding, resolve
+
+from conftest import tiny_config
 
 
 def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
@@ -19,6 +26,34 @@ def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
         assert (a @ b).dtype == torch.float32
     with autocast(torch.device("cpu"), "bf16"):
         assert (a @ b).dtype == torch.bfloat16
+
+
+def test_the_bf16_check_says_whether_the_lstm_runs_under_bf16_autocast():
+    """On a CPU without bf16 arithmetic oneDNN's LSTM fails under bf16 autocast when a batch's
+    sentences are all as long (it ran otherwise), on one with it runs: the check must know which."""
+    lstm = torch.nn.LSTM(8, 8, batch_first=True, bidirectional=True)
+    packed = pack_padded_sequence(torch.randn(3, 5, 8), torch.tensor([5, 5, 5]), batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(packed)
+        runs = True
+    except RuntimeError:
+        runs = False
+    assert runs == cpu_computes_bf16()
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: False)
+    config = load_config(tiny_config(tmp_path, training={"precision": "bf16", "device": "cpu"}))
+    with pytest.raises(UserError, match=r"^training.precision=bf16 needs a CPU with bf16 arithmetic .* use "
+                                        r"training.precision=fp32 \(or auto\)"):
+        build_trainer(config)
+    assert not Path(config.run_dir).exists()  # refused before the run directory was made
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=8), 20, 20, 0)
+    with pytest.raises(UserError, match=r"^--dtype bf16 needs a CPU with bf16 arithmetic .* use --dtype fp32"):
+        for_decoding(model, torch.device("cpu"), "bf16")
+    assert for_decoding(model, torch.device("cpu"), "fp32") is model  # fp32 and auto are untouched
+    assert check_decoding_format(torch.device("cuda"), "bf16") == "bf16"  # and so is bf16 on a GPU
 
 
 def test_int8_quantization_is_for_fp32_decoding_on_the_cpu():

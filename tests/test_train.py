@@ -9,9 +9,10 @@ from seq2seq_cli.config import load_config
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.launch import train
+from seq2seq_cli.precision import cpu_computes_bf16
 from seq2seq_cli.translation import Translator
 
-from conftest import tiny_config, toy_domain, toy_lines
+from conftest import needs_cpu_bf16, tiny_config, toy_domain, toy_lines
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -83,7 +84,7 @@ def test_model_learns_the_toy_task(learned_toy_run):
     dev_en, dev_de = dev_en[:100], dev_de[:100]
     fp32 = Translator.load(run, "cpu")
     fp32_bleu = corpus_bleu(fp32.translate(dev_en), dev_de)
-    for options in ({"dtype": "bf16"}, {"quantize": "int8"}):
+    for options in ([{"dtype": "bf16"}] if cpu_computes_bf16() else []) + [{"quantize": "int8"}]:
         translator = Translator.load(run, "cpu", **options)
         dtypes = set()
         handle = translator.model.decoder.output.register_forward_hook(lambda m, i, output: dtypes.add(output.dtype))
@@ -99,6 +100,7 @@ def test_model_learns_the_toy_task(learned_toy_run):
             assert type(translator.model.decoder.rnn).__module__.startswith("torch.ao.nn.quantized.dynamic")
 
 
+@needs_cpu_bf16
 def test_bf16_training_precision_on_the_cpu(tmp_path):
     """``training.precision=bf16`` runs every linear layer in bf16, in the training steps and in
     validation (fp32, the CPU default, is what every exactness test runs in)."""
