@@ -363,6 +363,9 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     With ``graphs`` the searches replay their decoder steps from CUDA graphs, except where
     attention weights or ``no_repeat_ngram_size`` ask for the eager search.
 
+    An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
+    without a search: training never shows the model one (empty pairs are dropped).
+
     Sentences are sorted by length so that a batch holds similar lengths, then put back. On the
     CPU, as many batches are searched at once as torch has threads, each on one thread
     (``seq2seq_cli.device.decoding_threads`` says why)."""
@@ -388,9 +391,9 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    order = sorted((i for i, source in enumerate(sources) if source), key=lambda i: len(sources[i]), reverse=True)
     chunks = [order[start: start + decoding.batch_size] for start in range(0, len(order), decoding.batch_size)]
-    results: list[list[Hypothesis]] = [[] for _ in sources]
+    results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
     try:
         with decoding_threads(device) as threads:
             for chunk, found in zip(chunks, map_in_order(search, chunks, min(threads, len(chunks)))):

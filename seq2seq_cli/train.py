@@ -301,14 +301,18 @@ class Trainer:
         """Greedy translations: validation BLEU tracks training, not the search settings.
 
         In the training's number format, decoded as ``s2s translate --dtype`` decodes (bf16 on
-        the CPU: a bf16 copy of the weights, not autocast recasting them at every step)."""
+        the CPU: a bf16 copy of the weights, not autocast recasting them at every step), each
+        source cut to ``data.max_len`` tokens as ``s2s translate`` cuts it: dev BLEU is the
+        score ``s2s evaluate --beam-size 1`` gives the same weights, long dev lines included."""
         greedy = dataclasses.replace(self.config.decoding, beam_size=1)
+        max_len = self.config.data.max_len
+        sources = [ids[:max_len] for ids in corpus.src_ids]
         precision = self.training_config.precision
         model = for_decoding(self.model, self.device, precision)
         if self.search_graphs is None or self.search_graphs.model is not model:
             self.search_graphs = SearchGraphs.when_wanted(greedy.cuda_graphs, model, SpecialIds.of(self.tokenizers),
                                                           self.device, precision)
-        hypotheses = translate_corpus(model, self.tokenizers, corpus.src_ids, greedy, self.device, precision=precision,
+        hypotheses = translate_corpus(model, self.tokenizers, sources, greedy, self.device, precision=precision,
                                       graphs=self.search_graphs)
         return self.tokenizers.decode_tgt([nbest[0].tokens for nbest in hypotheses])
 

@@ -273,13 +273,8 @@ class Translator:
         nbest = self.nbest if nbest is None else nbest
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         sources = self._encode_sources(texts, first_line)
-        to_translate = [i for i, source in enumerate(sources) if source]
-        results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
-        found = translate_corpus(self.model, self.tokenizers, [sources[i] for i in to_translate], self.decoding,
-                                 self.device, nbest, self.keep_attention, self.precision, self._search_graphs())
-        for index, hypotheses in zip(to_translate, found):
-            results[index] = hypotheses
-        return sources, results
+        return sources, translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
+                                         self.keep_attention, self.precision, self._search_graphs())
 
     def _encode_sources(self, texts: list[str], first_line: int) -> list[list[int]]:
         """Source ids, each cut to the longest source the model was trained on (with a warning).

@@ -87,6 +87,21 @@ def test_batch_composition_does_not_change_output(beam):
                 assert t[0].score == pytest.approx(a[0].score, abs=1e-4)
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_an_empty_source_translates_to_nothing_and_leaves_the_others_alone(beam):
+    """Every caller (s2s translate, the server, validation) gets the same answer for an empty
+    source: no tokens, without a search; the other sentences are translated as without it."""
+    model = tiny_model(0, vocab=12, sharpness=3.0)
+    decoding = DecodingConfig(beam_size=beam, batch_size=2)
+    without = translate_ids(model, SOURCES, IDS, torch.device("cpu"), decoding, nbest=beam)
+    mixed = translate_ids(model, [[]] + SOURCES[:2] + [[]] + SOURCES[2:], IDS, torch.device("cpu"), decoding,
+                          nbest=beam)
+    assert [[(h.tokens, h.score) for h in mixed[i]] for i in (0, 3)] == [[([], 0.0)] * beam] * 2
+    assert [[h.tokens for h in nbest] for nbest in mixed[1:3] + mixed[4:]] == \
+        [[h.tokens for h in nbest] for nbest in without]
+    assert translate_ids(model, [[], []], IDS, torch.device("cpu"), decoding) == [[mixed[0][0]]] * 2
+
+
 @pytest.mark.parametrize("width", [8000, 8037, 3000, 1100, 300])
 @pytest.mark.parametrize("count", [1, 2, 10])
 def test_top_by_blocks_is_topk(width, count):

@@ -12,7 +12,7 @@ from seq2seq_cli.launch import train
 from seq2seq_cli.precision import cpu_computes_bf16
 from seq2seq_cli.translation import Translator
 
-from conftest import needs_cpu_bf16, tiny_config, toy_domain, toy_lines
+from conftest import TOY_LEARNING_SIZES, needs_cpu_bf16, s2s, tiny_config, toy_domain, toy_lines, write_corpus
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -98,6 +98,29 @@ def test_model_learns_the_toy_task(learned_toy_run):
             assert type(translator.model.decoder.output).__name__ == "Linear"  # the dynamic quantized one
             assert type(translator.model.decoder.output).__module__.startswith("torch.ao.nn.quantized.dynamic")
             assert type(translator.model.decoder.rnn).__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+
+def test_dev_bleu_is_the_score_evaluate_gives_the_best_weights(tmp_path, learned_toy_run):
+    """Validation decodes the dev set as ``s2s evaluate --beam-size 1`` decodes it: a source
+    longer than data.max_len cut to that many tokens, an empty source translated to nothing.
+    A user who scores the dev files with the best checkpoint gets the dev BLEU of the log."""
+    en, de = toy_domain("dev", animals=False)  # the parent's domain, where it scores far above 0
+    long_en, long_de = ([" ".join(lines[i:i + 6]) for i in range(0, 60, 6)] for lines in (en, de))  # > 24 tokens
+    dev_src, dev_tgt = write_corpus(tmp_path / "dev", "dev", en[60:120] + long_en + [""],
+                                    de[60:120] + long_de + [de[0]])
+    config = tiny_config(tmp_path, **TOY_LEARNING_SIZES, data={"dev_src": str(dev_src), "dev_tgt": str(dev_tgt),
+                                                               "max_len": 24},
+                         training={"max_steps": 2, "validate_every": 2, "batch_tokens": 2500, "learning_rate": 1e-4,
+                                   "init_from": str(learned_toy_run)})
+    trained = s2s("train", "--config", config)
+    assert trained.returncode == 0, trained.stderr.decode()[-2000:]
+    [valid] = [r for r in read_metrics(tmp_path / "run") if r["event"] == "valid"]
+    evaluated = s2s("evaluate", "--checkpoint", tmp_path / "run", "--src", dev_src, "--ref", dev_tgt,
+                    "--beam-size", "1", "--json", tmp_path / "report.json")
+    assert evaluated.returncode == 0, evaluated.stderr.decode()[-2000:]
+    assert evaluated.stderr.decode().count("truncated to the model's limit of 24") == len(long_en)
+    assert valid["dev_bleu"] > 20
+    assert json.loads((tmp_path / "report.json").read_text())["bleu"]["score"] == valid["dev_bleu"]
 
 
 @needs_cpu_bf16
