@@ -180,14 +180,19 @@ def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
 
 
 def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_dir: Optional[str] = None,
-                    lines: Optional[tuple[list[str], list[str]]] = None) -> ParallelCorpus:
-    """Read and tokenize a parallel corpus, reusing a cached result for the same files and tokenizer.
+                    lines: Optional[tuple[list[str], list[str]]] = None, max_len: Optional[int] = None
+                    ) -> ParallelCorpus:
+    """Read and tokenize a parallel corpus, reusing a cached result for the same files, tokenizer
+    and ``max_len``.
 
-    ``lines`` are the files' lines when the caller has already read them."""
+    ``lines`` are the files' lines when the caller has already read them. With ``max_len``, a
+    sentence over ``max_len`` tokens may get only the first of its ids, still over ``max_len``
+    (``Tokenizers.encode_src``): a line of megabytes costs no gigabytes, and ``filter_pairs``
+    drops the pair all the same."""
     src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hashlib.sha256(
-        f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:"
+                         f"{max_len}".encode()).hexdigest()[:32]
     cache_file = cache_folder / f"corpus-{key}.pt"
     if cache_file.is_file():
         try:
@@ -199,7 +204,7 @@ def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_
                 return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable corpus cache %s (%s)", cache_file, err)
-    src_ids, tgt_ids = tokenizers.encode_src(src_lines), tokenizers.encode_tgt(tgt_lines)
+    src_ids, tgt_ids = tokenizers.encode_src(src_lines, max_len), tokenizers.encode_tgt(tgt_lines, max_len)
     _write_cache(cache_file, src_ids, tgt_ids)
     return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
 
@@ -222,6 +227,13 @@ def filter_pairs(corpus, max_len: int):
     too_long = ~empty & ((src_lengths > max_len) | (tgt_lengths > max_len))
     keep = np.flatnonzero(~(empty | too_long))
     return corpus.subset(keep), int(empty.sum()), int(too_long.sum())
+
+
+def within_length(corpus, max_len: int):
+    """The pairs of at most ``max_len`` tokens on both sides, and how many longer ones there are."""
+    src_lengths, tgt_lengths = corpus.lengths()
+    keep = (src_lengths <= max_len) & (tgt_lengths <= max_len)
+    return corpus.subset(np.flatnonzero(keep)), int((~keep).sum())
 
 
 @dataclass

@@ -277,9 +277,11 @@ def _tokenize(config: Config, run: RunDir, tokenizers: Tokenizers, sharded: Opti
                             "train a new run on these shards")
         train_corpus = sharded
     else:
-        train_corpus = tokenize_corpus(tokenizers, *split_files(data, "train"), data.cache_dir, texts.train)
-    dev = tokenize_corpus(tokenizers, *split_files(data, "dev"), data.cache_dir, texts.dev)
-    test = tokenize_corpus(tokenizers, *split_files(data, "test"), data.cache_dir, texts.test) if texts.test else None
+        train_corpus = tokenize_corpus(tokenizers, *split_files(data, "train"), data.cache_dir, texts.train,
+                                       data.max_len)
+    dev = tokenize_corpus(tokenizers, *split_files(data, "dev"), data.cache_dir, texts.dev, data.max_len)
+    test = (tokenize_corpus(tokenizers, *split_files(data, "test"), data.cache_dir, texts.test, data.max_len)
+            if texts.test else None)
     return _Corpora(tokenizers, train_corpus, dev, test)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -29,6 +30,26 @@ from seq2seq_cli.errors import UserError
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                   "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+# How many characters of a line are read per token that can be used: far more than a token
+# ever needs (Multi30k averages 4.6 characters per token), so only absurd lines are cut.
+HEAD_CHARACTERS_PER_TOKEN = 64
+# The tokens of a line a vocabulary is learned from, at most: a longer line is no sentence (a
+# document without newlines, a binary file), and whole it would cost the trainer gigabytes.
+TRAINING_LINE_TOKENS = 1024
+
+
+def line_head(text: str, tokens: int) -> str:
+    """``text``, or when longer than ``HEAD_CHARACTERS_PER_TOKEN x tokens`` characters its words
+    before the last whitespace in that many (all of it when there is no whitespace there).
+
+    Both BERT pre-tokenizers split at whitespace, so the head's tokens are the first tokens of
+    the whole line."""
+    characters = HEAD_CHARACTERS_PER_TOKEN * tokens
+    if len(text) <= characters:
+        return text
+    match = re.match(r"(.*)\s", text[:characters], re.DOTALL)  # greedy: up to the last whitespace
+    return match.group(1) if match else text
 
 
 def _silence_transformers() -> None:
@@ -163,11 +184,13 @@ class Tokenizers:
     def tgt_size(self) -> int:
         return len(self.tgt)
 
-    def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
-        return _encode(self.src, lines)
+    def encode_src(self, lines: Sequence[str], limit: Optional[int] = None) -> list[list[int]]:
+        """The ids of each source line; with ``limit``, see ``encode_up_to``."""
+        return _encode(self.src, lines) if limit is None else encode_up_to(self.src, lines, limit)
 
-    def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
-        return _encode(self.tgt, lines)
+    def encode_tgt(self, lines: Sequence[str], limit: Optional[int] = None) -> list[list[int]]:
+        """The ids of each target line; with ``limit``, see ``encode_up_to``."""
+        return _encode(self.tgt, lines) if limit is None else encode_up_to(self.tgt, lines, limit)
 
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.batch_decode([list(s) for s in sequences], skip_special_tokens=True)
@@ -262,6 +285,22 @@ def _encode(tokenizer, lines: Sequence[str]) -> list[list[int]]:
     return [encoding.ids for encoding in encodings]
 
 
+def encode_up_to(tokenizer, lines: Sequence[str], limit: int) -> list[list[int]]:
+    """The ids of each line, exact up to ``limit`` tokens: a line with more may give only a
+    prefix of its ids, longer than ``limit``.
+
+    A line thousands of times longer than ``limit`` tokens (a document without newlines, a
+    binary file) would cost the tokenizer gigabytes (a 20 MB line: 3.6 GB and 32 s), so only its
+    ``line_head`` is read; unless the head proves the line too long, giving more tokens than
+    ``limit``, the whole line is read (a few very long words)."""
+    heads = [line_head(line, limit) for line in lines]
+    ids = _encode(tokenizer, heads)
+    for index, (line, head) in enumerate(zip(lines, heads)):
+        if len(head) < len(line) and len(ids[index]) <= limit:
+            ids[index] = _encode(tokenizer, [line])[0]
+    return ids
+
+
 def _save(tokenizer, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder))
@@ -271,15 +310,24 @@ def _save(tokenizer, folder: Path) -> None:
             handle.write(token + "\n")
 
 
+def _training_heads(lines: Iterable[str]) -> LineStream:
+    """``lines``, each cut to its ``line_head`` for ``TRAINING_LINE_TOKENS``, read afresh each time."""
+    if iter(lines) is lines:
+        raise TypeError("a tokenizer reads its training lines twice; pass a list or a re-iterable, not an iterator")
+    return LineStream(lambda: (line_head(line, TRAINING_LINE_TOKENS) for line in lines))
+
+
 def build_tokenizers(config: TokenizerConfig, train_src: Iterable[str],
                      train_tgt: Iterable[str]) -> Tokenizers:
     """Load the pretrained tokenizer, or train WordPiece vocabularies on the training corpus
-    (lines in lists, or ``LineStream``s for corpora too large to hold)."""
+    (lines in lists, or ``LineStream``s for corpora too large to hold); of a line far longer
+    than a sentence only the first words are learned from (``TRAINING_LINE_TOKENS``)."""
     if config.pretrained:
         shared = load_pretrained(config.pretrained)
         return Tokenizers(shared, shared)
     options = dict(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
                    lowercase=config.lowercase)
+    train_src, train_tgt = _training_heads(train_src), _training_heads(train_tgt)
     if config.shared_vocab:
         both = LineStream(lambda: itertools.chain(train_src, train_tgt))
         shared = train_wordpiece(both, **options)

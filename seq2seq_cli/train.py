@@ -19,7 +19,7 @@ import torch
 
 from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq_cli.config import Config, to_dict
-from seq2seq_cli.data import ParallelCorpus, TokenBatches
+from seq2seq_cli.data import ParallelCorpus, TokenBatches, within_length
 from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
@@ -60,6 +60,15 @@ class Trainer:
         self.tokenizers = tokenizers
         self.train_batches = train_batches
         self.dev = dev
+        # Dev loss is over the pairs training could learn from: one longer than data.max_len may
+        # hold only the first of its ids (data.tokenize_corpus). Dev BLEU reads every pair.
+        self.dev_within_length, too_long = within_length(dev, config.data.max_len)
+        if too_long:
+            log.info("dev loss over %d of %d dev pairs: %d longer than %d tokens left out (dev BLEU reads them all)",
+                     len(self.dev_within_length), len(dev), too_long, config.data.max_len)
+        if not len(self.dev_within_length):
+            raise UserError(f"every dev pair is longer than data.max_len={config.data.max_len} tokens on one side, "
+                            "so there is no dev loss; raise data.max_len or give shorter dev pairs")
         self.test = test
         self.device = device
         self.run = run
@@ -286,7 +295,8 @@ class Trainer:
     @torch.no_grad()
     def dev_loss(self) -> float:
         self.model.eval()
-        batches = TokenBatches(self.dev, self.tokenizers, self.training_config.batch_tokens, shuffle=False)
+        batches = TokenBatches(self.dev_within_length, self.tokenizers, self.training_config.batch_tokens,
+                               shuffle=False)
         total, tokens = torch.zeros((), dtype=torch.float64), 0
         for batch in batches:
             batch = batch.to(self.device)

@@ -13,7 +13,6 @@ import dataclasses
 import io
 import logging
 import os
-import re
 import select
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.search_graphs import SearchGraphs
-from seq2seq_cli.tokenization import Tokenizers
+from seq2seq_cli.tokenization import Tokenizers, line_head
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +96,6 @@ def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> Dec
     check_decoding_settings(decoding)
     _check_nbest(nbest, decoding.beam_size)
     return decoding
-
-
-# How many characters of a line are read per token the model takes: far more than a token
-# ever needs (Multi30k averages 4.6 characters per token), so only absurd lines are cut.
-HEAD_CHARACTERS_PER_TOKEN = 64
-
-
-def _head(text: str, characters: int) -> str:
-    """``text``, or when longer than ``characters`` its words before the last whitespace in
-    its first ``characters`` (all of it when there is no whitespace there)."""
-    if len(text) <= characters:
-        return text
-    match = re.match(r"(.*)\s", text[:characters], re.DOTALL)  # greedy: up to the last whitespace
-    return match.group(1) if match else text
 
 
 def _check_nbest(nbest: int, beam_size: int) -> None:
@@ -277,26 +262,17 @@ class Translator:
                                          self.keep_attention, self.precision, self._search_graphs())
 
     def _encode_sources(self, texts: list[str], first_line: int) -> list[list[int]]:
-        """Source ids, each cut to the longest source the model was trained on (with a warning).
-
-        A line thousands of times longer than that (a document without newlines, a binary file)
-        would cost the tokenizer gigabytes, so only its head is read: the words before the last
-        whitespace in its first ``HEAD_CHARACTERS_PER_TOKEN x limit`` characters, tokenized as
-        they are in the whole line (both BERT pre-tokenizers split at whitespace). Unless they
-        prove the line too long, giving more tokens than the limit, the whole line is read."""
+        """Source ids, each cut to the longest source the model was trained on (with a warning);
+        of a line thousands of times longer only the head is read (``Tokenizers.encode_src``)."""
         limit = self.max_source_tokens
-        heads = [_head(text, HEAD_CHARACTERS_PER_TOKEN * limit) for text in texts]
-        sources = self.tokenizers.encode_src(heads)
-        for offset, (text, head) in enumerate(zip(texts, heads)):
-            head_only = len(head) < len(text) and len(sources[offset]) > limit
-            if len(head) < len(text) and not head_only:  # a few very long words: read them all
-                sources[offset] = self.tokenizers.encode_src([text])[0]
-            if len(sources[offset]) > limit:
-                count = (f"over {limit} tokens in {len(text)} characters" if head_only
-                         else f"{len(sources[offset])} tokens")
+        sources = self.tokenizers.encode_src(texts, limit)
+        for offset, (text, source) in enumerate(zip(texts, sources)):
+            if len(source) > limit:
+                count = (f"over {limit} tokens in {len(text)} characters" if len(line_head(text, limit)) < len(text)
+                         else f"{len(source)} tokens")
                 log.warning("input line %d: %s, truncated to the model's limit of %d (data.max_len)",
                             first_line + offset, count, limit)
-                sources[offset] = sources[offset][:limit]
+                sources[offset] = source[:limit]
         return sources
 
     def _search_graphs(self) -> Optional[SearchGraphs]:

@@ -89,6 +89,30 @@ def test_tokenized_corpus_is_cached(tmp_path, tokenizers, monkeypatch):
     assert third.tgt_ids != first.tgt_ids
 
 
+def test_with_max_len_a_line_of_megabytes_is_read_by_its_head_and_still_dropped(tmp_path, tokenizers, monkeypatch):
+    """Training tokenizes with data.max_len: a giant line (a document without newlines) costs the
+    tokenizer its head only, its pair is still too long for filter_pairs, every other pair gets
+    the ids it gets without a limit, and a cache made with one limit is never read with another."""
+    from seq2seq_cli import tokenization
+
+    en, de = toy_lines("train", 200)
+    giant_en, giant_de = " ".join(en * 50), " ".join(de * 50)  # about 0.5 MB each
+    src, tgt = write_corpus(tmp_path, "c", en[:100] + [giant_en] + en[100:], de[:100] + [giant_de] + de[100:])
+    whole = tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"))
+    read, encode = [], tokenization._encode
+    monkeypatch.setattr(tokenization, "_encode", lambda tokenizer, lines: read.extend(map(len, lines)) or
+                        encode(tokenizer, lines))
+    limited = tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"), max_len=30)
+    assert max(read) <= tokenization.HEAD_CHARACTERS_PER_TOKEN * 30 < len(giant_de)  # no line read whole
+    for ours, full in ((limited.src_ids, whole.src_ids), (limited.tgt_ids, whole.tgt_ids)):
+        assert ours[:100] + ours[101:] == full[:100] + full[101:]
+        assert 30 < len(ours[100]) < len(full[100]) and ours[100] == full[100][:len(ours[100])]
+    kept, _, too_long = filter_pairs(limited, 30)
+    assert too_long == filter_pairs(whole, 30)[2] and kept.src_ids == filter_pairs(whole, 30)[0].src_ids
+    monkeypatch.undo()
+    assert tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache")).src_ids == whole.src_ids
+
+
 def reference_batches(src_lengths, tgt_lengths, batch_tokens, order):
     """The batching rule written sentence by sentence: sort stably by (target, source)
     length, then close a batch when one more sentence would exceed the padded budget."""

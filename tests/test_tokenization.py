@@ -52,6 +52,23 @@ def test_saved_tokenizer_reloads_identically(tmp_path):
     assert stranger(de[0], add_special_tokens=False)["input_ids"] == tokenizers.encode_tgt(de[:1])[0]
 
 
+def test_a_vocabulary_learns_from_the_head_of_a_line_far_longer_than_a_sentence():
+    """A line of megabytes (a document without newlines) would cost the trainer gigabytes: only
+    its head is read, and the vocabulary is the one its head gives."""
+    from seq2seq_cli.tokenization import HEAD_CHARACTERS_PER_TOKEN, TRAINING_LINE_TOKENS, line_head
+
+    en, de = toy_lines("train", 300)
+    giant = " ".join(f"w{n}rd" for n in range(200_000))  # 1.5 MB of words seen once each
+    head = line_head(giant, TRAINING_LINE_TOKENS)
+    assert len(head) <= HEAD_CHARACTERS_PER_TOKEN * TRAINING_LINE_TOKENS < len(giant) and giant.startswith(head + " ")
+    config = TokenizerConfig(vocab_size=400, min_frequency=1)
+    with_giant = build_tokenizers(config, en + [giant], de + [giant])
+    assert with_giant.src.get_vocab() == build_tokenizers(config, en + [head], de + [head]).src.get_vocab()
+    assert with_giant.src.get_vocab() != build_tokenizers(config, en, de).src.get_vocab()  # the head was read
+    with pytest.raises(TypeError, match="not an iterator"):
+        build_tokenizers(config, iter(en), de)
+
+
 def test_separate_vocabularies(tmp_path):
     en, de = toy_lines("train", 300)
     tokenizers = build_tokenizers(TokenizerConfig(vocab_size=200, shared_vocab=False), en, de)

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,29 @@ def test_dev_bleu_is_the_score_evaluate_gives_the_best_weights(tmp_path, learned
     assert evaluated.stderr.decode().count("truncated to the model's limit of 24") == len(long_en)
     assert valid["dev_bleu"] > 20
     assert json.loads((tmp_path / "report.json").read_text())["bleu"]["score"] == valid["dev_bleu"]
+
+
+def test_dev_loss_is_over_the_dev_pairs_within_max_len(tmp_path, caplog):
+    """Dev pairs longer than data.max_len change dev BLEU but not dev loss, which is over the
+    pairs training could learn from (a longer one may hold only the first of its ids)."""
+    caplog.set_level("INFO")
+    en, de = toy_lines("dev", 40)
+    long_en, long_de = ([" ".join(lines[i:i + 6]) for i in range(0, 18, 6)] for lines in (en, de))  # > 24 tokens
+    dev_loss = []
+    for name, extra in (("short", 0), ("long", 3)):
+        dev_src, dev_tgt = write_corpus(tmp_path / name, "dev", en + long_en[:extra], de + long_de[:extra])
+        config = tiny_config(tmp_path / name, data={"dev_src": str(dev_src), "dev_tgt": str(dev_tgt), "max_len": 24})
+        train(load_config(config))
+        dev_loss.append([r["dev_loss"] for r in read_metrics(tmp_path / name / "run") if r["event"] == "valid"])
+    assert len(dev_loss[0]) == 2 and dev_loss[0] == dev_loss[1]
+    counts = [tuple(map(int, found)) for found in
+              re.findall(r"dev loss over (\d+) of (\d+) dev pairs: (\d+) longer than 24 tokens left out", caplog.text)]
+    kept = counts[0][0]
+    assert counts == [(kept, 40, 40 - kept), (kept, 43, 43 - kept)]  # the same pairs, the 3 long ones left out
+    dev_src, dev_tgt = write_corpus(tmp_path / "none", "dev", long_en, long_de)
+    config = tiny_config(tmp_path / "none", data={"dev_src": str(dev_src), "dev_tgt": str(dev_tgt), "max_len": 24})
+    with pytest.raises(UserError, match=r"every dev pair is longer than data.max_len=24 tokens .* raise data.max_len"):
+        train(load_config(config))
 
 
 @needs_cpu_bf16

@@ -49,8 +49,8 @@ def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_toke
     model gets exactly the tokens it would get from the whole line, cut to data.max_len."""
     import random
 
-    from seq2seq_cli import Translator
-    from seq2seq_cli.translation import HEAD_CHARACTERS_PER_TOKEN
+    from seq2seq_cli import Translator, tokenization
+    from seq2seq_cli.tokenization import HEAD_CHARACTERS_PER_TOKEN
 
     translator = Translator.load(run_dir, "cpu")
     limit, tokenizers = translator.max_source_tokens, translator.tokenizers
@@ -65,8 +65,9 @@ def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_toke
              " ".join([unknown] * halfway + ["the" * 50] + words[:3_000])]
     assert len(lines[4].split(" ")[halfway]) > 100 and lines[4].index("the") < head < lines[4].index("the") + 150
     expected = [ids[:limit] for ids in tokenizers.encode_src(lines)]
-    read, encode = [], tokenizers.encode_src
-    monkeypatch.setattr(tokenizers, "encode_src", lambda texts: read.extend(map(len, texts)) or encode(texts))
+    read, encode = [], tokenization._encode
+    monkeypatch.setattr(tokenization, "_encode", lambda tokenizer, texts: read.extend(map(len, texts)) or
+                        encode(tokenizer, texts))
     sources, _ = translator.translate_raw([line.encode() for line in lines])
     assert sources == expected
     assert read[0] <= HEAD_CHARACTERS_PER_TOKEN * limit < len(lines[0])  # not read whole
