@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_PAIRS = 100_000
+# Shards hold each line's ids exactly up to this many tokens (or data.max_len, when larger): a
+# longer line may hold only the first of its ids, still too many for training to keep it, so a
+# line of megabytes costs a worker no gigabytes (Tokenizers.encode_src).
+EXACT_TOKENS = 1024
 # Every file of a data directory that s2s writes; --overwrite removes these and nothing else.
 _OWN_FILES = ("meta.json", "plan.json", "shard-*", ".shard-*", "tokenizer", "plain.src", "plain.tgt", ".plain.*")
 
@@ -86,20 +90,29 @@ def prepare(config: Config, workers: int = 0, shard_pairs: int = DEFAULT_SHARD_P
 
 def _finished_meta(data_dir: Path, recipe: dict[str, Any]) -> Optional[dict[str, Any]]:
     meta = _read_json(data_dir / "meta.json")
-    return meta if meta is not None and meta.get("recipe") == recipe else None
+    return meta if _made_by(meta, recipe) else None
+
+
+def _made_by(found: Optional[dict[str, Any]], recipe: dict[str, Any]) -> bool:
+    """Whether ``found`` (a plan or meta) was made by ``recipe``. Shards from before
+    ``exact_tokens`` hold every line's ids whole, exact for any data.max_len."""
+    if found is None:
+        return False
+    made_with = found.get("recipe")
+    return made_with == recipe or made_with == {key: value for key, value in recipe.items() if key != "exact_tokens"}
 
 
 def _prepare_locked(config: Config, data_dir: Path, recipe: dict[str, Any], workers: int, shard_pairs: int,
                     overwrite: bool) -> None:
     meta = _read_json(data_dir / "meta.json")
     plan = _read_json(data_dir / "plan.json")
-    if meta is not None and meta.get("recipe") == recipe:
+    if _made_by(meta, recipe):
         return  # finished by another process just before this one took the lock
-    if any(found is not None and found.get("recipe") != recipe for found in (meta, plan)):
+    if any(found is not None and not _made_by(found, recipe) for found in (meta, plan)):
         if not overwrite:
-            raise UserError(f"{data_dir} holds a corpus prepared from other files or tokenizer settings; "
-                            "replace it with s2s prepare --config CONFIG --overwrite, or set another "
-                            "data.prepared_dir")
+            raise UserError(f"{data_dir} holds a corpus prepared from other files or tokenizer settings (or another "
+                            f"data.max_len over {EXACT_TOKENS}); replace it with s2s prepare --config CONFIG "
+                            "--overwrite, or set another data.prepared_dir")
         _remove_own_files(data_dir)
         plan = None
     started = time.perf_counter()
@@ -139,7 +152,8 @@ def _recipe(config: Config) -> dict[str, Any]:
     check_training_files(config, ("train_src", "train_tgt", "train_tsv"))
     src, tgt = split_files(config.data, "train")
     return {"format": FORMAT_VERSION, "src": _file_identity(src), "tgt": _file_identity(tgt),
-            "tsv": config.data.train_tsv is not None, "tokenizer": dataclasses.asdict(config.tokenizer)}
+            "tsv": config.data.train_tsv is not None, "tokenizer": dataclasses.asdict(config.tokenizer),
+            "exact_tokens": max(EXACT_TOKENS, config.data.max_len)}
 
 
 def _plain_training_files(config: Config, data_dir: Path) -> tuple[str, str]:
@@ -261,8 +275,9 @@ def _tokenize_shards(config: Config, data_dir: Path, plan: dict[str, Any], worke
         if record is not None and _shard_files_match(data_dir, record, plan["id_dtype"]):
             done[shard["name"]] = record
     src_path, tgt_path = _plain_training_files(config, data_dir)
-    tasks = [dict(shard, data_dir=str(data_dir), src_path=src_path, tgt_path=tgt_path,
-                  id_dtype=plan["id_dtype"]) for shard in plan["shards"] if shard["name"] not in done]
+    exact_tokens = plan["recipe"].get("exact_tokens")  # None in a plan from before it: whole lines
+    tasks = [dict(shard, data_dir=str(data_dir), src_path=src_path, tgt_path=tgt_path, id_dtype=plan["id_dtype"],
+                  exact_tokens=exact_tokens) for shard in plan["shards"] if shard["name"] not in done]
     if done:
         log.info("%s: %d of %d shards already done", data_dir, len(done), len(plan["shards"]))
     progress = tqdm(total=plan["lines"], initial=sum(r["pairs"] for r in done.values()), unit="pair",
@@ -310,7 +325,7 @@ def tokenize_shard(task: dict[str, Any]) -> dict[str, Any]:
     tokens = {}
     for side, lines, encode, column in (("src", src_lines, tokenizers.encode_src, 0),
                                         ("tgt", tgt_lines, tokenizers.encode_tgt, 2)):
-        ids = encode(lines)
+        ids = encode(lines, task["exact_tokens"])
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         index[:, column + 1] = lengths
         index[1:, column] = np.cumsum(lengths)[:-1]
@@ -411,9 +426,10 @@ class ShardedCorpus:
         meta = _read_json(data_dir / "meta.json")
         if meta is None:
             raise UserError(f"{data_dir} holds no finished prepared corpus; run: s2s prepare --config CONFIG")
-        if meta.get("recipe") != _recipe(config):
+        if not _made_by(meta, _recipe(config)):
             raise UserError(f"{data_dir} was prepared from other training files or tokenizer settings (or the files "
-                            "changed since); run: s2s prepare --config CONFIG --overwrite")
+                            f"changed since, or for another data.max_len over {EXACT_TOKENS}); run: s2s prepare "
+                            "--config CONFIG --overwrite")
         for shard in meta["shards"]:
             if not _shard_files_match(data_dir, shard, meta["id_dtype"]):
                 raise UserError(f"{data_dir}: {shard['name']} is missing or damaged; "

@@ -2,6 +2,7 @@
 training from text, and an interrupted or damaged prepare is never used."""
 
 import errno
+import json
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 
 import seq2seq_cli.shards as shards
 from seq2seq_cli.config import load_config
-from seq2seq_cli.data import TokenBatches, tokenize_corpus
+from seq2seq_cli.data import TokenBatches, filter_pairs, tokenize_corpus
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.shards import ShardedCorpus, prepare
 from seq2seq_cli.launch import train
@@ -39,6 +40,39 @@ def test_shards_hold_exactly_the_tokenized_corpus(tmp_path):
         [b.tolist() for b in TokenBatches(text, tokenizers, 300, seed=4).epoch_batches(2)]
     subset = corpus.subset(np.array([5, 0, 399]))
     assert subset.pairs([0, 1, 2])[1] == [text.tgt_ids[5], text.tgt_ids[0], text.tgt_ids[399]]
+
+
+def test_a_line_of_megabytes_costs_a_worker_only_its_head(tmp_path, monkeypatch):
+    """As from text: the giant line's pair is dropped all the same and the others hold their
+    exact ids; shards prepared before lines were cut (every line whole) are still used."""
+    from seq2seq_cli import tokenization
+
+    en, de = toy_lines("train", 200)
+    giant_en, giant_de = " ".join(en * 50), " ".join(de * 50)  # about 0.5 MB each
+    src, tgt = write_corpus(tmp_path / "giant", "train", en[:100] + [giant_en] + en[100:],
+                            de[:100] + [giant_de] + de[100:])
+    config_file = tiny_config(tmp_path, data={"train_src": str(src), "train_tgt": str(tgt),
+                                              "prepared_dir": str(tmp_path / "prepared")})
+    config = load_config(config_file)
+    read, encode = [], tokenization._encode
+    monkeypatch.setattr(tokenization, "_encode", lambda tokenizer, lines: read.extend(map(len, lines)) or
+                        encode(tokenizer, lines))
+    prepare(config, workers=1)
+    assert max(read) <= tokenization.HEAD_CHARACTERS_PER_TOKEN * shards.EXACT_TOKENS < len(giant_de)
+    monkeypatch.undo()
+    corpus = ShardedCorpus.open(config)
+    kept, _, too_long = filter_pairs(corpus, config.data.max_len)
+    text, _, text_too_long = filter_pairs(tokenize_corpus(corpus.tokenizers(), str(src), str(tgt)), config.data.max_len)
+    assert too_long == text_too_long >= 1 and kept.pairs(range(len(kept))) == (text.src_ids, text.tgt_ids)
+    # Cut lines are too long for any data.max_len up to 1024; a larger one needs other shards.
+    assert len(ShardedCorpus.open(load_config(config_file, ["data.max_len=1024"]))) == 201
+    with pytest.raises(UserError, match=r"or for another data.max_len over 1024\); run: s2s prepare"):
+        ShardedCorpus.open(load_config(config_file, ["data.max_len=1025"]))
+    meta_file = tmp_path / "prepared" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["recipe"]["exact_tokens"]  # as written before lines were cut: every line whole
+    meta_file.write_text(json.dumps(meta))
+    assert len(ShardedCorpus.open(load_config(config_file, ["data.max_len=1025"]))) == 201
 
 
 def test_training_from_shards_equals_training_from_text(tmp_path):
