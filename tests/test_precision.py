@@ -1,5 +1,9 @@
 """Number formats: what ``auto`` means on each device, and the combinations that are refused."""
 
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from seq2seq_cli.launch import build_trainer
 from seq2seq_cli.model import build_model
 from seq2seq_cli.precision import autocast, check_decoding_format, cpu_computes_bf16, for_decoding, resolve
 
-from conftest import tiny_config
+from conftest import assert_user_error, tiny_config
 
 
 def test_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
@@ -54,6 +58,37 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_refused_before_any_work(tmp_pa
         for_decoding(model, torch.device("cpu"), "bf16")
     assert for_decoding(model, torch.device("cpu"), "fp32") is model  # fp32 and auto are untouched
     assert check_decoding_format(torch.device("cuda"), "bf16") == "bf16"  # and so is bf16 on a GPU
+
+
+LSTM_UNDER_BF16 = """
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+from seq2seq_cli.precision import cpu_computes_bf16
+lstm = torch.nn.LSTM(8, 8, batch_first=True, bidirectional=True)
+packed = pack_padded_sequence(torch.randn(3, 5, 8), torch.tensor([5, 5, 5]), batch_first=True)
+try:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lstm(packed)
+    runs = True
+except RuntimeError:
+    runs = False
+print(runs, cpu_computes_bf16())
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's ISA cap is for x86 CPUs")
+def test_a_user_on_a_cpu_without_bf16_gets_one_line_not_a_traceback(tmp_path):
+    """oneDNN capped at AVX2, as on the CPUs CI and some users have: the check sees it, and
+    ``s2s train training.precision=bf16`` says so in one line before making the run directory
+    (it used to die with oneDNN's traceback at the first batch of equally long sources)."""
+    avx2 = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    check = subprocess.run([sys.executable, "-c", LSTM_UNDER_BF16], env=avx2, capture_output=True, timeout=120)
+    assert check.stdout.split() == [b"False", b"False"], check.stderr.decode()[-2000:]
+    config = tiny_config(tmp_path, training={"precision": "bf16"})
+    result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)], env=avx2,
+                            capture_output=True, timeout=300)
+    assert_user_error(result, "training.precision=bf16 needs a CPU with bf16 arithmetic")
+    assert not (tmp_path / "run").exists()
 
 
 def test_int8_quantization_is_for_fp32_decoding_on_the_cpu():
