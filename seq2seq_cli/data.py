@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 
 BOM = b"\xef\xbb\xbf"
 
+# Training corpora get each line's ids exactly up to this many tokens (or data.max_len, when
+# larger): a longer line may get only the first of its ids, still too many for training to
+# keep its pair, so a line of megabytes costs the tokenizer no gigabytes (Tokenizers.encode_src),
+# and one tokenized corpus serves every data.max_len up to this.
+EXACT_TOKENS = 1024
+
+
+def exact_tokens(max_len: int) -> int:
+    """Up to how many tokens a line's ids are exact in a corpus tokenized for ``max_len``."""
+    return max(EXACT_TOKENS, max_len)
+
 
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 assert tuple(_OPENERS) == COMPRESSED_SUFFIXES
@@ -182,17 +193,17 @@ def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
 def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_dir: Optional[str] = None,
                     lines: Optional[tuple[list[str], list[str]]] = None, max_len: Optional[int] = None
                     ) -> ParallelCorpus:
-    """Read and tokenize a parallel corpus, reusing a cached result for the same files, tokenizer
-    and ``max_len``.
+    """Read and tokenize a parallel corpus, reusing a cached result for the same files and
+    tokenizer (and ``exact_tokens(max_len)``).
 
     ``lines`` are the files' lines when the caller has already read them. With ``max_len``, a
-    sentence over ``max_len`` tokens may get only the first of its ids, still over ``max_len``
-    (``Tokenizers.encode_src``): a line of megabytes costs no gigabytes, and ``filter_pairs``
-    drops the pair all the same."""
+    line's ids are exact up to ``exact_tokens(max_len)`` tokens; a longer line may get only the
+    first of its ids (``Tokenizers.encode_src``), and ``filter_pairs`` drops its pair all the same."""
     src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
+    limit = None if max_len is None else exact_tokens(max_len)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hashlib.sha256(f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:"
-                         f"{max_len}".encode()).hexdigest()[:32]
+                         f"{limit}".encode()).hexdigest()[:32]
     cache_file = cache_folder / f"corpus-{key}.pt"
     if cache_file.is_file():
         try:
@@ -204,7 +215,7 @@ def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_
                 return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable corpus cache %s (%s)", cache_file, err)
-    src_ids, tgt_ids = tokenizers.encode_src(src_lines, max_len), tokenizers.encode_tgt(tgt_lines, max_len)
+    src_ids, tgt_ids = tokenizers.encode_src(src_lines, limit), tokenizers.encode_tgt(tgt_lines, limit)
     _write_cache(cache_file, src_ids, tgt_ids)
     return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
 

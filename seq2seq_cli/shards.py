@@ -38,7 +38,7 @@ import numpy as np
 
 from seq2seq_cli.files import FolderLock, atomic_write, remedy, save_atomically
 from seq2seq_cli.config import COMPRESSED_SUFFIXES, Config, check_training_files, split_files
-from seq2seq_cli.data import BOM, corpus_errors, decode_lines, open_corpus, split_tsv_line
+from seq2seq_cli.data import BOM, EXACT_TOKENS, corpus_errors, decode_lines, exact_tokens, open_corpus, split_tsv_line
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import LineStream, Tokenizers, build_tokenizers
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_PAIRS = 100_000
-# Shards hold each line's ids exactly up to this many tokens (or data.max_len, when larger): a
-# longer line may hold only the first of its ids, still too many for training to keep it, so a
-# line of megabytes costs a worker no gigabytes (Tokenizers.encode_src).
-EXACT_TOKENS = 1024
 # Every file of a data directory that s2s writes; --overwrite removes these and nothing else.
 _OWN_FILES = ("meta.json", "plan.json", "shard-*", ".shard-*", "tokenizer", "plain.src", "plain.tgt", ".plain.*")
 
@@ -153,7 +149,7 @@ def _recipe(config: Config) -> dict[str, Any]:
     src, tgt = split_files(config.data, "train")
     return {"format": FORMAT_VERSION, "src": _file_identity(src), "tgt": _file_identity(tgt),
             "tsv": config.data.train_tsv is not None, "tokenizer": dataclasses.asdict(config.tokenizer),
-            "exact_tokens": max(EXACT_TOKENS, config.data.max_len)}
+            "exact_tokens": exact_tokens(config.data.max_len)}  # shards hold ids exact up to this
 
 
 def _plain_training_files(config: Config, data_dir: Path) -> tuple[str, str]:

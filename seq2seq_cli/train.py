@@ -19,7 +19,7 @@ import torch
 
 from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq_cli.config import Config, to_dict
-from seq2seq_cli.data import ParallelCorpus, TokenBatches, within_length
+from seq2seq_cli.data import ParallelCorpus, TokenBatches, exact_tokens, within_length
 from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
@@ -60,15 +60,16 @@ class Trainer:
         self.tokenizers = tokenizers
         self.train_batches = train_batches
         self.dev = dev
-        # Dev loss is over the pairs training could learn from: one longer than data.max_len may
-        # hold only the first of its ids (data.tokenize_corpus). Dev BLEU reads every pair.
-        self.dev_within_length, too_long = within_length(dev, config.data.max_len)
+        # Dev loss leaves out the pairs whose ids may be cut short (data.tokenize_corpus): over
+        # 1,024 tokens, or data.max_len when larger, no sentence. Dev BLEU reads every pair.
+        limit = exact_tokens(config.data.max_len)
+        self.dev_within_length, too_long = within_length(dev, limit)
         if too_long:
             log.info("dev loss over %d of %d dev pairs: %d longer than %d tokens left out (dev BLEU reads them all)",
-                     len(self.dev_within_length), len(dev), too_long, config.data.max_len)
+                     len(self.dev_within_length), len(dev), too_long, limit)
         if not len(self.dev_within_length):
-            raise UserError(f"every dev pair is longer than data.max_len={config.data.max_len} tokens on one side, "
-                            "so there is no dev loss; raise data.max_len or give shorter dev pairs")
+            raise UserError(f"every dev pair is longer than {limit} tokens on one side, so there is no dev loss; "
+                            "give the dev files one sentence per line")
         self.test = test
         self.device = device
         self.run = run

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from seq2seq_cli.config import TokenizerConfig
-from seq2seq_cli.data import (ParallelCorpus, TokenBatches, collate, filter_pairs, read_lines, read_parallel,
-                              tokenize_corpus)
+from seq2seq_cli.data import (EXACT_TOKENS, ParallelCorpus, TokenBatches, collate, filter_pairs, read_lines,
+                              read_parallel, tokenize_corpus)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.tokenization import build_tokenizers
 
@@ -92,7 +92,7 @@ def test_tokenized_corpus_is_cached(tmp_path, tokenizers, monkeypatch):
 def test_with_max_len_a_line_of_megabytes_is_read_by_its_head_and_still_dropped(tmp_path, tokenizers, monkeypatch):
     """Training tokenizes with data.max_len: a giant line (a document without newlines) costs the
     tokenizer its head only, its pair is still too long for filter_pairs, every other pair gets
-    the ids it gets without a limit, and a cache made with one limit is never read with another."""
+    the ids it gets without a limit, and a cut line's cache is never read as whole."""
     from seq2seq_cli import tokenization
 
     en, de = toy_lines("train", 200)
@@ -103,12 +103,15 @@ def test_with_max_len_a_line_of_megabytes_is_read_by_its_head_and_still_dropped(
     monkeypatch.setattr(tokenization, "_encode", lambda tokenizer, lines: read.extend(map(len, lines)) or
                         encode(tokenizer, lines))
     limited = tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"), max_len=30)
-    assert max(read) <= tokenization.HEAD_CHARACTERS_PER_TOKEN * 30 < len(giant_de)  # no line read whole
+    assert max(read) <= tokenization.HEAD_CHARACTERS_PER_TOKEN * EXACT_TOKENS < len(giant_de)  # none read whole
     for ours, full in ((limited.src_ids, whole.src_ids), (limited.tgt_ids, whole.tgt_ids)):
         assert ours[:100] + ours[101:] == full[:100] + full[101:]
-        assert 30 < len(ours[100]) < len(full[100]) and ours[100] == full[100][:len(ours[100])]
+        assert EXACT_TOKENS < len(ours[100]) < len(full[100]) and ours[100] == full[100][:len(ours[100])]
     kept, _, too_long = filter_pairs(limited, 30)
     assert too_long == filter_pairs(whole, 30)[2] and kept.src_ids == filter_pairs(whole, 30)[0].src_ids
+    read.clear()  # one cache serves every data.max_len up to EXACT_TOKENS
+    assert tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache"), max_len=EXACT_TOKENS
+                           ).src_ids == limited.src_ids and read == []
     monkeypatch.undo()
     assert tokenize_corpus(tokenizers, str(src), str(tgt), cache_dir=str(tmp_path / "cache")).src_ids == whole.src_ids
 
