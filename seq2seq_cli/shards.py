@@ -271,9 +271,9 @@ def _tokenize_shards(config: Config, data_dir: Path, plan: dict[str, Any], worke
         if record is not None and _shard_files_match(data_dir, record, plan["id_dtype"]):
             done[shard["name"]] = record
     src_path, tgt_path = _plain_training_files(config, data_dir)
-    exact_tokens = plan["recipe"].get("exact_tokens")  # None in a plan from before it: whole lines
+    limit = plan["recipe"].get("exact_tokens")  # None in a plan from before it: whole lines
     tasks = [dict(shard, data_dir=str(data_dir), src_path=src_path, tgt_path=tgt_path, id_dtype=plan["id_dtype"],
-                  exact_tokens=exact_tokens) for shard in plan["shards"] if shard["name"] not in done]
+                  exact_tokens=limit) for shard in plan["shards"] if shard["name"] not in done]
     if done:
         log.info("%s: %d of %d shards already done", data_dir, len(done), len(plan["shards"]))
     progress = tqdm(total=plan["lines"], initial=sum(r["pairs"] for r in done.values()), unit="pair",
