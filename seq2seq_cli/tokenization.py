@@ -68,8 +68,7 @@ def train_wordpiece(lines: Iterable[str], vocab_size: int, min_frequency: int = 
     """
     from transformers import PreTrainedTokenizerFast
 
-    if iter(lines) is lines:
-        raise TypeError("train_wordpiece reads its lines twice; pass a list or a re-iterable, not an iterator")
+    _check_rereadable(lines, "train_wordpiece")
     _silence_transformers()
     normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase)
@@ -94,6 +93,12 @@ def train_wordpiece(lines: Iterable[str], vocab_size: int, min_frequency: int = 
     tokenizer.add_special_tokens(specials)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False,
                                    **SPECIAL_TOKENS)
+
+
+def _check_rereadable(lines: Iterable[str], reader: str) -> None:
+    """A TypeError unless ``lines`` can be read twice: an iterator would be empty the second time."""
+    if iter(lines) is lines:
+        raise TypeError(f"{reader} reads its lines twice; pass a list or a re-iterable, not an iterator")
 
 
 def _wordpiece_pipeline(model, normalizer) -> Tokenizer:
@@ -312,8 +317,7 @@ def _save(tokenizer, folder: Path) -> None:
 
 def _training_heads(lines: Iterable[str]) -> LineStream:
     """``lines``, each cut to its ``line_head`` for ``TRAINING_LINE_TOKENS``, read afresh each time."""
-    if iter(lines) is lines:
-        raise TypeError("a tokenizer reads its training lines twice; pass a list or a re-iterable, not an iterator")
+    _check_rereadable(lines, "build_tokenizers")
     return LineStream(lambda: (line_head(line, TRAINING_LINE_TOKENS) for line in lines))
 
 
