@@ -14,9 +14,11 @@ process the decoder's step loop and the event loop answering HTTP take turns hol
 interpreter lock, and on two cores the server then decoded at about half the offline rate
 (benchmarks/README.md). Only texts and finished translations cross between the two processes.
 
-The API speaks LibreTranslate's (``POST /translate``, ``GET /languages``), so its clients work
-unchanged, plus ``POST /v1/translate`` for what LibreTranslate cannot say (scores, n-best lists,
-subword tokens and attention), ``GET /health``, ``GET /metrics`` (Prometheus) and ``/docs``.
+The API speaks LibreTranslate's (``POST /translate``, ``POST /detect``, ``GET /languages``,
+``GET /frontend/settings``), so its clients work unchanged, plus ``POST /v1/translate`` for
+what LibreTranslate cannot say (scores, n-best lists, subword tokens and attention),
+``GET /health``, ``GET /metrics`` (Prometheus) and ``/docs``. With ``source: auto`` each text
+goes to the model of the language it is detected in (``language_id``), as on LibreTranslate.
 """
 
 
@@ -41,6 +43,7 @@ import torch
 
 from seq2seq_cli.device import select_device
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
 from seq2seq_cli.progress import log_to_stderr
 from seq2seq_cli.translation import Translator
@@ -374,6 +377,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+    detector = LanguageDetector(m.source for m in models)
+    if detector.unknown:
+        log.warning("source 'auto' and /detect cannot recognise %s: the language detector does not know %s",
+                    ", ".join(detector.unknown), "it" if len(detector.unknown) == 1 else "them")
     registry = CollectorRegistry()
     requests_total = Counter("s2s_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
                              registry=registry)
@@ -424,20 +431,41 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     async def client_error(request: Request, err: ClientError):
         return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
 
-    def model_for(source: Optional[str], target: Optional[str]) -> tuple[ServedModel, bool]:
-        """The model for a pair; ``auto`` (or no source) resolves when one model goes to ``target``."""
+    def models_into(source: Optional[str], target: Optional[str]) -> list[ServedModel]:
+        """The models that can translate to ``target`` (the only one served, when not given) from
+        ``source``; every model into ``target`` for ``auto`` (or no source)."""
         if not target and len(models) == 1:
             target = models[0].target
         if not target:
             raise ClientError(f"target is required: one of {', '.join(sorted({m.target for m in models}))}")
-        candidates = [m for m in models if m.target == target and (source in (None, "", "auto") or m.source == source)]
-        if len(candidates) == 1:
-            return candidates[0], source in (None, "", "auto")
-        pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
+        candidates = [m for m in models if m.target == target and (_is_auto(source) or m.source == source)]
         if not candidates:
+            pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
             raise ClientError(f"no model translates {source or 'auto'} -> {target}; this server has {pairs}")
-        raise ClientError(f"source 'auto' is ambiguous for target {target}: set source to one of "
-                          f"{', '.join(m.source for m in candidates)}")
+        return candidates
+
+    def model_for(source: Optional[str], target: Optional[str]) -> ServedModel:
+        """The one model for a pair; ``auto`` resolves only when one model goes to ``target``."""
+        candidates = models_into(source, target)
+        if len(candidates) > 1:
+            raise ClientError(f"source 'auto' is ambiguous for target {candidates[0].target} here: set source to one "
+                              f"of {', '.join(m.source for m in candidates)}")
+        return candidates[0]
+
+    def detected_model(text: str, candidates: list[ServedModel]) -> tuple[ServedModel, Optional[dict]]:
+        """The candidate whose source language ranks first for ``text``, and LibreTranslate's
+        ``detectedLanguage`` for it: its confidence (0 to 100) among the served source languages,
+        as /detect gives it (None when the detector does not know that language)."""
+        ranking = dict(detector.rank(text))
+        if len(candidates) > 1:
+            unknown = [m.source for m in candidates if m.source not in ranking]
+            if unknown:
+                raise ClientError(f"source 'auto' cannot choose between {', '.join(m.source for m in candidates)}: "
+                                  f"the language detector does not know {', '.join(unknown)}; set source")
+        model = max(candidates, key=lambda m: ranking.get(m.source, 0.0))  # the first of equals
+        if model.source not in ranking:
+            return model, None
+        return model, {"confidence": _percent(ranking[model.source]), "language": model.source}
 
     def check_key(given: Any) -> None:
         if settings.api_key is None:
@@ -473,22 +501,33 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         if text_format not in ("text", "html"):
             raise ClientError("format must be text or html")
         alternatives = _integer(body.get("alternatives", 0), "alternatives", 0, 10)
-        model, detected = model_for(body.get("source"), body.get("target"))
-        beam = max(model.translator.decoding.beam_size, alternatives + 1)
-        search = Search(beam_size=beam, nbest=alternatives + 1)
-        # Every line of every text goes to the worker at once, as one submission.
+        candidates = models_into(body.get("source"), body.get("target"))
         pieces = [_html_text(text) if text_format == "html" else [(None, line) for line in text.split("\n")]
                   for text in texts]
-        lines = [html.unescape(piece) if text_format == "html" else piece
-                 for text_pieces in pieces for markup, piece in text_pieces if markup is None]
-        outputs = iter(await translate_lines(model, lines, search) if lines else [])
-        results = [_reassemble(text_pieces, outputs, alternatives, text_format) for text_pieces in pieces]
+        lines = [[html.unescape(piece) if text_format == "html" else piece for markup, piece in text_pieces
+                  if markup is None] for text_pieces in pieces]
+        if _is_auto(body.get("source")):  # each text goes to the model of the language it is in
+            chosen, detected = zip(*(detected_model(" ".join(text_lines), candidates) for text_lines in lines)) \
+                if texts else ((), ())
+        else:
+            chosen, detected = [candidates[0]] * len(texts), [None] * len(texts)
+        # Each model gets every line of its texts at once, as one submission.
+        submitted = {}
+        for model in {model.name: model for model in chosen}.values():
+            model_lines = [line for text_model, text_lines in zip(chosen, lines) if text_model is model
+                           for line in text_lines]
+            search = Search(beam_size=max(model.translator.decoding.beam_size, alternatives + 1),
+                            nbest=alternatives + 1)
+            if model_lines:
+                submitted[model.name] = translate_lines(model, model_lines, search)
+        outputs = dict(zip(submitted, map(iter, await asyncio.gather(*submitted.values()))))
+        results = [_reassemble(text_pieces, outputs.get(model.name, iter(())), alternatives, text_format)
+                   for text_pieces, model in zip(pieces, chosen)]
         answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
         if alternatives:
             answer["alternatives"] = results[0][1] if single else [r[1] for r in results]
-        if detected:
-            answer["detectedLanguage"] = ({"confidence": 100.0, "language": model.source} if single
-                                          else [{"confidence": 100.0, "language": model.source}] * len(texts))
+        if detected and None not in detected:
+            answer["detectedLanguage"] = detected[0] if single else list(detected)
         return JSONResponse(answer)  # already JSON types: FastAPI's encoder pass would only cost time
 
     @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention",
@@ -497,7 +536,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         body = await read_body(request)
         check_key(body.get("api_key"))
         texts = check_texts(body.get("texts"), "texts")
-        model, _ = model_for(body.get("source"), body.get("target"))
+        model = model_for(body.get("source"), body.get("target"))
         beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
         nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
         attention = body.get("attention", False)
@@ -516,6 +555,39 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                             attention=sentence.attention)
             answer.append(item)
         return JSONResponse({"translations": answer, "source": model.source, "target": model.target})
+
+    @app.post("/detect", summary="The language of a text, among those served (LibreTranslate API)",
+              **_documented(_DETECT_BODY, _DETECT_ANSWER, forms=True))
+    async def detect(request: Request):
+        body = await read_body(request)
+        check_key(body.get("api_key"))
+        text = body.get("q")
+        if not isinstance(text, str) or not text:
+            raise ClientError("q is required: the text (one string) whose language to detect")
+        check_texts(text, "q")
+        if not detector.languages:
+            raise ClientError(f"this server cannot detect languages: the language detector does not know "
+                              f"{', '.join(detector.unknown)}")
+        return JSONResponse([{"confidence": _percent(probability), "language": code}
+                             for code, probability in detector.rank(text)])
+
+    @app.get("/frontend/settings", summary="What a LibreTranslate client may ask of this server")
+    async def frontend_settings():
+        key_required = settings.api_key is not None
+        target = models[0].target
+        return {"apiKeys": key_required, "keyRequired": key_required, "charLimit": settings.char_limit,
+                "frontendTimeout": 500, "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
+                "language": {"source": {"code": "auto", "name": "Auto Detect"},
+                             "target": {"code": target, "name": LANGUAGE_NAMES.get(target, target)}}}
+
+    # What LibreTranslate offers and this server does not: its own answer when they are off.
+    @app.post("/suggest", include_in_schema=False)
+    async def suggest():
+        raise ClientError("Suggestions are disabled on this server.", 403)
+
+    @app.post("/translate_file", include_in_schema=False)
+    async def translate_file():
+        raise ClientError("Files translation are disabled on this server.", 403)
 
     @app.get("/languages", summary="The language pairs served (LibreTranslate API)")
     async def languages():
@@ -588,13 +660,24 @@ _LIBRETRANSLATE_BODY = {
     "type": "object", "required": ["q", "target"],
     "properties": {
         "q": {**_STRINGS, "description": "text, or a list of texts (a line is a sentence)"},
-        "source": {"type": "string", "description": "language code, or auto", "default": "auto"},
+        "source": {"type": "string", "description": "language code, or auto: each text's detected among those served",
+                   "default": "auto"},
         "target": {"type": "string", "description": "language code"},
         "format": {"type": "string", "enum": ["text", "html"], "default": "text"},
         "alternatives": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0},
         "api_key": {"type": "string"},
     },
     "example": {"q": "Ein Mann fährt Fahrrad.", "source": "de", "target": "en"},
+}
+_DETECT_BODY = {
+    "type": "object", "required": ["q"],
+    "properties": {"q": {"type": "string", "description": "text"}, "api_key": {"type": "string"}},
+    "example": {"q": "Ein Mann fährt Fahrrad."},
+}
+_DETECT_ANSWER = {
+    "type": "array", "description": "the server's source languages, most probable first",
+    "items": {"type": "object", "properties": {"confidence": {"type": "number", "description": "0 to 100"},
+                                               "language": {"type": "string"}}},
 }
 _NATIVE_BODY = {
     "type": "object", "required": ["texts"],
@@ -672,6 +755,16 @@ async def read_body(request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
     return body
+
+
+def _is_auto(source: Optional[str]) -> bool:
+    """LibreTranslate's ``source``: ``auto`` (or none) asks the server to detect the language."""
+    return source in (None, "", "auto")
+
+
+def _percent(probability: float) -> float:
+    """A probability as LibreTranslate states a detection's confidence: 0 to 100."""
+    return round(100.0 * probability, 2)
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:

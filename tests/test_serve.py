@@ -340,31 +340,105 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
         browser.quit()
 
 
-def test_two_runs_serve_two_pairs_from_one_process(run, tmp_path):
+FRENCH = "Le chat mange une petite souris dans la cuisine."
+
+
+def test_runs_of_three_pairs_serve_from_one_process_and_auto_detects_the_source(run, tmp_path):
+    """en->de, de->en and "fr"->de (the English corpus under a French label, another seed): each
+    text of a `source: auto` request goes to the model of the language it is in, as
+    LibreTranslate does, and /detect ranks the served source languages."""
     corpus = tmp_path / "corpus"
     swapped = {f"{split}_{side}": str(corpus / f"{split}.{language}")  # the same corpus, German -> English
                for split in ("train", "dev") for side, language in (("src", "de"), ("tgt", "en"))}
-    config = tiny_config(tmp_path, training={"max_steps": 10, "validate_every": 0}, decoding={"max_length_offset": 4},
-                         data=swapped)
-    train(load_config(config))
-    german_english = tmp_path / "run"
+    tiny = dict(decoding={"max_length_offset": 4}, run_dir=str(tmp_path / "de-en"))
+    train(load_config(tiny_config(tmp_path, training={"max_steps": 10, "validate_every": 0}, data=swapped, **tiny)))
+    tiny["run_dir"] = str(tmp_path / "fr-de")
+    train(load_config(tiny_config(tmp_path, training={"max_steps": 10, "validate_every": 0, "seed": 7},
+                                  data={"src_lang": "fr"}, **tiny)))
+    german_english, french_german = tmp_path / "de-en", tmp_path / "fr-de"
     lines = toy_lines("dev", 4)
+    english, german = lines[0][0], lines[1][0]
     expected = {("en", "de"): cli_translations(run, lines[0]), ("de", "en"): cli_translations(german_english, lines[1])}
-    served = Server(run, "--checkpoint", german_english, "--decoders", "1")
+    (french,) = cli_translations(french_german, [FRENCH])
+    assert french != cli_translations(run, [FRENCH])[0]  # so the answer says which model translated
+    served = Server(run, "--checkpoint", german_english, "--checkpoint", french_german, "--decoders", "1")
     try:
         assert httpx.get(f"{served.url}/languages").json() == [
-            {"code": "de", "name": "German", "targets": ["en"]}, {"code": "en", "name": "English", "targets": ["de"]}]
+            {"code": "de", "name": "German", "targets": ["en"]}, {"code": "en", "name": "English", "targets": ["de"]},
+            {"code": "fr", "name": "French", "targets": ["de"]}]
         for (source, target), texts in zip(expected, lines):
             answer = httpx.post(f"{served.url}/translate", json={"q": texts, "source": source, "target": target})
             assert answer.json() == {"translatedText": expected[source, target]}
-        # One served model goes to English, so "auto" means German there.
-        auto = httpx.post(f"{served.url}/translate", json={"q": lines[1][0], "source": "auto", "target": "en"}).json()
-        assert auto["translatedText"] == expected["de", "en"][0] and auto["detectedLanguage"]["language"] == "de"
-        wrong = httpx.post(f"{served.url}/translate", json={"q": "x", "source": "de", "target": "de"})
-        assert wrong.status_code == 400 and "error" in wrong.json()
+
+        detected = httpx.post(f"{served.url}/detect", data={"q": german}).json()
+        assert [d["language"] for d in detected][0] == "de" and len(detected) == 3
+        assert abs(sum(d["confidence"] for d in detected) - 100) < 0.1 and detected[0]["confidence"] > 90
+        # Two models go to German: each text to the one of its language, one submission each.
+        auto = httpx.post(f"{served.url}/translate",
+                          json={"q": [english, FRENCH, f"<b>{FRENCH}</b>"], "source": "auto", "target": "de"})
+        assert auto.status_code == 200, auto.text
+        assert auto.json()["translatedText"] == [expected["en", "de"][0], french, french]
+        assert [d["language"] for d in auto.json()["detectedLanguage"]] == ["en", "fr", "fr"]
+        assert all(d["confidence"] > 90 for d in auto.json()["detectedLanguage"])
+        # One model goes to English: "auto" means German there, with the confidence /detect gives.
+        auto = httpx.post(f"{served.url}/translate", json={"q": german, "source": "auto", "target": "en"}).json()
+        assert auto == {"translatedText": expected["de", "en"][0], "detectedLanguage": detected[0]}
+        english_to_english = httpx.post(f"{served.url}/translate", json={"q": english, "target": "en"}).json()
+        assert english_to_english["detectedLanguage"]["language"] == "de"
+        assert english_to_english["detectedLanguage"]["confidence"] < 10  # translated, but said to be doubtful
+        for wrong in ({"q": "x", "source": "de", "target": "de"}, {"q": "x", "source": "auto", "target": "fr"}):
+            answer = httpx.post(f"{served.url}/translate", json=wrong)
+            assert answer.status_code == 400 and "error" in answer.json()
+        ambiguous = httpx.post(f"{served.url}/v1/translate", json={"texts": [english], "target": "de"})
+        assert ambiguous.status_code == 400 and "set source to one of en, fr" in ambiguous.json()["error"]
     finally:
         code, log = served.stop()
     assert code == 0, log
+
+
+def test_libretranslate_client_endpoints_beside_translate():
+    """/detect, /frontend/settings and LibreTranslate's answers for what is off; a served
+    language the detector does not know is never guessed."""
+    from seq2seq_cli.serve import LoadOptions, ServedModel, ServeSettings, create_app
+
+    models = [ServedModel("a", ["a"], "en", "de", translator=None), ServedModel("b", ["b"], "qq", "de", None)]
+    app = create_app(models, ServeSettings(char_limit=30, api_key="k"), LoadOptions("cpu"))
+
+    async def ask():  # no lifespan: nothing here reaches a decoder
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [await client.get("/frontend/settings"),
+                    await client.post("/detect", json={"q": "The man sees the dog.", "api_key": "k"}),
+                    await client.post("/detect", json={"q": "The man sees the dog."}),
+                    await client.post("/detect", json={"q": "x" * 31, "api_key": "k"}),
+                    await client.post("/detect", json={"api_key": "k"}),
+                    await client.post("/translate", json={"q": "The man.", "target": "de", "api_key": "k"}),
+                    await client.post("/suggest", data={"q": "a", "s": "b"}),
+                    await client.post("/translate_file")]
+
+    settings, detect, keyless, too_long, empty, auto, suggest, translate_file = asyncio.run(ask())
+    assert settings.json() == {"apiKeys": True, "keyRequired": True, "charLimit": 30, "frontendTimeout": 500,
+                               "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
+                               "language": {"source": {"code": "auto", "name": "Auto Detect"},
+                                            "target": {"code": "de", "name": "German"}}}
+    assert detect.json() == [{"confidence": 100.0, "language": "en"}]  # qq cannot be ranked
+    assert keyless.status_code == 400 and too_long.status_code == 400 and empty.status_code == 400
+    assert "q is required" in empty.json()["error"]
+    assert auto.status_code == 400 and "does not know qq" in auto.json()["error"]
+    assert suggest.status_code == 403 and suggest.json() == {"error": "Suggestions are disabled on this server."}
+    assert translate_file.status_code == 403 and "error" in translate_file.json()
+
+
+def test_the_language_detector_ranks_the_languages_it_is_given():
+    from seq2seq_cli.language_id import LanguageDetector
+
+    detector = LanguageDetector(["fr", "de", "en", "qq", "en"])
+    assert detector.languages == ["de", "en", "fr"] and detector.unknown == ["qq"]
+    for text, language in (("Der Mann sieht den Hund.", "de"), ("The man sees the dog.", "en"), (FRENCH, "fr")):
+        ranking = detector.rank(text)
+        assert [code for code, _ in ranking][0] == language and sorted(c for c, _ in ranking) == detector.languages
+        assert abs(sum(p for _, p in ranking) - 1) < 1e-5
+    assert LanguageDetector(["xx"]).rank("anything") == [("xx", 1.0)]  # one language needs no model
 
 
 def test_runs_of_one_pair_are_served_as_an_ensemble_with_ensemble(run):
