@@ -383,6 +383,14 @@ def test_runs_of_three_pairs_serve_from_one_process_and_auto_detects_the_source(
         # One model goes to English: "auto" means German there, with the confidence /detect gives.
         auto = httpx.post(f"{served.url}/translate", json={"q": german, "source": "auto", "target": "en"}).json()
         assert auto == {"translatedText": expected["de", "en"][0], "detectedLanguage": detected[0]}
+        # LibreTranslate's own Python client, unchanged.
+        from libretranslatepy import LibreTranslateAPI
+
+        client = LibreTranslateAPI(served.url)
+        assert client.detect(german) == detected
+        assert client.translate(FRENCH, "auto", "de") == french
+        assert client.translate(english, "en", "de") == expected["en", "de"][0]
+        assert [language["code"] for language in client.languages()] == ["de", "en", "fr"]
         english_to_english = httpx.post(f"{served.url}/translate", json={"q": english, "target": "en"}).json()
         assert english_to_english["detectedLanguage"]["language"] == "de"
         assert english_to_english["detectedLanguage"]["confidence"] < 10  # translated, but said to be doubtful
