@@ -343,10 +343,11 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
 FRENCH = "Le chat mange une petite souris dans la cuisine."
 
 
-def test_runs_of_three_pairs_serve_from_one_process_and_auto_detects_the_source(run, tmp_path):
-    """en->de, de->en and "fr"->de (the English corpus under a French label, another seed): each
-    text of a `source: auto` request goes to the model of the language it is in, as
-    LibreTranslate does, and /detect ranks the served source languages."""
+@pytest.fixture(scope="module")
+def three_pairs(run, tmp_path_factory):
+    """A server of en->de, de->en and "fr"->de (the English corpus under a French label, another
+    seed), and the runs it serves."""
+    tmp_path = tmp_path_factory.mktemp("three-pairs")
     corpus = tmp_path / "corpus"
     swapped = {f"{split}_{side}": str(corpus / f"{split}.{language}")  # the same corpus, German -> English
                for split in ("train", "dev") for side, language in (("src", "de"), ("tgt", "en"))}
@@ -355,53 +356,82 @@ def test_runs_of_three_pairs_serve_from_one_process_and_auto_detects_the_source(
     tiny["run_dir"] = str(tmp_path / "fr-de")
     train(load_config(tiny_config(tmp_path, training={"max_steps": 10, "validate_every": 0, "seed": 7},
                                   data={"src_lang": "fr"}, **tiny)))
-    german_english, french_german = tmp_path / "de-en", tmp_path / "fr-de"
+    runs = {("en", "de"): run, ("de", "en"): tmp_path / "de-en", ("fr", "de"): tmp_path / "fr-de"}
+    served = Server(run, "--checkpoint", runs["de", "en"], "--checkpoint", runs["fr", "de"], "--decoders", "1")
+    yield served, runs
+    code, log = served.stop()
+    assert code == 0, log
+
+
+def test_runs_of_three_pairs_serve_from_one_process_and_auto_detects_the_source(three_pairs):
+    """Each text of a `source: auto` request goes to the model of the language it is in, as
+    LibreTranslate does, and /detect ranks the served source languages."""
+    served, runs = three_pairs
     lines = toy_lines("dev", 4)
     english, german = lines[0][0], lines[1][0]
-    expected = {("en", "de"): cli_translations(run, lines[0]), ("de", "en"): cli_translations(german_english, lines[1])}
-    (french,) = cli_translations(french_german, [FRENCH])
-    assert french != cli_translations(run, [FRENCH])[0]  # so the answer says which model translated
-    served = Server(run, "--checkpoint", german_english, "--checkpoint", french_german, "--decoders", "1")
+    expected = {pair: cli_translations(runs[pair], texts) for pair, texts in zip((("en", "de"), ("de", "en")), lines)}
+    (french,) = cli_translations(runs["fr", "de"], [FRENCH])
+    assert french != cli_translations(runs["en", "de"], [FRENCH])[0]  # so the answer says which model translated
+    assert httpx.get(f"{served.url}/languages").json() == [
+        {"code": "de", "name": "German", "targets": ["en"]}, {"code": "en", "name": "English", "targets": ["de"]},
+        {"code": "fr", "name": "French", "targets": ["de"]}]
+    for (source, target), texts in zip(expected, lines):
+        answer = httpx.post(f"{served.url}/translate", json={"q": texts, "source": source, "target": target})
+        assert answer.json() == {"translatedText": expected[source, target]}
+
+    detected = httpx.post(f"{served.url}/detect", data={"q": german}).json()
+    assert [d["language"] for d in detected][0] == "de" and len(detected) == 3
+    assert abs(sum(d["confidence"] for d in detected) - 100) < 0.1 and detected[0]["confidence"] > 90
+    # Two models go to German: each text to the one of its language, one submission each.
+    auto = httpx.post(f"{served.url}/translate",
+                      json={"q": [english, FRENCH, f"<b>{FRENCH}</b>"], "source": "auto", "target": "de",
+                            "format": "html"})
+    assert auto.status_code == 200, auto.text
+    assert auto.json()["translatedText"] == [expected["en", "de"][0], french, f"<b>{french}</b>"]
+    assert [d["language"] for d in auto.json()["detectedLanguage"]] == ["en", "fr", "fr"]
+    assert all(d["confidence"] > 90 for d in auto.json()["detectedLanguage"])
+    # One model goes to English: "auto" means German there, with the confidence /detect gives.
+    auto = httpx.post(f"{served.url}/translate", json={"q": german, "source": "auto", "target": "en"}).json()
+    assert auto == {"translatedText": expected["de", "en"][0], "detectedLanguage": detected[0]}
+    # LibreTranslate's own Python client, unchanged.
+    from libretranslatepy import LibreTranslateAPI
+
+    client = LibreTranslateAPI(served.url)
+    assert client.detect(german) == detected
+    assert client.translate(FRENCH, "auto", "de") == french
+    assert client.translate(english, "en", "de") == expected["en", "de"][0]
+    assert [language["code"] for language in client.languages()] == ["de", "en", "fr"]
+    english_to_english = httpx.post(f"{served.url}/translate", json={"q": english, "target": "en"}).json()
+    assert english_to_english["detectedLanguage"]["language"] == "de"
+    assert english_to_english["detectedLanguage"]["confidence"] < 10  # translated, but said to be doubtful
+    for wrong in ({"q": "x", "source": "de", "target": "de"}, {"q": "x", "source": "auto", "target": "fr"}):
+        answer = httpx.post(f"{served.url}/translate", json=wrong)
+        assert answer.status_code == 400 and "error" in answer.json()
+    ambiguous = httpx.post(f"{served.url}/v1/translate", json={"texts": [english], "target": "de"})
+    assert ambiguous.status_code == 400 and "set source to one of en, fr" in ambiguous.json()["error"]
+
+
+def test_the_page_detects_the_language_where_two_go_to_one_target(three_pairs):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    served, runs = three_pairs
+    expected = cli_translations(runs["fr", "de"], [FRENCH], "--beam-size", "5")[0]
+    browser = chromium()
     try:
-        assert httpx.get(f"{served.url}/languages").json() == [
-            {"code": "de", "name": "German", "targets": ["en"]}, {"code": "en", "name": "English", "targets": ["de"]},
-            {"code": "fr", "name": "French", "targets": ["de"]}]
-        for (source, target), texts in zip(expected, lines):
-            answer = httpx.post(f"{served.url}/translate", json={"q": texts, "source": source, "target": target})
-            assert answer.json() == {"translatedText": expected[source, target]}
-
-        detected = httpx.post(f"{served.url}/detect", data={"q": german}).json()
-        assert [d["language"] for d in detected][0] == "de" and len(detected) == 3
-        assert abs(sum(d["confidence"] for d in detected) - 100) < 0.1 and detected[0]["confidence"] > 90
-        # Two models go to German: each text to the one of its language, one submission each.
-        auto = httpx.post(f"{served.url}/translate",
-                          json={"q": [english, FRENCH, f"<b>{FRENCH}</b>"], "source": "auto", "target": "de"})
-        assert auto.status_code == 200, auto.text
-        assert auto.json()["translatedText"] == [expected["en", "de"][0], french, french]
-        assert [d["language"] for d in auto.json()["detectedLanguage"]] == ["en", "fr", "fr"]
-        assert all(d["confidence"] > 90 for d in auto.json()["detectedLanguage"])
-        # One model goes to English: "auto" means German there, with the confidence /detect gives.
-        auto = httpx.post(f"{served.url}/translate", json={"q": german, "source": "auto", "target": "en"}).json()
-        assert auto == {"translatedText": expected["de", "en"][0], "detectedLanguage": detected[0]}
-        # LibreTranslate's own Python client, unchanged.
-        from libretranslatepy import LibreTranslateAPI
-
-        client = LibreTranslateAPI(served.url)
-        assert client.detect(german) == detected
-        assert client.translate(FRENCH, "auto", "de") == french
-        assert client.translate(english, "en", "de") == expected["en", "de"][0]
-        assert [language["code"] for language in client.languages()] == ["de", "en", "fr"]
-        english_to_english = httpx.post(f"{served.url}/translate", json={"q": english, "target": "en"}).json()
-        assert english_to_english["detectedLanguage"]["language"] == "de"
-        assert english_to_english["detectedLanguage"]["confidence"] < 10  # translated, but said to be doubtful
-        for wrong in ({"q": "x", "source": "de", "target": "de"}, {"q": "x", "source": "auto", "target": "fr"}):
-            answer = httpx.post(f"{served.url}/translate", json=wrong)
-            assert answer.status_code == 400 and "error" in answer.json()
-        ambiguous = httpx.post(f"{served.url}/v1/translate", json={"texts": [english], "target": "de"})
-        assert ambiguous.status_code == 400 and "set source to one of en, fr" in ambiguous.json()["error"]
+        browser.get(served.url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#pair option"))
+        assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#pair option")] == [
+            "German → English", "English → German", "French → German", "Detect language → German"]
+        Select(browser.find_element(By.ID, "pair")).select_by_visible_text("Detect language → German")
+        browser.find_element(By.ID, "source").send_keys(FRENCH)
+        browser.find_element(By.ID, "translate").click()
+        wait.until(lambda b: b.find_element(By.ID, "result").is_displayed())
+        assert browser.find_element(By.ID, "translation").text == expected
+        assert browser.find_element(By.ID, "timing").text.startswith("detected French (")
     finally:
-        code, log = served.stop()
-    assert code == 0, log
+        browser.quit()
 
 
 def test_libretranslate_client_endpoints_beside_translate():
