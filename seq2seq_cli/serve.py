@@ -487,9 +487,6 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                 raise ClientError(f"a text of {len(text)} characters is over the limit of {settings.char_limit}")
         return texts
 
-    async def translate_lines(model: ServedModel, lines: list[str], search: Search) -> list:
-        return await asyncio.wrap_future(model.worker.submit(lines, search))
-
     @app.post("/translate", summary="Translate (LibreTranslate API): q, source, target, format, alternatives",
               **_documented(_LIBRETRANSLATE_BODY, _LIBRETRANSLATE_ANSWER, forms=True))
     async def translate(request: Request):
@@ -511,7 +508,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                 if texts else ((), ())
         else:
             chosen, detected = [candidates[0]] * len(texts), [None] * len(texts)
-        # Each model gets every line of its texts at once, as one submission.
+        # Each model gets every line of its texts at once, as one submission, all queued before any wait.
         submitted = {}
         for model in {model.name: model for model in chosen}.values():
             model_lines = [line for text_model, text_lines in zip(chosen, lines) if text_model is model
@@ -519,8 +516,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             search = Search(beam_size=max(model.translator.decoding.beam_size, alternatives + 1),
                             nbest=alternatives + 1)
             if model_lines:
-                submitted[model.name] = translate_lines(model, model_lines, search)
-        outputs = dict(zip(submitted, map(iter, await asyncio.gather(*submitted.values()))))
+                submitted[model.name] = model.worker.submit(model_lines, search)
+        outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
         results = [_reassemble(text_pieces, outputs.get(model.name, iter(())), alternatives, text_format)
                    for text_pieces, model in zip(pieces, chosen)]
         answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
@@ -542,8 +539,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         attention = body.get("attention", False)
         if not isinstance(attention, bool):
             raise ClientError("attention must be true or false")
-        outputs = await translate_lines(model, [t.replace("\n", " ") for t in texts],
-                                        Search(beam_size=beam, nbest=nbest, attention=attention))
+        search = Search(beam_size=beam, nbest=nbest, attention=attention)
+        outputs = await asyncio.wrap_future(model.worker.submit([t.replace("\n", " ") for t in texts], search))
         answer = []
         for sentence in outputs:
             item = {"translation": sentence.translations[0], "score": sentence.scores[0],
