@@ -724,7 +724,8 @@ def _documented(body: dict, answer: dict, forms: bool) -> dict:
 
 
 async def read_body(request) -> dict[str, Any]:
-    """A JSON object or form fields; malformed, oversized or non-UTF-8 bodies are client errors."""
+    """A JSON object, or form fields and the URL's query fields (LibreTranslate reads both);
+    malformed, oversized or non-UTF-8 bodies are client errors."""
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
         raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
@@ -738,20 +739,26 @@ async def read_body(request) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ClientError("request body is not valid UTF-8") from None
     content_type = request.headers.get("content-type", "")
+    query = _fields(parse_qs(request.url.query, keep_blank_values=True))
     if content_type.startswith("application/x-www-form-urlencoded"):
-        fields = parse_qs(text, keep_blank_values=True)
-        return {key: values if key == "q" and len(values) > 1 else values[-1] for key, values in fields.items()}
+        return {**query, **_fields(parse_qs(text, keep_blank_values=True))}
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
-        return {key: (form.getlist(key) if key == "q" and len(form.getlist(key)) > 1 else value)
-                for key, value in form.items()}
+        return {**query, **_fields({key: form.getlist(key) for key in form})}
+    if not text.strip():
+        return query
     try:
-        body = json.loads(text) if text.strip() else {}
+        body = json.loads(text)
     except json.JSONDecodeError as err:
         raise ClientError(f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
     return body
+
+
+def _fields(fields: dict[str, list]) -> dict[str, Any]:
+    """Form fields by name: the last value given, but every ``q`` when there are several (a list of texts)."""
+    return {key: values if key == "q" and len(values) > 1 else values[-1] for key, values in fields.items()}
 
 
 def _is_auto(source: Optional[str]) -> bool:

@@ -113,6 +113,12 @@ def test_libretranslate_requests_and_answers(run, server):
     assert single == {"translatedText": expected}
     form = httpx.post(f"{server.url}/translate", data={"q": line, "source": "auto", "target": "de"}).json()
     assert form == {"translatedText": expected, "detectedLanguage": {"confidence": 100.0, "language": "en"}}
+    # Fields in the URL's query string, as LibreTranslate reads them too; the body's win.
+    query = httpx.post(f"{server.url}/translate", params={"q": line, "source": "fr", "target": "de"},
+                       data={"source": "en"})
+    assert query.json() == {"translatedText": expected}
+    assert httpx.post(f"{server.url}/translate", params={"q": line, "source": "en", "target": "de"}).json() == \
+        {"translatedText": expected}
     nbest = cli_translations(run, [line], "--beam-size", "3", "--nbest", "3")
     with_alternatives = httpx.post(f"{server.url}/translate",
                                    json={"q": line, "source": "en", "target": "de", "alternatives": 2}).json()
