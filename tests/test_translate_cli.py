@@ -250,6 +250,8 @@ def test_the_python_api_takes_one_string_as_one_text(run_dir):
     assert translator.translate_nbest(iter(texts), 2) == translator.translate_nbest(texts, 2)
     with pytest.raises(TypeError, match="texts is NoneType: give a string or a list of strings"):
         translator.translate(None)
+    with pytest.raises(TypeError, match=r"texts is bytes: give a string or a list of strings \(decode bytes first\)"):
+        translator.translate(b"A dog.")  # not one 'text' per byte
     with pytest.raises(UserError, match="--nbest 0: ask for 1 or more"):  # not one translation regardless
         translator.translate_nbest(texts, 0)
     with pytest.raises(UserError, match="no checkpoint given"):
