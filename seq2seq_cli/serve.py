@@ -504,10 +504,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         lines = [[html.unescape(piece) if text_format == "html" else piece for markup, piece in text_pieces
                   if markup is None] for text_pieces in pieces]
         if _is_auto(body.get("source")):  # each text goes to the model of the language it is in
-            chosen, detected = zip(*(detected_model(" ".join(text_lines), candidates) for text_lines in lines)) \
-                if texts else ((), ())
+            resolved = [detected_model(" ".join(text_lines), candidates) for text_lines in lines]
         else:
-            chosen, detected = [candidates[0]] * len(texts), [None] * len(texts)
+            resolved = [(candidates[0], None)] * len(texts)
+        chosen = [model for model, _ in resolved]
+        detected = [language for _, language in resolved]
         # Each model gets every line of its texts at once, as one submission, all queued before any wait.
         submitted = {}
         for model in {model.name: model for model in chosen}.values():
