@@ -19,7 +19,7 @@ except ImportError:
 from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write, atomic_write_text, is_same_file, out_of_space
-from seq2seq_cli.progress import log_to_stderr
+from seq2seq_cli.progress import lines_progress, log_to_stderr
 
 
 class _Commands(TyperGroup):
@@ -207,6 +207,7 @@ def translate(
 
     Example: echo "Ein Mann fährt Fahrrad." | s2s translate --checkpoint runs/multi30k --beam-size 5
     """
+    from seq2seq_cli.data import count_lines
     from seq2seq_cli.translation import Translator
 
     if input_file is not None and not input_file.exists():
@@ -226,7 +227,7 @@ def translate(
         except OSError as err:
             raise UserError(f"cannot create {plot_attention} ({err.strerror})") from None
 
-    def write_translations(out: BinaryIO) -> None:
+    def write_translations(out: BinaryIO, advance) -> None:
         index = 0
         for sources, results in translator.translate_stream(_input_batches(input_file, translator.decoding.batch_size)):
             for source_ids, hypotheses in zip(sources, results):
@@ -235,12 +236,16 @@ def translate(
                     translator.plot_attention(plot_attention / f"{index:05d}.png", source_ids, hypotheses[0])
                 index += 1
             out.flush()
+            advance(len(sources))
 
+    typed_or_shown = (input_file is None and sys.stdin.isatty()) or (output_file is None and sys.stdout.isatty())
     try:
-        if output_file is None:
-            write_translations(sys.stdout.buffer)
-        else:  # complete or not at all: an interrupted run leaves an earlier file as it was
-            atomic_write(output_file, write_translations)
+        with lines_progress(count_total=(lambda: count_lines(input_file)) if input_file is not None else None,
+                            interactive=typed_or_shown) as advance:
+            if output_file is None:
+                write_translations(sys.stdout.buffer, advance)
+            else:  # complete or not at all: an interrupted run leaves an earlier file as it was
+                atomic_write(output_file, lambda out: write_translations(out, advance))
     except BrokenPipeError:
         # The reader went away (`s2s translate ... | head`): not an error of ours. Typer would
         # exit with 1; stdout goes to /dev/null so that flushing it at exit cannot fail again.

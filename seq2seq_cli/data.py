@@ -69,6 +69,17 @@ def corpus_errors(path: str | Path) -> Iterator[None]:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
+def count_lines(path: str | Path) -> int:
+    """How many lines a file (or the text it compresses) holds, a last line without a line end
+    included, as ``read_lines`` and ``s2s translate`` count them; read in blocks, never whole."""
+    count, last = 0, b"\n"
+    with corpus_errors(path), open_corpus(path) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
 def read_lines(path: str | Path) -> list[str]:
     """Read a UTF-8 text file (or a compressed one) as a list of lines (without line ends)."""
     path = Path(path)

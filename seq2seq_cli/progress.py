@@ -1,5 +1,5 @@
 """A training run and the person at the terminal: what they see (a progress bar, or plain log
-lines) and what Ctrl-C does (save, then stop)."""
+lines) and what Ctrl-C does (save, then stop); and the bar of lines ``s2s translate`` shows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 if TYPE_CHECKING:
     from seq2seq_cli.train import Trainer
@@ -22,6 +22,23 @@ def log_to_stderr() -> None:
     that s2s serve starts, write them alike)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
+
+
+@contextlib.contextmanager
+def lines_progress(count_total: Optional[Callable[[], int]], interactive: bool) -> Iterator[Callable[[int], Any]]:
+    """Lines translated, as a tqdm bar on stderr (with a total and an ETA when ``count_total``
+    can say it), for a person at a terminal waiting on a file or a pipe; yields the function
+    that moves it on. Nothing shows when stderr is no terminal (a log, a script), or when the
+    lines are typed or printed at the terminal (``interactive``), where a bar would tear them."""
+    if interactive or not sys.stderr.isatty():
+        yield lambda count: None
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    total = count_total() if count_total is not None else None
+    with tqdm(total=total, unit=" lines", dynamic_ncols=True, file=sys.stderr) as bar, logging_redirect_tqdm():
+        yield bar.update
 
 
 PLAIN_LOG_SECONDS = 30.0  # without a progress bar, a log line at least this often

@@ -282,3 +282,70 @@ def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
     nbest = [line.split(" ||| ") for line in cli.stdout.decode().splitlines()]  # INDEX ||| TEXT ||| SCORE
     assert printed[0] == repr([next(text for index, text, _ in nbest if index == str(i)) for i in range(2)])
     assert printed[1:] == [f"{score} {text}" for index, text, score in nbest if index == "0"]
+
+
+def at_a_terminal(command: list, stdout_too: bool = False) -> tuple[int, str]:
+    """Run ``command`` with stderr (and stdout, when asked) on a pseudo-terminal of 120 columns,
+    as a person at a terminal runs it; its exit code and what the terminal showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    terminal, device = pty.openpty()
+    fcntl.ioctl(device, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty has 0 columns
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=device,
+                               stdout=device if stdout_too else subprocess.DEVNULL)
+    os.close(device)
+    shown = []
+
+    def read() -> None:  # drained as it comes: a full pty would block the process
+        while True:
+            try:
+                chunk = os.read(terminal, 1 << 16)
+            except OSError:  # the last writer has gone
+                return
+            if not chunk:
+                return
+            shown.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    code = process.wait(timeout=300)
+    reader.join(timeout=30)
+    os.close(terminal)
+    return code, b"".join(shown).decode("utf-8", "replace")
+
+
+def test_a_file_translated_at_a_terminal_shows_its_progress_and_the_same_output(run_dir, tmp_path):
+    """With --input FILE a bar counts the lines to the file's total; the translations are what
+    a run without a terminal writes, and with stdout on the terminal no bar tears them."""
+    lines = (TOY / "dev.en").read_text(encoding="utf-8").splitlines()[:300]
+    source = tmp_path / "source.en"
+    source.write_text("\n".join(lines), encoding="utf-8")  # no line end after the last line
+    command = [sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir), "--input", str(source)]
+    plain = s2s("translate", "--checkpoint", run_dir, "--input", source, "--output", tmp_path / "plain.de")
+    assert plain.returncode == 0 and plain.stderr.decode().count("lines/s") == 0
+    code, shown = at_a_terminal(command + ["--output", str(tmp_path / "shown.de")])
+    assert code == 0, shown
+    assert "300/300" in shown and "lines/s" in shown
+    assert (tmp_path / "shown.de").read_bytes() == (tmp_path / "plain.de").read_bytes()
+    code, shown = at_a_terminal(command, stdout_too=True)
+    assert code == 0 and "lines/s" not in shown
+    printed = [line for line in shown.replace("\r\n", "\n").splitlines()
+               if not re.match(r"\d\d:\d\d:\d\d ", line)]  # log lines (a truncated source) go between
+    assert printed == (tmp_path / "plain.de").read_text(encoding="utf-8").splitlines()
+
+
+def test_count_lines_counts_as_translate_reads(tmp_path):
+    import gzip
+
+    from seq2seq_cli.data import count_lines, read_lines
+
+    for name, data in (("empty", b""), ("one", b"a"), ("ended", b"a\nb\n"), ("open", b"a\n\nb"), ("blank", b"\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        packed = tmp_path / f"{name}.gz"
+        packed.write_bytes(gzip.compress(data))
+        assert count_lines(path) == count_lines(packed) == len(read_lines(path)), name
