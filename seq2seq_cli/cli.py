@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO, List, Optional
@@ -164,6 +165,24 @@ def _stdin_descriptor() -> Optional[int]:
         return None
 
 
+def _stdin_lines() -> Optional[int]:
+    """The lines left on stdin when it is a regular file (``s2s translate < FILE``), counted
+    without reading them off it (``pread``); None for a pipe or a terminal."""
+    from seq2seq_cli.data import count_block_lines
+
+    fd = _stdin_descriptor()
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        return None
+
+    def blocks():
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        while block := os.pread(fd, 1 << 20, offset):
+            offset += len(block)
+            yield block
+
+    return count_block_lines(blocks())
+
+
 def _refuse_overwriting_inputs(output: Optional[Path], option: str, inputs: dict[str, Optional[Path]]) -> None:
     """A one-line error when ``output`` is one of the files a command reads."""
     for name, path in inputs.items():
@@ -240,8 +259,8 @@ def translate(
 
     typed_or_shown = (input_file is None and sys.stdin.isatty()) or (output_file is None and sys.stdout.isatty())
     try:
-        with lines_progress(count_total=(lambda: count_lines(input_file)) if input_file is not None else None,
-                            interactive=typed_or_shown) as advance:
+        count_total = (lambda: count_lines(input_file)) if input_file is not None else _stdin_lines
+        with lines_progress(count_total, interactive=typed_or_shown) as advance:
             if output_file is None:
                 write_translations(sys.stdout.buffer, advance)
             else:  # complete or not at all: an interrupted run leaves an earlier file as it was

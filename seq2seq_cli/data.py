@@ -18,7 +18,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional, Sequence
+from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,11 +72,16 @@ def corpus_errors(path: str | Path) -> Iterator[None]:
 def count_lines(path: str | Path) -> int:
     """How many lines a file (or the text it compresses) holds, a last line without a line end
     included, as ``read_lines`` and ``s2s translate`` count them; read in blocks, never whole."""
-    count, last = 0, b"\n"
     with corpus_errors(path), open_corpus(path) as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            count += block.count(b"\n")
-            last = block[-1:]
+        return count_block_lines(iter(lambda: handle.read(1 << 20), b""))
+
+
+def count_block_lines(blocks: Iterable[bytes]) -> int:
+    """How many lines consecutive blocks of bytes hold, counted as ``count_lines`` does."""
+    count, last = 0, b"\n"
+    for block in blocks:
+        count += block.count(b"\n")
+        last = block[-1:]
     return count + (last != b"\n")
 
 

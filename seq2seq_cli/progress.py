@@ -25,7 +25,8 @@ def log_to_stderr() -> None:
 
 
 @contextlib.contextmanager
-def lines_progress(count_total: Optional[Callable[[], int]], interactive: bool) -> Iterator[Callable[[int], Any]]:
+def lines_progress(count_total: Optional[Callable[[], Optional[int]]], interactive: bool
+                   ) -> Iterator[Callable[[int], Any]]:
     """Lines translated, as a tqdm bar on stderr (with a total and an ETA when ``count_total``
     can say it), for a person at a terminal waiting on a file or a pipe; yields the function
     that moves it on. Nothing shows when stderr is no terminal (a log, a script), or when the

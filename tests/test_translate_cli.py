@@ -284,7 +284,7 @@ def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
     assert printed[1:] == [f"{score} {text}" for index, text, score in nbest if index == "0"]
 
 
-def at_a_terminal(command: list, stdout_too: bool = False) -> tuple[int, str]:
+def at_a_terminal(command: list, stdout_too: bool = False, stdin=subprocess.DEVNULL) -> tuple[int, str]:
     """Run ``command`` with stderr (and stdout, when asked) on a pseudo-terminal of 120 columns,
     as a person at a terminal runs it; its exit code and what the terminal showed."""
     import fcntl
@@ -295,7 +295,7 @@ def at_a_terminal(command: list, stdout_too: bool = False) -> tuple[int, str]:
 
     terminal, device = pty.openpty()
     fcntl.ioctl(device, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty has 0 columns
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=device,
+    process = subprocess.Popen(command, stdin=stdin, stderr=device,
                                stdout=device if stdout_too else subprocess.DEVNULL)
     os.close(device)
     shown = []
@@ -331,6 +331,10 @@ def test_a_file_translated_at_a_terminal_shows_its_progress_and_the_same_output(
     assert code == 0, shown
     assert "300/300" in shown and "lines/s" in shown
     assert (tmp_path / "shown.de").read_bytes() == (tmp_path / "plain.de").read_bytes()
+    with open(source, "rb") as redirected:  # s2s translate < FILE: counted too, none of it read off
+        code, shown = at_a_terminal(command[:-2] + ["--output", str(tmp_path / "redirected.de")], stdin=redirected)
+    assert code == 0 and "300/300" in shown, shown
+    assert (tmp_path / "redirected.de").read_bytes() == (tmp_path / "plain.de").read_bytes()
     code, shown = at_a_terminal(command, stdout_too=True)
     assert code == 0 and "lines/s" not in shown
     printed = [line for line in shown.replace("\r\n", "\n").splitlines()
