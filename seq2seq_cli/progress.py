@@ -25,19 +25,19 @@ def log_to_stderr() -> None:
 
 
 @contextlib.contextmanager
-def lines_progress(count_total: Optional[Callable[[], Optional[int]]], interactive: bool
-                   ) -> Iterator[Callable[[int], Any]]:
+def lines_progress(count_total: Callable[[], Optional[int]], interactive: bool) -> Iterator[Callable[[int], Any]]:
     """Lines translated, as a tqdm bar on stderr (with a total and an ETA when ``count_total``
-    can say it), for a person at a terminal waiting on a file or a pipe; yields the function
-    that moves it on. Nothing shows when stderr is no terminal (a log, a script), or when the
-    lines are typed or printed at the terminal (``interactive``), where a bar would tear them."""
+    can say it rather than give None), for a person at a terminal waiting on a file or a pipe;
+    yields the function that moves it on. Nothing shows when stderr is no terminal (a log, a
+    script), or when the lines are typed or printed at the terminal (``interactive``), where a
+    bar would tear them."""
     if interactive or not sys.stderr.isatty():
         yield lambda count: None
         return
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    total = count_total() if count_total is not None else None
+    total = count_total()  # counted only here, where a bar shows
     with tqdm(total=total, unit=" lines", dynamic_ncols=True, file=sys.stderr) as bar, logging_redirect_tqdm():
         yield bar.update
 

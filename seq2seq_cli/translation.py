@@ -224,9 +224,10 @@ class Translator:
             return self.translate_nbest([texts], nbest)[0]
         count = self.nbest if nbest is None else nbest
         _check_nbest(count, self.decoding.beam_size)
-        if not isinstance(texts, Iterable) or isinstance(texts, (bytes, bytearray)):
-            raise TypeError(f"texts is {type(texts).__name__}: give a string or a list of strings"
-                            + (" (decode bytes first)" if isinstance(texts, (bytes, bytearray)) else ""))
+        if isinstance(texts, (bytes, bytearray)):  # iterable, but of ints
+            raise TypeError(f"texts is {type(texts).__name__}: give a string or a list of strings (decode bytes first)")
+        if not isinstance(texts, Iterable):
+            raise TypeError(f"texts is {type(texts).__name__}: give a string or a list of strings")
         texts = list(texts)  # a generator is read once, here
         for index, text in enumerate(texts):
             if not isinstance(text, str):
