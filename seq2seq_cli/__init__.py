@@ -26,12 +26,12 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 __version__ = "0.1.0"
-__all__ = ["Translation", "Translator", "__version__"]
+__all__ = ["Score", "Translation", "Translator", "__version__"]
 
 
 def __getattr__(name: str):
     # Imported on first use, so that `s2s --help` does not wait for PyTorch.
-    if name in ("Translation", "Translator"):
+    if name in ("Score", "Translation", "Translator"):
         from seq2seq_cli import translation
 
         return getattr(translation, name)

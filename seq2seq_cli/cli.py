@@ -7,7 +7,7 @@ import signal
 import stat
 import sys
 from pathlib import Path
-from typing import BinaryIO, List, Optional
+from typing import BinaryIO, Callable, List, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -258,13 +258,19 @@ def translate(
             advance(len(sources))
 
     typed_or_shown = (input_file is None and sys.stdin.isatty()) or (output_file is None and sys.stdout.isatty())
+    count_total = (lambda: count_lines(input_file)) if input_file is not None else _stdin_lines
+    with lines_progress(count_total, interactive=typed_or_shown) as advance:
+        _write_output(output_file, lambda out: write_translations(out, advance), "translate")
+
+
+def _write_output(output_file: Optional[Path], write: Callable[[BinaryIO], None], command: str) -> None:
+    """``write`` to stdout, or to ``output_file`` complete or not at all (an interrupted run
+    leaves an earlier file as it was); a reader that goes away ends the command quietly."""
     try:
-        count_total = (lambda: count_lines(input_file)) if input_file is not None else _stdin_lines
-        with lines_progress(count_total, interactive=typed_or_shown) as advance:
-            if output_file is None:
-                write_translations(sys.stdout.buffer, advance)
-            else:  # complete or not at all: an interrupted run leaves an earlier file as it was
-                atomic_write(output_file, lambda out: write_translations(out, advance))
+        if output_file is None:
+            write(sys.stdout.buffer)
+        else:
+            atomic_write(output_file, write)
     except BrokenPipeError:
         # The reader went away (`s2s translate ... | head`): not an error of ours. Typer would
         # exit with 1; stdout goes to /dev/null so that flushing it at exit cannot fail again.
@@ -273,7 +279,7 @@ def translate(
     except OSError as err:  # a full disk, a quota
         fix = "free space or write elsewhere" if out_of_space(err) else "write elsewhere"
         raise UserError(f"cannot write {err.filename or output_file or 'to stdout'} ({err.strerror}); {fix}, "
-                        "then translate again") from None
+                        f"then {command} again") from None
 
 
 @app.command()
@@ -352,6 +358,49 @@ def evaluate(
             atomic_write_text(json_file, json.dumps(report, indent=2) + "\n")
         except OSError as err:
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
+
+
+@app.command()
+def score(
+    checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
+    src: Path = typer.Option(..., "--src", metavar="FILE", help="Source sentences, one per line."),
+    tgt: Path = typer.Option(..., "--tgt", metavar="FILE", help="Their translations to score, line-aligned with --src."),
+    output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write the scores, complete or not at all (default: stdout)."),
+    normalize: bool = typer.Option(False, "--normalize", help="Divide each score by its target's tokens ([SEP] included): log-probability per token, comparable across lengths."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, metavar="N", help="Sentence pairs per batch (default: decoding.batch_size)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
+    quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
+) -> None:
+    """Score given translations: log P(target | source) of each pair, one number per line.
+
+    The model's log-probability in nats, the end of the sentence included, as beam search
+    scores what it finds (with --length-penalty 0); the set's perplexity goes to stderr. For
+    ranking n-best lists and filtering parallel corpora.
+
+    Example: s2s score --checkpoint runs/toy --src data/toy/test.en --tgt data/toy/test.de
+    """
+    import math
+
+    from seq2seq_cli.data import read_lines
+    from seq2seq_cli.translation import Translator
+
+    _refuse_overwriting_inputs(output_file, "--output", {"--src": src, "--tgt": tgt})
+    sources, targets = read_lines(src), read_lines(tgt)
+    if len(sources) != len(targets):
+        raise UserError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}; "
+                        "source and target must be line-aligned")
+    translator = Translator.load(checkpoint, device, weights=_weights(weights), batch_size=batch_size, dtype=dtype,
+                                 quantize=quantize)
+    scores = translator.score(sources, targets)
+    values = [s.per_token if normalize else s.log_prob for s in scores]
+    _write_output(output_file, lambda out: out.write("".join(f"{v:.4f}\n" for v in values).encode()), "score")
+    tokens = sum(len(s.tokens) for s in scores)
+    if tokens:
+        cross_entropy = -sum(s.log_prob for s in scores) / tokens
+        print(f"s2s: scored {len(scores):,} pairs, {tokens:,} target tokens ([SEP] included): "
+              f"{cross_entropy:.4f} nats per token, perplexity {math.exp(cross_entropy):.3f}", file=sys.stderr)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
+from seq2seq_cli.scoring import score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
@@ -88,6 +89,33 @@ class Translation:
     text: str
     score: float  # what beam search ranks by: log_prob / GNMT length penalty (greedy: log_prob)
     log_prob: float  # the model's log-probability of the translation, the final [SEP] included
+
+
+@dataclass
+class Score:
+    """The model's log-probability of one given translation (``Translator.score``)."""
+
+    log_prob: float  # log P(target | source) in nats, the final [SEP] included
+    tokens: list[str]  # the target's subwords as the model reads them, then [SEP]
+    token_log_probs: list[float]  # each token's log P given the source and the tokens before it
+
+    @property
+    def per_token(self) -> float:
+        """The mean log-probability per token: scores of targets of different lengths compare."""
+        return self.log_prob / len(self.tokens)
+
+
+def _texts(texts, name: str) -> list[str]:
+    """``texts`` as a list of strings, or a TypeError that says what was given instead."""
+    if isinstance(texts, (bytes, bytearray)):  # iterable, but of ints
+        raise TypeError(f"{name} is {type(texts).__name__}: give a string or a list of strings (decode bytes first)")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"{name} is {type(texts).__name__}: give a string or a list of strings")
+    texts = list(texts)  # a generator is read once, here
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{index}] is {type(text).__name__}, not str: give strings, one per sentence")
+    return texts
 
 
 def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> DecodingConfig:
@@ -224,17 +252,27 @@ class Translator:
             return self.translate_nbest([texts], nbest)[0]
         count = self.nbest if nbest is None else nbest
         _check_nbest(count, self.decoding.beam_size)
-        if isinstance(texts, (bytes, bytearray)):  # iterable, but of ints
-            raise TypeError(f"texts is {type(texts).__name__}: give a string or a list of strings (decode bytes first)")
-        if not isinstance(texts, Iterable):
-            raise TypeError(f"texts is {type(texts).__name__}: give a string or a list of strings")
-        texts = list(texts)  # a generator is read once, here
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: give strings, one per sentence")
+        texts = _texts(texts, "texts")
         _, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
         return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
                 for hypotheses in results]
+
+    def score(self, sources: Iterable[str] | str, targets: Iterable[str] | str) -> list[Score] | Score:
+        """The model's log-probability of each target text as the translation of its source
+        (forced decoding, ``seq2seq_cli.scoring``); two strings give one Score. A source is cut
+        to the model's limit as ``translate`` cuts it; a target is scored whole."""
+        if isinstance(sources, str) and isinstance(targets, str):
+            return self.score([sources], [targets])[0]
+        sources, targets = _texts(sources, "sources"), _texts(targets, "targets")
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
+        source_ids = self._encode_sources(sources, self._number_lines(len(sources)))
+        target_ids = self.tokenizers.encode_tgt(targets)
+        scores = score_ids(self.model, source_ids, target_ids, SpecialIds.of(self.tokenizers), self.device,
+                           self.decoding.batch_size, self.precision)
+        eos = self.tokenizers.eos_id
+        return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores)
+                for ids, token_scores in zip(target_ids, scores)]
 
     def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None
                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:

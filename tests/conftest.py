@@ -182,9 +182,9 @@ IDS = SpecialIds(pad=0, bos=2, eos=3)
 VOCAB = 6  # [PAD] [UNK] [CLS] [SEP] a b: three tokens to choose from, plus [SEP]
 
 
-def tiny_model(seed: int, vocab: int = VOCAB, sharpness: float = 1.0):
+def tiny_model(seed: int, vocab: int = VOCAB, sharpness: float = 1.0, hidden: int = 8):
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(embed_dim=8, hidden_size=8, dropout=0.0), vocab, vocab, IDS.pad).eval()
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=hidden, dropout=0.0), vocab, vocab, IDS.pad).eval()
     with torch.no_grad():
         model.decoder.output.weight.mul_(sharpness)
         model.decoder.output.bias.mul_(sharpness)
@@ -197,3 +197,21 @@ def make_batch(sources):
 
 
 SOURCES = [[4, 5, 1, 4], [5], [1, 1, 4, 5, 5, 4, 1], [4, 4], [5, 1, 5]]
+
+
+def ensemble_log_probs(models, weights, source, sequences):
+    """log sum_m w_m P_m(seq [SEP] | source) of each sequence, position by position,
+    teacher-forced (no search), all sequences in one batch per model."""
+    width = max(map(len, sequences)) + 1
+    tgt_in = torch.full((len(sequences), width), IDS.pad)
+    for row, seq in enumerate(sequences):
+        tgt_in[row, : len(seq) + 1] = torch.tensor([IDS.bos, *seq])
+    src_ids, src_lengths = pad_sources([source] * len(sequences), IDS.pad, IDS.eos)
+    probs = 0.0
+    for model, weight in zip(models, weights):
+        with torch.no_grad():
+            logits = model(src_ids, src_lengths, tgt_in).double()
+        logits[..., [IDS.pad, IDS.bos]] = float("-inf")
+        probs = probs + weight / sum(weights) * torch.softmax(logits, dim=-1)
+    return [sum(float(torch.log(probs[row, i, token])) for i, token in enumerate([*seq, IDS.eos]))
+            for row, seq in enumerate(sequences)]

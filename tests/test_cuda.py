@@ -16,7 +16,7 @@ from conftest import (IDS, SOURCES, final_weights, make_batch, tiny_config, tiny
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import ModelConfig, TrainingConfig, load_config
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import SpecialIds, beam_search, greedy_search, translate_corpus
+from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train

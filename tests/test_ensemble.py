@@ -13,46 +13,19 @@ import itertools
 import pytest
 import torch
 
-from conftest import IDS, SOURCES, VOCAB, assert_user_errors, s2s, tiny_config, toy_lines, write_corpus
-from seq2seq_cli.config import DecodingConfig, ModelConfig, load_config
+from conftest import (IDS, SOURCES, assert_user_errors, ensemble_log_probs, s2s, tiny_config, tiny_model, toy_lines,
+                      write_corpus)
+from seq2seq_cli.config import DecodingConfig, load_config
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import Ensemble, beam_search, gnmt_penalty, greedy_search, translate_ids
 from seq2seq_cli.launch import train
-from seq2seq_cli.model import build_model
 
 CPU = torch.device("cpu")
 
 
-def small_model(seed: int, hidden: int, vocab: int = VOCAB, sharpness: float = 3.0):
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(embed_dim=8, hidden_size=hidden, dropout=0.0), vocab, vocab, IDS.pad).eval()
-    with torch.no_grad():
-        model.decoder.output.weight.mul_(sharpness)
-        model.decoder.output.bias.mul_(sharpness)
-    return model
-
-
-def ensemble_log_probs(models, weights, source, sequences):
-    """log sum_m w_m P_m(seq [SEP] | source) of each sequence, position by position,
-    teacher-forced (no search), all sequences in one batch per model."""
-    width = max(map(len, sequences)) + 1
-    tgt_in = torch.full((len(sequences), width), IDS.pad)
-    for row, seq in enumerate(sequences):
-        tgt_in[row, : len(seq) + 1] = torch.tensor([IDS.bos, *seq])
-    src_ids, src_lengths = pad_sources([source] * len(sequences), IDS.pad, IDS.eos)
-    probs = 0.0
-    for model, weight in zip(models, weights):
-        with torch.no_grad():
-            logits = model(src_ids, src_lengths, tgt_in).double()
-        logits[..., [IDS.pad, IDS.bos]] = float("-inf")
-        probs = probs + weight / sum(weights) * torch.softmax(logits, dim=-1)
-    return [sum(float(torch.log(probs[row, i, token])) for i, token in enumerate([*seq, IDS.eos]))
-            for row, seq in enumerate(sequences)]
-
-
 @pytest.mark.parametrize("beam", [1, 2, 5])
 def test_an_ensemble_of_a_model_with_itself_is_the_model(beam):
-    model = small_model(0, hidden=8, vocab=12, sharpness=2.0)
+    model = tiny_model(0, vocab=12, sharpness=2.0)
     twice = Ensemble([model, copy.deepcopy(model)])
     src_ids, src_lengths = pad_sources(SOURCES, IDS.pad, IDS.eos)
     limits = torch.full((len(SOURCES),), 7)
@@ -71,7 +44,7 @@ def test_an_ensemble_of_a_model_with_itself_is_the_model(beam):
 @pytest.mark.parametrize("seed", range(3))
 def test_large_beam_over_an_ensemble_equals_exhaustive_search(seed, alpha):
     """Two models of different sizes, weighted 2:1, on a vocabulary of three tokens."""
-    models, weights = [small_model(seed, hidden=8), small_model(seed + 10, hidden=12)], [2.0, 1.0]
+    models, weights = [tiny_model(seed, sharpness=3.0), tiny_model(seed + 10, sharpness=3.0, hidden=12)], [2.0, 1.0]
     ensemble = Ensemble(models, weights)
     source, limit = [4, 5, 1], 4
     sequences = [seq for n in range(limit + 1) for seq in itertools.product([1, 4, 5], repeat=n)]
@@ -88,7 +61,8 @@ def test_large_beam_over_an_ensemble_equals_exhaustive_search(seed, alpha):
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_batch_composition_does_not_change_an_ensembles_output(beam):
-    ensemble = Ensemble([small_model(0, hidden=8, vocab=12), small_model(1, hidden=16, vocab=12)], [1.0, 3.0])
+    ensemble = Ensemble([tiny_model(0, vocab=12, sharpness=3.0), tiny_model(1, vocab=12, sharpness=3.0, hidden=16)],
+                        [1.0, 3.0])
     settings = DecodingConfig(beam_size=beam, max_length_offset=4)
     alone = [translate_ids(ensemble, [s], IDS, CPU, settings)[0] for s in SOURCES]
     together = translate_ids(ensemble, SOURCES[::-1], IDS, CPU, dataclasses.replace(settings, batch_size=3))[::-1]

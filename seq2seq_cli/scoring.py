@@ -1,0 +1,77 @@
+"""Forced decoding: the model's log-probability of translations it is given.
+
+What ``s2s score`` and ``Translator.score`` compute, and what NMT users do with it: rank an
+n-best list or another system's output, filter a noisy parallel corpus by how well its
+pairs translate each other, or read a test set's perplexity.
+
+The decoder reads the given target token by token, exactly as a search would have produced
+it, through the same step (``decoding.step_log_probs``): the same distribution, [PAD] and
+[CLS] excluded, and for an ensemble the same weighted mean of the members' probabilities.
+So a translation the search found scores its own ``Hypothesis.log_prob``, and scores of
+given and searched translations compare.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from seq2seq_cli.data import pad_sources
+from seq2seq_cli.decoding import Ensemble, SpecialIds, step_log_probs
+from seq2seq_cli.device import decoding_threads, map_in_order
+from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.precision import autocast
+
+
+@torch.inference_mode()
+def token_log_probs(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor,
+                    tgt_in: torch.Tensor, tgt_out: torch.Tensor, ids: SpecialIds) -> torch.Tensor:
+    """log P(tgt_out[:, t] | source, tgt_in[:, :t + 1]) for one padded batch: (B, T), 0 at padding.
+
+    src_ids (B, S) and src_lengths (B,) as ``pad_sources`` makes them; tgt_in ([CLS] y1 .. yn)
+    and tgt_out (y1 .. yn [SEP]) (B, T), padded."""
+    state = model.encode(src_ids, src_lengths)
+    hidden = state.hidden
+    columns = []
+    for tokens, targets in zip(tgt_in.unbind(1), tgt_out.unbind(1)):
+        log_probs, hidden, _ = step_log_probs(model, tokens, hidden, state, ids)  # (B, V)
+        columns.append(log_probs.gather(1, targets.unsqueeze(1)))
+    scores = torch.cat(columns, dim=1)  # (B, T); [PAD] targets read -inf
+    return scores.masked_fill(tgt_out == ids.pad, 0.0)
+
+
+def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+              ids: SpecialIds, device: torch.device, batch_size: int, precision: str = "auto") -> list[list[float]]:
+    """The log-probability of each target's tokens, then of its final [SEP], given its source
+    (token ids without special tokens), in input order.
+
+    Pairs are sorted by length so that a batch holds similar lengths; on the CPU as many
+    batches are scored at once as torch has threads, each on one thread, as in decoding. An
+    empty source is scored as the model reads it, [SEP] alone (search would not translate it)."""
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+
+    def score(chunk: list[int]) -> list[list[float]]:
+        src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
+        tgt_out, _ = pad_sources([targets[i] for i in chunk], ids.pad, ids.eos)  # y1 .. yn [SEP], padded
+        # [CLS] y1 .. yn: a shorter row's [SEP] and padding are read only where no score is kept
+        tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], ids.bos), tgt_out[:, :-1]], dim=1)
+        with autocast(device, precision):  # per thread: autocast is a thread's own state
+            scores = token_log_probs(model, src_ids.to(device), src_lengths, tgt_in.to(device), tgt_out.to(device),
+                                     ids)
+        return [row[: len(targets[i]) + 1] for i, row in zip(chunk, scores.double().tolist())]
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: (len(targets[i]), len(sources[i])), reverse=True)
+    chunks = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+    results: list[list[float]] = [[] for _ in sources]
+    try:
+        with decoding_threads(device) as threads:
+            for chunk, scored in zip(chunks, map_in_order(score, chunks, min(threads, len(chunks)))):
+                for index, row in zip(chunk, scored):
+                    results[index] = row
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,143 @@
+"""s2s score and Translator.score: the model's log-probability of translations it is given.
+
+Checked against what must equal it: the log-probabilities search reports for its own
+hypotheses (greedy, beam, an ensemble), a teacher-forced pass over whole targets in double
+precision (another code path), and the same pair scored in other batches; on a trained model,
+real translations score far above mismatched ones; the command line prints what the Python
+API returns and refuses bad input in one line."""
+
+import concurrent.futures
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from conftest import (IDS, SOURCES, assert_user_errors, ensemble_log_probs, s2s, tiny_model,
+                      toy_lines, write_corpus)
+from seq2seq_cli import Score, Translator
+from seq2seq_cli.config import DecodingConfig
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.decoding import Ensemble, translate_ids
+from seq2seq_cli.scoring import score_ids
+
+CPU = torch.device("cpu")
+VOCAB = 12  # [PAD] [UNK] [CLS] [SEP] and eight tokens 4..11
+
+
+def models_and_weights(ensemble: bool):
+    models = [tiny_model(0, vocab=VOCAB, sharpness=2.0)]
+    if ensemble:
+        models.append(tiny_model(1, vocab=VOCAB, sharpness=2.0, hidden=12))
+    weights = [1.0, 3.0][: len(models)]
+    return models, weights, (Ensemble(models, weights) if ensemble else models[0])
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_a_translation_search_found_scores_its_own_log_prob(beam, ensemble):
+    _, _, model = models_and_weights(ensemble)
+    found = translate_ids(model, SOURCES, IDS, CPU, DecodingConfig(beam_size=beam, max_length_offset=4), nbest=beam)
+    sources = [source for source, hypotheses in zip(SOURCES, found) for _ in hypotheses]
+    hypotheses = [h for nbest in found for h in nbest]
+    assert any(len(h.tokens) >= 3 for h in hypotheses)  # not only [SEP]s: the test would prove little
+    scores = score_ids(model, sources, [h.tokens for h in hypotheses], IDS, CPU, batch_size=3)
+    for token_scores, hypothesis in zip(scores, hypotheses, strict=True):
+        assert len(token_scores) == len(hypothesis.tokens) + 1
+        assert sum(token_scores) == pytest.approx(hypothesis.log_prob, abs=1e-5)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_scores_equal_a_teacher_forced_pass_over_whole_targets(ensemble):
+    models, weights, model = models_and_weights(ensemble)
+    rng = random.Random(5)
+    targets = [[[rng.randrange(4, VOCAB) for _ in range(length)] for length in (0, 1, 3, 6, 9)] for _ in SOURCES]
+    expected = [ensemble_log_probs(models, weights, source, sequences) for source, sequences in zip(SOURCES, targets)]
+    scores = score_ids(model, [s for s, seqs in zip(SOURCES, targets) for _ in seqs],
+                       [seq for seqs in targets for seq in seqs], IDS, CPU, batch_size=4)
+    assert [sum(row) for row in scores] == pytest.approx([lp for row in expected for lp in row], abs=1e-5)
+
+
+def test_the_batch_a_pair_is_scored_in_changes_nothing():
+    _, _, model = models_and_weights(ensemble=False)
+    rng = random.Random(9)
+    sources = [[rng.randrange(4, VOCAB) for _ in range(rng.randrange(0, 12))] for _ in range(40)]
+    targets = [[rng.randrange(4, VOCAB) for _ in range(rng.randrange(0, 15))] for _ in range(40)]
+    alone = [score_ids(model, [s], [t], IDS, CPU, batch_size=1)[0] for s, t in zip(sources, targets)]
+    for batch_size in (1, 7, 64):
+        together = score_ids(model, sources, targets, IDS, CPU, batch_size=batch_size)
+        assert [len(row) for row in together] == [len(t) + 1 for t in targets]  # each pair in its own place
+        assert [x for row in together for x in row] == pytest.approx([x for row in alone for x in row], abs=1e-6)
+
+
+def test_a_trained_model_scores_real_translations_far_above_mismatched_ones(learned_toy_run):
+    translator = Translator.load(learned_toy_run, device="cpu")
+    english, german = toy_lines("test", 100)
+    real = translator.score(english, german)
+    mismatched = translator.score(english, german[1:] + german[:1])
+    better = sum(r.per_token > m.per_token for r, m in zip(real, mismatched))
+    assert better >= 95, better
+    # Over the run's dev set: the loss training logged for these weights, less the little mass
+    # its softmax spreads on [PAD] and [CLS], which search and scoring exclude (the logged loss
+    # is rounded to 5 decimals).
+    dev = translator.score(*(read_lines(learned_toy_run.parent / "no-animals" / f"dev.{lang}") for lang in ("en", "de")))
+    logged = [json.loads(line) for line in (learned_toy_run / "metrics.jsonl").read_text().splitlines()]
+    dev_loss = [record for record in logged if record.get("event") == "valid"][-1]["dev_loss"]
+    cross_entropy = -sum(r.log_prob for r in dev) / sum(len(r.tokens) for r in dev)
+    assert 0.99 * dev_loss < cross_entropy <= dev_loss + 1e-5
+    first = real[0]
+    assert first.tokens[-1] == "[SEP]" and len(first.tokens) == len(first.token_log_probs)
+    assert first.tokens[:-1] == translator.tokenizers.tgt_pieces(translator.tokenizers.encode_tgt([german[0]])[0])
+    assert first.log_prob == pytest.approx(sum(first.token_log_probs)) and first.log_prob < 0
+    one = translator.score(english[0], german[0])
+    assert isinstance(one, Score) and one.log_prob == pytest.approx(first.log_prob, abs=1e-5)
+    with pytest.raises(ValueError, match="2 sources but 1 targets"):
+        translator.score(english[:2], german[:1])
+    with pytest.raises(TypeError, match="targets is bytes"):
+        translator.score(english[:1], b"Der Hund.")
+    with pytest.raises(TypeError, match=r"sources\[1\] is int"):
+        translator.score([english[0], 3], german[:2])
+
+
+def test_s2s_score_prints_what_translator_score_returns(learned_toy_run, tmp_path):
+    english, german = toy_lines("test", 60)
+    src, tgt = write_corpus(tmp_path, "test", english, german)
+    out = tmp_path / "scores.txt"
+    out.write_text("an earlier file\n")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        plain, normalized = pool.map(lambda extra: s2s("score", "--checkpoint", learned_toy_run, "--src", src,
+                                                       "--tgt", tgt, *extra),
+                                     [(), ("--normalize", "-o", out, "--batch-size", "7")])
+    assert plain.returncode == 0 and normalized.returncode == 0, plain.stderr.decode() + normalized.stderr.decode()
+    expected = Translator.load(learned_toy_run, device="cpu").score(english, german)
+    printed = [float(line) for line in plain.stdout.decode().splitlines()]
+    assert printed == pytest.approx([s.log_prob for s in expected], abs=1e-4)
+    assert normalized.stdout == b""
+    written = [float(line) for line in out.read_text().splitlines()]
+    assert written == pytest.approx([s.per_token for s in expected], abs=1e-4)
+    tokens = sum(len(s.tokens) for s in expected)
+    perplexity = math.exp(-sum(s.log_prob for s in expected) / tokens)
+    summary = plain.stderr.decode().strip().splitlines()[-1]
+    assert f"scored 60 pairs, {tokens:,} target tokens" in summary
+    assert float(summary.rsplit("perplexity ", 1)[1]) == pytest.approx(perplexity, rel=1e-3)
+
+
+def test_s2s_score_refuses_bad_input_in_one_line_and_keeps_existing_output(learned_toy_run, tmp_path):
+    english, german = toy_lines("test", 20)
+    src, tgt = write_corpus(tmp_path, "test", english, german)
+    short = tmp_path / "short.de"
+    short.write_text("".join(line + "\n" for line in german[:19]))
+    out = tmp_path / "scores.txt"
+    out.write_text("an earlier file\n")
+    run = learned_toy_run
+    assert_user_errors(
+        (("score", "--checkpoint", run, "--src", src, "--tgt", short, "-o", out), "has 20 lines but"),
+        (("score", "--checkpoint", run, "--src", src, "--tgt", tgt, "-o", src), "is the --src file"),
+        (("score", "--checkpoint", run, "--src", tmp_path / "missing.en", "--tgt", tgt), "missing.en"),
+        (("score", "--checkpoint", tmp_path / "no-run", "--src", src, "--tgt", tgt), "no-run"),
+        (("score", "--checkpoint", run, "--src", src, "--tgt", tgt, "--weights", "1,2"),
+         "--weights gives 2 weight(s) for 1 checkpoint(s)"),
+    )
+    assert out.read_text() == "an earlier file\n"
+    assert src.read_text() == "".join(line + "\n" for line in english)
