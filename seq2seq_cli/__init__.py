@@ -26,7 +26,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 __version__ = "0.1.0"
-__all__ = ["Score", "Translation", "Translator", "__version__"]
+__all__ = ["Sampling", "Score", "Translation", "Translator", "__version__"]
 
 
 def __getattr__(name: str):
@@ -35,4 +35,8 @@ def __getattr__(name: str):
         from seq2seq_cli import translation
 
         return getattr(translation, name)
+    if name == "Sampling":
+        from seq2seq_cli.decoding import Sampling
+
+        return Sampling
     raise AttributeError(f"module 'seq2seq_cli' has no attribute {name!r}")

@@ -216,6 +216,10 @@ def translate(
     max_length_ratio: Optional[float] = typer.Option(None, "--max-length-ratio", min=0.01, metavar="R", help="Maximum output length per source token."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, metavar="N", help="Sentences per batch."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
+    sample: bool = typer.Option(False, "--sample", help="Draw each token at random from the model's distribution instead of searching (back-translation, diverse candidates); --nbest N draws N."),
+    sample_topk: Optional[int] = typer.Option(None, "--sample-topk", min=0, metavar="K", help="With --sample: draw among the K most probable tokens only (default 0: all)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", metavar="T", help="With --sample: divide log-probabilities by T first (below 1 sharper; default 1)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, metavar="N", help="With --sample: the same seed and input give the same samples (default 0)."),
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
@@ -227,8 +231,15 @@ def translate(
     Example: echo "Ein Mann fährt Fahrrad." | s2s translate --checkpoint runs/multi30k --beam-size 5
     """
     from seq2seq_cli.data import count_lines
+    from seq2seq_cli.decoding import Sampling
     from seq2seq_cli.translation import Translator
 
+    sampling_options = {"--sample-topk": sample_topk, "--temperature": temperature, "--seed": seed}
+    if not sample and any(value is not None for value in sampling_options.values()):
+        given = ", ".join(name for name, value in sampling_options.items() if value is not None)
+        verb = "applies" if "," not in given else "apply"
+        raise UserError(f"{given} only {verb} with --sample (translations drawn at random); add --sample, or drop "
+                        f"{'it' if verb == 'applies' else 'them'}")
     if input_file is not None and not input_file.exists():
         raise UserError(f"--input {input_file}: file not found")
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
@@ -239,7 +250,9 @@ def translate(
                                  beam_size=beam_size, length_penalty=length_penalty,
                                  max_length_ratio=max_length_ratio, batch_size=batch_size,
                                  no_repeat_ngram_size=no_repeat_ngram_size, dtype=dtype, quantize=quantize,
-                                 cuda_graphs=cuda_graphs)
+                                 cuda_graphs=cuda_graphs,
+                                 sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
+                                                   seed or 0) if sample else None)
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@ finished hypotheses by that sum divided by the GNMT length penalty
 ``((5 + length) / 6) ** length_penalty`` (``length_penalty = 0`` ranks by the plain sum);
 greedy search's score is the sum itself.
 
+Sampling (``Sampling``) replaces greedy search's choice of the most probable token with a
+random draw, for back-translation and diverse candidates; its scores are the model's own
+log-probabilities of what it drew, as a search's are.
+
 An ``Ensemble`` of models searches like one model, batched the same way: each step's
 log-probabilities are those of the weighted mean of the models' distributions.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -50,6 +55,56 @@ class SpecialIds:
     @classmethod
     def of(cls, tokenizers: Tokenizers) -> "SpecialIds":
         return cls(tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Draw each token at random instead of searching (``s2s translate --sample``): from the
+    model's distribution with its log-probabilities divided by ``temperature`` (below 1:
+    sharper, above: flatter), among the ``topk`` most probable tokens only when ``topk`` > 0
+    (ties with the k-th kept). Each sample draws from a generator of its own, seeded from
+    ``seed``, the sentence's position in the input and which of its samples it is, so the same
+    seed and input give the same samples whatever the batches and threads."""
+
+    topk: int = 0
+    temperature: float = 1.0
+    seed: int = 0
+
+    def generator(self, sentence: int, sample: int, device: torch.device) -> torch.Generator:
+        # SeedSequence mixes the three numbers, so that nearby sentences get unrelated streams.
+        seed = int(np.random.SeedSequence([self.seed, sentence, sample]).generate_state(1, np.uint64)[0])
+        return torch.Generator(device).manual_seed(seed)
+
+
+class TokenSampler:
+    """The next token of each row of a batch, drawn as ``sampling`` says with the rows' own
+    generators (``select`` keeps them in step as finished rows leave the batch)."""
+
+    def __init__(self, sampling: Sampling, generators: list[torch.Generator]):
+        self.sampling = sampling
+        self.generators = generators
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.generators = [self.generators[row] for row in keep.tolist()]
+
+    def __call__(self, log_probs: torch.Tensor, ids: SpecialIds, at_limit: torch.Tensor, generated: torch.Tensor,
+                 no_repeat_ngram_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``best_next_tokens(..., count=1)``: each row's drawn token (R, 1) and the model's
+        log-probability of it (R, 1), rows at their length limit ending."""
+        if bool(at_limit.any()):
+            only_end_at_limit(log_probs, at_limit, ids.eos)
+        if no_repeat_ngram_size:
+            ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
+        weights = log_probs / self.sampling.temperature  # (R, V)
+        if 0 < self.sampling.topk < weights.size(1):
+            kth = weights.topk(self.sampling.topk, dim=1).values[:, -1:]
+            weights = weights.masked_fill(weights < kth, float("-inf"))
+        # Gumbel-max: the argmax of weights plus Gumbel noise is a draw from softmax(weights);
+        # a token at -inf (never generated, banned, past the top k) stays out.
+        uniform = torch.stack([torch.rand(weights.size(1), generator=g, device=weights.device)
+                               for g in self.generators])
+        tokens = (weights - uniform.log_().neg_().log_()).argmax(dim=1, keepdim=True)
+        return log_probs.gather(1, tokens), tokens
 
 
 def gnmt_penalty(length: torch.Tensor | int, length_penalty: float):
@@ -196,8 +251,10 @@ def ban_repeated_ngrams(log_probs: torch.Tensor, generated: torch.Tensor, size: 
 
 @torch.inference_mode()
 def greedy_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
-                  limits: torch.Tensor, keep_attention: bool = False, no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
-    """Pick the most probable token at each step, for a whole batch at once.
+                  limits: torch.Tensor, keep_attention: bool = False, no_repeat_ngram_size: int = 0,
+                  sampler: Optional[TokenSampler] = None) -> list[Hypothesis]:
+    """Pick the most probable token at each step (with ``sampler``, a drawn one), for a whole
+    batch at once.
 
     Sentences that have ended leave the batch, so a long sentence does not make the short
     ones in its batch cost as much as itself."""
@@ -214,8 +271,11 @@ def greedy_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths:
     attention = torch.zeros(batch_size, steps, src_ids.size(1)) if keep_attention else None
     for t in range(steps):
         log_probs, hidden, weights = step_log_probs(model, tokens, hidden, state, ids)
-        best, tokens = best_next_tokens(log_probs, ids, limits <= t, 1, output[active, :t],
-                                        no_repeat_ngram_size)  # (active, 1)
+        if sampler is None:
+            best, tokens = best_next_tokens(log_probs, ids, limits <= t, 1, output[active, :t],
+                                            no_repeat_ngram_size)  # (active, 1)
+        else:
+            best, tokens = sampler(log_probs, ids, limits <= t, output[active, :t], no_repeat_ngram_size)
         best, tokens = best.squeeze(1), tokens.squeeze(1)
         output[active, t] = tokens
         log_prob[active] += best
@@ -228,6 +288,8 @@ def greedy_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths:
             keep = going.nonzero().squeeze(1)
             active, tokens, hidden, limits = active[keep], tokens[keep], hidden[keep], limits[keep]
             state = state.select(keep)
+            if sampler is not None:
+                sampler.select(keep)
     hypotheses = []
     for row, sequence in enumerate(output.tolist()):
         length = sequence.index(ids.eos)
@@ -356,12 +418,17 @@ def backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int
 
 def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
                   decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False,
-                  precision: str = "auto", graphs: Optional["SearchGraphs"] = None) -> list[list[Hypothesis]]:
+                  precision: str = "auto", graphs: Optional["SearchGraphs"] = None,
+                  sampling: Optional[Sampling] = None, first_index: int = 0) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
     searched as ``decoding`` says (beam size, length penalty and limits, batch size), computing
     in ``precision`` (see ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU).
     With ``graphs`` the searches replay their decoder steps from CUDA graphs, except where
     attention weights or ``no_repeat_ngram_size`` ask for the eager search.
+
+    With ``sampling``, ``nbest`` samples of each source are drawn instead (greedy search's
+    loop, ``decoding.beam_size`` unused), highest log-probability first; ``first_index`` is the
+    position of ``sources[0]`` in the whole input, which seeds each sentence's draws.
 
     An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
     without a search: training never shows the model one (empty pairs are dropped).
@@ -369,16 +436,24 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     Sentences are sorted by length so that a batch holds similar lengths, then put back. On the
     CPU, as many batches are searched at once as torch has threads, each on one thread
     (``seq2seq_cli.device.decoding_threads`` says why)."""
-    if nbest > decoding.beam_size:
+    if nbest > decoding.beam_size and sampling is None:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({decoding.beam_size})")
-    if keep_attention or decoding.no_repeat_ngram_size:
+    if keep_attention or decoding.no_repeat_ngram_size or sampling is not None:
         graphs = None
 
     def search(chunk: list[int]) -> list[list[Hypothesis]]:
-        src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
+        # Sampling draws each of a sentence's samples in a row of its own.
+        rows = [(i, k) for i in chunk for k in range(nbest)] if sampling is not None else [(i, 0) for i in chunk]
+        src_ids, src_lengths = pad_sources([sources[i] for i, _ in rows], ids.pad, ids.eos)
         limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
         src_ids = src_ids.to(device)
         with autocast(device, precision):  # per thread: autocast is a thread's own state
+            if sampling is not None:
+                sampler = TokenSampler(sampling, [sampling.generator(first_index + i, k, device) for i, k in rows])
+                drawn = greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
+                                      decoding.no_repeat_ngram_size, sampler)
+                return [sorted(drawn[start: start + nbest], key=lambda h: -h.score)
+                        for start in range(0, len(drawn), nbest)]
             if graphs is not None:
                 if decoding.beam_size == 1:
                     return [[h] for h in graphs.greedy(src_ids, src_lengths, limits)]
@@ -407,7 +482,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources: Sequence[Sequence[int]],
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False, precision: str = "auto",
-                     graphs: Optional["SearchGraphs"] = None) -> list[list[Hypothesis]]:
+                     graphs: Optional["SearchGraphs"] = None, sampling: Optional[Sampling] = None,
+                     first_index: int = 0) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids."""
     return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision,
-                         graphs)
+                         graphs, sampling, first_index)

@@ -23,7 +23,7 @@ import torch
 
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings
-from seq2seq_cli.decoding import Ensemble, Hypothesis, SpecialIds, translate_corpus
+from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
@@ -118,19 +118,40 @@ def _texts(texts, name: str) -> list[str]:
     return texts
 
 
-def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict) -> DecodingConfig:
-    """``decoding`` with the settings in ``overrides`` that are not None, checked for ``nbest``."""
+def _decoding_with(decoding: DecodingConfig, nbest: int, overrides: dict,
+                   sampling: Optional[Sampling] = None) -> DecodingConfig:
+    """``decoding`` with the settings in ``overrides`` that are not None, checked for ``nbest``
+    and ``sampling`` (which draws one token at a time: beam size 1 unless one is asked for)."""
+    if sampling is not None and overrides.get("beam_size") is None:
+        overrides = {**overrides, "beam_size": 1}
     decoding = dataclasses.replace(decoding, **{key: value for key, value in overrides.items() if value is not None})
     check_decoding_settings(decoding)
-    _check_nbest(nbest, decoding.beam_size)
+    if sampling is not None and decoding.beam_size > 1:
+        raise UserError(f"--sample draws each token instead of searching; it cannot use --beam-size "
+                        f"{decoding.beam_size}: drop --beam-size (--nbest N gives N samples)")
+    _check_nbest(nbest, decoding.beam_size, sampling)
     return decoding
 
 
-def _check_nbest(nbest: int, beam_size: int) -> None:
+def _check_nbest(nbest: int, beam_size: int, sampling: Optional[Sampling] = None) -> None:
     if nbest < 1:
         raise UserError(f"--nbest {nbest}: ask for 1 or more translations per sentence")
-    if nbest > beam_size:
+    if nbest > beam_size and sampling is None:
         raise UserError(f"--nbest {nbest} needs --beam-size of at least {nbest} (it is {beam_size})")
+
+
+def _check_sampling(sampling: Sampling) -> None:
+    """``sampling``'s settings, which may come from Python code that no option parser checked."""
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling is {type(sampling).__name__}: give a seq2seq_cli.Sampling")
+    for name, value, ok, expected in (
+            ("--sample-topk", sampling.topk, isinstance(sampling.topk, int) and sampling.topk >= 0,
+             "0 (every token) or a positive number of tokens"),
+            ("--temperature", sampling.temperature, isinstance(sampling.temperature, (int, float))
+             and 0 < sampling.temperature < float("inf"), "a positive number (1: the model's distribution)"),
+            ("--seed", sampling.seed, isinstance(sampling.seed, int) and sampling.seed >= 0, "0 or a positive integer")):
+        if isinstance(value, bool) or not ok:
+            raise UserError(f"{name} {value!r}: must be {expected}")
 
 
 def _check_same_tokenizer(path: str | Path, tokenizers: Tokenizers, other_path: str | Path,
@@ -173,6 +194,7 @@ class Translator:
         self.nbest = nbest
         self.keep_attention = keep_attention
         self.decoding = _decoding_with(config.decoding, nbest, decoding_overrides)
+        self.sampling: Optional[Sampling] = None  # None: search
         # The longest source the model was trained on; longer input is cut to it.
         self.max_source_tokens = config.data.max_len
         self.lines_read = 0
@@ -186,12 +208,13 @@ class Translator:
              length_penalty: Optional[float] = None, max_length_ratio: Optional[float] = None,
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
-             cuda_graphs: Optional[str] = None) -> "Translator":
+             cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
         none or int8 (CPU only); ``cuda_graphs``: auto (replay decoder steps from CUDA graphs on
-        CUDA) or off."""
+        CUDA) or off; ``sampling``: draw translations at random instead of searching (e.g.
+        ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         torch_device = device if isinstance(device, torch.device) else select_device(device)
@@ -211,7 +234,7 @@ class Translator:
         return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
-                                        cuda_graphs=cuda_graphs)
+                                        cuda_graphs=cuda_graphs, sampling=sampling)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -229,12 +252,16 @@ class Translator:
         return ensemble
 
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
-                      **decoding_overrides) -> "Translator":
-        """A translator with other search settings that shares this one's model and tokenizers."""
+                      sampling: Optional[Sampling] = None, **decoding_overrides) -> "Translator":
+        """A translator with other search settings that shares this one's model and tokenizers
+        (settings left as None are this one's)."""
         sibling = copy.copy(self)
         sibling.nbest = self.nbest if nbest is None else nbest
         sibling.keep_attention = self.keep_attention if keep_attention is None else keep_attention
-        sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides)
+        if sampling is not None:
+            _check_sampling(sampling)
+            sibling.sampling = sampling
+        sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides, sibling.sampling)
         return sibling
 
     def translate(self, texts: Iterable[str] | str) -> list[str] | str:
@@ -247,11 +274,12 @@ class Translator:
     def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
                         ) -> list[list[Translation]] | list[Translation]:
         """The ``nbest`` best translations of each text (default: this translator's), best first;
-        ``nbest`` may not exceed the beam size. A single string gives its one list."""
+        ``nbest`` may not exceed the beam size (when sampling, the samples of each text, highest
+        log-probability first). A single string gives its one list."""
         if isinstance(texts, str):
             return self.translate_nbest([texts], nbest)[0]
         count = self.nbest if nbest is None else nbest
-        _check_nbest(count, self.decoding.beam_size)
+        _check_nbest(count, self.decoding.beam_size, self.sampling)
         texts = _texts(texts, "texts")
         _, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
         return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
@@ -299,7 +327,8 @@ class Translator:
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         sources = self._encode_sources(texts, first_line)
         return sources, translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
-                                         self.keep_attention, self.precision, self._search_graphs())
+                                         self.keep_attention, self.precision, self._search_graphs(), self.sampling,
+                                         first_index=first_line - 1)
 
     def _encode_sources(self, texts: list[str], first_line: int) -> list[list[int]]:
         """Source ids, each cut to the longest source the model was trained on (with a warning);
