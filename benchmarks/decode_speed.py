@@ -2,7 +2,7 @@
 at a time, and each number format (fp32, bf16 autocast, int8 weights).
 
     python benchmarks/decode_speed.py --checkpoint runs/multi30k --data ../shared/data/multi30k \
-        [--src test_2016_flickr.de --ref test_2016_flickr.en] [--formats fp32,bf16,int8] [--json out.json]
+        [--src test_2016_flickr.de --ref test_2016_flickr.en] [--formats fp32,bf16,int8] [--sampling] [--json out.json]
 
 Prints a table and writes JSON. "one at a time" runs the very same beam search code with
 batches of one sentence, on the first --single-sentences sentences (it is slow; on the CPU as
@@ -32,17 +32,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from speed import matmul_peak  # benchmarks/ is on sys.path when this script runs
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.data import read_lines
-from seq2seq_cli.decoding import translate_corpus
+from seq2seq_cli.decoding import Sampling, translate_corpus
 from seq2seq_cli.device import decoding_threads, select_device
 from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.precision import cpu_computes_bf16, for_decoding
 
 
-def timed_translate(model, tokenizers, sources, decoding, device, precision="auto"):
+def timed_translate(model, tokenizers, sources, decoding, device, precision="auto", sampling=None):
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = translate_corpus(model, tokenizers, sources, decoding, device, precision=precision)
+    results = translate_corpus(model, tokenizers, sources, decoding, device, precision=precision, sampling=sampling)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--formats", default="fp32,bf16,int8",
                         help="number formats to compare (int8: CPU only); fp32 always runs first")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per row; the fastest counts")
+    parser.add_argument("--sampling", action="store_true",
+                        help="also time `s2s translate --sample`, from the whole distribution and from the top 10")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.single_sentences < 1:
@@ -86,7 +88,10 @@ def main() -> None:
                           and (f != "bf16" or device.type != "cpu" or cpu_computes_bf16())]
     if len(formats) < len(set(args.formats.split(",")) | {"fp32"}):
         print(f"formats run on {device}: {', '.join(formats)} (int8 is CPU only; bf16 on a CPU needs AVX-512 or AMX)")
-    searches = [("greedy, batched", greedy, sources), (f"beam {args.beam_size}, batched", beam, sources)]
+    searches = [("greedy, batched", greedy, sources, None), (f"beam {args.beam_size}, batched", beam, sources, None)]
+    if args.sampling:
+        searches += [("sample, batched", greedy, sources, Sampling()),
+                     ("sample top-10, batched", greedy, sources, Sampling(topk=10))]
     models = {}
     for number_format in formats:
         # The model as `s2s translate --dtype/--quantize` runs it (int8: the weights quantized).
@@ -102,8 +107,9 @@ def main() -> None:
     outputs: dict[tuple[str, str], list[str]] = {}
     for _ in range(args.repeats):
         for number_format, (format_model, precision) in models.items():
-            for name, decoding, subset in searches:
-                hypotheses, seconds = timed_translate(format_model, tokenizers, subset, decoding, device, precision)
+            for name, decoding, subset, sampling in searches:
+                hypotheses, seconds = timed_translate(format_model, tokenizers, subset, decoding, device, precision,
+                                                      sampling)
                 timings.setdefault((name, number_format), []).append(seconds)
                 outputs[(name, number_format)] = hypotheses
     single_name = f"beam {args.beam_size}, one at a time"
@@ -122,7 +128,8 @@ def main() -> None:
             row["bleu_vs_fp32"] = round(row["bleu"] - fp32_row["bleu"], 2)
         rows.append(row)
 
-    greedy_row, beam_row, single_row = rows[:3]
+    greedy_row, beam_row, single_row = (next(row for row in rows if row["setting"] == name) for name in
+                                        ("greedy, batched", f"beam {args.beam_size}, batched", single_name))
     counter = FlopCounterMode(display=False)
     with decoding_threads(device), counter:  # the counter sees its own thread's operations only: search on this one
         translate_corpus(model, tokenizers, sources, beam, device)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
@@ -61,8 +62,8 @@ class SpecialIds:
 class Sampling:
     """Draw each token at random instead of searching (``s2s translate --sample``): from the
     model's distribution with its log-probabilities divided by ``temperature`` (below 1:
-    sharper, above: flatter), among the ``topk`` most probable tokens only when ``topk`` > 0
-    (ties with the k-th kept). Each sample draws from a generator of its own, seeded from
+    sharper, above: flatter), among the ``topk`` most probable tokens only when ``topk`` > 0.
+    Each sample draws from a generator of its own, seeded from
     ``seed``, the sentence's position in the input and which of its samples it is, so the same
     seed and input give the same samples whatever the batches and threads."""
 
@@ -97,14 +98,46 @@ class TokenSampler:
             ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
         weights = log_probs / self.sampling.temperature  # (R, V)
         if 0 < self.sampling.topk < weights.size(1):
-            kth = weights.topk(self.sampling.topk, dim=1).values[:, -1:]
-            weights = weights.masked_fill(weights < kth, float("-inf"))
-        # Gumbel-max: the argmax of weights plus Gumbel noise is a draw from softmax(weights);
-        # a token at -inf (never generated, banned, past the top k) stays out.
-        uniform = torch.stack([torch.rand(weights.size(1), generator=g, device=weights.device)
-                               for g in self.generators])
-        tokens = (weights - uniform.log_().neg_().log_()).argmax(dim=1, keepdim=True)
+            # Draw among the k best columns only: no pass over the whole vocabulary after this.
+            weights, candidates = top_by_blocks(weights, self.sampling.topk)  # (R, K) each
+            tokens = candidates.gather(1, self.draw(weights))
+        else:
+            tokens = self.draw(weights)
         return log_probs.gather(1, tokens), tokens
+
+    def draw(self, weights: torch.Tensor) -> torch.Tensor:
+        """One column (R, 1) of each row of ``weights`` (R, C), drawn with the row's generator
+        from ``softmax(weights)``.
+
+        Inverse transform sampling, one uniform number per row (Gumbel noise for every column
+        cost as much as the output layer): the column drawn is the first whose running sum of
+        probabilities exceeds u x the row's total. The sum runs in two levels, over blocks of
+        BLOCK columns and then within the chosen block, in float64 (one float64 running sum
+        over the whole row took several times as long, and a float32 one blurs the rare tokens).
+        A running sum rises only at a column (block) of probability above 0, never at one at
+        -inf (never generated, banned), and each threshold is kept below its total, so the
+        column found always has a probability above 0."""
+        rows, width = weights.shape
+        probs = torch.softmax(weights, dim=1)
+        if width % BLOCK:
+            probs = F.pad(probs, (0, BLOCK - width % BLOCK))
+        blocks = probs.view(rows, -1, BLOCK)  # (R, C / BLOCK, BLOCK)
+        # A block's sum of 64 in float32 is off by a few parts in a million of itself: that much
+        # more or less chance for the block, nothing for how its tokens share it.
+        running = blocks.sum(dim=2).double().cumsum_(dim=1)  # (R, C / BLOCK)
+        uniform = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=weights.device)
+                             for g in self.generators]).unsqueeze(1)  # (R, 1)
+        threshold = _below(uniform * running[:, -1:], running[:, -1:])
+        block = torch.searchsorted(running, threshold, right=True)  # (R, 1)
+        before = torch.where(block > 0, running.gather(1, (block - 1).clamp_(min=0)), 0.0)
+        within = blocks.gather(1, block.unsqueeze(2).expand(rows, 1, BLOCK)).squeeze(1).double().cumsum_(dim=1)
+        offset = torch.searchsorted(within, _below(threshold - before, within[:, -1:]), right=True)  # (R, 1)
+        return block * BLOCK + offset
+
+
+def _below(values: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """``values``, each kept strictly below its limit (the largest float below it at most)."""
+    return torch.minimum(values, torch.nextafter(limits, torch.zeros_like(limits)))
 
 
 def gnmt_penalty(length: torch.Tensor | int, length_penalty: float):

@@ -16,7 +16,7 @@ import torch
 from conftest import IDS, VOCAB, assert_user_errors, s2s, tiny_model, toy_lines, write_corpus
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import Sampling, translate_ids
+from seq2seq_cli.decoding import Sampling, TokenSampler, translate_ids
 from seq2seq_cli.scoring import score_ids
 
 CPU = torch.device("cpu")
@@ -60,6 +60,30 @@ def test_draws_follow_the_distribution_the_settings_give(sampling):
     assert distance < 0.02
     ranked = [sample.score for sample in samples]
     assert ranked == sorted(ranked, reverse=True)  # the n samples come highest log-probability first
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(topk=5, temperature=0.7)])
+def test_one_draw_per_row_follows_the_distribution_over_a_wide_vocabulary(sampling):
+    """The draw itself, over more columns than one block of its two-level running sum: a whole
+    block and single tokens at -inf, and a last block that is not full."""
+    torch.manual_seed(0)
+    width, rows = 200, 20000  # blocks of 64: three whole ones and 8 columns
+    log_probs = torch.randn(width) * 2
+    log_probs[[0, 130, 199]] = float("-inf")
+    log_probs[64:128] = float("-inf")
+    log_probs = torch.log_softmax(log_probs, dim=0)
+    weights = log_probs.double() / sampling.temperature
+    if sampling.topk:
+        weights[weights < weights.topk(sampling.topk).values[-1]] = float("-inf")
+    expected = torch.softmax(weights, dim=0) * rows
+    sampler = TokenSampler(sampling, [sampling.generator(row, 0, CPU) for row in range(rows)])
+    chosen, tokens = sampler(log_probs.expand(rows, width).clone(), IDS, torch.zeros(rows, dtype=torch.bool), None)
+    counts = torch.bincount(tokens.squeeze(1), minlength=width).double()
+    assert counts.size(0) == width and bool((counts[expected == 0] == 0).all())
+    assert torch.equal(chosen.squeeze(1), log_probs[tokens.squeeze(1)])
+    p = expected / rows
+    assert bool(((counts - expected).abs() <= 5 * (expected * (1 - p)).sqrt() + 1).all())
+    assert float((counts - expected).abs().sum() / rows / 2) < 0.03
 
 
 def random_sources(count: int, seed: int) -> list[list[int]]:
