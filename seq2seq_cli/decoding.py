@@ -63,9 +63,9 @@ class Sampling:
     """Draw each token at random instead of searching (``s2s translate --sample``): from the
     model's distribution with its log-probabilities divided by ``temperature`` (below 1:
     sharper, above: flatter), among the ``topk`` most probable tokens only when ``topk`` > 0.
-    Each sample draws from a generator of its own, seeded from
-    ``seed``, the sentence's position in the input and which of its samples it is, so the same
-    seed and input give the same samples whatever the batches and threads."""
+    Each sample draws from a generator of its own, seeded from ``seed``, the sentence's
+    position in the input and which of its samples it is, so the same seed and input give the
+    same samples whatever the batches and threads."""
 
     topk: int = 0
     temperature: float = 1.0

@@ -14,14 +14,15 @@ import torch
 from conftest import (IDS, SOURCES, final_weights, make_batch, tiny_config, tiny_model, toy_learning_config,
                       toy_lines)
 from seq2seq_cli.checkpoint import load_model
-from seq2seq_cli.config import ModelConfig, TrainingConfig, load_config
+from seq2seq_cli.config import DecodingConfig, ModelConfig, TrainingConfig, load_config
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import beam_search, greedy_search, translate_corpus
+from seq2seq_cli.decoding import Sampling, beam_search, greedy_search, translate_corpus, translate_ids
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.loss import sequence_loss
+from seq2seq_cli.scoring import score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.translation import Translator
 
@@ -249,3 +250,21 @@ def test_search_replayed_from_graphs_under_bf16_autocast():
     assert sum(e.tokens == g.tokens for e, g in zip(eager, graphed)) >= 0.9 * len(eager)
     assert sum(e[0].tokens == g[0].tokens for e, g in zip(eager_beam, graphed_beam)) >= 0.9 * len(eager)
     assert graphs.shapes()[0][-1] == torch.bfloat16
+
+
+def test_scoring_and_sampling_on_cuda():
+    """Forced decoding on the GPU gives the CPU's scores; sampling there gives each draw the
+    model's own log-probability, and the same draws whatever the batch (the generators are
+    the GPU's own, so the draws differ from the CPU's)."""
+    model = tiny_model(4, sharpness=2.0)
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    targets = [[4, 5], [], [1, 4, 4, 5, 5], [5], [4]]
+    cpu_scores, gpu_scores = (score_ids(net, SOURCES, targets, IDS, device, batch_size=2, precision="fp32")
+                              for net, device in ((model, CPU), (on_gpu, CUDA)))
+    assert [x for row in gpu_scores for x in row] == pytest.approx([x for row in cpu_scores for x in row], abs=1e-5)
+    drawn = [translate_ids(on_gpu, SOURCES, IDS, CUDA, DecodingConfig(max_length_offset=4, batch_size=size), nbest=3,
+                           precision="fp32", sampling=Sampling(topk=3, seed=2)) for size in (1, 64)]
+    assert [[h.tokens for h in samples] for samples in drawn[0]] == [[h.tokens for h in samples] for samples in drawn[1]]
+    found = [h for samples in drawn[1] for h in samples]
+    rescored = score_ids(model, [s for s in SOURCES for _ in range(3)], [h.tokens for h in found], IDS, CPU, 8)
+    assert [h.log_prob for h in found] == pytest.approx([sum(row) for row in rescored], abs=1e-4)
