@@ -354,7 +354,8 @@ def evaluate(
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                      dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs)
-        hypotheses, speed = translator.translate_lines(sources)
+        with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
+            hypotheses, speed = translator.translate_lines(sources, advance)
         compared = src
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
     else:
@@ -406,7 +407,8 @@ def score(
                         "source and target must be line-aligned")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), batch_size=batch_size, dtype=dtype,
                                  quantize=quantize)
-    scores = translator.score(sources, targets)
+    with lines_progress(lambda: len(sources), interactive=False) as advance:  # the scores come after
+        scores = translator.score(sources, targets, advance)
     values = [s.per_token if normalize else s.log_prob for s in scores]
     _write_output(output_file, lambda out: out.write("".join(f"{v:.4f}\n" for v in values).encode()), "score")
     tokens = sum(len(s.tokens) for s in scores)

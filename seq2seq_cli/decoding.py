@@ -21,7 +21,7 @@ log-probabilities are those of the weighted mean of the models' distributions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -452,7 +452,8 @@ def backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int
 def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
                   decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False,
                   precision: str = "auto", graphs: Optional["SearchGraphs"] = None,
-                  sampling: Optional[Sampling] = None, first_index: int = 0) -> list[list[Hypothesis]]:
+                  sampling: Optional[Sampling] = None, first_index: int = 0,
+                  progress: Optional[Callable[[int], object]] = None) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
     searched as ``decoding`` says (beam size, length penalty and limits, batch size), computing
     in ``precision`` (see ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU).
@@ -468,7 +469,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 
     Sentences are sorted by length so that a batch holds similar lengths, then put back. On the
     CPU, as many batches are searched at once as torch has threads, each on one thread
-    (``seq2seq_cli.device.decoding_threads`` says why)."""
+    (``seq2seq_cli.device.decoding_threads`` says why). ``progress`` is told how many sentences
+    each finished batch held (a progress bar's ``update``)."""
     if nbest > decoding.beam_size and sampling is None:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({decoding.beam_size})")
     if keep_attention or decoding.no_repeat_ngram_size or sampling is not None:
@@ -502,11 +504,14 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     order = sorted((i for i, source in enumerate(sources) if source), key=lambda i: len(sources[i]), reverse=True)
     chunks = [order[start: start + decoding.batch_size] for start in range(0, len(order), decoding.batch_size)]
     results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
+    report = progress or (lambda count: None)
+    report(len(sources) - len(order))  # the empty ones, done already
     try:
         with decoding_threads(device) as threads:
             for chunk, found in zip(chunks, map_in_order(search, chunks, min(threads, len(chunks)))):
                 for index, hypotheses in zip(chunk, found):
                     results[index] = hypotheses
+                report(len(chunk))
     finally:
         model.train(was_training)
     return results
@@ -516,7 +521,8 @@ def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources:
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False, precision: str = "auto",
                      graphs: Optional["SearchGraphs"] = None, sampling: Optional[Sampling] = None,
-                     first_index: int = 0) -> list[list[Hypothesis]]:
+                     first_index: int = 0, progress: Optional[Callable[[int], object]] = None
+                     ) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids."""
     return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision,
-                         graphs, sampling, first_index)
+                         graphs, sampling, first_index, progress)

@@ -26,7 +26,7 @@ def log_to_stderr() -> None:
 
 @contextlib.contextmanager
 def lines_progress(count_total: Callable[[], Optional[int]], interactive: bool) -> Iterator[Callable[[int], Any]]:
-    """Lines translated, as a tqdm bar on stderr (with a total and an ETA when ``count_total``
+    """Lines translated (or scored), as a tqdm bar on stderr (with a total and an ETA when ``count_total``
     can say it rather than give None), for a person at a terminal waiting on a file or a pipe;
     yields the function that moves it on. Nothing shows when stderr is no terminal (a log, a
     script), or when the lines are typed or printed at the terminal (``interactive``), where a

@@ -13,7 +13,7 @@ given and searched translations compare.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -42,13 +42,15 @@ def token_log_probs(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_length
 
 
 def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-              ids: SpecialIds, device: torch.device, batch_size: int, precision: str = "auto") -> list[list[float]]:
+              ids: SpecialIds, device: torch.device, batch_size: int, precision: str = "auto",
+              progress: Optional[Callable[[int], object]] = None) -> list[list[float]]:
     """The log-probability of each target's tokens, then of its final [SEP], given its source
     (token ids without special tokens), in input order.
 
     Pairs are sorted by length so that a batch holds similar lengths; on the CPU as many
     batches are scored at once as torch has threads, each on one thread, as in decoding. An
-    empty source is scored as the model reads it, [SEP] alone (search would not translate it)."""
+    empty source is scored as the model reads it, [SEP] alone (search would not translate it).
+    ``progress`` is told how many pairs each finished batch held."""
     if len(sources) != len(targets):
         raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
 
@@ -72,6 +74,8 @@ def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targe
             for chunk, scored in zip(chunks, map_in_order(score, chunks, min(threads, len(chunks)))):
                 for index, row in zip(chunk, scored):
                     results[index] = row
+                if progress is not None:
+                    progress(len(chunk))
     finally:
         model.train(was_training)
     return results

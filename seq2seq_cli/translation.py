@@ -17,7 +17,7 @@ import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -285,10 +285,12 @@ class Translator:
         return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
                 for hypotheses in results]
 
-    def score(self, sources: Iterable[str] | str, targets: Iterable[str] | str) -> list[Score] | Score:
+    def score(self, sources: Iterable[str] | str, targets: Iterable[str] | str,
+              progress: Optional[Callable[[int], object]] = None) -> list[Score] | Score:
         """The model's log-probability of each target text as the translation of its source
         (forced decoding, ``seq2seq_cli.scoring``); two strings give one Score. A source is cut
-        to the model's limit as ``translate`` cuts it; a target is scored whole."""
+        to the model's limit as ``translate`` cuts it; a target is scored whole. ``progress``
+        is told how many pairs each finished batch held."""
         if isinstance(sources, str) and isinstance(targets, str):
             return self.score([sources], [targets])[0]
         sources, targets = _texts(sources, "sources"), _texts(targets, "targets")
@@ -297,15 +299,17 @@ class Translator:
         source_ids = self._encode_sources(sources, self._number_lines(len(sources)))
         target_ids = self.tokenizers.encode_tgt(targets)
         scores = score_ids(self.model, source_ids, target_ids, SpecialIds.of(self.tokenizers), self.device,
-                           self.decoding.batch_size, self.precision)
+                           self.decoding.batch_size, self.precision, progress)
         eos = self.tokenizers.eos_id
         return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores)
                 for ids, token_scores in zip(target_ids, scores)]
 
-    def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None
+    def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None,
+                      progress: Optional[Callable[[int], object]] = None
                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
-        """Source ids and n-best hypotheses (``nbest``, default this translator's) for each raw input line."""
-        return self._translate_raw(raw_lines, self._number_lines(len(raw_lines)), nbest)
+        """Source ids and n-best hypotheses (``nbest``, default this translator's) for each raw
+        input line; ``progress`` is told how many lines each finished batch held."""
+        return self._translate_raw(raw_lines, self._number_lines(len(raw_lines)), nbest, progress)
 
     def translate_stream(self, raw_line_batches: Iterable[list[bytes]]
                          ) -> Iterator[tuple[list[list[int]], list[list[Hypothesis]]]]:
@@ -321,14 +325,15 @@ class Translator:
         self.lines_read += count
         return self.lines_read - count + 1
 
-    def _translate_raw(self, raw_lines: list[bytes], first_line: int, nbest: Optional[int] = None
+    def _translate_raw(self, raw_lines: list[bytes], first_line: int, nbest: Optional[int] = None,
+                       progress: Optional[Callable[[int], object]] = None
                        ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         nbest = self.nbest if nbest is None else nbest
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         sources = self._encode_sources(texts, first_line)
         return sources, translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
                                          self.keep_attention, self.precision, self._search_graphs(), self.sampling,
-                                         first_index=first_line - 1)
+                                         first_index=first_line - 1, progress=progress)
 
     def _encode_sources(self, texts: list[str], first_line: int) -> list[list[int]]:
         """Source ids, each cut to the longest source the model was trained on (with a warning);
@@ -379,10 +384,11 @@ class Translator:
 
         plot_attention(path, *self.attention_labels(source_ids, hypothesis), hypothesis.attention)
 
-    def translate_lines(self, lines: list[str]) -> tuple[list[str], dict]:
+    def translate_lines(self, lines: list[str], progress: Optional[Callable[[int], object]] = None
+                        ) -> tuple[list[str], dict]:
         """1-best translations of whole lines, and the decoding speed."""
         started = time.perf_counter()
-        _, results = self.translate_raw([line.encode("utf-8") for line in lines])
+        _, results = self.translate_raw([line.encode("utf-8") for line in lines], progress=progress)
         seconds = time.perf_counter() - started
         best = [nbest[0] for nbest in results]
         speed = {"beam_size": self.decoding.beam_size, "seconds": round(seconds, 3),

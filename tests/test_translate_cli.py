@@ -342,6 +342,25 @@ def test_a_file_translated_at_a_terminal_shows_its_progress_and_the_same_output(
     assert printed == (tmp_path / "plain.de").read_text(encoding="utf-8").splitlines()
 
 
+def test_evaluate_and_score_at_a_terminal_show_their_progress(run_dir, tmp_path):
+    """Both decode a whole file in one call; the bar counts its lines as batches finish."""
+    source, reference = (write_lines(tmp_path / f"dev.{lang}", (TOY / f"dev.{lang}").read_text(encoding="utf-8")
+                                     .splitlines()[:300]) for lang in ("en", "de"))
+    s2s_command = [sys.executable, "-m", "seq2seq_cli"]
+    code, shown = at_a_terminal(s2s_command + ["evaluate", "--checkpoint", str(run_dir), "--src", str(source),
+                                               "--ref", str(reference)])
+    assert code == 0 and "300/300" in shown, shown
+    code, shown = at_a_terminal(s2s_command + ["score", "--checkpoint", str(run_dir), "--src", str(source),
+                                               "--tgt", str(reference), "-o", str(tmp_path / "scores.txt")])
+    assert code == 0 and "300/300" in shown and "perplexity" in shown, shown
+    assert len((tmp_path / "scores.txt").read_text().splitlines()) == 300
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
 def test_count_lines_counts_as_translate_reads(tmp_path):
     import gzip
 
