@@ -374,6 +374,9 @@ def evaluate(
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None
 
 
+SCORE_CHUNK_PAIRS = 20_000  # pairs read, scored and written at a time by s2s score
+
+
 @app.command()
 def score(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
@@ -395,26 +398,38 @@ def score(
 
     Example: s2s score --checkpoint runs/toy --src data/toy/test.en --tgt data/toy/test.de
     """
+    import itertools
     import math
 
-    from seq2seq_cli.data import read_lines
+    from seq2seq_cli.data import count_lines, stream_lines
     from seq2seq_cli.translation import Translator
 
     _refuse_overwriting_inputs(output_file, "--output", {"--src": src, "--tgt": tgt})
-    sources, targets = read_lines(src), read_lines(tgt)
-    if len(sources) != len(targets):
-        raise UserError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}; "
+    pairs = count_lines(src)  # both files counted before any work: a mismatch is found at once
+    if count_lines(tgt) != pairs:
+        raise UserError(f"{src} has {pairs} lines but {tgt} has {count_lines(tgt)}; "
                         "source and target must be line-aligned")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), batch_size=batch_size, dtype=dtype,
                                  quantize=quantize)
-    with lines_progress(lambda: len(sources), interactive=False) as advance:  # the scores come after
-        scores = translator.score(sources, targets, advance)
-    values = [s.per_token if normalize else s.log_prob for s in scores]
-    _write_output(output_file, lambda out: out.write("".join(f"{v:.4f}\n" for v in values).encode()), "score")
-    tokens = sum(len(s.tokens) for s in scores)
-    if tokens:
-        cross_entropy = -sum(s.log_prob for s in scores) / tokens
-        print(f"s2s: scored {len(scores):,} pairs, {tokens:,} target tokens ([SEP] included): "
+    totals = {"pairs": 0, "tokens": 0, "log_prob": 0.0}
+
+    def write_scores(out: BinaryIO, advance) -> None:
+        # A chunk at a time: a corpus of any size is scored in constant memory, each chunk's
+        # pairs sorted by length into batches.
+        lines = zip(stream_lines(src), stream_lines(tgt))
+        while chunk := list(itertools.islice(lines, SCORE_CHUNK_PAIRS)):
+            sources, targets = zip(*chunk)
+            scores = translator.score(sources, targets, advance)
+            out.write("".join(f"{s.per_token if normalize else s.log_prob:.4f}\n" for s in scores).encode())
+            totals["pairs"] += len(scores)
+            totals["tokens"] += sum(len(s.tokens) for s in scores)
+            totals["log_prob"] += sum(s.log_prob for s in scores)
+
+    with lines_progress(lambda: pairs, interactive=False) as advance:
+        _write_output(output_file, lambda out: write_scores(out, advance), "score")
+    if totals["tokens"]:
+        cross_entropy = -totals["log_prob"] / totals["tokens"]
+        print(f"s2s: scored {totals['pairs']:,} pairs, {totals['tokens']:,} target tokens ([SEP] included): "
               f"{cross_entropy:.4f} nats per token, perplexity {math.exp(cross_entropy):.3f}", file=sys.stderr)
 
 

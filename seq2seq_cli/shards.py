@@ -38,7 +38,8 @@ import numpy as np
 
 from seq2seq_cli.files import FolderLock, atomic_write, remedy, save_atomically
 from seq2seq_cli.config import COMPRESSED_SUFFIXES, Config, check_training_files, split_files
-from seq2seq_cli.data import BOM, EXACT_TOKENS, corpus_errors, decode_lines, exact_tokens, open_corpus, split_tsv_line
+from seq2seq_cli.data import (BOM, EXACT_TOKENS, corpus_errors, decode_lines, exact_tokens, open_corpus, split_tsv_line,
+                              stream_lines)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import LineStream, Tokenizers, build_tokenizers
@@ -215,8 +216,8 @@ def _make_plan(config: Config, data_dir: Path, recipe: dict[str, Any], shard_pai
     if not src_lines:
         raise UserError(f"{src_path} and {tgt_path} are empty; a corpus needs at least one pair")
     log.info("%s: %d pairs; building the tokenizer", data_dir, src_lines)
-    tokenizers = build_tokenizers(config.tokenizer, LineStream(lambda: _stream_lines(src_path)),
-                                  LineStream(lambda: _stream_lines(tgt_path)))
+    tokenizers = build_tokenizers(config.tokenizer, LineStream(lambda: stream_lines(src_path)),
+                                  LineStream(lambda: stream_lines(tgt_path)))
     save_atomically(data_dir / "tokenizer", tokenizers.save)
     id_dtype = "uint16" if max(tokenizers.src_size, tokenizers.tgt_size) <= 1 << 16 else "uint32"
     shards = []
@@ -246,19 +247,6 @@ def _shard_offsets(path: str, shard_pairs: int) -> tuple[list[int], int]:
     if starts[-1] != position:
         starts.append(position)
     return starts, lines
-
-
-def _stream_lines(path: str) -> Iterator[str]:
-    """The file's lines, read in blocks (for training a tokenizer without holding the corpus)."""
-    first_line = 1
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.readlines(1 << 24)
-            if not block:
-                return
-            lines = decode_lines(b"".join(block), path, first_line)
-            first_line += len(lines)
-            yield from lines
 
 
 def _tokenize_shards(config: Config, data_dir: Path, plan: dict[str, Any], workers: int) -> list[dict[str, Any]]:

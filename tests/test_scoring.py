@@ -123,6 +123,27 @@ def test_s2s_score_prints_what_translator_score_returns(learned_toy_run, tmp_pat
     assert float(summary.rsplit("perplexity ", 1)[1]) == pytest.approx(perplexity, rel=1e-3)
 
 
+def test_s2s_score_streams_a_corpus_in_chunks_and_reads_compressed_files(learned_toy_run, tmp_path, monkeypatch):
+    """Chunks of 7 pairs (of 20,000 in use): the same numbers, in order, as one call scoring all."""
+    import gzip
+
+    from typer.testing import CliRunner
+
+    from seq2seq_cli import cli
+
+    english, german = toy_lines("test", 30)
+    src, tgt = write_corpus(tmp_path, "test", english, german)
+    packed = tmp_path / "test.de.gz"
+    packed.write_bytes(gzip.compress(tgt.read_bytes()))
+    monkeypatch.setattr(cli, "SCORE_CHUNK_PAIRS", 7)
+    result = CliRunner().invoke(cli.app, ["score", "--checkpoint", str(learned_toy_run), "--src", str(src), "--tgt",
+                                          str(packed), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    printed = [float(line) for line in result.stdout.splitlines() if not line.startswith("s2s: ")]
+    expected = Translator.load(learned_toy_run, device="cpu").score(english, german)
+    assert printed == pytest.approx([s.log_prob for s in expected], abs=1e-4)
+
+
 def test_s2s_score_refuses_bad_input_in_one_line_and_keeps_existing_output(learned_toy_run, tmp_path):
     english, german = toy_lines("test", 20)
     src, tgt = write_corpus(tmp_path, "test", english, german)
