@@ -62,14 +62,14 @@ def child(config_path: str, values: list[str]) -> None:
     config = load_config(config_path, values)
     trainer = build_trainer(config, overwrite=True)
     batches = trainer.epoch_batches(0)
-    trainer.update(trainer.train_batches.make_batch(batches[0]))
+    trainer.update([trainer.train_batches.make_batch(batches[0])])
     startup_done = time.time()
     startup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     tokens = 0
     for indices in batches[1: STEPS + 1]:
         batch = trainer.train_batches.make_batch(indices)
-        trainer.update(batch)
+        trainer.update([batch])
         tokens += batch.n_tgt_tokens
     seconds = time.perf_counter() - started
     print(json.dumps({"startup_done": startup_done, "rss_startup_mb": round(startup_rss),

@@ -145,6 +145,10 @@ class TrainingConfig:
     max_minutes: float = 0.0
     # Tokens per batch, padding included, counted on the longer side of each pair.
     batch_tokens: int = 4096
+    # Batches whose gradients add up to one update (fairseq's --update-freq): an update of N x
+    # batch_tokens in the memory of one batch, e.g. a recipe for N GPUs on one. Steps, and the
+    # limits, validation and saving counted in them, are updates.
+    batches_per_update: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     clip_grad_norm: float = 1.0
@@ -285,6 +289,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("training.max_epochs", lambda v: v >= 0, "0 (no limit) or positive"),
     ("training.max_minutes", lambda v: v >= 0 and math.isfinite(v), "0 (no limit) or positive"),
     ("training.batch_tokens", lambda v: v >= 1, "positive"),
+    ("training.batches_per_update", lambda v: v >= 1, "at least 1"),
     ("training.learning_rate", lambda v: v > 0 and math.isfinite(v), "positive"),
     ("training.weight_decay", lambda v: v >= 0, "0 or positive"),
     ("training.clip_grad_norm", lambda v: v >= 0, "0 (off) or positive"),

@@ -8,6 +8,7 @@ continues exactly where the saved one stopped. ``launch.train`` builds a Trainer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -88,7 +89,11 @@ class Trainer:
         # Steps replayed from CUDA graphs; their outcome is read one step later (``_settle``).
         self.graphed: Optional[GraphedSteps] = None
         if self.training_config.cuda_graphs == "auto" and device.type == "cuda" and not world.distributed:
-            self.graphed = GraphedSteps(model, self.optimizer, self.training_config, tokenizers, device)
+            if self.training_config.batches_per_update > 1:  # a graph records one batch's whole update
+                log.info("training.cuda_graphs: off, as training.batches_per_update is %d",
+                         self.training_config.batches_per_update)
+            else:
+                self.graphed = GraphedSteps(model, self.optimizer, self.training_config, tokenizers, device)
         self._pending: Optional[tuple[int, PendingStep, int]] = None
         self.search_graphs: Optional[SearchGraphs] = None  # validation's, with decoding.cuda_graphs
         self.state = TrainingState()
@@ -125,7 +130,8 @@ class Trainer:
         """The step at which max_steps or max_epochs will stop the run (None: neither is set)."""
         limits = [self.training_config.max_steps] if self.training_config.max_steps else []
         if self.training_config.max_epochs:
-            limits.append(self.training_config.max_epochs * len(self.epoch_batches(self.state.epoch)))
+            per_update = self.training_config.batches_per_update
+            limits.append(self.training_config.max_epochs * -(-len(self.epoch_batches(self.state.epoch)) // per_update))
         return min(limits) if limits else None
 
     # -- the loop ---------------------------------------------------------------------------
@@ -140,25 +146,29 @@ class Trainer:
             while stop is None:
                 batches = self.epoch_batches(state.epoch)
                 if state.batch_in_epoch < len(batches):
-                    self._train_on(batches[state.batch_in_epoch], progress)
+                    # An epoch's last update may have fewer batches than batches_per_update.
+                    self._train_on(batches[state.batch_in_epoch: state.batch_in_epoch + self.training_config.batches_per_update],
+                                   progress)
                 else:
                     self._end_epoch()
                 stop = self._stop()
         return self._finish(stop)
 
-    def _train_on(self, batch_indices, progress: "Progress") -> None:
-        """One step on one batch, then the step's logging, validation and saving."""
+    def _train_on(self, group: list, progress: "Progress") -> None:
+        """One step on a group of batches (their indices; one unless batches_per_update says
+        more), then the step's logging, validation and saving."""
         state, training = self.state, self.training_config
-        batch = self.train_batches.make_batch(batch_indices)
+        batches = [self.train_batches.make_batch(indices) for indices in group]
+        n_tgt_tokens = sum(batch.n_tgt_tokens for batch in batches)
         state.step += 1
-        state.batch_in_epoch += 1
-        launched = self._launch_graphed(batch) if self.graphed is not None else None
+        state.batch_in_epoch += len(batches)
+        launched = self._launch_graphed(batches[0]) if self.graphed is not None else None
         if launched is None:
-            self._account(state.step, self.update(batch.to(self.device)), batch.n_tgt_tokens)
+            self._account(state.step, self.update([batch.to(self.device) for batch in batches]), n_tgt_tokens)
         else:
             self._settle()  # the previous step's outcome, read while this one runs
-            self._pending = (state.step, launched, batch.n_tgt_tokens)
-        progress.step(batch.n_tgt_tokens)
+            self._pending = (state.step, launched, n_tgt_tokens)
+        progress.step(n_tgt_tokens)
         if state.step % training.log_every == 0:
             self._record_training(progress)
         if training.validate_every and state.step % training.validate_every == 0:
@@ -247,18 +257,27 @@ class Trainer:
             self.metrics.close()
         return summary
 
-    def update(self, batch) -> Optional[float]:
-        """One optimizer update; returns the summed loss, or None when it was not finite (no update)."""
+    def update(self, batches: list) -> Optional[float]:
+        """One optimizer update from the gradients of ``batches`` added up; returns their summed
+        loss, or None when it was not finite (no update)."""
         training = self.training_config
         self.schedule.step(self.state.step)
-        with autocast(self.device, training.precision):
-            loss = self.ddp_model(batch.src_ids, batch.src_lengths, batch.tgt_in, training.teacher_forcing_ratio,
-                                  tgt_out=batch.tgt_out, label_smoothing=training.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         # The mean over the real target tokens of the global batch: DDP averages the
         # processes' gradients, so each scales its summed loss by world size / global tokens.
-        global_tokens = sum_all(self.world, [batch.n_tgt_tokens], self.device)[0]
-        (loss * (self.world.size / global_tokens)).backward()
+        global_tokens = sum_all(self.world, [sum(batch.n_tgt_tokens for batch in batches)], self.device)[0]
+        losses = []
+        for number, batch in enumerate(batches):
+            # DDP averages the gradients across processes once, at the update's last backward.
+            no_sync = self.world.distributed and number < len(batches) - 1
+            with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():
+                with autocast(self.device, training.precision):
+                    loss = self.ddp_model(batch.src_ids, batch.src_lengths, batch.tgt_in,
+                                          training.teacher_forcing_ratio, tgt_out=batch.tgt_out,
+                                          label_smoothing=training.label_smoothing)
+                (loss * (self.world.size / global_tokens)).backward()
+            losses.append(loss.detach().float())
+        loss = torch.stack(losses).sum()
         # The gradient norm is needed anyway for clipping; a non-finite one means a bad loss.
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm or math.inf)
         finite, loss_value = torch.stack([torch.isfinite(norm).float(), loss.detach().float()]).tolist()  # one sync

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -41,17 +42,20 @@ def worker(rank: int, config_path: str, out: str, port: int) -> None:
     torch.distributed.destroy_process_group()
 
 
-def two_ranks(tmp_path: Path) -> Path:
+def two_ranks(tmp_path: Path, batches_per_update: int) -> Path:
     """Train the tiny config in 2 spawned ranks; returns the folder holding the config, the run
     and each rank's final weights."""
-    config_path = tiny_config(tmp_path, model=NO_DROPOUT, training=SCHEDULE)
+    config_path = tiny_config(tmp_path, model=NO_DROPOUT, training={**SCHEDULE, "batches_per_update": batches_per_update})
     mp.spawn(worker, args=(str(config_path), str(tmp_path), free_port()), nprocs=2, join=True)
     return tmp_path
 
 
-def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path):
+@pytest.mark.parametrize("batches_per_update", [1, 2])
+def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path, batches_per_update):
+    """With batches_per_update, each rank adds up its batches' gradients before the ranks
+    average theirs (once per update): one process sees the union of all of them per step."""
     try:
-        tmp_path = two_ranks(tmp_path)
+        tmp_path = two_ranks(tmp_path, batches_per_update)
     except mp.ProcessExitedException as died:
         # Rarely (once in ~30 CI runs, never in 150 tries here) a gloo rank dies of SIGABRT
         # ("terminate called without an active exception"), a known c10d flake (pytorch#65237).
@@ -60,7 +64,7 @@ def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path
             raise
         stacks = "".join(path.read_text() for path in sorted(tmp_path.glob("rank*.faults")))
         warnings.warn(f"a rank died of {died.signal_name}; trying once more. Where the ranks were:\n{stacks}")
-        tmp_path = two_ranks(tmp_path / "again")
+        tmp_path = two_ranks(tmp_path / "again", batches_per_update)
     config_path = tmp_path / "config.yaml"
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -70,10 +74,11 @@ def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path
     # One process, each step on the union of what the two ranks read at that step.
     single = build_trainer(load_config(config_path, [f"run_dir={tmp_path / 'single'}"]))
     batches = single.train_batches.epoch_batches(0)
+    per_step = 2 * batches_per_update
     for step in range(STEPS):
         single.state.step = step + 1
-        merged = single.train_batches.make_batch([*batches[2 * step], *batches[2 * step + 1]])
-        assert single.update(merged) is not None
+        merged = single.train_batches.make_batch([i for b in batches[per_step * step: per_step * (step + 1)] for i in b])
+        assert single.update([merged]) is not None
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-6, msg=name)
     # Only rank 0 wrote the log: one record per step.

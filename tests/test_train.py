@@ -72,6 +72,52 @@ def test_stops_at_max_epochs_and_validates_each_epoch(tmp_path):
     assert summary["reason"] == "reached max_epochs=2"
 
 
+def test_batches_added_up_make_the_update_of_their_union(tmp_path):
+    """training.batches_per_update: the gradient of three batches added up is the gradient of
+    one batch of all their pairs (fp32 rounding apart), and so is the loss it reports."""
+    import numpy as np
+
+    from seq2seq_cli.launch import build_trainer
+
+    trainers = [build_trainer(load_config(tiny_config(tmp_path / name), [
+        "model.dropout=0", "training.clip_grad_norm=0"])) for name in ("added", "union")]
+    added, union = trainers
+    for ours, theirs in zip(added.model.parameters(), union.model.parameters()):
+        assert torch.equal(ours, theirs)  # the same start
+    group = added.epoch_batches(0)[:3]
+    batches = [added.train_batches.make_batch(indices) for indices in group]
+    assert len({batch.src_ids.size(1) for batch in batches}) > 1  # unlike shapes, so padding differs too
+    added_loss = added.update(batches)
+    union_loss = union.update([union.train_batches.make_batch(np.concatenate(group))])
+    assert added_loss == pytest.approx(union_loss, rel=1e-5)
+    gradients = [(ours.grad, theirs.grad) for ours, theirs in zip(added.model.parameters(), union.model.parameters())]
+    assert all(float(g.abs().max()) > 0 for g, _ in gradients[:3])
+    for ours, theirs in gradients:
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+
+
+def test_batches_per_update_counts_steps_in_updates_and_resumes_exactly(tmp_path):
+    schedule = {"max_steps": 0, "max_epochs": 1, "validate_every": 0, "batch_tokens": 400, "batches_per_update": 3,
+                "log_every": 1}
+    straight = load_config(tiny_config(tmp_path / "straight", train_pairs=100, training=schedule))
+    summary = train(straight)
+    from seq2seq_cli.launch import build_trainer
+
+    batches = len(build_trainer(load_config(tiny_config(tmp_path / "count", train_pairs=100, training=schedule)))
+                  .epoch_batches(0))
+    assert batches % 3 != 0  # the epoch's last update has fewer batches
+    assert summary["step"] == -(-batches // 3)
+    # Stopped after two updates, then resumed to the end of the epoch: the same run, bit for bit.
+    stopped = load_config(tiny_config(tmp_path / "stopped", train_pairs=100, training={**schedule, "max_steps": 2}))
+    train(stopped)
+    train(load_config(Path(stopped.run_dir) / "config.yaml", ["training.max_steps=0"]), resume=True)
+    ours = torch.load(Path(stopped.run_dir) / "checkpoints" / "last.pt", weights_only=True)
+    theirs = torch.load(Path(straight.run_dir) / "checkpoints" / "last.pt", weights_only=True)
+    assert ours["step"] == theirs["step"] == summary["step"]
+    for key in theirs["model"]:
+        assert torch.equal(ours["model"][key], theirs["model"][key]), key
+
+
 def test_model_learns_the_toy_task(learned_toy_run):
     """After a short run, dev BLEU is far above the copy-the-source baseline."""
     run = learned_toy_run
