@@ -40,7 +40,7 @@ def scores(model, tokenizers, decoding, device, src: Path, ref: Path) -> dict:
     started = time.perf_counter()
     hypotheses = tokenizers.decode_tgt([n[0].tokens for n in translate_corpus(model, tokenizers, sources, decoding, device)])
     seconds = time.perf_counter() - started
-    report = score_report(hypotheses, read_lines(ref))
+    report = score_report(hypotheses, [read_lines(ref)])
     return {"bleu": report["bleu"]["score"], "chrf": report["chrf"]["score"], "length_ratio": report["length_ratio"],
             "bleu_signature": report["bleu"]["signature"], "sentences_per_s": round(len(sources) / seconds, 1)}
 

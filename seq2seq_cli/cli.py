@@ -297,7 +297,7 @@ def _write_output(output_file: Optional[Path], write: Callable[[BinaryIO], None]
 
 @app.command()
 def evaluate(
-    ref: Path = typer.Option(..., "--ref", metavar="FILE", help="Reference translations, one per line."),
+    ref: List[Path] = typer.Option(..., "--ref", metavar="FILE", help="Reference translations, one per line; repeat for several references of each sentence."),
     hyp: Optional[Path] = typer.Option(None, "--hyp", metavar="FILE", help="Existing translations to score (no model needed)."),
     checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", metavar="RUN", help="Run directory or checkpoint to translate --src with; repeat for an ensemble."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
@@ -335,11 +335,17 @@ def evaluate(
             verb = "applies" if len(given) == 1 else "apply"
             raise UserError(f"{', '.join(given)} only {verb} to translating with --checkpoint; --hyp {hyp} "
                             "is scored as it is: drop them, or give --checkpoint RUN --src FILE instead")
-    _refuse_overwriting_inputs(json_file, "--json", {"--ref": ref, "--hyp": hyp, "--src": src})
+    for reference_file in ref:
+        _refuse_overwriting_inputs(json_file, "--json", {"--ref": reference_file, "--hyp": hyp, "--src": src})
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
-    references = read_lines(ref)
+    reference_sets = [read_lines(reference_file) for reference_file in ref]
+    for reference_file, references in zip(ref, reference_sets):
+        if len(references) != len(reference_sets[0]):
+            raise UserError(f"--ref {reference_file} has {len(references)} lines but --ref {ref[0]} has "
+                            f"{len(reference_sets[0])}; every reference file has one line per sentence")
+    references = reference_sets[0]
     if not references:  # sacreBLEU has no score for no sentences
-        raise UserError(f"--ref {ref} is empty: there is nothing to score; give a file with one reference per line")
+        raise UserError(f"--ref {ref[0]} is empty: there is nothing to score; give a file with one reference per line")
     speed = None
     if hyp is not None:
         hypotheses = read_lines(hyp)
@@ -349,7 +355,7 @@ def evaluate(
 
         sources = read_lines(src)
         if len(sources) != len(references):
-            raise UserError(f"{src} has {len(sources)} lines but {ref} has {len(references)}; "
+            raise UserError(f"{src} has {len(sources)} lines but {ref[0]} has {len(references)}; "
                             "source and reference must be line-aligned")
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -361,9 +367,9 @@ def evaluate(
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
     if len(hypotheses) != len(references):
-        raise UserError(f"{compared} has {len(hypotheses)} lines but {ref} has {len(references)}; "
+        raise UserError(f"{compared} has {len(hypotheses)} lines but {ref[0]} has {len(references)}; "
                         "they must be line-aligned")
-    report = score_report(hypotheses, references, bleu)
+    report = score_report(hypotheses, reference_sets, bleu)
     if speed:
         report["decoding"] = speed
     typer.echo(format_report(report))

@@ -50,12 +50,14 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], metric: Op
     return (metric or BLEU()).corpus_score(list(hypotheses), [list(references)]).score
 
 
-def score_report(hypotheses: Sequence[str], references: Sequence[str], bleu: Optional[BLEU] = None) -> dict[str, Any]:
+def score_report(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                 bleu: Optional[BLEU] = None) -> dict[str, Any]:
     """BLEU (``bleu``: from ``bleu_metric``; default 13a), chrF2 and TER with their signatures,
-    the length ratio and the sentence count."""
-    report: dict[str, Any] = {"sentences": len(hypotheses)}
+    the length ratio and the sentence count, against one or more sets of ``references`` (each
+    line-aligned with ``hypotheses``, as ``sacrebleu REF1 REF2 ...`` takes them)."""
+    report: dict[str, Any] = {"sentences": len(hypotheses), "references": len(references)}
     for key, metric in (("bleu", bleu or BLEU()), ("chrf", CHRF()), ("ter", TER())):
-        score = metric.corpus_score(list(hypotheses), [list(references)])
+        score = metric.corpus_score(list(hypotheses), [list(reference) for reference in references])
         report[key] = {"name": score.name, "score": round(score.score, 2), "signature": str(metric.get_signature())}
         if key == "bleu":
             report[key]["verbose"] = score.format(width=2)
@@ -68,8 +70,9 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a small table for people."""
     lines = [f"{report[key]['name']:<6} {report[key]['score']:7.2f}   {report[key]['signature']}"
              for key in ("bleu", "chrf", "ter")]
+    several = f", {report['references']} references each" if report.get("references", 1) > 1 else ""
     lines.append(f"length ratio {report['length_ratio']:.3f} (hyp {report['hyp_length']} / ref "
-                 f"{report['ref_length']} tokens), {report['sentences']} sentences")
+                 f"{report['ref_length']} tokens), {report['sentences']} sentences{several}")
     speed = report.get("decoding")
     if speed:
         lines.append(f"decoding: beam {speed['beam_size']}, {speed['seconds']:.1f} s, "
