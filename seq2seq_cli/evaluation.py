@@ -55,6 +55,8 @@ def score_report(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
     """BLEU (``bleu``: from ``bleu_metric``; default 13a), chrF2 and TER with their signatures,
     the length ratio and the sentence count, against one or more sets of ``references`` (each
     line-aligned with ``hypotheses``, as ``sacrebleu REF1 REF2 ...`` takes them)."""
+    if references and isinstance(references[0], str):
+        raise TypeError("references is a list of strings: give one list per reference set, e.g. [references]")
     report: dict[str, Any] = {"sentences": len(hypotheses), "references": len(references)}
     for key, metric in (("bleu", bleu or BLEU()), ("chrf", CHRF()), ("ter", TER())):
         score = metric.corpus_score(list(hypotheses), [list(reference) for reference in references])

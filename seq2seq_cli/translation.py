@@ -176,6 +176,7 @@ class Translator:
         translator = Translator.load("runs/toy", device="cpu", beam_size=5)
         translator.translate(["The man sees the dog."])         # -> ["Der Mann sieht den Hund."]
         translator.translate_nbest(["The man sees the dog."], 3)  # -> [[Translation(...), ...]]
+        translator.score(["The man sees the dog."], ["Der Mann sieht den Hund."])  # -> [Score(...)]
 
     ``dtype="bf16"`` decodes under bf16 autocast (the default on CUDA), ``quantize="int8"``
     with int8 weights on the CPU; both are faster on a CPU and change the numbers slightly

@@ -135,9 +135,11 @@ def test_bleu_splits_words_as_sacrebleu_does_for_the_target_language(tmp_path):
     reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-l", "en-zh",
                                 "-m", "bleu", "-w", "2"], capture_output=True, check=True)
     expected = json.loads(reference.stdout)
-    zh = score_report(hyps, refs, bleu_metric("zh"))["bleu"]
+    zh = score_report(hyps, [refs], bleu_metric("zh"))["bleu"]
     assert (zh["score"], zh["signature"]) == (expected["score"], expected["signature"]) and "tok:zh" in zh["signature"]
-    assert score_report(hyps, refs)["bleu"]["score"] != zh["score"]  # 13a
+    assert score_report(hyps, [refs])["bleu"]["score"] != zh["score"]  # 13a
+    with pytest.raises(TypeError, match="one list per reference set"):
+        score_report(hyps, refs)  # read as four reference sets of single characters, it would score nonsense
     # A run to Chinese (here by data.tgt_lang) validates and evaluates with zh, unless told otherwise.
     config = tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0}, data={"tgt_lang": "zh"})
     training = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)],
