@@ -218,6 +218,8 @@ class Translator:
         ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
+        if sampling is not None:
+            _check_sampling(sampling)  # before the slow loading
         torch_device = device if isinstance(device, torch.device) else select_device(device)
         precision = check_decoding_format(torch_device, dtype, quantize)  # before the slow loading
         checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)

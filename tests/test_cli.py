@@ -102,6 +102,8 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
 def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
     """sacreBLEU's multi-reference scores (BLEU takes each n-gram's largest count over the
     references and the closest reference length), as `sacrebleu REF1 REF2 -i HYP` gives them."""
+    from seq2seq_cli.evaluation import score_report
+
     refs = toy_lines("test", 100)[1]
     other = [line.replace("Der", "Ein").replace("die", "eine") for line in refs]
     hyps = [line.replace("der", "die") if i % 3 else other[i] for i, line in enumerate(refs)]
@@ -112,13 +114,11 @@ def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
     reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), str(other_path), "-i", str(hyp_path),
                                 "-m", "bleu", "chrf", "ter", "-w", "2"], capture_output=True, check=True)
     report = json.loads((tmp_path / "r.json").read_text())
-    one = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "one.json")
-    assert report["bleu"]["score"] > json.loads((tmp_path / "one.json").read_text())["bleu"]["score"]
+    assert report["bleu"]["score"] > score_report(hyps, [refs])["bleu"]["score"]
     for key, metric in zip(("bleu", "chrf", "ter"), json.loads(reference.stdout)):
         assert (report[key]["name"], report[key]["score"], report[key]["signature"]) == \
             (metric["name"], metric["score"], metric["signature"])
     assert report["references"] == 2 and "2 references each" in ours.stdout.decode()
-    assert one.returncode == 0 and "references each" not in one.stdout.decode()
     short = write_corpus(tmp_path, "y", other[:7], other, src="ref3", tgt="unused")[0]
     assert_user_error(s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--ref", short),
                       f"--ref {short} has 7 lines but --ref {ref_path} has 100")

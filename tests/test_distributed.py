@@ -8,7 +8,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -50,10 +49,12 @@ def two_ranks(tmp_path: Path, batches_per_update: int) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("batches_per_update", [1, 2])
-def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path, batches_per_update):
-    """With batches_per_update, each rank adds up its batches' gradients before the ranks
-    average theirs (once per update): one process sees the union of all of them per step."""
+def test_ranks_agree_and_match_one_process_over_the_same_global_batches(tmp_path):
+    """Each rank adds up the gradients of its two batches per update (training.batches_per_update)
+    before the ranks average theirs, once per update: one process stepping on the union of all
+    four batches makes the same updates. (One batch per update is the case where the first of
+    a rank's backward passes is also its last.)"""
+    batches_per_update = 2
     try:
         tmp_path = two_ranks(tmp_path, batches_per_update)
     except mp.ProcessExitedException as died:

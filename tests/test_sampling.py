@@ -6,6 +6,7 @@ cut give each one; a draw's log_prob is the model's own (as ``s2s score`` comput
 sampling is greedy search; and a sentence's samples depend on the seed and its place in the
 input only, not on the batch, the threads or how the input was split."""
 
+import concurrent.futures
 import itertools
 import math
 import random
@@ -13,11 +14,13 @@ import random
 import pytest
 import torch
 
-from conftest import IDS, VOCAB, assert_user_errors, s2s, tiny_model, toy_lines, write_corpus
+from conftest import IDS, VOCAB, assert_user_error, s2s, tiny_model, toy_lines, write_corpus
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import Sampling, TokenSampler, translate_ids
+from seq2seq_cli.errors import UserError
 from seq2seq_cli.scoring import score_ids
+from seq2seq_cli.translation import Translator
 
 CPU = torch.device("cpu")
 CHOICES = [1, 4, 5]  # every token search may write before [SEP]: [UNK], a, b
@@ -134,11 +137,14 @@ def test_samples_depend_on_the_seed_and_the_sentence_not_on_batches_or_threads()
 def test_s2s_translate_sample_is_the_same_in_every_process_and_refuses_what_does_not_apply(learned_toy_run, tmp_path):
     english, _ = toy_lines("test", 40)
     src, _ = write_corpus(tmp_path, "test", english, english)
-    runs = [s2s("translate", "--checkpoint", learned_toy_run, "--input", src, "--sample", "--nbest", "2", *extra)
-            for extra in (("--seed", "5"), ("--seed", "5", "--batch-size", "3"), ("--seed", "6"))]
-    for run in runs:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # a process spends ~2 s importing torch
+        runs = list(pool.map(lambda extra: s2s("translate", "--checkpoint", learned_toy_run, "--input", src, "--sample",
+                                                "--nbest", "2", *extra),
+                             [("--seed", "5"), ("--seed", "5", "--batch-size", "3"), ("--seed", "6"),
+                              ("--sample-topk", "3", "--beam-size", "3")]))
+    for run in runs[:3]:
         assert run.returncode == 0, run.stderr.decode()
-    first, rebatched, other_seed = (run.stdout.decode().splitlines() for run in runs)
+    first, rebatched, other_seed = (run.stdout.decode().splitlines() for run in runs[:3])
     assert len(first) == 80 and first[0].startswith("0 ||| ") and first[-1].startswith("39 ||| ")
     def split(lines):  # (index and text, score): a score's last bits may vary with the batch it was in
         return [line.rsplit(" ||| ", 1)[0] for line in lines], [float(line.rsplit(" ||| ", 1)[1]) for line in lines]
@@ -146,10 +152,8 @@ def test_s2s_translate_sample_is_the_same_in_every_process_and_refuses_what_does
     assert split(rebatched)[0] == split(first)[0]
     assert split(rebatched)[1] == pytest.approx(split(first)[1], abs=1e-3)
     assert split(other_seed)[0] != split(first)[0]
-    assert_user_errors(
-        (("translate", "--checkpoint", learned_toy_run, "--seed", "3"), "--seed only applies with --sample"),
-        (("translate", "--checkpoint", learned_toy_run, "--sample", "--beam-size", "3"), "cannot use --beam-size 3"),
-        (("translate", "--checkpoint", learned_toy_run, "--sample", "--temperature", "0"), "--temperature 0.0"),
-        (("translate", "--checkpoint", learned_toy_run, "--temperature", "2", "--sample-topk", "5"),
-         "--sample-topk, --temperature only apply with --sample"),
-    )
+    assert_user_error(runs[3], "cannot use --beam-size 3")
+    assert_user_error(s2s("translate", "--checkpoint", learned_toy_run, "--temperature", "2", "--sample-topk", "5"),
+                      "--sample-topk, --temperature only apply with --sample")  # refused before loading a model
+    with pytest.raises(UserError, match="--temperature 0: must be a positive number"):
+        Translator.load(learned_toy_run, device="cpu", sampling=Sampling(temperature=0))

@@ -1,5 +1,6 @@
 """s2s translate as a filter, interactively, with n-best lists and attention pictures."""
 
+import concurrent.futures
 import os
 import re
 import select
@@ -347,12 +348,13 @@ def test_evaluate_and_score_at_a_terminal_show_their_progress(run_dir, tmp_path)
     source, reference = (write_lines(tmp_path / f"dev.{lang}", (TOY / f"dev.{lang}").read_text(encoding="utf-8")
                                      .splitlines()[:300]) for lang in ("en", "de"))
     s2s_command = [sys.executable, "-m", "seq2seq_cli"]
-    code, shown = at_a_terminal(s2s_command + ["evaluate", "--checkpoint", str(run_dir), "--src", str(source),
-                                               "--ref", str(reference)])
+    commands = [s2s_command + ["evaluate", "--checkpoint", str(run_dir), "--src", str(source), "--ref", str(reference)],
+                s2s_command + ["score", "--checkpoint", str(run_dir), "--src", str(source), "--tgt", str(reference),
+                               "-o", str(tmp_path / "scores.txt")]]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        (code, shown), (score_code, score_shown) = pool.map(at_a_terminal, commands)
     assert code == 0 and "300/300" in shown, shown
-    code, shown = at_a_terminal(s2s_command + ["score", "--checkpoint", str(run_dir), "--src", str(source),
-                                               "--tgt", str(reference), "-o", str(tmp_path / "scores.txt")])
-    assert code == 0 and "300/300" in shown and "perplexity" in shown, shown
+    assert score_code == 0 and "300/300" in score_shown and "perplexity" in score_shown, score_shown
     assert len((tmp_path / "scores.txt").read_text().splitlines()) == 300
 
 
