@@ -141,14 +141,14 @@ class Trainer:
         state = self.state
         self.started = time.perf_counter()
         self.model.train()
+        per_update = self.training_config.batches_per_update
         with Progress(self) as progress, StopOnSignal(self):
             stop = state.limit_reached(self.training_config, self._time_is_up())
             while stop is None:
                 batches = self.epoch_batches(state.epoch)
                 if state.batch_in_epoch < len(batches):
                     # An epoch's last update may have fewer batches than batches_per_update.
-                    self._train_on(batches[state.batch_in_epoch: state.batch_in_epoch + self.training_config.batches_per_update],
-                                   progress)
+                    self._train_on(batches[state.batch_in_epoch: state.batch_in_epoch + per_update], progress)
                 else:
                     self._end_epoch()
                 stop = self._stop()
@@ -276,8 +276,9 @@ class Trainer:
                                           training.teacher_forcing_ratio, tgt_out=batch.tgt_out,
                                           label_smoothing=training.label_smoothing)
                 (loss * (self.world.size / global_tokens)).backward()
-            losses.append(loss.detach().float())
-        loss = torch.stack(losses).sum()
+            losses.append(loss)
+        if len(losses) > 1:  # one batch (the usual step) adds no operation to sum
+            loss = torch.stack([batch_loss.detach().float() for batch_loss in losses]).sum()
         # The gradient norm is needed anyway for clipping; a non-finite one means a bad loss.
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.clip_grad_norm or math.inf)
         finite, loss_value = torch.stack([torch.isfinite(norm).float(), loss.detach().float()]).tolist()  # one sync
