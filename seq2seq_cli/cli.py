@@ -435,7 +435,8 @@ def score(
         _write_output(output_file, lambda out: write_scores(out, advance), "score")
     if totals["tokens"]:
         cross_entropy = -totals["log_prob"] / totals["tokens"]
-        print(f"s2s: scored {totals['pairs']:,} pairs, {totals['tokens']:,} target tokens ([SEP] included): "
+        pairs_scored = f"{totals['pairs']:,} pair{'s' if totals['pairs'] != 1 else ''}"
+        print(f"s2s: scored {pairs_scored}, {totals['tokens']:,} target tokens ([SEP] included): "
               f"{cross_entropy:.4f} nats per token, perplexity {math.exp(cross_entropy):.3f}", file=sys.stderr)
 
 
