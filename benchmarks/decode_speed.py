@@ -38,14 +38,20 @@ from seq2seq_cli.evaluation import corpus_bleu
 from seq2seq_cli.precision import cpu_computes_bf16, for_decoding
 
 
-def timed_translate(model, tokenizers, sources, decoding, device, precision="auto", sampling=None):
+def timed(device, work):
+    """``work()`` and its wall time in seconds, a GPU's queued work included."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = translate_corpus(model, tokenizers, sources, decoding, device, precision=precision, sampling=sampling)
+    result = work()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    return result, time.perf_counter() - started
+
+
+def timed_translate(model, tokenizers, sources, decoding, device, precision="auto", sampling=None):
+    results, seconds = timed(device, lambda: translate_corpus(model, tokenizers, sources, decoding, device,
+                                                              precision=precision, sampling=sampling))
     return tokenizers.decode_tgt([nbest[0].tokens for nbest in results]), seconds
 
 

@@ -20,27 +20,16 @@ import json
 import math
 import platform
 import random
-import time
 from pathlib import Path
 
 import torch
 
-from decode_speed import add_model_and_test_set, timed_translate  # benchmarks/ is on sys.path when this runs
+from decode_speed import add_model_and_test_set, timed, timed_translate  # benchmarks/ is on sys.path when this runs
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.decoding import SpecialIds
 from seq2seq_cli.device import select_device
 from seq2seq_cli.scoring import score_ids
-
-
-def timed_score(model, sources, targets, ids, device, batch_size):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    scores = score_ids(model, sources, targets, ids, device, batch_size)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return scores, time.perf_counter() - started
 
 
 def per_token(scores: list[list[float]]) -> list[float]:
@@ -65,10 +54,13 @@ def main() -> None:
     greedy = dataclasses.replace(config.decoding, beam_size=1, batch_size=args.batch_size)
     target_tokens = sum(len(t) + 1 for t in references)
 
-    timed_score(model, sources, references, ids, device, args.batch_size)  # warm-up
+    def score_references():
+        return score_ids(model, sources, references, ids, device, args.batch_size)
+
+    score_references()  # warm-up
     score_seconds, greedy_seconds = [], []
     for _ in range(args.repeats):
-        scores, seconds = timed_score(model, sources, references, ids, device, args.batch_size)
+        scores, seconds = timed(device, score_references)
         score_seconds.append(seconds)
         _, seconds = timed_translate(model, tokenizers, sources, greedy, device)
         greedy_seconds.append(seconds)

@@ -411,9 +411,9 @@ def score(
     from seq2seq_cli.translation import Translator
 
     _refuse_overwriting_inputs(output_file, "--output", {"--src": src, "--tgt": tgt})
-    pairs = count_lines(src)  # both files counted before any work: a mismatch is found at once
-    if count_lines(tgt) != pairs:
-        raise UserError(f"{src} has {pairs} lines but {tgt} has {count_lines(tgt)}; "
+    pairs, target_lines = count_lines(src), count_lines(tgt)  # before any work: a mismatch is found at once
+    if target_lines != pairs:
+        raise UserError(f"{src} has {pairs} lines but {tgt} has {target_lines}; "
                         "source and target must be line-aligned")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), batch_size=batch_size, dtype=dtype,
                                  quantize=quantize)

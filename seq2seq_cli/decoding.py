@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.device import decoding_threads, map_in_order
+from seq2seq_cli.device import fill_in_batches
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
@@ -92,10 +92,7 @@ class TokenSampler:
                  no_repeat_ngram_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``best_next_tokens(..., count=1)``: each row's drawn token (R, 1) and the model's
         log-probability of it (R, 1), rows at their length limit ending."""
-        if bool(at_limit.any()):
-            only_end_at_limit(log_probs, at_limit, ids.eos)
-        if no_repeat_ngram_size:
-            ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
+        restrict_next_tokens(log_probs, ids, at_limit, generated, no_repeat_ngram_size)
         weights = log_probs / self.sampling.temperature  # (R, V)
         if 0 < self.sampling.topk < weights.size(1):
             # Draw among the k best columns only: no pass over the whole vocabulary after this.
@@ -223,11 +220,19 @@ def best_next_tokens(log_probs: torch.Tensor, ids: SpecialIds, at_limit: torch.T
     always the model's own. Beam search asks each beam for its 2K best tokens instead of
     ranking all K x V extensions of a sentence: the 2K best extensions are among them, and
     no (B, K x V) matrix of scored extensions is built."""
+    restrict_next_tokens(log_probs, ids, at_limit, generated, no_repeat_ngram_size)
+    return top_by_blocks(log_probs, min(count, log_probs.size(1)))
+
+
+def restrict_next_tokens(log_probs: torch.Tensor, ids: SpecialIds, at_limit: torch.Tensor,
+                         generated: Optional[torch.Tensor] = None, no_repeat_ngram_size: int = 0) -> None:
+    """In place on log_probs (R, V), before a next token is chosen (searched or drawn): rows at
+    their length limit may only end, and with ``no_repeat_ngram_size`` no row may repeat an
+    n-gram of ``generated`` (R, t)."""
     if bool(at_limit.any()):  # most steps have none: skip the pass over (R, V)
         only_end_at_limit(log_probs, at_limit, ids.eos)
     if no_repeat_ngram_size and generated is not None:
         ban_repeated_ngrams(log_probs, generated, no_repeat_ngram_size)
-    return top_by_blocks(log_probs, min(count, log_probs.size(1)))
 
 
 def only_end_at_limit(log_probs: torch.Tensor, at_limit: torch.Tensor, eos: int) -> None:
@@ -502,16 +507,11 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     was_training = model.training
     model.eval()
     order = sorted((i for i, source in enumerate(sources) if source), key=lambda i: len(sources[i]), reverse=True)
-    chunks = [order[start: start + decoding.batch_size] for start in range(0, len(order), decoding.batch_size)]
     results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
-    report = progress or (lambda count: None)
-    report(len(sources) - len(order))  # the empty ones, done already
+    if progress is not None:
+        progress(len(sources) - len(order))  # the empty ones, done already
     try:
-        with decoding_threads(device) as threads:
-            for chunk, found in zip(chunks, map_in_order(search, chunks, min(threads, len(chunks)))):
-                for index, hypotheses in zip(chunk, found):
-                    results[index] = hypotheses
-                report(len(chunk))
+        fill_in_batches(results, order, decoding.batch_size, search, device, progress)
     finally:
         model.train(was_training)
     return results

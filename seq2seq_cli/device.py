@@ -8,7 +8,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 import torch
 
@@ -79,6 +79,22 @@ def decoding_threads(device: torch.device) -> Iterator[int]:
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+def fill_in_batches(results: list, order: Sequence[int], batch_size: int, function: Callable[[list[int]], list],
+                    device: torch.device, progress: Optional[Callable[[int], object]] = None) -> None:
+    """Cut ``order`` (indices into ``results``, sorted as batches should hold them) into
+    batches of ``batch_size`` and set ``results[i]`` from ``function(batch)``, which gives one
+    result per index of its batch. On the CPU as many batches are computed at once as torch
+    has threads, each on one thread (``decoding_threads``); ``progress`` is told the size of
+    each batch done, in order."""
+    batches = [list(order[start: start + batch_size]) for start in range(0, len(order), batch_size)]
+    with decoding_threads(device) as threads:
+        for batch, found in zip(batches, map_in_order(function, batches, min(threads, len(batches)))):
+            for index, result in zip(batch, found):
+                results[index] = result
+            if progress is not None:
+                progress(len(batch))
 
 
 def _on_one_thread(function: Callable[[Item], Result], item: Item) -> Result:

@@ -19,7 +19,7 @@ import torch
 
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import Ensemble, SpecialIds, step_log_probs
-from seq2seq_cli.device import decoding_threads, map_in_order
+from seq2seq_cli.device import fill_in_batches
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import autocast
 
@@ -67,15 +67,9 @@ def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targe
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: (len(targets[i]), len(sources[i])), reverse=True)
-    chunks = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
     results: list[list[float]] = [[] for _ in sources]
     try:
-        with decoding_threads(device) as threads:
-            for chunk, scored in zip(chunks, map_in_order(score, chunks, min(threads, len(chunks)))):
-                for index, row in zip(chunk, scored):
-                    results[index] = row
-                if progress is not None:
-                    progress(len(chunk))
+        fill_in_batches(results, order, batch_size, score, device, progress)
     finally:
         model.train(was_training)
     return results
