@@ -220,6 +220,7 @@ def translate(
     sample_topk: Optional[int] = typer.Option(None, "--sample-topk", min=0, metavar="K", help="With --sample: draw among the K most probable tokens only (default 0: all)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", metavar="T", help="With --sample: divide log-probabilities by T first (below 1 sharper; default 1)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, metavar="N", help="With --sample: the same seed and input give the same samples (default 0)."),
+    split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
@@ -252,7 +253,8 @@ def translate(
                                  no_repeat_ngram_size=no_repeat_ngram_size, dtype=dtype, quantize=quantize,
                                  cuda_graphs=cuda_graphs,
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
-                                                   seed or 0) if sample else None)
+                                                   seed or 0) if sample else None,
+                                 split_sentences=split_sentences)
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
@@ -305,6 +307,7 @@ def evaluate(
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size (default: the config's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
+    split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", metavar="TOK", help="sacreBLEU's BLEU tokenizer: 13a, intl, char, zh, ja-mecab, ... (default: the run's training.bleu_tokenize, else by its target language as sacrebleu -l does; 13a with --hyp)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
@@ -329,7 +332,8 @@ def evaluate(
                             "--length-penalty": length_penalty is not None,
                             "--no-repeat-ngram-size": no_repeat_ngram_size is not None,
                             "--device": device != "auto", "--dtype": dtype != "auto",
-                            "--quantize": quantize != "none", "--cuda-graphs": cuda_graphs is not None}
+                            "--quantize": quantize != "none", "--cuda-graphs": cuda_graphs is not None,
+                            "--split-sentences": split_sentences}
         given = [name for name, is_given in decoding_options.items() if is_given]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
@@ -359,7 +363,8 @@ def evaluate(
                             "source and reference must be line-aligned")
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                                     dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs)
+                                     dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs,
+                                     split_sentences=split_sentences)
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
         compared = src
@@ -471,6 +476,7 @@ def serve(
     batch_limit: int = typer.Option(64, "--batch-limit", metavar="N", min=1, help="Texts per request."),
     api_key: Optional[str] = typer.Option(None, "--api-key", metavar="KEY", help="Require this api_key in requests."),
     cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
+    split_sentences: bool = typer.Option(True, "--split-sentences/--no-split-sentences", help="Translate each text sentence by sentence, as LibreTranslate does (default), or each line whole."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -489,7 +495,7 @@ def serve(
     options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs)
     models = server_models([str(path) for path in checkpoint], options, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
-                             cors_origin, decoders)
+                             cors_origin, decoders, split_sentences)
     _check_port_free(host, port)
     pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
 

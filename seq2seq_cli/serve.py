@@ -72,6 +72,7 @@ class Search:
     beam_size: int
     nbest: int = 1
     attention: bool = False
+    split_sentences: bool = False  # each text translated sentence by sentence
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Decoded:
 def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
     translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
-                                          beam_size=search.beam_size)
+                                          beam_size=search.beam_size, split_sentences=search.split_sentences)
     sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
     decoded = []
     for source_ids, hypotheses in zip(sources, results):
@@ -333,6 +334,7 @@ class ServeSettings:
     api_key: Optional[str] = None
     cors_origin: Optional[str] = None
     decoders: Optional[int] = None  # processes per model, each searching a batch (None: one per CPU thread)
+    split_sentences: bool = True  # as LibreTranslate: a paragraph is translated sentence by sentence
 
 
 def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = False) -> list[ServedModel]:
@@ -515,7 +517,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             model_lines = [line for text_model, text_lines in zip(chosen, lines) if text_model is model
                            for line in text_lines]
             search = Search(beam_size=max(model.translator.decoding.beam_size, alternatives + 1),
-                            nbest=alternatives + 1)
+                            nbest=alternatives + 1, split_sentences=settings.split_sentences)
             if model_lines:
                 submitted[model.name] = model.worker.submit(model_lines, search)
         outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
@@ -538,9 +540,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
         nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
         attention = body.get("attention", False)
-        if not isinstance(attention, bool):
-            raise ClientError("attention must be true or false")
-        search = Search(beam_size=beam, nbest=nbest, attention=attention)
+        split = body.get("split_sentences", settings.split_sentences)
+        for name, value in (("attention", attention), ("split_sentences", split)):
+            if not isinstance(value, bool):
+                raise ClientError(f"{name} must be true or false")
+        search = Search(beam_size=beam, nbest=nbest, attention=attention, split_sentences=split)
         outputs = await asyncio.wrap_future(model.worker.submit([t.replace("\n", " ") for t in texts], search))
         answer = []
         for sentence in outputs:
@@ -686,6 +690,8 @@ _NATIVE_BODY = {
         "beam_size": {"type": "integer", "minimum": 1, "maximum": 64, "description": "default: the run's"},
         "nbest": {"type": "integer", "minimum": 1, "default": 1, "description": "at most beam_size"},
         "attention": {"type": "boolean", "default": False},
+        "split_sentences": {"type": "boolean", "description": "translate each text sentence by sentence (default: "
+                            "the server's, on unless started with --no-split-sentences)"},
         "api_key": {"type": "string"},
     },
     "example": {"texts": ["Ein Mann fährt Fahrrad."], "beam_size": 5, "nbest": 2, "attention": True},

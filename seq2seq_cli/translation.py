@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 import torch
 
 from seq2seq_cli.checkpoint import load_model
-from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings
+from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
@@ -30,6 +30,7 @@ from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
+from seq2seq_cli.segmentation import sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,75 @@ class Score:
     def per_token(self) -> float:
         """The mean log-probability per token: scores of targets of different lengths compare."""
         return self.log_prob / len(self.tokens)
+
+
+@dataclass
+class _Lines:
+    """Input lines read for one search, as what is searched for each: the line itself, or with
+    sentence splitting its sentences."""
+
+    first_line: int  # the input line number of texts[0], for warnings
+    sentences: list[list[str]]  # one list per line
+    first_sentence: int  # the position of sentences[0][0] among all sentences read, for sampling seeds
+
+
+def _join_sentences(sources: list[list[int]], results: list[list[Hypothesis]], counts: list[int],
+                    separator: int) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+    """Each line's sentences put back together: their source ids, and their hypotheses rank by
+    rank (the line's best is every sentence's best), ``separator`` ([SEP]) between sentences.
+    Scores and log-probabilities add up; attention is block-diagonal, each sentence's
+    translation attending to its own source."""
+    line_sources, line_results, start = [], [], 0
+    for count in counts:
+        parts, part_results = sources[start:start + count], results[start:start + count]
+        start += count
+        if count == 1:
+            line_sources.extend(parts)
+            line_results.extend(part_results)
+            continue
+        line_sources.append(_joined(parts, separator))
+        line_results.append([
+            Hypothesis(_joined([h.tokens for h in ranked], separator), sum(h.score for h in ranked),
+                       sum(h.log_prob for h in ranked),
+                       None if ranked[0].attention is None else torch.block_diag(*(h.attention for h in ranked)))
+            for ranked in zip(*part_results)])
+    return line_sources, line_results
+
+
+def _joined(parts: list[list[int]], separator: int) -> list[int]:
+    joined = list(parts[0])
+    for part in parts[1:]:
+        joined += [separator, *part]
+    return joined
+
+
+def _split_at(tokens: list[int], separator: int) -> list[list[int]]:
+    """``tokens`` cut at each ``separator``: the sentences ``_joined`` put together."""
+    if separator not in tokens:
+        return [tokens]
+    parts: list[list[int]] = [[]]
+    for token in tokens:
+        if token == separator:
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return parts
+
+
+def _in_lines(progress: Callable[[int], object], sentences: int, lines: int) -> Callable[[int], object]:
+    """A progress callback counting finished sentences that tells ``progress`` lines: the same
+    share of ``lines`` as of ``sentences`` (sentences are searched longest first, not by line)."""
+    done = reported = 0
+
+    def report(count: int) -> None:
+        nonlocal done, reported
+        done += count
+        lines_done = done * lines // sentences
+        if lines_done > reported:
+            progress(lines_done - reported)
+            reported = lines_done
+
+    return report
 
 
 def _texts(texts, name: str) -> list[str]:
@@ -196,9 +266,13 @@ class Translator:
         self.keep_attention = keep_attention
         self.decoding = _decoding_with(config.decoding, nbest, decoding_overrides)
         self.sampling: Optional[Sampling] = None  # None: search
+        # Translate each line sentence by sentence (seq2seq_cli.segmentation), in the run's languages.
+        self.split_sentences = False
+        self.source_language, self.target_language = language_pair(config.data)
         # The longest source the model was trained on; longer input is cut to it.
         self.max_source_tokens = config.data.max_len
         self.lines_read = 0
+        self.sentences_read = 0
         # The CUDA graphs of this model's searches, shared with the translators ``with_settings``
         # makes (a graph is made per batch shape and kept).
         self._graphs: list[SearchGraphs] = []
@@ -209,13 +283,15 @@ class Translator:
              length_penalty: Optional[float] = None, max_length_ratio: Optional[float] = None,
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
-             cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None) -> "Translator":
+             cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None,
+             split_sentences: bool = False) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
         none or int8 (CPU only); ``cuda_graphs``: auto (replay decoder steps from CUDA graphs on
         CUDA) or off; ``sampling``: draw translations at random instead of searching (e.g.
-        ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text)."""
+        ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text);
+        ``split_sentences``: translate each text sentence by sentence and join the translations."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
@@ -237,7 +313,7 @@ class Translator:
         return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
-                                        cuda_graphs=cuda_graphs, sampling=sampling)
+                                        cuda_graphs=cuda_graphs, sampling=sampling, split_sentences=split_sentences)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -255,12 +331,15 @@ class Translator:
         return ensemble
 
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
-                      sampling: Optional[Sampling] = None, **decoding_overrides) -> "Translator":
+                      sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
+                      **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
         sibling.nbest = self.nbest if nbest is None else nbest
         sibling.keep_attention = self.keep_attention if keep_attention is None else keep_attention
+        if split_sentences is not None:
+            sibling.split_sentences = bool(split_sentences)
         if sampling is not None:
             _check_sampling(sampling)
             sibling.sampling = sampling
@@ -299,7 +378,9 @@ class Translator:
         sources, targets = _texts(sources, "sources"), _texts(targets, "targets")
         if len(sources) != len(targets):
             raise ValueError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
-        source_ids = self._encode_sources(sources, self._number_lines(len(sources)))
+        first_line = self._number_lines(len(sources))
+        self.sentences_read += len(sources)  # as translating them would: samples after these are numbered on
+        source_ids = self._encode_sources(sources, range(first_line, first_line + len(sources)))
         target_ids = self.tokenizers.encode_tgt(targets)
         scores = score_ids(self.model, source_ids, target_ids, SpecialIds.of(self.tokenizers), self.device,
                            self.decoding.batch_size, self.precision, progress)
@@ -311,36 +392,57 @@ class Translator:
                       progress: Optional[Callable[[int], object]] = None
                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
         """Source ids and n-best hypotheses (``nbest``, default this translator's) for each raw
-        input line; ``progress`` is told how many lines each finished batch held."""
-        return self._translate_raw(raw_lines, self._number_lines(len(raw_lines)), nbest, progress)
+        input line; ``progress`` is told how many lines each finished batch held. With
+        ``split_sentences`` a line's sources and hypotheses are its sentences' joined by [SEP]."""
+        return self._translate(self._read(raw_lines), nbest, progress)
 
     def translate_stream(self, raw_line_batches: Iterable[list[bytes]]
                          ) -> Iterator[tuple[list[list[int]], list[list[Hypothesis]]]]:
         """``translate_raw`` of each batch of raw lines, in order, taking batches from the stream as
         it goes (what ``s2s translate`` does with its input); on the CPU, as many batches at once
         as torch has threads, each on one thread, like ``translate``'s own batches."""
-        numbered = ((raw_lines, self._number_lines(len(raw_lines))) for raw_lines in raw_line_batches)
+        read = (self._read(raw_lines) for raw_lines in raw_line_batches)  # numbered in input order
         with decoding_threads(self.device) as threads:
-            yield from map_in_order(lambda batch: self._translate_raw(*batch), numbered, threads)
+            yield from map_in_order(self._translate, read, threads)
 
     def _number_lines(self, count: int) -> int:
         """The input line number of the first of the next ``count`` lines read, for warnings."""
         self.lines_read += count
         return self.lines_read - count + 1
 
-    def _translate_raw(self, raw_lines: list[bytes], first_line: int, nbest: Optional[int] = None,
-                       progress: Optional[Callable[[int], object]] = None
-                       ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
-        nbest = self.nbest if nbest is None else nbest
+    def _read(self, raw_lines: list[bytes]) -> _Lines:
+        """The next raw input lines as text, numbered, and split into sentences if asked to."""
+        first_line = self._number_lines(len(raw_lines))
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
-        sources = self._encode_sources(texts, first_line)
-        return sources, translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
-                                         self.keep_attention, self.precision, self._search_graphs(), self.sampling,
-                                         first_index=first_line - 1, progress=progress)
+        if self.split_sentences:
+            sentences = [split_sentences(text, self.source_language) for text in texts]
+        else:
+            sentences = [[text] for text in texts]
+        first_sentence = self.sentences_read
+        self.sentences_read += sum(len(line) for line in sentences)
+        return _Lines(first_line, sentences, first_sentence)
 
-    def _encode_sources(self, texts: list[str], first_line: int) -> list[list[int]]:
-        """Source ids, each cut to the longest source the model was trained on (with a warning);
-        of a line thousands of times longer only the head is read (``Tokenizers.encode_src``)."""
+    def _translate(self, lines: _Lines, nbest: Optional[int] = None,
+                   progress: Optional[Callable[[int], object]] = None
+                   ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+        nbest = self.nbest if nbest is None else nbest
+        counts = [len(line) for line in lines.sentences]
+        sentences = [sentence for line in lines.sentences for sentence in line]
+        line_numbers = [lines.first_line + offset for offset, count in enumerate(counts) for _ in range(count)]
+        sources = self._encode_sources(sentences, line_numbers)
+        if progress is not None and len(sentences) != len(counts):
+            progress = _in_lines(progress, len(sentences), len(counts))
+        results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
+                                   self.keep_attention, self.precision, self._search_graphs(), self.sampling,
+                                   first_index=lines.first_sentence, progress=progress)
+        if len(sentences) == len(counts):
+            return sources, results
+        return _join_sentences(sources, results, counts, self.tokenizers.eos_id)
+
+    def _encode_sources(self, texts: list[str], line_numbers: Sequence[int]) -> list[list[int]]:
+        """Source ids, each cut to the longest source the model was trained on (with a warning
+        naming its input line); of a line thousands of times longer only the head is read
+        (``Tokenizers.encode_src``)."""
         limit = self.max_source_tokens
         sources = self.tokenizers.encode_src(texts, limit)
         for offset, (text, source) in enumerate(zip(texts, sources)):
@@ -348,7 +450,7 @@ class Translator:
                 count = (f"over {limit} tokens in {len(text)} characters" if len(line_head(text, limit)) < len(text)
                          else f"{len(source)} tokens")
                 log.warning("input line %d: %s, truncated to the model's limit of %d (data.max_len)",
-                            first_line + offset, count, limit)
+                            line_numbers[offset], count, limit)
                 sources[offset] = source[:limit]
         return sources
 
@@ -366,7 +468,13 @@ class Translator:
         return graphs
 
     def detokenize(self, hypotheses: list[Hypothesis]) -> list[str]:
-        return [text.replace("\n", " ") for text in self.tokenizers.decode_tgt([h.tokens for h in hypotheses])]
+        """Each hypothesis as text; one of several sentences (joined by [SEP]) is each sentence
+        detokenized on its own, joined as the target language writes sentences."""
+        eos = self.tokenizers.eos_id
+        parts = [_split_at(h.tokens, eos) for h in hypotheses]
+        texts = iter(self.tokenizers.decode_tgt([part for sentences in parts for part in sentences]))
+        joiner = sentence_joiner(self.target_language)
+        return [joiner.join(next(texts).replace("\n", " ") for _ in sentences) for sentences in parts]
 
     def output_lines(self, index: int, hypotheses: list[Hypothesis]) -> str:
         """What ``s2s translate`` prints for input line ``index``: the translation, or with

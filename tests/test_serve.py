@@ -150,6 +150,28 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
     assert answer == f'<p class="intro">{a}</p>\n<b>{b.replace("&", "&amp;")}</b><!-- note -->'
 
 
+def test_paragraphs_are_translated_sentence_by_sentence(run, server):
+    """As LibreTranslate does: a text is split into sentences (``s2s translate --split-sentences``),
+    in plain text, in HTML and on /v1 unless a request says otherwise."""
+    paragraph = " ".join(toy_lines("test", 3)[0])
+    split_nbest, (split,), (whole,) = (
+        cli_translations(run, [paragraph], *options) for options in (
+            ["--split-sentences", "--beam-size", "2", "--nbest", "2"], ["--split-sentences"], []))
+    # LibreTranslate's alternatives: a beam of alternatives + 1 (the run's beam is smaller).
+    answer = httpx.post(f"{server.url}/translate", json={"q": paragraph, "source": "en", "target": "de",
+                                                         "alternatives": 1}).json()
+    assert [answer["translatedText"], *answer["alternatives"]] == [row.split(" ||| ")[1] for row in split_nbest]
+    html = httpx.post(f"{server.url}/translate", json={"q": f"<p>{paragraph}</p>", "source": "en", "target": "de",
+                                                       "format": "html"}).json()["translatedText"]
+    assert html == f"<p>{split}</p>"
+    native = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph]}).json()["translations"][0]
+    assert native["translation"] == split
+    unsplit = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph], "split_sentences": False}).json()
+    assert unsplit["translations"][0]["translation"] == whole != split
+    bad = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph], "split_sentences": "yes"})
+    assert bad.status_code == 400 and "split_sentences must be true or false" in bad.json()["error"]
+
+
 def test_native_endpoint_gives_scores_nbest_and_attention(run, server):
     line = toy_lines("test", 1)[0][0]
     nbest = cli_translations(run, [line], "--beam-size", "3", "--nbest", "2")
@@ -311,8 +333,8 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    sentence = toy_lines("dev", 1)[0][0]
-    expected = cli_translations(run, [sentence], "--beam-size", "5")[0]
+    sentence = " ".join(toy_lines("dev", 2)[0])  # a paragraph: split into its sentences by default
+    expected = cli_translations(run, [sentence], "--beam-size", "5", "--split-sentences")[0]
     api = httpx.post(f"{server.url}/v1/translate", json={"texts": [sentence], "beam_size": 5, "attention": True},
                      timeout=60).json()["translations"][0]
     browser = chromium()

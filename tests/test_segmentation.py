@@ -1,0 +1,108 @@
+"""Sentence splitting (``--split-sentences``, ``s2s serve``): a paragraph on one line is
+translated sentence by sentence, and its translation is exactly its sentences' translations
+joined, whatever the search, the sampling seed's numbering or the batches."""
+
+import pytest
+import sacrebleu
+import torch
+
+from conftest import assert_user_errors, s2s, toy_lines, write_corpus
+from seq2seq_cli.decoding import Sampling
+from seq2seq_cli.segmentation import sentence_joiner, split_sentences
+from seq2seq_cli.translation import Translator
+
+
+def paragraphs(sentences: list[str], sizes=(3, 1, 4, 2)) -> tuple[list[str], list[list[str]]]:
+    """``sentences`` grouped into lines of ``sizes`` sentences in turn (the last may be shorter)."""
+    groups, start = [], 0
+    while start < len(sentences):
+        size = sizes[len(groups) % len(sizes)]
+        groups.append(sentences[start:start + size])
+        start += size
+    return [" ".join(group) for group in groups], groups
+
+
+def test_sentences_end_where_the_language_ends_them():
+    german = "Dr. Müller kam z.B. am 3. Mai um 10 Uhr. Er lachte!  Wirklich? Ja."
+    assert split_sentences(german, "de") == ["Dr. Müller kam z.B. am 3. Mai um 10 Uhr.", "Er lachte!", "Wirklich?",
+                                             "Ja."]
+    assert split_sentences("Mr. Smith paid 3.5 dollars, e.g. for tea. He left.", "en") == \
+        ["Mr. Smith paid 3.5 dollars, e.g. for tea.", "He left."]
+    assert split_sentences("我喜欢猫。你呢？", "zh") == ["我喜欢猫。", "你呢？"]
+    assert split_sentences("  no end mark  ", None) == ["no end mark"]
+    for blank in ("", "   "):  # a line always has something to translate, even if nothing
+        assert split_sentences(blank, "en") == [""]
+    assert sentence_joiner("de") == " " and sentence_joiner("ja") == "" and sentence_joiner(None) == " "
+
+
+def test_a_paragraph_translates_as_its_sentences_joined(learned_toy_run):
+    sentences = toy_lines("test", 30)[0]
+    lines, groups = paragraphs(sentences)
+    whole = Translator.load(learned_toy_run, device="cpu", batch_size=7)
+    split = Translator.load(learned_toy_run, device="cpu", batch_size=7, split_sentences=True)
+    alone = whole.translate(sentences)
+    expected, start = [], 0
+    for group in groups:
+        expected.append(" ".join(alone[start:start + len(group)]))
+        start += len(group)
+    assert split.translate(lines) == expected
+    # Beam search's n-best lists: the k-th candidate of a line joins its sentences' k-th, and
+    # its scores are theirs added up.
+    beam, beam_split = (translator.with_settings(beam_size=3) for translator in (whole, split))
+    alone_nbest = beam.translate_nbest(sentences, 2)
+    start = 0
+    for line, group, candidates in zip(lines, groups, beam_split.translate_nbest(lines, 2)):
+        parts = alone_nbest[start:start + len(group)]
+        start += len(group)
+        for rank, candidate in enumerate(candidates):
+            assert candidate.text == " ".join(part[rank].text for part in parts)
+            assert candidate.log_prob == pytest.approx(sum(part[rank].log_prob for part in parts), abs=1e-4)
+            assert candidate.score == pytest.approx(sum(part[rank].score for part in parts), abs=1e-4)
+    # What it is for: on paragraphs the model (trained on single sentences) translates far
+    # better one sentence at a time.
+    joined_references = paragraphs(toy_lines("test", 30)[1])[0]
+    bleu_split = sacrebleu.corpus_bleu(split.translate(lines), [joined_references]).score
+    bleu_whole = sacrebleu.corpus_bleu(whole.translate(lines), [joined_references]).score
+    assert bleu_split >= bleu_whole + 10, (bleu_split, bleu_whole)
+
+
+def test_a_split_line_attends_sentence_by_sentence(learned_toy_run):
+    sentences = toy_lines("test", 3)[0]
+    translator = Translator.load(learned_toy_run, device="cpu", keep_attention=True, split_sentences=True)
+    (source_ids,), ((best,),) = translator.translate_raw([" ".join(sentences).encode()])
+    source_tokens, target_tokens = translator.attention_labels(source_ids, best)
+    assert best.attention.shape == (len(target_tokens), len(source_tokens))
+    assert source_tokens.count("[SEP]") == target_tokens.count("[SEP]") == 3  # one after each sentence
+    torch.testing.assert_close(best.attention.sum(dim=1), torch.ones(len(target_tokens)))
+    # Each sentence's translation attends to its own source only: the matrix is block-diagonal,
+    # each block ending on a [SEP] row and column.
+    source_ends = [i for i, token in enumerate(source_tokens) if token == "[SEP]"]
+    target_ends = [i for i, token in enumerate(target_tokens) if token == "[SEP]"]
+    row_start = column_start = 0
+    for row_end, column_end in zip(target_ends, source_ends):
+        block = best.attention[row_start:row_end + 1]
+        assert float(block[:, :column_start].abs().sum() + block[:, column_end + 1:].abs().sum()) == 0.0
+        row_start, column_start = row_end + 1, column_end + 1
+
+
+def test_sampled_sentences_are_numbered_through_the_input(learned_toy_run):
+    """A sample's seed counts sentences, not lines: a paragraph's sentences get different draws,
+    and the same input gives the same samples however it is handed over."""
+    lines = paragraphs(toy_lines("dev", 12)[0])[0]
+    sampling = Sampling(seed=5)
+    in_one_call = Translator.load(learned_toy_run, device="cpu", sampling=sampling, split_sentences=True,
+                                  batch_size=3).translate(lines)
+    one_at_a_time = Translator.load(learned_toy_run, device="cpu", sampling=sampling, split_sentences=True)
+    assert [one_at_a_time.translate(line) for line in lines] == in_one_call
+
+
+def test_s2s_translate_split_sentences(learned_toy_run, tmp_path):
+    sentences = toy_lines("test", 10)[0]
+    lines, _ = paragraphs(sentences)
+    src, _ = write_corpus(tmp_path, "paragraphs", lines, lines)
+    result = s2s("translate", "--checkpoint", learned_toy_run, "--device", "cpu", "--input", src, "--split-sentences")
+    assert result.returncode == 0, result.stderr.decode()
+    expected = Translator.load(learned_toy_run, device="cpu", split_sentences=True).translate(lines)
+    assert result.stdout.decode().splitlines() == expected
+    assert_user_errors((("evaluate", "--hyp", src, "--ref", src, "--split-sentences"),
+                        "--split-sentences only applies to translating with --checkpoint"))
