@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-import concurrent.futures
 import subprocess
 import sys
 import zlib
@@ -148,13 +147,88 @@ def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
                           capture_output=True, cwd=cwd, timeout=300)
 
 
+# A process that has imported what the commands import, and forks a child for each command it
+# is sent: the child runs ``python -m seq2seq_cli ARGS`` as a new process would (its own argv,
+# environment, folder, stdin, stdout and stderr; exit status as the interpreter sets it) without
+# spending two seconds importing PyTorch. For user errors only: a test of what differs between
+# processes (hash seeds, threads) needs a process started from nothing (``s2s``).
+_FORK_SERVER = r"""
+import json, os, runpy, sys, traceback
+import seq2seq_cli.cli, seq2seq_cli.launch, seq2seq_cli.translation, seq2seq_cli.evaluation, seq2seq_cli.metrics
+requests, answers = os.fdopen(int(sys.argv[1]), "r"), os.fdopen(int(sys.argv[2]), "w")
+for line in requests:
+    request = json.loads(line)
+    child = os.fork()
+    if child == 0:
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        for fd, (path, flags) in enumerate([(request["stdin"], os.O_RDONLY), (request["stdout"], os.O_WRONLY),
+                                            (request["stderr"], os.O_WRONLY)]):
+            os.dup2(os.open(path, flags), fd)
+        sys.argv = ["-m", *request["args"]]
+        try:
+            runpy.run_module("seq2seq_cli", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    answers.write(f"{os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])}\n")
+    answers.flush()
+"""
+_fork_server: dict = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_fork_server():
+    yield
+    if "process" in _fork_server:
+        _fork_server["requests"].close()  # the server's loop ends, and so does the server
+        _fork_server["process"].wait(timeout=60)
+
+
+def s2s_forked(*args, stdin: str = "") -> subprocess.CompletedProcess:
+    """``s2s(*args)`` run by a child of the fork server (one command at a time)."""
+    import json
+    import tempfile
+    import threading
+
+    if "process" not in _fork_server:
+        requests_read, requests_write = os.pipe()
+        answers_read, answers_write = os.pipe()
+        _fork_server["process"] = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER, str(requests_read), str(answers_write)],
+            pass_fds=(requests_read, answers_write))
+        os.close(requests_read)
+        os.close(answers_write)
+        _fork_server["requests"] = os.fdopen(requests_write, "w")
+        _fork_server["answers"] = os.fdopen(answers_read, "r")
+        _fork_server["lock"] = threading.Lock()
+    with tempfile.TemporaryDirectory() as folder, _fork_server["lock"]:
+        streams = {name: os.path.join(folder, name) for name in ("stdin", "stdout", "stderr")}
+        Path(streams["stdin"]).write_text(stdin)
+        Path(streams["stdout"]).touch()
+        Path(streams["stderr"]).touch()
+        request = {"args": [str(a) for a in args], "env": dict(os.environ), "cwd": os.getcwd(), **streams}
+        _fork_server["requests"].write(json.dumps(request) + "\n")
+        _fork_server["requests"].flush()
+        code = int(_fork_server["answers"].readline())
+        return subprocess.CompletedProcess(["s2s", *args], code, Path(streams["stdout"]).read_bytes(),
+                                           Path(streams["stderr"]).read_bytes())
+
+
 def assert_user_errors(*cases: tuple[tuple, str]) -> None:
-    """Each ``(s2s arguments, expected fragment)`` in a process of its own, two at a time: a
-    process spends ~2 s importing PyTorch on one core, so pairs halve the wait."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda case: s2s(*case[0], stdin="x\n"), cases))
-    for (args, fragment), result in zip(cases, results):
-        assert_user_error(result, fragment)
+    """Each ``(s2s arguments, expected fragment)`` in a process of its own, forked from one that
+    has already imported PyTorch (~2 s a process otherwise)."""
+    for args, fragment in cases:
+        assert_user_error(s2s_forked(*args, stdin="x\n"), fragment)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> None:

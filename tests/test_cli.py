@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, assert_user_errors, s2s, tiny_config, toy_lines, write_corpus
+from conftest import assert_user_error, assert_user_errors, s2s, s2s_forked, tiny_config, toy_lines, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,13 @@ def test_misaligned_corpus_is_refused(tmp_path):
     config = tiny_config(tmp_path)
     data = yaml.safe_load(config.read_text())["data"]
     Path(data["train_tgt"]).write_text("nur eine Zeile\n", encoding="utf-8")
-    assert_user_error(s2s("train", "--config", config), "parallel files must have one line per sentence pair")
+    assert_user_error(s2s_forked("train", "--config", config), "parallel files must have one line per sentence pair")
 
 
 def test_existing_run_dir_is_refused(trained_run, tmp_path):
     config = tiny_config(tmp_path)
     before = (trained_run / "checkpoints" / "last.pt").read_bytes()
-    assert_user_error(s2s("train", "--config", config, "--run-dir", trained_run), "--overwrite")
+    assert_user_error(s2s_forked("train", "--config", config, "--run-dir", trained_run), "--overwrite")
     assert (trained_run / "checkpoints" / "last.pt").read_bytes() == before
 
 
@@ -76,7 +76,7 @@ def test_translate_rejects_a_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "run" / "checkpoints" / "best.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")
-    assert_user_error(s2s("translate", "--checkpoint", tmp_path / "run"), "not a readable s2s checkpoint")
+    assert_user_error(s2s_forked("translate", "--checkpoint", tmp_path / "run"), "not a readable s2s checkpoint")
 
 
 def test_evaluate_matches_sacrebleu_cli(tmp_path):
@@ -96,7 +96,7 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     assert f"ratio = {report['length_ratio']:.3f}" in expected[0]["verbose_score"]
     assert report["sentences"] == 100
     short = write_corpus(tmp_path, "y", hyps[:5], refs, src="hyp", tgt="ref")[0]
-    assert_user_error(s2s("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")
+    assert_user_error(s2s_forked("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")
 
 
 def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
@@ -120,7 +120,7 @@ def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
             (metric["name"], metric["score"], metric["signature"])
     assert report["references"] == 2 and "2 references each" in ours.stdout.decode()
     short = write_corpus(tmp_path, "y", other[:7], other, src="ref3", tgt="unused")[0]
-    assert_user_error(s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--ref", short),
+    assert_user_error(s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--ref", short),
                       f"--ref {short} has 7 lines but --ref {ref_path} has 100")
 
 
@@ -146,7 +146,7 @@ def test_bleu_splits_words_as_sacrebleu_does_for_the_target_language(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh")
     assert f"{expected['score']:7.2f}   {expected['signature']}" in ours.stdout.decode()
-    assert_user_error(s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh-words"),
+    assert_user_error(s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh-words"),
                       "BLEU tokenizer 'zh-words' is not one of sacreBLEU's")
     assert training.wait(timeout=300) == 0
     src_path, ref_path = write_corpus(tmp_path, "y", *toy_lines("test", 10))

@@ -13,7 +13,7 @@ import lzma
 import pytest
 import yaml
 
-from conftest import assert_user_error, s2s, tiny_config, toy_lines, write_corpus
+from conftest import assert_user_error, s2s, s2s_forked, tiny_config, toy_lines, write_corpus
 from seq2seq_cli.config import language_pair, load_config
 from seq2seq_cli.data import read_lines, read_split, read_tsv, tokenize_corpus
 from seq2seq_cli.errors import UserError
@@ -159,5 +159,5 @@ def test_training_prepare_and_evaluate_from_compressed_and_tsv_corpora(tmp_path)
         ShardedCorpus.open(load_config(config_file))
     bad = tsv_file(corpus / "bad.tsv", en[:5] + ["no tab"], de[:6], ".gz")
     bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes()).replace(b"no tab\t", b"no tab ")))
-    assert_user_error(s2s("prepare", "--config", config_file, f"data.train_tsv={bad}", "data.prepared_dir="
+    assert_user_error(s2s_forked("prepare", "--config", config_file, f"data.train_tsv={bad}", "data.prepared_dir="
                           f"{tmp_path / 'other'}"), "bad.tsv.gz: line 6 has 1 tab-separated column(s)")

@@ -15,7 +15,7 @@ from seq2seq_cli.config import load_config
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.launch import build_trainer
 
-from conftest import tiny_config
+from conftest import assert_user_error, s2s_forked, tiny_config
 
 STEPS = 4
 SCHEDULE = {"max_steps": STEPS, "validate_every": 100, "lr_schedule": "constant", "log_every": 1}
@@ -121,9 +121,8 @@ def test_nproc_runs_torchrun_and_resumes(tmp_path):
     records = read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")
     assert [r["step"] for r in records if r["event"] == "train"] == list(range(1, 2 * STEPS + 1))
     # Resuming with another number of processes cannot continue exactly: a clear error.
-    mismatch = s2s_train("--resume", tmp_path / "b" / "run", f"training.max_steps={3 * STEPS}")
-    assert mismatch.returncode == 2
-    assert "saved by 2 process(es); resume it with the same number (now 1)" in mismatch.stderr.decode()
+    assert_user_error(s2s_forked("train", "--resume", tmp_path / "b" / "run", f"training.max_steps={3 * STEPS}"),
+                      "saved by 2 process(es); resume it with the same number (now 1)")
 
     # Fine-tuning under torchrun: both processes start from the finished run's weights.
     _, stderr = fine_tuning.communicate(timeout=300)

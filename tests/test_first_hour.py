@@ -12,7 +12,7 @@ import pytest
 from seq2seq_cli.config import load_config
 from seq2seq_cli.launch import train
 
-from conftest import ROOT, assert_user_error, s2s, tiny_config
+from conftest import ROOT, assert_user_error, s2s, s2s_forked, tiny_config
 
 
 def test_an_unknown_override_is_blamed_on_the_command_line_not_the_file(tmp_path):
@@ -25,7 +25,7 @@ def test_an_unknown_override_is_blamed_on_the_command_line_not_the_file(tmp_path
 def test_a_yaml_mistake_names_the_line_to_fix(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("data:\n  train_src: a\ntraining:\n  max_epochs: 3\n  batch_tokens 2500\n  log_every: 25\n")
-    assert_user_error(s2s("train", "--config", config), f"{config}: line 5 malformed YAML")
+    assert_user_error(s2s_forked("train", "--config", config), f"{config}: line 5 malformed YAML")
 
 
 def test_a_config_file_given_as_checkpoint_is_called_not_a_checkpoint():

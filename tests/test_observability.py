@@ -15,7 +15,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.launch import train
 
-from conftest import assert_user_errors, png_size, s2s, tiny_config
+from conftest import assert_user_error, assert_user_errors, png_size, s2s, s2s_forked, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,7 @@ def test_info_json_matches_metrics(run):
 
 
 def test_info_on_a_folder_that_is_not_a_run(tmp_path):
-    result = s2s("info", tmp_path)
-    assert result.returncode == 2 and "no metrics.jsonl" in result.stderr.decode()
+    assert_user_error(s2s_forked("info", tmp_path), "no metrics.jsonl")
 
 
 def test_info_on_a_file_of_a_run_names_the_run(run, tmp_path):
@@ -120,8 +119,7 @@ def test_average_checkpoints(tmp_path):
     assert averaged["averaged_steps"] == [2, 4, 6]
     translated = s2s("translate", "--checkpoint", run / "checkpoints" / "averaged.pt", stdin="The man sees a dog.\n")
     assert translated.returncode == 0 and translated.stdout.count(b"\n") == 1
-    too_many = s2s("average", run, "--last", "5")
-    assert too_many.returncode == 2 and "training.keep_last=5" in too_many.stderr.decode()
+    assert_user_error(s2s_forked("average", run, "--last", "5"), "training.keep_last=5")
     # The files training keeps (resume state, best weights, the averaged steps) are never the output.
     kept = {path: path.read_bytes() for path in (run / "checkpoints").glob("*.pt") if path.name != "averaged.pt"}
     assert len(kept) == 5

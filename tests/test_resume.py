@@ -17,7 +17,7 @@ from seq2seq_cli.metrics import read_metrics, run_summary
 from seq2seq_cli.launch import train
 from seq2seq_cli.model import Seq2Seq
 
-from conftest import final_weights, saved_step, tiny_config
+from conftest import assert_user_error, final_weights, s2s_forked, saved_step, tiny_config
 
 STEPS = 36
 SCHEDULE = {"max_steps": STEPS, "validate_every": 9, "save_every": 2, "log_every": 1, "keep_last": 3,
@@ -137,13 +137,9 @@ def test_sigint_and_sigterm_save_and_say_how_to_resume(tmp_path, sig, code):
 def test_resume_refuses_a_different_model(tmp_path):
     config = load_config(tiny_config(tmp_path, training={"max_steps": 2}))
     train(config)
-    result = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", config.run_dir,
-                             "model.hidden_size=64"], capture_output=True, timeout=120)
-    assert result.returncode == 2
-    assert "model.hidden_size is 64 but the run was trained with 24" in result.stderr.decode()
-    missing = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", tmp_path / "nothing"],
-                             capture_output=True, timeout=120)
-    assert missing.returncode == 2 and "nothing/config.yaml not found" in missing.stderr.decode()
+    assert_user_error(s2s_forked("train", "--resume", config.run_dir, "model.hidden_size=64"),
+                      "model.hidden_size is 64 but the run was trained with 24")
+    assert_user_error(s2s_forked("train", "--resume", tmp_path / "nothing"), "nothing/config.yaml not found")
 
 
 def test_a_resumed_run_scores_bleu_as_its_best_was_scored(tmp_path, caplog):
@@ -160,10 +156,8 @@ def test_a_resumed_run_scores_bleu_as_its_best_was_scored(tmp_path, caplog):
     torch.save(payload, last)
     assert run_summary(run)["bleu_tokenize"] == "13a"  # what s2s info says
 
-    refused = subprocess.run([sys.executable, "-m", "seq2seq_cli", "train", "--resume", run, "training.max_steps=4",
-                              "training.bleu_tokenize=zh"], capture_output=True, timeout=300)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr.decode()
-    assert "its dev BLEU (best" in refused.stderr.decode()
+    refused = s2s_forked("train", "--resume", run, "training.max_steps=4", "training.bleu_tokenize=zh")
+    assert_user_error(refused, "its dev BLEU (best")
     assert "measured with sacreBLEU's 13a tokenizer, and zh scores differently" in refused.stderr.decode()
 
     def resume_to(steps: int, *overrides: str) -> None:

@@ -16,8 +16,8 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import FolderLock
 from seq2seq_cli.launch import RunAlreadyFinished, train
 
-from conftest import (assert_user_error, assert_user_errors, final_weights, s2s, saved_step, tiny_config, toy_lines,
-                      write_corpus)
+from conftest import (assert_user_error, assert_user_errors, final_weights, s2s, s2s_forked, saved_step, tiny_config,
+                      toy_lines, write_corpus)
 
 
 def snapshot(run: Path) -> dict:
@@ -51,7 +51,8 @@ def test_prepare_is_refused_while_another_holds_the_folder(tmp_path):
     config = tiny_config(tmp_path, data={"prepared_dir": str(tmp_path / "prepared")})
     (tmp_path / "prepared").mkdir()
     with FolderLock(tmp_path / "prepared", "s2s prepare"):
-        assert_user_error(s2s("prepare", "--config", config), f"is in use by process {os.getpid()} (s2s prepare)")
+        assert_user_error(s2s_forked("prepare", "--config", config),
+                          f"is in use by process {os.getpid()} (s2s prepare)")
     assert s2s("prepare", "--config", config).returncode == 0
 
 
@@ -62,7 +63,7 @@ def test_overwrite_never_removes_what_the_new_run_reads(tmp_path):
     config = tiny_config(tmp_path, data={"prepared_dir": str(prepared)})
     assert s2s("prepare", "--config", config).returncode == 0
     before = snapshot(prepared)
-    assert_user_error(s2s("train", "--config", config, f"run_dir={prepared}", "--overwrite"),
+    assert_user_error(s2s_forked("train", "--config", config, f"run_dir={prepared}", "--overwrite"),
                       f"--overwrite would remove {prepared / 'tokenizer'}, which data.prepared_dir ({prepared}) needs")
     assert snapshot(prepared) == before
 

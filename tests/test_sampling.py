@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from conftest import IDS, VOCAB, assert_user_error, s2s, tiny_model, toy_lines, write_corpus
+from conftest import IDS, VOCAB, assert_user_error, s2s, s2s_forked, tiny_model, toy_lines, write_corpus
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import Sampling, TokenSampler, translate_ids
@@ -153,7 +153,8 @@ def test_s2s_translate_sample_is_the_same_in_every_process_and_refuses_what_does
     assert split(rebatched)[1] == pytest.approx(split(first)[1], abs=1e-3)
     assert split(other_seed)[0] != split(first)[0]
     assert_user_error(runs[3], "cannot use --beam-size 3")
-    assert_user_error(s2s("translate", "--checkpoint", learned_toy_run, "--temperature", "2", "--sample-topk", "5"),
-                      "--sample-topk, --temperature only apply with --sample")  # refused before loading a model
+    # Refused before loading a model:
+    assert_user_error(s2s_forked("translate", "--checkpoint", learned_toy_run, "--temperature", "2",
+                                 "--sample-topk", "5"), "--sample-topk, --temperature only apply with --sample")
     with pytest.raises(UserError, match="--temperature 0: must be a positive number"):
         Translator.load(learned_toy_run, device="cpu", sampling=Sampling(temperature=0))

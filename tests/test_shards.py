@@ -17,7 +17,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.shards import ShardedCorpus, prepare
 from seq2seq_cli.launch import train
 
-from conftest import tiny_config, toy_lines, write_corpus
+from conftest import assert_user_error, s2s_forked, tiny_config, toy_lines, write_corpus
 
 
 def sharded_config(tmp_path, **sections):
@@ -201,10 +201,10 @@ def test_prepare_reports_bad_files_by_line(tmp_path):
 
 def test_prepare_cli(tmp_path):
     config = tiny_config(tmp_path)
+    refused = s2s_forked("prepare", "--config", config)
+    assert_user_error(refused, "data.prepared_dir is not set")
+    assert refused.stderr.count(b"\n") == 1  # nothing else said
     command = [sys.executable, "-m", "seq2seq_cli", "prepare", "--config", str(config)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "data.prepared_dir is not set" in result.stderr
     result = subprocess.run(command + ["--workers", "1", f"data.prepared_dir={tmp_path / 'bin'}"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

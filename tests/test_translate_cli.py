@@ -14,7 +14,7 @@ import pytest
 
 from seq2seq_cli.errors import UserError
 
-from conftest import TOY, assert_user_error, assert_user_errors, png_size, s2s, tiny_config
+from conftest import TOY, assert_user_error, assert_user_errors, png_size, s2s, s2s_forked, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_nbest_output(run_dir):
     # The first of an n-best list is the 1-best translation with the same beam.
     best = s2s("translate", "--checkpoint", run_dir, "--beam-size", "4", stdin="The man sees the dog.\n")
     assert best.stdout.decode().strip() == rows[0][1]
-    assert_user_error(s2s("translate", "--checkpoint", run_dir, "--nbest", "3", stdin="x\n"), "--beam-size")
+    assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--nbest", "3", stdin="x\n"), "--beam-size")
 
 
 def test_beam_of_one_matches_greedy_output(run_dir, tmp_path):
@@ -173,13 +173,13 @@ def test_an_interrupted_translation_leaves_an_earlier_output_as_it_was(run_dir, 
     finished = s2s("translate", "--checkpoint", run_dir, "--input", short, "--output", output)
     assert finished.returncode == 0, finished.stderr.decode()
     assert output.read_text().count("\n") == 2 and output.stat().st_mode & 0o777 == 0o640
-    assert_user_error(s2s("translate", "--checkpoint", run_dir, "--input", short, "--output", tmp_path),
+    assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--input", short, "--output", tmp_path),
                       f"cannot write {tmp_path} (Is a directory); write elsewhere, then translate again")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
 def test_a_full_disk_is_a_one_line_error(run_dir, tmp_path):
-    assert_user_error(s2s("translate", "--checkpoint", run_dir, "--output", "/dev/full", stdin="A cat.\n"),
+    assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--output", "/dev/full", stdin="A cat.\n"),
                       "cannot write /dev/full (No space left on device)")
     with open("/dev/full", "wb") as full:
         to_stdout = subprocess.run([sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir)],
