@@ -150,11 +150,13 @@ def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
 # A process that has imported what the commands import, and forks a child for each command it
 # is sent: the child runs ``python -m seq2seq_cli ARGS`` as a new process would (its own argv,
 # environment, folder, stdin, stdout and stderr; exit status as the interpreter sets it) without
-# spending two seconds importing PyTorch. For user errors only: a test of what differs between
-# processes (hash seeds, threads) needs a process started from nothing (``s2s``).
+# spending two seconds importing PyTorch (and one more for the optimizer's torch._dynamo). For
+# what one command does (errors, output, files written); a test of what may differ between
+# processes (hash seeds, threads, a pipe on stdin: here stdin is a file) needs ``s2s``.
 _FORK_SERVER = r"""
 import json, os, runpy, sys, traceback
-import seq2seq_cli.cli, seq2seq_cli.launch, seq2seq_cli.translation, seq2seq_cli.evaluation, seq2seq_cli.metrics
+import torch._dynamo, seq2seq_cli.cli, seq2seq_cli.launch, seq2seq_cli.translation, seq2seq_cli.evaluation
+import seq2seq_cli.metrics, seq2seq_cli.checkpoint
 requests, answers = os.fdopen(int(sys.argv[1]), "r"), os.fdopen(int(sys.argv[2]), "w")
 for line in requests:
     request = json.loads(line)

@@ -66,7 +66,7 @@ def test_translate_one_line_per_input_line(trained_run, tmp_path):
     # for where there is no GPU change nothing).
     source = tmp_path / "in.en"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    again = s2s("translate", "--checkpoint", trained_run / "checkpoints" / "best.pt", "--input", source,
+    again = s2s_forked("translate", "--checkpoint", trained_run / "checkpoints" / "best.pt", "--input", source,
                 "--output", tmp_path / "out.de", "--cuda-graphs", "auto")
     assert again.returncode == 0, again.stderr.decode()
     assert (tmp_path / "out.de").read_bytes() == result.stdout
@@ -83,7 +83,7 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     refs = toy_lines("test", 100)[1]
     hyps = [line.replace("der", "die") if i % 3 else line for i, line in enumerate(refs)]
     hyp_path, ref_path = write_corpus(tmp_path, "x", hyps, refs, src="hyp", tgt="ref")
-    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "report.json")
+    ours = s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "report.json")
     assert ours.returncode == 0, ours.stderr.decode()
     reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-m", "bleu",
                                 "chrf", "ter", "-w", "2"], capture_output=True, check=True)
@@ -109,7 +109,8 @@ def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
     hyps = [line.replace("der", "die") if i % 3 else other[i] for i, line in enumerate(refs)]
     hyp_path, ref_path = write_corpus(tmp_path, "x", hyps, refs, src="hyp", tgt="ref")
     other_path = write_corpus(tmp_path, "z", other, other, src="ref2", tgt="unused")[0]
-    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--ref", other_path, "--json", tmp_path / "r.json")
+    ours = s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--ref", other_path,
+                      "--json", tmp_path / "r.json")
     assert ours.returncode == 0, ours.stderr.decode()
     reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), str(other_path), "-i", str(hyp_path),
                                 "-m", "bleu", "chrf", "ter", "-w", "2"], capture_output=True, check=True)
@@ -144,7 +145,7 @@ def test_bleu_splits_words_as_sacrebleu_does_for_the_target_language(tmp_path):
     config = tiny_config(tmp_path, training={"max_steps": 2, "validate_every": 0}, data={"tgt_lang": "zh"})
     training = subprocess.Popen([sys.executable, "-m", "seq2seq_cli", "train", "--config", str(config)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ours = s2s("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh")
+    ours = s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh")
     assert f"{expected['score']:7.2f}   {expected['signature']}" in ours.stdout.decode()
     assert_user_error(s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--tokenize", "zh-words"),
                       "BLEU tokenizer 'zh-words' is not one of sacreBLEU's")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from conftest import (TOY_LEARNING_SIZES, assert_user_errors, final_weights, s2s, tiny_config, toy_domain,
+from conftest import (TOY_LEARNING_SIZES, assert_user_errors, final_weights, s2s, s2s_forked, tiny_config, toy_domain,
                       toy_domain_files)
 from seq2seq_cli.config import load_config
 from seq2seq_cli.evaluation import corpus_bleu
@@ -49,7 +49,7 @@ def test_fine_tuning_adapts_to_a_new_domain_and_resumes_exactly(tmp_path, learne
         (parent_run / "tokenizer" / "vocab.txt").read_bytes()
     saved = yaml.safe_load((tmp_path / "child" / "run" / "config.yaml").read_text())
     assert saved["training"]["init_from"] == str(parent_run)
-    info = s2s("info", tmp_path / "child" / "run").stdout.decode()
+    info = s2s_forked("info", tmp_path / "child" / "run").stdout.decode()
     assert re.search(rf"started from +{re.escape(str(parent_run / 'checkpoints' / 'best.pt'))} "
                      r"\(step 160\)", info), info
 

@@ -29,7 +29,7 @@ def test_a_yaml_mistake_names_the_line_to_fix(tmp_path):
 
 
 def test_a_config_file_given_as_checkpoint_is_called_not_a_checkpoint():
-    result = s2s("translate", "--checkpoint", ROOT / "configs" / "toy.yaml", stdin="Hello.\n")
+    result = s2s_forked("translate", "--checkpoint", ROOT / "configs" / "toy.yaml", stdin="Hello.\n")
     assert_user_error(result, "toy.yaml: not a readable s2s checkpoint (not a PyTorch checkpoint file at all)")
     assert "weights_only" not in result.stderr.decode()
 
@@ -37,7 +37,7 @@ def test_a_config_file_given_as_checkpoint_is_called_not_a_checkpoint():
 def test_info_reads_well_and_says_why_the_run_stopped(tmp_path):
     config = load_config(tiny_config(tmp_path, training={"max_steps": 4, "validate_every": 2, "keep_last": 2}))
     train(config)
-    result = s2s("info", tmp_path / "run")
+    result = s2s_forked("info", tmp_path / "run")
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     column = lines[0].index(str(tmp_path / "run"))
@@ -45,7 +45,7 @@ def test_info_reads_well_and_says_why_the_run_stopped(tmp_path):
         assert line[column - 2: column] == "  " and line[column] != " ", line
     assert any(re.fullmatch(r"status +finished: reached max_steps=4", line) for line in lines), lines
     assert any(line.startswith("best checkpoint  ") for line in lines)
-    missing = s2s("info", tmp_path / "nope")
+    missing = s2s_forked("info", tmp_path / "nope")
     assert_user_error(missing, f"{tmp_path / 'nope'}: no such run directory")
 
 

@@ -56,7 +56,7 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_info_json_matches_metrics(run):
-    result = s2s("info", run, "--json")
+    result = s2s_forked("info", run, "--json")
     assert result.returncode == 0, result.stderr.decode()
     summary = json.loads(result.stdout)
     records = read_metrics(run / "metrics.jsonl")
@@ -69,7 +69,7 @@ def test_info_json_matches_metrics(run):
                                                     abs=0.1)
     assert summary["device"] == "cpu" and summary["parameters"] > 0 and summary["bleu_tokenize"] == "13a"
     assert summary["checkpoints"]["last"]["step"] == 8
-    human = s2s("info", run)
+    human = s2s_forked("info", run)
     assert "best dev BLEU" in human.stdout.decode() and human.returncode == 0
 
 
@@ -110,14 +110,15 @@ def test_average_checkpoints(tmp_path):
                                                          "keep_last": 3}))
     train(config)
     run = Path(config.run_dir)
-    result = s2s("average", run, "--last", "3")
+    result = s2s_forked("average", run, "--last", "3")
     assert result.returncode == 0, result.stderr.decode()
     averaged = torch.load(run / "checkpoints" / "averaged.pt", weights_only=True)
     steps = [torch.load(run / "checkpoints" / f"step-{s:08d}.pt", weights_only=True)["model"] for s in (2, 4, 6)]
     name = "decoder.output.weight"
     torch.testing.assert_close(averaged["model"][name], sum(s[name] for s in steps) / 3)
     assert averaged["averaged_steps"] == [2, 4, 6]
-    translated = s2s("translate", "--checkpoint", run / "checkpoints" / "averaged.pt", stdin="The man sees a dog.\n")
+    translated = s2s_forked("translate", "--checkpoint", run / "checkpoints" / "averaged.pt",
+                            stdin="The man sees a dog.\n")
     assert translated.returncode == 0 and translated.stdout.count(b"\n") == 1
     assert_user_error(s2s_forked("average", run, "--last", "5"), "training.keep_last=5")
     # The files training keeps (resume state, best weights, the averaged steps) are never the output.

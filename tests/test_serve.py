@@ -20,7 +20,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason='s2s serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("fastapi")
 
-from conftest import assert_user_errors, png_size, s2s, tiny_config, toy_lines  # noqa: E402
+from conftest import assert_user_errors, png_size, s2s_forked, tiny_config, toy_lines  # noqa: E402
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
 
@@ -76,7 +76,8 @@ def server(run):
 
 
 def cli_translations(run, lines, *options) -> list[str]:
-    result = s2s("translate", "--checkpoint", run, "--device", "cpu", *options, stdin="".join(l + "\n" for l in lines))
+    result = s2s_forked("translate", "--checkpoint", run, "--device", "cpu", *options,
+                        stdin="".join(line + "\n" for line in lines))
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode().splitlines()
 

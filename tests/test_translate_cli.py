@@ -95,7 +95,7 @@ def test_small_batches_decoded_side_by_side_keep_order_and_line_numbers(run_dir)
 
 
 def test_nbest_output(run_dir):
-    result = s2s("translate", "--checkpoint", run_dir, "--beam-size", "4", "--nbest", "3",
+    result = s2s_forked("translate", "--checkpoint", run_dir, "--beam-size", "4", "--nbest", "3",
                  stdin="The man sees the dog.\n\nA cat.\n")
     assert result.returncode == 0, result.stderr.decode()
     rows = [line.split(" ||| ") for line in result.stdout.decode().splitlines()]
@@ -104,15 +104,15 @@ def test_nbest_output(run_dir):
         scores = [float(r[2]) for r in rows if int(r[0]) == index]
         assert scores == sorted(scores, reverse=True)
     # The first of an n-best list is the 1-best translation with the same beam.
-    best = s2s("translate", "--checkpoint", run_dir, "--beam-size", "4", stdin="The man sees the dog.\n")
+    best = s2s_forked("translate", "--checkpoint", run_dir, "--beam-size", "4", stdin="The man sees the dog.\n")
     assert best.stdout.decode().strip() == rows[0][1]
     assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--nbest", "3", stdin="x\n"), "--beam-size")
 
 
 def test_beam_of_one_matches_greedy_output(run_dir, tmp_path):
     text = "The man sees the dog.\nA woman reads a red book today.\nI think that the cat likes the boy.\n"
-    greedy = s2s("translate", "--checkpoint", run_dir, stdin=text)
-    beam_one = s2s("translate", "--checkpoint", run_dir, "--beam-size", "1", stdin=text)
+    greedy = s2s_forked("translate", "--checkpoint", run_dir, stdin=text)
+    beam_one = s2s_forked("translate", "--checkpoint", run_dir, "--beam-size", "1", stdin=text)
     assert greedy.returncode == 0 and greedy.stdout == beam_one.stdout
 
 
@@ -140,7 +140,8 @@ def test_an_output_that_is_an_input_is_refused_and_left_as_it_was(run_dir, tmp_p
     named_stdout = s2s("translate", "--checkpoint", run_dir, "--input", source, "--output", "/dev/stdout")
     assert named_stdout.returncode == 0 and named_stdout.stdout.count(b"\n") == 2
     (tmp_path / "out.de").write_bytes(named_stdout.stdout)
-    scored = s2s("evaluate", "--hyp", tmp_path / "out.de", "--ref", reference, "--json", tmp_path / "new" / "r.json")
+    scored = s2s_forked("evaluate", "--hyp", tmp_path / "out.de", "--ref", reference,
+                        "--json", tmp_path / "new" / "r.json")
     assert scored.returncode == 0 and '"bleu"' in (tmp_path / "new" / "r.json").read_text()
     # A pipe is written into, not replaced by a file (as /dev/stdout or /dev/null would be).
     pipe = tmp_path / "report.pipe"
@@ -170,7 +171,7 @@ def test_an_interrupted_translation_leaves_an_earlier_output_as_it_was(run_dir, 
     assert output.read_text() == "earlier translations\n" and not list(tmp_path.glob(".out.de.*"))
     short = tmp_path / "short.en"
     short.write_text("The man sees the dog.\nA cat.\n")
-    finished = s2s("translate", "--checkpoint", run_dir, "--input", short, "--output", output)
+    finished = s2s_forked("translate", "--checkpoint", run_dir, "--input", short, "--output", output)
     assert finished.returncode == 0, finished.stderr.decode()
     assert output.read_text().count("\n") == 2 and output.stat().st_mode & 0o777 == 0o640
     assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--input", short, "--output", tmp_path),
@@ -223,7 +224,7 @@ def test_attention_pictures(run_dir, tmp_path):
     from seq2seq_cli.tokenization import Tokenizers
 
     sentences = ["The man sees the dog.", "", "A woman reads a red book today and the boy paints it."]
-    result = s2s("translate", "--checkpoint", run_dir, "--plot-attention", tmp_path / "att",
+    result = s2s_forked("translate", "--checkpoint", run_dir, "--plot-attention", tmp_path / "att",
                  stdin="\n".join(sentences) + "\n")
     assert result.returncode == 0, result.stderr.decode()
     translations = result.stdout.decode().splitlines()
@@ -278,7 +279,7 @@ def test_the_readme_python_example_runs_and_equals_the_cli(run_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     printed = result.stdout.decode().splitlines()
-    cli = s2s("translate", "--checkpoint", run_dir, "--beam-size", "5", "--nbest", "3", "--device", "cpu",
+    cli = s2s_forked("translate", "--checkpoint", run_dir, "--beam-size", "5", "--nbest", "3", "--device", "cpu",
               stdin="The man sees the dog.\nSometimes the bird loves a small newspaper.\n")
     nbest = [line.split(" ||| ") for line in cli.stdout.decode().splitlines()]  # INDEX ||| TEXT ||| SCORE
     assert printed[0] == repr([next(text for index, text, _ in nbest if index == str(i)) for i in range(2)])
@@ -326,7 +327,7 @@ def test_a_file_translated_at_a_terminal_shows_its_progress_and_the_same_output(
     source = tmp_path / "source.en"
     source.write_text("\n".join(lines), encoding="utf-8")  # no line end after the last line
     command = [sys.executable, "-m", "seq2seq_cli", "translate", "--checkpoint", str(run_dir), "--input", str(source)]
-    plain = s2s("translate", "--checkpoint", run_dir, "--input", source, "--output", tmp_path / "plain.de")
+    plain = s2s_forked("translate", "--checkpoint", run_dir, "--input", source, "--output", tmp_path / "plain.de")
     assert plain.returncode == 0 and plain.stderr.decode().count("lines/s") == 0
     code, shown = at_a_terminal(command + ["--output", str(tmp_path / "shown.de")])
     assert code == 0, shown
