@@ -3,7 +3,9 @@
 Input is read as bytes and never stops the stream: invalid UTF-8 is replaced (with a
 warning), an empty line gives an empty translation, an over-long line is truncated to the
 model's limit (with a warning). Lines that are already available are translated together;
-a line typed at a terminal is answered without waiting for more input.
+a line typed at a terminal is answered without waiting for more input. With
+``split_sentences`` a line is translated sentence by sentence (``seq2seq_cli.segmentation``)
+and its sentences' translations are joined back into one.
 """
 
 from __future__ import annotations
