@@ -7,7 +7,7 @@ after the first one arrived (or after it came free), and searches them as one ba
 request then gets its own sentences back.
 Requests with different search settings never share a batch. Since a sentence's translation
 does not depend on the batch it is in, every answer equals what ``s2s translate`` prints for
-the line.
+the line (with ``--split-sentences``, unless the server was told not to split).
 
 The search runs in a decoder process of the model's own, not in the server's: in one Python
 process the decoder's step loop and the event loop answering HTTP take turns holding the
