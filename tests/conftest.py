@@ -154,7 +154,7 @@ def s2s(*args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
 # what one command does (errors, output, files written); a test of what may differ between
 # processes (hash seeds, threads, a pipe on stdin: here stdin is a file) needs ``s2s``.
 _FORK_SERVER = r"""
-import json, os, runpy, sys, traceback
+import json, os, runpy, signal, sys, traceback
 import torch._dynamo, seq2seq_cli.cli, seq2seq_cli.launch, seq2seq_cli.translation, seq2seq_cli.evaluation
 import seq2seq_cli.metrics, seq2seq_cli.checkpoint
 requests, answers = os.fdopen(int(sys.argv[1]), "r"), os.fdopen(int(sys.argv[2]), "w")
@@ -162,6 +162,7 @@ for line in requests:
     request = json.loads(line)
     child = os.fork()
     if child == 0:
+        signal.alarm(300)  # as s2s's timeout: a command that hangs is killed, not waited for forever
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
