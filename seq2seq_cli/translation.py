@@ -113,7 +113,7 @@ class _Lines:
     """Input lines read for one search, as what is searched for each: the line itself, or with
     sentence splitting its sentences."""
 
-    first_line: int  # the input line number of texts[0], for warnings
+    first_line: int  # the input line number of the first line, for warnings
     sentences: list[list[str]]  # one list per line
     first_sentence: int  # the position of sentences[0][0] among all sentences read, for sampling seeds
 
@@ -432,12 +432,13 @@ class Translator:
         sentences = [sentence for line in lines.sentences for sentence in line]
         line_numbers = [lines.first_line + offset for offset, count in enumerate(counts) for _ in range(count)]
         sources = self._encode_sources(sentences, line_numbers)
-        if progress is not None and len(sentences) != len(counts):
+        split = len(sentences) != len(counts)  # some line holds several sentences
+        if progress is not None and split:
             progress = _in_lines(progress, len(sentences), len(counts))
         results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
                                    self.keep_attention, self.precision, self._search_graphs(), self.sampling,
                                    first_index=lines.first_sentence, progress=progress)
-        if len(sentences) == len(counts):
+        if not split:
             return sources, results
         return _join_sentences(sources, results, counts, self.tokenizers.eos_id)
 

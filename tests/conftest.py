@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import zlib
 from pathlib import Path
 
@@ -199,10 +202,6 @@ def _stop_fork_server():
 
 def s2s_forked(*args, stdin: str = "") -> subprocess.CompletedProcess:
     """``s2s(*args)`` run by a child of the fork server (one command at a time)."""
-    import json
-    import tempfile
-    import threading
-
     if "process" not in _fork_server:
         requests_read, requests_write = os.pipe()
         answers_read, answers_write = os.pipe()
