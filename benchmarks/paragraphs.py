@@ -9,6 +9,11 @@ Prints a table and writes JSON. Consecutive sentences of the test set are joined
 lines (the one-per-line row is scored line by line, as usual). A model trained on single
 sentences reads a paragraph as one long source; splitting translates its sentences one by one,
 so its BLEU and speed should be those of the sentences one per line.
+
+The last two rows are sentences longer than the model reads: consecutive sentences joined with
+commas (their final stops dropped) until the line is over ``data.max_len`` tokens, so sentencex
+finds no boundary in it; read whole, each is cut to the limit, and split it is translated in
+pieces that fit.
 """
 
 from __future__ import annotations
@@ -31,6 +36,24 @@ def joined(lines: list[str], per_line: int) -> list[str]:
     return [" ".join(lines[start:start + per_line]) for start in range(0, len(lines), per_line)]
 
 
+def glued_over_limit(sentences: list[str], references: list[str], translator: Translator
+                     ) -> tuple[list[str], list[str], int]:
+    """Consecutive sentences joined with commas, as few as make a line over the model's limit,
+    their references joined alike, and how many sentences they hold (a last line that stays
+    under the limit is dropped)."""
+    def glue(parts: list[str]) -> str:
+        return ", ".join(part.rstrip(" .") for part in parts) + "."
+
+    lines, line_references, start = [], [], 0
+    for end in range(1, len(sentences) + 1):
+        line = glue(sentences[start:end])
+        if len(translator.tokenizers.encode_src([line])[0]) > translator.max_source_tokens:
+            lines.append(line)
+            line_references.append(glue(references[start:end]))
+            start = end
+    return lines, line_references, start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_and_test_set(parser)
@@ -43,16 +66,19 @@ def main() -> None:
     paragraphs, paragraph_references = joined(sentences, args.per_line), joined(references, args.per_line)
     translator = Translator.load(args.checkpoint, args.device, beam_size=args.beam_size, batch_size=args.batch_size)
     split = translator.with_settings(split_sentences=True)
+    long_lines = glued_over_limit(sentences, references, translator)
     translator.translate(sentences[:args.batch_size])  # warm-up
     rows = []
-    for name, chosen, lines, refs in (("one sentence per line", translator, sentences, references),
-                                      (f"{args.per_line} per line, whole", translator, paragraphs,
-                                       paragraph_references),
-                                      (f"{args.per_line} per line, --split-sentences", split, paragraphs,
-                                       paragraph_references)):
+    one_per_line = (sentences, references, len(sentences))
+    in_paragraphs = (paragraphs, paragraph_references, len(sentences))
+    for name, chosen, lines, refs, count in (("one sentence per line", translator, *one_per_line),
+                                             (f"{args.per_line} per line, whole", translator, *in_paragraphs),
+                                             (f"{args.per_line} per line, --split-sentences", split, *in_paragraphs),
+                                             ("over the limit, whole", translator, *long_lines),
+                                             ("over the limit, --split-sentences", split, *long_lines)):
         hypotheses, seconds = timed(translator.device, lambda: chosen.translate(lines))
         rows.append({"input": name, "lines": len(lines), "seconds": round(seconds, 2),
-                     "sentences_per_s": round(len(sentences) / seconds, 1),
+                     "sentences_per_s": round(count / seconds, 1),
                      "bleu": round(sacrebleu.corpus_bleu(hypotheses, [refs]).score, 2),
                      "output_words_per_reference_word": round(
                          sum(len(h.split()) for h in hypotheses) / sum(len(r.split()) for r in refs), 3)})

@@ -197,6 +197,15 @@ class Tokenizers:
         """The ids of each target line; with ``limit``, see ``encode_up_to``."""
         return _encode(self.tgt, lines) if limit is None else encode_up_to(self.tgt, lines, limit)
 
+    def src_words(self, lines: Sequence[str]) -> list[list[tuple[int, int, int]]]:
+        """Each source line's subwords as (first character, past-the-end character, index of
+        the word it is part of), without special tokens: where a line can be cut between words."""
+        if not lines:
+            return []
+        encodings = self.src.backend_tokenizer.encode_batch(list(lines), add_special_tokens=False)
+        return [[(start, end, word) for (start, end), word in zip(encoding.offsets, encoding.word_ids)]
+                for encoding in encodings]
+
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.batch_decode([list(s) for s in sequences], skip_special_tokens=True)
 

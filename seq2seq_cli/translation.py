@@ -4,8 +4,9 @@ Input is read as bytes and never stops the stream: invalid UTF-8 is replaced (wi
 warning), an empty line gives an empty translation, an over-long line is truncated to the
 model's limit (with a warning). Lines that are already available are translated together;
 a line typed at a terminal is answered without waiting for more input. With
-``split_sentences`` a line is translated sentence by sentence (``seq2seq_cli.segmentation``)
-and its sentences' translations are joined back into one.
+``split_sentences`` a line is translated sentence by sentence (``seq2seq_cli.segmentation``),
+a sentence over the model's limit in pieces that fit rather than truncated, and the
+translations are joined back into one line.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
-from seq2seq_cli.segmentation import sentence_joiner, split_sentences
+from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ class Translator:
         none or int8 (CPU only); ``cuda_graphs``: auto (replay decoder steps from CUDA graphs on
         CUDA) or off; ``sampling``: draw translations at random instead of searching (e.g.
         ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text);
-        ``split_sentences``: translate each text sentence by sentence and join the translations."""
+        ``split_sentences``: translate each text sentence by sentence (a sentence over the model's
+        ``data.max_len`` in pieces that fit) and join the translations."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
@@ -417,12 +419,24 @@ class Translator:
         first_line = self._number_lines(len(raw_lines))
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         if self.split_sentences:
-            sentences = [split_sentences(text, self.source_language) for text in texts]
+            sentences = [self._fit(split_sentences(text, self.source_language), first_line + offset)
+                         for offset, text in enumerate(texts)]
         else:
             sentences = [[text] for text in texts]
         first_sentence = self.sentences_read
         self.sentences_read += sum(len(line) for line in sentences)
         return _Lines(first_line, sentences, first_sentence)
+
+    def _fit(self, sentences: list[str], line_number: int) -> list[str]:
+        """A line's sentences, one longer than the model's limit cut into pieces that fit (with
+        a warning naming the line): split sentence by sentence, nothing is cut off."""
+        fitted = fit_sentences(sentences, self.max_source_tokens, self.tokenizers.src_words)
+        if len(fitted) > len(sentences):
+            cuts = len(fitted) - len(sentences)
+            log.warning("input line %d: over the model's limit of %d tokens (data.max_len) without a sentence end; "
+                        "translated in pieces cut between words (%d cut%s)", line_number, self.max_source_tokens,
+                        cuts, "" if cuts == 1 else "s")
+        return fitted
 
     def _translate(self, lines: _Lines, nbest: Optional[int] = None,
                    progress: Optional[Callable[[int], object]] = None
@@ -452,8 +466,8 @@ class Translator:
             if len(source) > limit:
                 count = (f"over {limit} tokens in {len(text)} characters" if len(line_head(text, limit)) < len(text)
                          else f"{len(source)} tokens")
-                log.warning("input line %d: %s, truncated to the model's limit of %d (data.max_len)",
-                            line_numbers[offset], count, limit)
+                log.warning("input line %d: %s, truncated to the model's limit of %d (data.max_len); "
+                            "--split-sentences translates it in pieces instead", line_numbers[offset], count, limit)
                 sources[offset] = source[:limit]
         return sources
 

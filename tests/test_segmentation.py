@@ -8,7 +8,8 @@ import torch
 
 from conftest import assert_user_errors, s2s, toy_lines, write_corpus
 from seq2seq_cli.decoding import Sampling
-from seq2seq_cli.segmentation import sentence_joiner, split_sentences
+from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
+from seq2seq_cli.tokenization import Tokenizers
 from seq2seq_cli.translation import Translator
 
 
@@ -106,3 +107,74 @@ def test_s2s_translate_split_sentences(learned_toy_run, tmp_path):
     assert result.stdout.decode().splitlines() == expected
     assert_user_errors((("evaluate", "--hyp", src, "--ref", src, "--split-sentences"),
                         "--split-sentences only applies to translating with --checkpoint"))
+
+
+def fewest_pieces(tokens: list[tuple[int, int, int]], limit: int) -> int:
+    """How many pieces of at most ``limit`` tokens, cut between words, ``tokens`` need: as many
+    as pieces each as long as can be, one after another, make."""
+    pieces, start = 0, 0
+    while start < len(tokens):
+        end = min(start + limit, len(tokens))
+        while end < len(tokens) and tokens[end][2] == tokens[end - 1][2]:
+            end -= 1
+        pieces, start = pieces + 1, end
+    return pieces
+
+
+def test_a_sentence_over_the_limit_is_cut_between_words_into_fewest_pieces(learned_toy_run):
+    tokenizers = Tokenizers.load(learned_toy_run / "tokenizer")
+
+    def token_count(text: str) -> int:
+        return len(tokenizers.src_words([text])[0])
+
+    sentences = toy_lines("test", 60)[0]
+    lines = [", ".join(sentence.rstrip(".") for sentence in sentences[start:start + 4]) + "."
+             for start in range(0, 60, 4)]
+    for limit in (8, 13, 30):
+        for line in lines:
+            pieces = fit_sentences([line], limit, tokenizers.src_words)
+            assert " ".join(pieces) == line  # nothing lost, nothing added
+            assert all(token_count(piece) <= limit for piece in pieces)
+            assert len(pieces) == fewest_pieces(tokenizers.src_words([line])[0], limit)
+            # Cut between words, the pieces read as the same tokens as the whole line.
+            assert tokenizers.encode_src(pieces) and sum(tokenizers.encode_src(pieces), []) == \
+                tokenizers.encode_src([line])[0]
+    # Sentences that fit are left alone, and a long one is cut after a clause's end near its
+    # middle rather than at the limit: "..., she knows that ..." is cut after the comma.
+    first, second = (sentence.rstrip(".") for sentence in sentences[:2])
+    line = f"{first}, {second[0].lower()}{second[1:]}."
+    limit = max(token_count(first), token_count(second)) + 3
+    assert fit_sentences(["Short one.", line, "Another."], limit, tokenizers.src_words) == \
+        ["Short one.", f"{first},", f"{second[0].lower()}{second[1:]}.", "Another."]
+    # Only inside a word longer than the limit is a word cut.
+    word = "Donaudampfschifffahrtsgesellschaftskapitänsmützen"
+    pieces = fit_sentences([f"a {word} b"], 3, tokenizers.src_words)
+    assert "".join(pieces).replace(" ", "") == f"a{word}b" and all(token_count(piece) <= 3 for piece in pieces)
+
+
+def test_a_long_sentence_is_translated_in_pieces_not_truncated(learned_toy_run, caplog):
+    """A sentence longer than the model's limit, with sentence splitting on, is translated in
+    pieces that fit instead of losing its end: here two sentences joined by a comma, on a
+    model whose limit holds only one of them."""
+    sentences, references = toy_lines("test", 240)
+
+    def glued(first: str, second: str) -> str:
+        return f"{first.rstrip('.')}, {second[0].lower()}{second[1:]}"
+
+    split = Translator.load(learned_toy_run, device="cpu", split_sentences=True)
+    whole = Translator.load(learned_toy_run, device="cpu")
+    limit = max(len(ids) for ids in split.tokenizers.encode_src(sentences)) + 2
+    pairs = [(glued(*sentences[start:start + 2]), glued(*references[start:start + 2])) for start in range(0, 240, 2)]
+    lengths = split.tokenizers.encode_src([line for line, _ in pairs])
+    lines, glued_references = zip(*[pair for pair, ids in zip(pairs, lengths) if len(ids) > limit][:20])
+    assert len(lines) == 20
+    split.max_source_tokens = whole.max_source_tokens = limit  # as if trained with data.max_len = limit
+    with caplog.at_level("WARNING"):
+        in_pieces = split.translate(lines)
+    assert "input line 1: over the model's limit" in caplog.text and "truncated" not in caplog.text
+    pieces = [fit_sentences([line], limit, split.tokenizers.src_words) for line in lines]
+    expected = whole.translate([piece for line in pieces for piece in line])
+    assert in_pieces == [" ".join(expected.pop(0) for _ in line) for line in pieces]
+    bleu_pieces = sacrebleu.corpus_bleu(in_pieces, [glued_references]).score
+    bleu_truncated = sacrebleu.corpus_bleu(whole.translate(lines), [glued_references]).score
+    assert bleu_pieces >= bleu_truncated + 10, (bleu_pieces, bleu_truncated)
