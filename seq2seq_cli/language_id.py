@@ -1,11 +1,11 @@
-"""Which language a text is written in, among the languages a server translates from.
+"""Which language a text is written in, among the languages a server translates from or into.
 
 LibreTranslate's clients ask ``POST /detect`` for a text's language and send ``source: auto``
 to have it found for them; LibreTranslate answers both by ranking the languages it has loaded.
-``s2s serve`` does the same over the source languages of its runs, with py3langid (langid.py:
-a naive Bayes model of byte n-grams for about 100 languages, ISO 639-1 codes, shipped with the
-package, so it works offline). Ranking only the served languages is what makes a guess useful
-here: a text is translated by one of these models or by none.
+``s2s serve`` does the same over the languages of its runs, with py3langid (langid.py: a naive
+Bayes model of byte n-grams for about 100 languages, ISO 639-1 codes, shipped with the package,
+so it works offline). Ranking only the served languages is what makes a guess useful here: a
+text is translated by one of these models, or is already in the language asked for, or neither.
 
 A language the model does not know (a code it has no class for) cannot be ranked: it is left
 out, and :attr:`LanguageDetector.unknown` names it so the server can say why ``auto`` fails.

@@ -18,7 +18,8 @@ The API speaks LibreTranslate's (``POST /translate``, ``POST /detect``, ``GET /l
 ``GET /frontend/settings``), so its clients work unchanged, plus ``POST /v1/translate`` for
 what LibreTranslate cannot say (scores, n-best lists, subword tokens and attention),
 ``GET /health``, ``GET /metrics`` (Prometheus) and ``/docs``. With ``source: auto`` each text
-goes to the model of the language it is detected in (``language_id``), as on LibreTranslate.
+goes to the model of the language it is detected in (``language_id``), as on LibreTranslate,
+and a text detected in the target language comes back untranslated.
 """
 
 
@@ -379,7 +380,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-    detector = LanguageDetector(m.source for m in models)
+    # Every language served, into or out of: a text may already be in the language asked for.
+    served_languages = {m.source for m in models} | {m.target for m in models}
+    detector = LanguageDetector(served_languages)
     if detector.unknown:
         log.warning("source 'auto' and /detect cannot recognise %s: the language detector does not know %s",
                     ", ".join(detector.unknown), "it" if len(detector.unknown) == 1 else "them")
@@ -454,20 +457,24 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                               f"of {', '.join(m.source for m in candidates)}")
         return candidates[0]
 
-    def detected_model(text: str, candidates: list[ServedModel]) -> tuple[ServedModel, Optional[dict]]:
-        """The candidate whose source language ranks first for ``text``, and LibreTranslate's
-        ``detectedLanguage`` for it: its confidence (0 to 100) among the served source languages,
-        as /detect gives it (None when the detector does not know that language)."""
+    def detected_model(text: str, candidates: list[ServedModel]
+                       ) -> tuple[Optional[ServedModel], Optional[dict]]:
+        """The candidate whose source language ranks first for ``text``, or None when the
+        target language itself ranks above them all (the text needs no translation, as
+        LibreTranslate answers it), and LibreTranslate's ``detectedLanguage`` for that language:
+        its confidence (0 to 100) among the served languages, as /detect gives it (None when
+        the detector does not know the candidate's language)."""
         ranking = dict(detector.rank(text))
-        if len(candidates) > 1:
-            unknown = [m.source for m in candidates if m.source not in ranking]
-            if unknown:
-                raise ClientError(f"source 'auto' cannot choose between {', '.join(m.source for m in candidates)}: "
-                                  f"the language detector does not know {', '.join(unknown)}; set source")
-        model = max(candidates, key=lambda m: ranking.get(m.source, 0.0))  # the first of equals
-        if model.source not in ranking:
-            return model, None
-        return model, {"confidence": _percent(ranking[model.source]), "language": model.source}
+        unknown = [m.source for m in candidates if m.source not in ranking]
+        if unknown and len(candidates) > 1:
+            raise ClientError(f"source 'auto' cannot choose between {', '.join(m.source for m in candidates)}: "
+                              f"the language detector does not know {', '.join(unknown)}; set source")
+        if unknown:
+            return candidates[0], None
+        target = candidates[0].target
+        options = [(m, m.source) for m in candidates] + ([(None, target)] if target in ranking else [])
+        model, language = max(options, key=lambda option: ranking[option[1]])  # the first of equals: translate
+        return model, {"confidence": _percent(ranking[language]), "language": language}
 
     def check_key(given: Any) -> None:
         if settings.api_key is None:
@@ -500,20 +507,23 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         if text_format not in ("text", "html"):
             raise ClientError("format must be text or html")
         alternatives = _integer(body.get("alternatives", 0), "alternatives", 0, 10)
-        candidates = models_into(body.get("source"), body.get("target"))
+        source, target = body.get("source"), body.get("target")
+        # A text already in the target language comes back as it is, as on LibreTranslate.
+        same_language = not _is_auto(source) and source == target and source in served_languages
+        candidates = [] if same_language else models_into(source, target)
         pieces = [_html_text(text) if text_format == "html" else [(None, line) for line in text.split("\n")]
                   for text in texts]
         lines = [[html.unescape(piece) if text_format == "html" else piece for markup, piece in text_pieces
                   if markup is None] for text_pieces in pieces]
-        if _is_auto(body.get("source")):  # each text goes to the model of the language it is in
+        if _is_auto(source):  # each text goes to the model of the language it is in
             resolved = [detected_model(" ".join(text_lines), candidates) for text_lines in lines]
         else:
-            resolved = [(candidates[0], None)] * len(texts)
+            resolved = [(None if same_language else candidates[0], None)] * len(texts)
         chosen = [model for model, _ in resolved]
         detected = [language for _, language in resolved]
         # Each model gets every line of its texts at once, as one submission, all queued before any wait.
         submitted = {}
-        for model in {model.name: model for model in chosen}.values():
+        for model in {model.name: model for model in chosen if model is not None}.values():
             model_lines = [line for text_model, text_lines in zip(chosen, lines) if text_model is model
                            for line in text_lines]
             search = Search(beam_size=max(model.translator.decoding.beam_size, alternatives + 1),
@@ -521,8 +531,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             if model_lines:
                 submitted[model.name] = model.worker.submit(model_lines, search)
         outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
-        results = [_reassemble(text_pieces, outputs.get(model.name, iter(())), alternatives, text_format)
-                   for text_pieces, model in zip(pieces, chosen)]
+        results = [(text, []) if model is None else
+                   _reassemble(text_pieces, outputs.get(model.name, iter(())), alternatives, text_format)
+                   for text, text_pieces, model in zip(texts, pieces, chosen)]
         answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
         if alternatives:
             answer["alternatives"] = results[0][1] if single else [r[1] for r in results]
@@ -662,7 +673,8 @@ _LIBRETRANSLATE_BODY = {
     "type": "object", "required": ["q", "target"],
     "properties": {
         "q": {**_STRINGS, "description": "text, or a list of texts (a line is a sentence)"},
-        "source": {"type": "string", "description": "language code, or auto: each text's detected among those served",
+        "source": {"type": "string", "description": "language code, or auto: each text's detected among those served "
+                                          "(one already in the target language comes back as it is)",
                    "default": "auto"},
         "target": {"type": "string", "description": "language code"},
         "format": {"type": "string", "enum": ["text", "html"], "default": "text"},

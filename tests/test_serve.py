@@ -175,6 +175,29 @@ def test_paragraphs_are_translated_sentence_by_sentence(run, server):
     assert bad.status_code == 400 and "split_sentences must be true or false" in bad.json()["error"]
 
 
+def test_text_already_in_the_target_language_comes_back_as_it_is(run, server):
+    """As LibreTranslate answers it: with source auto, a text detected in the target language
+    is not translated (the en->de model would make up German from German); so is a text whose
+    source is named as the target. /detect ranks every served language, targets included."""
+    english, german = (lines[:2] for lines in toy_lines("test", 2))
+    expected = cli_translations(run, english, "--split-sentences", "--beam-size", "2", "--nbest", "2")
+    mixed = [english[0], german[0], english[1], german[1]]
+    answer = httpx.post(f"{server.url}/translate", json={"q": mixed, "source": "auto", "target": "de",
+                                                         "alternatives": 1}).json()
+    translated = [row.split(" ||| ")[1] for row in expected]
+    assert answer["translatedText"] == [translated[0], german[0], translated[2], german[1]]
+    assert answer["alternatives"] == [[translated[1]], [], [translated[3]], []]
+    assert [d["language"] for d in answer["detectedLanguage"]] == ["en", "de", "en", "de"]
+    assert all(d["confidence"] > 90 for d in answer["detectedLanguage"])
+    html = f"<p>{german[0]}</p>\n<b>{german[1]}</b>"
+    assert httpx.post(f"{server.url}/translate", json={"q": html, "source": "auto", "target": "de",
+                                                       "format": "html"}).json()["translatedText"] == html
+    assert httpx.post(f"{server.url}/translate", json={"q": german[0], "source": "de", "target": "de"}).json() == \
+        {"translatedText": german[0]}
+    detected = httpx.post(f"{server.url}/detect", json={"q": german[0]}).json()
+    assert [d["language"] for d in detected] == ["de", "en"] and detected[0]["confidence"] > 90
+
+
 def test_native_endpoint_gives_scores_nbest_and_attention(run, server):
     line = toy_lines("test", 1)[0][0]
     nbest = cli_translations(run, [line], "--beam-size", "3", "--nbest", "2")
@@ -432,10 +455,14 @@ def test_runs_of_three_pairs_serve_from_one_process_and_auto_detects_the_source(
     assert client.translate(FRENCH, "auto", "de") == french
     assert client.translate(english, "en", "de") == expected["en", "de"][0]
     assert [language["code"] for language in client.languages()] == ["de", "en", "fr"]
+    # Already in the target language, a text comes back as it is, as on LibreTranslate.
     english_to_english = httpx.post(f"{served.url}/translate", json={"q": english, "target": "en"}).json()
-    assert english_to_english["detectedLanguage"]["language"] == "de"
-    assert english_to_english["detectedLanguage"]["confidence"] < 10  # translated, but said to be doubtful
-    for wrong in ({"q": "x", "source": "de", "target": "de"}, {"q": "x", "source": "auto", "target": "fr"}):
+    assert english_to_english["translatedText"] == english
+    assert english_to_english["detectedLanguage"]["language"] == "en"
+    assert english_to_english["detectedLanguage"]["confidence"] > 90
+    assert httpx.post(f"{served.url}/translate", json={"q": german, "source": "de", "target": "de"}).json() == \
+        {"translatedText": german}
+    for wrong in ({"q": "x", "source": "it", "target": "it"}, {"q": "x", "source": "auto", "target": "fr"}):
         answer = httpx.post(f"{served.url}/translate", json=wrong)
         assert answer.status_code == 400 and "error" in answer.json()
     ambiguous = httpx.post(f"{served.url}/v1/translate", json={"texts": [english], "target": "de"})
@@ -490,7 +517,8 @@ def test_libretranslate_client_endpoints_beside_translate():
                                "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
                                "language": {"source": {"code": "auto", "name": "Auto Detect"},
                                             "target": {"code": "de", "name": "German"}}}
-    assert detect.json() == [{"confidence": 100.0, "language": "en"}]  # qq cannot be ranked
+    assert [d["language"] for d in detect.json()] == ["en", "de"]  # qq cannot be ranked
+    assert detect.json()[0]["confidence"] > 90
     assert keyless.status_code == 400 and too_long.status_code == 400 and empty.status_code == 400
     assert "q is required" in empty.json()["error"]
     assert auto.status_code == 400 and "does not know qq" in auto.json()["error"]
