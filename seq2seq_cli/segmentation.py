@@ -53,11 +53,12 @@ def fit_sentences(sentences: list[str], limit: int, tokenize: Callable[[Sequence
     return fitted
 
 
-# Sentences of up to this many times the limit are cut where the whole is best cut; longer
-# text (a document without sentence ends) a piece at a time, each as long as it can be.
-_PLANNED_PIECES = 8
-# Characters read per token wanted: a typical token is 4 to 5 characters long.
+# Characters read per token wanted (twice as many tokens as the limit): a typical token is 4
+# to 5 characters long. A sentence read whole in that window, and of at most _PLANNED_PIECES
+# times the limit in tokens, is cut where the whole is best cut; longer text (a document
+# without sentence ends) a piece at a time, each as long as it can be.
 _CHARACTERS_PER_TOKEN = 8
+_PLANNED_PIECES = 8
 
 
 def _pieces(text: str, limit: int, tokenize: Callable[[Sequence[str]], list[list[Token]]]) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 import torch
 
-from conftest import assert_user_errors, s2s, toy_lines, write_corpus
+from conftest import assert_user_errors, s2s_forked, toy_lines, write_corpus
 from seq2seq_cli.decoding import Sampling
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers
@@ -101,7 +101,7 @@ def test_s2s_translate_split_sentences(learned_toy_run, tmp_path):
     sentences = toy_lines("test", 10)[0]
     lines, _ = paragraphs(sentences)
     src, _ = write_corpus(tmp_path, "paragraphs", lines, lines)
-    result = s2s("translate", "--checkpoint", learned_toy_run, "--device", "cpu", "--input", src, "--split-sentences")
+    result = s2s_forked("translate", "--checkpoint", learned_toy_run, "--device", "cpu", "--input", src, "--split-sentences")
     assert result.returncode == 0, result.stderr.decode()
     expected = Translator.load(learned_toy_run, device="cpu", split_sentences=True).translate(lines)
     assert result.stdout.decode().splitlines() == expected
