@@ -24,6 +24,7 @@ and a text detected in the target language comes back untranslated.
 
 
 import asyncio
+import functools
 import html
 import json
 import logging
@@ -47,6 +48,7 @@ from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
 from seq2seq_cli.progress import log_to_stderr
+from seq2seq_cli.segmentation import split_sentences
 from seq2seq_cli.translation import Translator
 
 log = logging.getLogger(__name__)
@@ -208,20 +210,24 @@ def _decoder_main(connection, checkpoints: list[str], options: LoadOptions) -> N
 class _Job:
     texts: list[str]
     search: Search
+    sentences: int  # what the queue and batches count: the texts, or their sentences when split
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
 
 
 class BatchingWorker:
     """One model's queue, and one thread per decoder (a callable: texts, Search -> one Decoded
-    per text) that takes batches from it; several decoders search several batches at once."""
+    per text) that takes batches from it; several decoders search several batches at once.
+    Queue and batch limits count sentences as the decoder will search them
+    (``count_sentences``: texts, Search -> int; default one per text)."""
 
     def __init__(self, decoders: list, max_batch_sentences: int, max_wait_ms: float, max_queue: int,
-                 on_batch=None):
+                 on_batch=None, count_sentences=None):
         self.max_batch_sentences = max_batch_sentences
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch  # called with the number of sentences of each batch (metrics)
+        self.count_sentences = count_sentences or (lambda texts, search: len(texts))
         self._jobs: deque[_Job] = deque()
         self._queued_sentences = 0
         self._condition = threading.Condition()
@@ -237,15 +243,15 @@ class BatchingWorker:
 
     def submit(self, texts: list[str], search: Search) -> Future:
         """Queue ``texts``; the future gives one Decoded per text. Full queue: ClientError 429."""
-        job = _Job(texts, search)
+        job = _Job(texts, search, self.count_sentences(texts, search))
         with self._condition:
             if self._closing:
                 raise ClientError("the server is shutting down", 503)
-            if self._queued_sentences + len(texts) > self.max_queue and self._queued_sentences:
+            if self._queued_sentences + job.sentences > self.max_queue and self._queued_sentences:
                 raise ClientError(f"too many sentences waiting (limit {self.max_queue}); try again shortly", 429,
                                   {"Retry-After": "1"})
             self._jobs.append(job)
-            self._queued_sentences += len(texts)
+            self._queued_sentences += job.sentences
             self._condition.notify_all()
         return job.future
 
@@ -280,19 +286,19 @@ class BatchingWorker:
                 self._condition.wait(left)
             search, batch, size = self._jobs[0].search, [], 0
             for job in list(self._jobs):
-                if job.search != search or (batch and size + len(job.texts) > self.max_batch_sentences):
+                if job.search != search or (batch and size + job.sentences > self.max_batch_sentences):
                     continue
                 self._jobs.remove(job)
-                self._queued_sentences -= len(job.texts)
+                self._queued_sentences -= job.sentences
                 # From here on a client that goes away cannot cancel the job: it is decoded with
                 # the others, and its answer dropped.
                 if job.future.set_running_or_notify_cancel():
                     batch.append(job)
-                    size += len(job.texts)
+                    size += job.sentences
             return batch
 
     def _waiting_for(self, search: Search) -> int:
-        return sum(len(job.texts) for job in self._jobs if job.search == search)
+        return sum(job.sentences for job in self._jobs if job.search == search)
 
     def _run(self, decode) -> None:
         while (batch := self._take_batch()) is not None:
@@ -308,7 +314,7 @@ class BatchingWorker:
                     job.future.set_exception(err)
                 continue
             if self.on_batch is not None:
-                self.on_batch(len(texts))
+                self.on_batch(sum(job.sentences for job in batch))
             start = 0
             for job in batch:
                 job.future.set_result(outputs[start: start + len(job.texts)])
@@ -412,7 +418,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                 decoder.ready()
             model.worker = BatchingWorker(decoders[model.name],
                                           settings.max_batch_sentences or model.translator.decoding.batch_size,
-                                          settings.max_wait_ms, settings.max_queue, on_batch)
+                                          settings.max_wait_ms, settings.max_queue, on_batch,
+                                          functools.partial(_sentence_count, model.source))
         yield
         for model in models:  # every accepted request is answered before the end
             model.worker.close()
@@ -778,6 +785,14 @@ async def read_body(request) -> dict[str, Any]:
 def _fields(fields: dict[str, list]) -> dict[str, Any]:
     """Form fields by name: the last value given, but every ``q`` when there are several (a list of texts)."""
     return {key: values if key == "q" and len(values) > 1 else values[-1] for key, values in fields.items()}
+
+
+def _sentence_count(language: str, texts: list[str], search: Search) -> int:
+    """How many sentences the decoder searches for ``texts``: one per text, or with sentence
+    splitting the sentences it finds (``segmentation``), as ``Translator`` splits them."""
+    if not search.split_sentences:
+        return len(texts)
+    return sum(len(split_sentences(text, language)) for text in texts)
 
 
 def _is_auto(source: Optional[str]) -> bool:

@@ -167,9 +167,16 @@ def test_paragraphs_are_translated_sentence_by_sentence(run, server):
     html = httpx.post(f"{server.url}/translate", json={"q": f"<p>{paragraph}</p>", "source": "en", "target": "de",
                                                        "format": "html"}).json()["translatedText"]
     assert html == f"<p>{split}</p>"
+    def sentences_translated() -> float:  # what /metrics says, queue and batch limits count
+        metrics = httpx.get(f"{server.url}/metrics").text
+        return float(next(l.split()[1] for l in metrics.splitlines() if l.startswith("s2s_sentences_translated_total")))
+
+    before = sentences_translated()
     native = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph]}).json()["translations"][0]
     assert native["translation"] == split
+    assert sentences_translated() == before + 3
     unsplit = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph], "split_sentences": False}).json()
+    assert sentences_translated() == before + 4
     assert unsplit["translations"][0]["translation"] == whole != split
     bad = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph], "split_sentences": "yes"})
     assert bad.status_code == 400 and "split_sentences must be true or false" in bad.json()["error"]
