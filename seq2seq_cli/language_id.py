@@ -32,7 +32,7 @@ class LanguageDetector:
         try:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
         except ImportError:
-            raise UserError(f"serving several source languages ({', '.join(wanted)}) needs py3langid to tell "
+            raise UserError(f"serving several languages ({', '.join(wanted)}) needs py3langid to tell "
                             'them apart: pip install -e ".[serve]"') from None
         # norm_probs: probabilities (summing to 1 over the languages set below), not log scores.
         identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
