@@ -545,7 +545,7 @@ def test_the_language_detector_ranks_the_languages_it_is_given():
     assert LanguageDetector(["xx"]).rank("anything") == [("xx", 1.0)]  # one language needs no model
 
 
-def test_several_source_languages_without_py3langid_is_a_clear_error(monkeypatch):
+def test_several_languages_without_py3langid_is_a_clear_error(monkeypatch):
     from seq2seq_cli.errors import UserError
     from seq2seq_cli.language_id import LanguageDetector
 
@@ -553,7 +553,7 @@ def test_several_source_languages_without_py3langid_is_a_clear_error(monkeypatch
     monkeypatch.setitem(sys.modules, "py3langid.langid", None)
     with pytest.raises(UserError, match=r"needs py3langid .*pip install"):
         LanguageDetector(["de", "en"])
-    assert LanguageDetector(["de"]).languages == ["de"]  # one source language does not need it
+    assert LanguageDetector(["de"]).languages == ["de"]  # one language (an xx -> xx run) does not need it
 
 
 def test_runs_of_one_pair_are_served_as_an_ensemble_with_ensemble(run):
