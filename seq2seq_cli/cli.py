@@ -392,7 +392,8 @@ SCORE_CHUNK_PAIRS = 20_000  # pairs read, scored and written at a time by s2s sc
 def score(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
     src: Path = typer.Option(..., "--src", metavar="FILE", help="Source sentences, one per line."),
-    tgt: Path = typer.Option(..., "--tgt", metavar="FILE", help="Their translations to score, line-aligned with --src."),
+    tgt: Optional[Path] = typer.Option(None, "--tgt", metavar="FILE", help="Their translations to score, line-aligned with --src."),
+    nbest: Optional[Path] = typer.Option(None, "--nbest", metavar="FILE", help="Instead of --tgt: an n-best list of --src (INDEX ||| HYPOTHESIS ||| SCORE, as translate --nbest writes it); each line is written back with this model's score added as a last field."),
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write the scores, complete or not at all (default: stdout)."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide each score by its target's tokens ([SEP] included): log-probability per token, comparable across lengths."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
@@ -405,7 +406,8 @@ def score(
 
     The model's log-probability in nats, the end of the sentence included, as beam search
     scores what it finds (with --length-penalty 0); the set's perplexity goes to stderr. For
-    ranking n-best lists and filtering parallel corpora.
+    ranking n-best lists (--nbest adds a field to each of their lines) and filtering parallel
+    corpora.
 
     Example: s2s score --checkpoint runs/toy --src data/toy/test.en --tgt data/toy/test.de
     """
@@ -413,13 +415,20 @@ def score(
     import math
 
     from seq2seq_cli.data import count_lines, stream_lines
+    from seq2seq_cli.scoring import NBEST_SEPARATOR, nbest_pairs
     from seq2seq_cli.translation import Translator
 
-    _refuse_overwriting_inputs(output_file, "--output", {"--src": src, "--tgt": tgt})
-    pairs, target_lines = count_lines(src), count_lines(tgt)  # before any work: a mismatch is found at once
-    if target_lines != pairs:
-        raise UserError(f"{src} has {pairs} lines but {tgt} has {target_lines}; "
-                        "source and target must be line-aligned")
+    if (tgt is None) == (nbest is None):
+        raise UserError("give the translations to score: --tgt FILE (one per --src line) or --nbest FILE "
+                        "(an n-best list), one of them")
+    _refuse_overwriting_inputs(output_file, "--output", {"--src": src, "--tgt": tgt, "--nbest": nbest})
+    if nbest is not None:
+        pairs = count_lines(nbest)
+    else:
+        pairs, target_lines = count_lines(src), count_lines(tgt)  # before any work: a mismatch is found at once
+        if target_lines != pairs:
+            raise UserError(f"{src} has {pairs} lines but {tgt} has {target_lines}; "
+                            "source and target must be line-aligned")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), batch_size=batch_size, dtype=dtype,
                                  quantize=quantize)
     totals = {"pairs": 0, "tokens": 0, "log_prob": 0.0}
@@ -427,11 +436,17 @@ def score(
     def write_scores(out: BinaryIO, advance) -> None:
         # A chunk at a time: a corpus of any size is scored in constant memory, each chunk's
         # pairs sorted by length into batches.
-        lines = zip(stream_lines(src), stream_lines(tgt))
+        if nbest is None:
+            lines = ((source, target, None) for source, target in zip(stream_lines(src), stream_lines(tgt)))
+        else:
+            lines = nbest_pairs(src, nbest)
         while chunk := list(itertools.islice(lines, SCORE_CHUNK_PAIRS)):
-            sources, targets = zip(*chunk)
+            sources, targets, nbest_lines = zip(*chunk)
             scores = translator.score(sources, targets, advance)
-            out.write("".join(f"{s.per_token if normalize else s.log_prob:.4f}\n" for s in scores).encode())
+            values = [f"{s.per_token if normalize else s.log_prob:.4f}" for s in scores]
+            if nbest is not None:  # the n-best line, its new field last
+                values = [f"{line}{NBEST_SEPARATOR}{value}" for line, value in zip(nbest_lines, values)]
+            out.write("".join(f"{value}\n" for value in values).encode())
             totals["pairs"] += len(scores)
             totals["tokens"] += sum(len(s.tokens) for s in scores)
             totals["log_prob"] += sum(s.log_prob for s in scores)

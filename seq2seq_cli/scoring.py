@@ -13,11 +13,13 @@ given and searched translations compare.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from seq2seq_cli.data import pad_sources
+from seq2seq_cli.data import pad_sources, stream_lines
+from seq2seq_cli.errors import UserError
 from seq2seq_cli.decoding import Ensemble, SpecialIds, step_log_probs
 from seq2seq_cli.device import fill_in_batches
 from seq2seq_cli.model import Seq2Seq
@@ -73,3 +75,34 @@ def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targe
     finally:
         model.train(was_training)
     return results
+
+
+NBEST_SEPARATOR = " ||| "
+
+
+def nbest_pairs(src: str | Path, nbest: str | Path) -> Iterator[tuple[str, str, str]]:
+    """(source, hypothesis, the n-best line as read) for each line of an n-best list in
+    ``s2s translate --nbest``'s format, ``INDEX ||| HYPOTHESIS ||| SCORE`` (more fields may
+    follow, as rescoring adds them; INDEX counts ``src``'s lines from 0). Both files are
+    streamed: the entries must come in source order, as translate writes them. A line that
+    breaks the format is a one-line error naming it."""
+    sources = stream_lines(src)
+    source, source_index, previous = None, -1, -1
+    for number, line in enumerate(stream_lines(nbest), start=1):
+        where = f"{nbest}, line {number}"
+        fields = line.split(NBEST_SEPARATOR)
+        if len(fields) < 2 or not fields[0].strip().isdigit():
+            raise UserError(f"{where}: not an n-best line (INDEX ||| HYPOTHESIS ||| SCORE, as s2s translate --nbest "
+                            "writes them); give an n-best list, or the translations one per line with --tgt")
+        index = int(fields[0])
+        if index < previous:
+            raise UserError(f"{where}: index {index} after {previous}; the entries must be in source order, "
+                            "as s2s translate --nbest writes them (sort them by index)")
+        previous = index
+        while source_index < index:
+            source = next(sources, None)
+            if source is None:
+                raise UserError(f"{where}: index {index}, but {src} has only {source_index + 1} lines "
+                                "(indices count its lines from 0); give the source file the list translates")
+            source_index += 1
+        yield source, fields[1], line

@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from conftest import (IDS, SOURCES, assert_user_errors, ensemble_log_probs, s2s, tiny_model,
+from conftest import (IDS, SOURCES, assert_user_errors, ensemble_log_probs, s2s, s2s_forked, tiny_model,
                       toy_lines, write_corpus)
 from seq2seq_cli import Score, Translator
 from seq2seq_cli.config import DecodingConfig
@@ -160,3 +160,51 @@ def test_s2s_score_refuses_bad_input_in_one_line_and_keeps_existing_output(learn
     )
     assert out.read_text() == "an earlier file\n"
     assert src.read_text() == "".join(line + "\n" for line in english)
+
+
+def test_s2s_score_adds_a_field_to_each_line_of_an_nbest_list(learned_toy_run, tmp_path):
+    """Rescoring an n-best list as s2s translate writes it: each line comes back with the
+    model's log-probability of its hypothesis as a new last field, the number --tgt gives for
+    the same pair; scored by the model that searched it (length penalty 0), that is the
+    search's own SCORE. A rescored list can be rescored again (one more field)."""
+    english = toy_lines("test", 12)[0]
+    src, _ = write_corpus(tmp_path, "test", english, english)
+    searched = s2s_forked("translate", "--checkpoint", learned_toy_run, "--device", "cpu", "--input", src,
+                          "--beam-size", "3", "--nbest", "3", "--length-penalty", "0")
+    assert searched.returncode == 0, searched.stderr.decode()
+    nbest = tmp_path / "nbest.txt"
+    nbest.write_bytes(searched.stdout)
+    rescored = s2s_forked("score", "--checkpoint", learned_toy_run, "--device", "cpu", "--src", src, "--nbest", nbest)
+    assert rescored.returncode == 0, rescored.stderr.decode()
+    lines, rows = nbest.read_text().splitlines(), rescored.stdout.decode().splitlines()
+    assert len(rows) == len(lines) == 36 and "scored 36 pairs" in rescored.stderr.decode()
+    fields = [row.split(" ||| ") for row in rows]
+    assert [" ||| ".join(row[:-1]) for row in fields] == lines
+    expected = Translator.load(learned_toy_run, device="cpu").score([english[int(row[0])] for row in fields],
+                                                                     [row[1] for row in fields])
+    assert [float(row[3]) for row in fields] == pytest.approx([s.log_prob for s in expected], abs=1e-4)
+    # Text read again as the search wrote it: the same score, but where it re-tokenizes otherwise.
+    same = sum(abs(float(row[3]) - float(row[2])) < 2e-4 for row in fields)
+    assert same >= 0.9 * len(fields), [row[2:] for row in fields]
+    again = tmp_path / "rescored.txt"
+    again.write_text(rescored.stdout.decode())
+    twice = s2s_forked("score", "--checkpoint", learned_toy_run, "--device", "cpu", "--src", src, "--nbest", again)
+    assert [row.split(" ||| ")[3:] for row in twice.stdout.decode().splitlines()] == [row[3:] * 2 for row in fields]
+
+    out = tmp_path / "scores.txt"
+    out.write_text("an earlier file\n")
+    broken, backwards, beyond = (tmp_path / name for name in ("broken.txt", "backwards.txt", "beyond.txt"))
+    broken.write_text(lines[0] + "\njust a sentence\n")
+    backwards.write_text(lines[5] + "\n" + lines[0] + "\n")
+    beyond.write_text(lines[-1] + "\n12 ||| Ein Hund. ||| -1.0\n")
+    run = learned_toy_run
+    assert_user_errors(
+        (("score", "--checkpoint", run, "--src", src, "--nbest", nbest, "--tgt", src), "one of them"),
+        (("score", "--checkpoint", run, "--src", src), "--tgt FILE (one per --src line) or --nbest FILE"),
+        (("score", "--checkpoint", run, "--src", src, "--nbest", broken, "-o", out),
+         "broken.txt, line 2: not an n-best line"),
+        (("score", "--checkpoint", run, "--src", src, "--nbest", backwards), "line 2: index 0 after 1"),
+        (("score", "--checkpoint", run, "--src", src, "--nbest", beyond), "index 12, but"),
+        (("score", "--checkpoint", run, "--src", src, "--nbest", nbest, "-o", nbest), "is the --nbest file"),
+    )
+    assert out.read_text() == "an earlier file\n" and nbest.read_text().splitlines() == lines
