@@ -62,12 +62,13 @@ _PLANNED_PIECES = 8
 
 
 def _pieces(text: str, limit: int, tokenize: Callable[[Sequence[str]], list[list[Token]]]) -> list[str]:
+    """``text`` (over ``limit`` tokens) cut as ``fit_sentences`` says."""
     pieces, start = [], 0  # ``start``: the first character of the text left to cut
     while True:
         head, tokens = _head(text, start, limit, tokenize)
         whole = start + len(head) == len(text)
         if whole and len(tokens) <= limit:
-            return pieces + [head]
+            return pieces + [head.strip()]
         if whole and len(tokens) <= _PLANNED_PIECES * limit:
             cuts = _planned_cuts(head, tokens, limit)
             # The rest of a word cut in two reads as other tokens: plan again from there.
