@@ -19,9 +19,9 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from seq2seq_cli.data import pad_sources, stream_lines
-from seq2seq_cli.errors import UserError
 from seq2seq_cli.decoding import Ensemble, SpecialIds, step_log_probs
 from seq2seq_cli.device import fill_in_batches
+from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import autocast
 
@@ -91,7 +91,7 @@ def nbest_pairs(src: str | Path, nbest: str | Path) -> Iterator[tuple[str, str, 
     for number, line in enumerate(stream_lines(nbest), start=1):
         where = f"{nbest}, line {number}"
         fields = line.split(NBEST_SEPARATOR)
-        if len(fields) < 2 or not fields[0].strip().isdigit():
+        if len(fields) < 2 or not fields[0].strip().isdecimal():  # what int() reads
             raise UserError(f"{where}: not an n-best line (INDEX ||| HYPOTHESIS ||| SCORE, as s2s translate --nbest "
                             "writes them); give an n-best list, or the translations one per line with --tgt")
         index = int(fields[0])
