@@ -10,12 +10,11 @@ than the model reads is cut into pieces that fit, best at the end of a clause, r
 losing its end.
 """
 
-import re
 from typing import Callable, Optional, Sequence
 
 from sentencex import segment
 
-from seq2seq_cli.tokenization import line_head
+from seq2seq_cli.tokenization import line_head, words_within
 
 # Targets written without spaces between sentences.
 _UNSPACED_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo"}
@@ -93,8 +92,7 @@ def _head(text: str, start: int, limit: int, tokenize: Callable[[Sequence[str]],
     length."""
     characters = 2 * _CHARACTERS_PER_TOKEN * limit
     while True:
-        window = text[start:start + characters + 1]
-        head = re.sub(r"\s+\S*$", "", window) if len(window) > characters else window  # up to the last whitespace
+        head = words_within(text[start:start + characters + 1], characters)  # the window's whole words
         (tokens,) = tokenize([head])
         if start + len(head) == len(text) or len(tokens) > limit:
             return head, tokens

@@ -45,7 +45,12 @@ def line_head(text: str, tokens: int) -> str:
 
     Both BERT pre-tokenizers split at whitespace, so the head's tokens are the first tokens of
     the whole line."""
-    characters = HEAD_CHARACTERS_PER_TOKEN * tokens
+    return words_within(text, HEAD_CHARACTERS_PER_TOKEN * tokens)
+
+
+def words_within(text: str, characters: int) -> str:
+    """``text``, or when longer than ``characters`` its words before the last whitespace in
+    that many (all of it when there is no whitespace there)."""
     if len(text) <= characters:
         return text
     match = re.match(r"(.*)\s", text[:characters], re.DOTALL)  # greedy: up to the last whitespace
