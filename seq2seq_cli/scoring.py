@@ -87,7 +87,7 @@ def nbest_pairs(src: str | Path, nbest: str | Path) -> Iterator[tuple[str, str, 
     streamed: the entries must come in source order, as translate writes them. A line that
     breaks the format is a one-line error naming it."""
     sources = stream_lines(src)
-    source, source_index, previous = None, -1, -1
+    source, source_index = None, -1  # the source line the entries have reached
     for number, line in enumerate(stream_lines(nbest), start=1):
         where = f"{nbest}, line {number}"
         fields = line.split(NBEST_SEPARATOR)
@@ -95,10 +95,9 @@ def nbest_pairs(src: str | Path, nbest: str | Path) -> Iterator[tuple[str, str, 
             raise UserError(f"{where}: not an n-best line (INDEX ||| HYPOTHESIS ||| SCORE, as s2s translate --nbest "
                             "writes them); give an n-best list, or the translations one per line with --tgt")
         index = int(fields[0])
-        if index < previous:
-            raise UserError(f"{where}: index {index} after {previous}; the entries must be in source order, "
+        if index < source_index:
+            raise UserError(f"{where}: index {index} after {source_index}; the entries must be in source order, "
                             "as s2s translate --nbest writes them (sort them by index)")
-        previous = index
         while source_index < index:
             source = next(sources, None)
             if source is None:

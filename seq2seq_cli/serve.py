@@ -219,15 +219,15 @@ class BatchingWorker:
     """One model's queue, and one thread per decoder (a callable: texts, Search -> one Decoded
     per text) that takes batches from it; several decoders search several batches at once.
     Queue and batch limits count sentences as the decoder will search them
-    (``count_sentences``: texts, Search -> int; default one per text)."""
+    (``count_sentences``: texts, Search -> int)."""
 
     def __init__(self, decoders: list, max_batch_sentences: int, max_wait_ms: float, max_queue: int,
-                 on_batch=None, count_sentences=None):
+                 count_sentences, on_batch=None):
         self.max_batch_sentences = max_batch_sentences
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch  # called with the number of sentences of each batch (metrics)
-        self.count_sentences = count_sentences or (lambda texts, search: len(texts))
+        self.count_sentences = count_sentences
         self._jobs: deque[_Job] = deque()
         self._queued_sentences = 0
         self._condition = threading.Condition()
@@ -418,8 +418,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                 decoder.ready()
             model.worker = BatchingWorker(decoders[model.name],
                                           settings.max_batch_sentences or model.translator.decoding.batch_size,
-                                          settings.max_wait_ms, settings.max_queue, on_batch,
-                                          functools.partial(_sentence_count, model.source))
+                                          settings.max_wait_ms, settings.max_queue,
+                                          functools.partial(_sentence_count, model.source), on_batch)
         yield
         for model in models:  # every accepted request is answered before the end
             model.worker.close()

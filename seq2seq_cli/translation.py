@@ -31,7 +31,7 @@ from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
-from seq2seq_cli.scoring import score_ids
+from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
@@ -499,7 +499,8 @@ class Translator:
         texts = self.detokenize(hypotheses)
         if self.nbest == 1:
             return texts[0] + "\n"
-        return "".join(f"{index} ||| {text} ||| {h.score:.4f}\n" for text, h in zip(texts, hypotheses))
+        return "".join(NBEST_SEPARATOR.join((str(index), text, f"{h.score:.4f}")) + "\n"
+                       for text, h in zip(texts, hypotheses))
 
     def attention_labels(self, source_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str]]:
         """The subwords along the two axes of ``hypothesis.attention``: source and target, each
