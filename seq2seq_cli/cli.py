@@ -300,7 +300,7 @@ def _write_output(output_file: Optional[Path], write: Callable[[BinaryIO], None]
 @app.command()
 def evaluate(
     ref: List[Path] = typer.Option(..., "--ref", metavar="FILE", help="Reference translations, one per line; repeat for several references of each sentence."),
-    hyp: Optional[Path] = typer.Option(None, "--hyp", metavar="FILE", help="Existing translations to score (no model needed)."),
+    hyp: Optional[List[Path]] = typer.Option(None, "--hyp", metavar="FILE", help="Existing translations to score (no model needed); repeat to compare systems with a paired significance test, the first as the baseline."),
     checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", metavar="RUN", help="Run directory or checkpoint to translate --src with; repeat for an ensemble."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
     src: Optional[Path] = typer.Option(None, "--src", metavar="FILE", help="Source sentences to translate and score."),
@@ -309,6 +309,8 @@ def evaluate(
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
+    paired: Optional[str] = typer.Option(None, "--paired", metavar="TEST", help="With several --hyp: bs (paired bootstrap resampling, the default) or ar (approximate randomization), sacreBLEU's tests."),
+    paired_n: int = typer.Option(0, "--paired-n", min=0, metavar="N", help="Bootstrap resamples or randomization trials (default 1000 for bs, 10000 for ar)."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", metavar="TOK", help="sacreBLEU's BLEU tokenizer: 13a, intl, char, zh, ja-mecab, ... (default: the run's training.bleu_tokenize, else by its target language as sacrebleu -l does; 13a with --hyp)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
@@ -318,16 +320,21 @@ def evaluate(
     """Score translations with sacreBLEU: BLEU, chrF2 and TER with signatures.
 
     Example: s2s evaluate --checkpoint runs/toy --src data/toy/test.en --ref data/toy/test.de
+
+    Compare systems: s2s evaluate --hyp base.de --hyp new.de --ref data/toy/test.de
     """
-    import json
-
     from seq2seq_cli.data import read_lines
-    from seq2seq_cli.evaluation import bleu_metric, format_report, run_bleu_metric, score_report
+    from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, format_paired_report, format_report,
+                                        paired_report, run_bleu_metric, score_report)
 
-    if hyp is not None and (checkpoint or src is not None):  # which would be scored?
+    if paired is not None and paired not in PAIRED_TESTS:
+        raise UserError(f"--paired {paired!r}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
+    if len(hyp or []) < 2 and (paired is not None or paired_n):
+        raise UserError("--paired and --paired-n compare systems: give --hyp twice or more (the first is the baseline)")
+    if hyp and (checkpoint or src is not None):  # which would be scored?
         raise UserError("give --hyp FILE (translations to score) or --checkpoint RUN with --src FILE "
                         "(a model to translate them), not both")
-    if hyp is not None:  # a decoding option would be silently ignored: the file is scored as it is
+    if hyp:  # a decoding option would be silently ignored: the file is scored as it is
         decoding_options = {"--weights": weights is not None, "--beam-size": beam_size is not None,
                             "--length-penalty": length_penalty is not None,
                             "--no-repeat-ngram-size": no_repeat_ngram_size is not None,
@@ -337,10 +344,12 @@ def evaluate(
         given = [name for name, is_given in decoding_options.items() if is_given]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
-            raise UserError(f"{', '.join(given)} only {verb} to translating with --checkpoint; --hyp {hyp} "
+            raise UserError(f"{', '.join(given)} only {verb} to translating with --checkpoint; --hyp {hyp[0]} "
                             "is scored as it is: drop them, or give --checkpoint RUN --src FILE instead")
     for reference_file in ref:
-        _refuse_overwriting_inputs(json_file, "--json", {"--ref": reference_file, "--hyp": hyp, "--src": src})
+        _refuse_overwriting_inputs(json_file, "--json", {"--ref": reference_file, "--src": src})
+    for hypothesis_file in hyp or []:
+        _refuse_overwriting_inputs(json_file, "--json", {"--hyp": hypothesis_file})
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
     reference_sets = [read_lines(reference_file) for reference_file in ref]
     for reference_file, references in zip(ref, reference_sets):
@@ -351,9 +360,19 @@ def evaluate(
     if not references:  # sacreBLEU has no score for no sentences
         raise UserError(f"--ref {ref[0]} is empty: there is nothing to score; give a file with one reference per line")
     speed = None
-    if hyp is not None:
-        hypotheses = read_lines(hyp)
-        compared = hyp
+    if hyp and len(hyp) > 1:
+        systems = [(str(path), read_lines(path)) for path in hyp]
+        for path, (_, hypotheses) in zip(hyp, systems):
+            if len(hypotheses) != len(references):
+                raise UserError(f"--hyp {path} has {len(hypotheses)} lines but {ref[0]} has {len(references)}; "
+                                "they must be line-aligned")
+        report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
+        typer.echo(format_paired_report(report))
+        _write_report(json_file, report)
+        return
+    if hyp:
+        hypotheses = read_lines(hyp[0])
+        compared = hyp[0]
     elif checkpoint and src is not None:
         from seq2seq_cli.translation import Translator
 
@@ -378,8 +397,15 @@ def evaluate(
     if speed:
         report["decoding"] = speed
     typer.echo(format_report(report))
+    _write_report(json_file, report)
+
+
+def _write_report(json_file: Optional[Path], report: dict) -> None:
+    """``evaluate --json FILE``: the report, written whole or not at all (an earlier one stays)."""
+    import json
+
     if json_file is not None:
-        try:  # a report from before stays whole if this one cannot be written
+        try:
             atomic_write_text(json_file, json.dumps(report, indent=2) + "\n")
         except OSError as err:
             raise UserError(f"cannot write {json_file} ({err.strerror})") from None

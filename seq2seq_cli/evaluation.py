@@ -3,11 +3,13 @@
 BLEU splits text into words as sacreBLEU's command line does for ``-l SRC-TGT``: its 13a
 tokenizer, but ``zh`` for a Chinese target, ``ja-mecab`` for Japanese and ``ko-mecab`` for
 Korean (13a sees a sentence without spaces as one or two words); ``tokenize`` chooses another
-of sacreBLEU's tokenizers.
+of sacreBLEU's tokenizers. ``paired_report`` compares systems with sacreBLEU's paired
+significance tests.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF, TER
@@ -79,4 +81,84 @@ def format_report(report: dict[str, Any]) -> str:
     if speed:
         lines.append(f"decoding: beam {speed['beam_size']}, {speed['seconds']:.1f} s, "
                      f"{speed['sentences_per_s']:.1f} sentences/s, {speed['tokens_per_s']:.0f} tokens/s")
+    return "\n".join(lines)
+
+
+# sacreBLEU's paired significance tests (``--paired-bs``, ``--paired-ar``) and their default sizes.
+PAIRED_TESTS = {"bs": ("paired bootstrap resampling", "resamples", 1000),
+                "ar": ("approximate randomization", "trials", 10000)}
+
+
+def paired_report(systems: Sequence[tuple[str, Sequence[str]]], references: Sequence[Sequence[str]],
+                  bleu: Optional[BLEU] = None, test: str = "bs", samples: int = 0) -> dict[str, Any]:
+    """Each of ``systems`` (name, hypotheses) after the first compared with the first, the
+    baseline, by sacreBLEU's paired ``test`` (``bs`` or ``ar``) with ``samples`` resamples or
+    trials (0: sacreBLEU's default), as ``sacrebleu REF -i BASE SYS ... -m bleu chrf ter
+    --paired-bs`` runs it: the same numbers, from sacreBLEU's own code (seeded as there, by
+    ``SACREBLEU_SEED``, default 12345). Per system and metric: the score, and for a test system
+    its p-value; with ``bs`` also the bootstrap mean and 95% confidence interval of every system.
+
+    One exception: a system whose every line is the baseline's gets p = 1. sacreBLEU (after
+    multeval) counts only resampled differences strictly above the observed one, so a zero
+    difference gets its smallest p-value and a copy of the baseline would be reported as
+    significantly different from it."""
+    from sacrebleu.significance import PairedTest
+
+    if references and isinstance(references[0], str):
+        raise TypeError("references is a list of strings: give one list per reference set, e.g. [references]")
+    metrics = {"bleu": bleu or BLEU(), "chrf": CHRF(), "ter": TER()}
+    sacrebleu_log = logging.getLogger("sacrebleu")
+    level = sacrebleu_log.level
+    sacrebleu_log.setLevel(logging.WARNING)  # its progress lines, one per metric and system
+    try:
+        paired = PairedTest([(name, list(hypotheses)) for name, hypotheses in systems], metrics,
+                            [list(reference) for reference in references], test_type=test, n_samples=samples)
+        signatures, results = paired()
+    finally:
+        sacrebleu_log.setLevel(level)
+    names = [name for name in results if name != "System"]  # the metrics' names, in metrics' order
+
+    def number(value: Any) -> Optional[float]:
+        return None if value is None else float(value)  # numpy's float32 is no JSON number
+
+    report: dict[str, Any] = {"test": test, "samples": paired.n_samples, "sentences": len(systems[0][1]),
+                              "references": len(references), "systems": []}
+    baseline = list(systems[0][1])
+    for index, (name, hypotheses) in enumerate(systems):
+        row: dict[str, Any] = {"name": name, "baseline": index == 0,
+                               "same_as_baseline": index > 0 and list(hypotheses) == baseline}
+        for key, metric_name in zip(metrics, names):
+            result = results[metric_name][index]
+            row[key] = {"score": float(result.score), "mean": number(result.mean), "ci": number(result.ci),
+                        "p_value": 1.0 if row["same_as_baseline"] else number(result.p_value)}
+        report["systems"].append(row)
+    for key, metric_name in zip(metrics, names):
+        report[key] = {"name": metric_name, "signature": str(signatures[metric_name])}
+    return report
+
+
+def format_paired_report(report: dict[str, Any], threshold: float = 0.05) -> str:
+    """``paired_report``'s result as a table for people: score (bootstrap mean +- 95% CI) and
+    p-value, a star where p is below ``threshold``."""
+    test, unit, _ = PAIRED_TESTS[report["test"]]
+    keys = ("bleu", "chrf", "ter")
+
+    def cell(numbers: dict[str, Any]) -> str:
+        text = f"{numbers['score']:.2f}"
+        if numbers["mean"] is not None:
+            text += f" ({numbers['mean']:.2f} ± {numbers['ci']:.2f})"
+        if numbers["p_value"] is not None:
+            text += f" p={numbers['p_value']:.4f}{'*' if numbers['p_value'] < threshold else ' '}"
+        return text
+
+    header = ["system"] + [report[key]["name"] + (" (mean ± 95% CI)" if report["test"] == "bs" else "") for key in keys]
+    rows = [[("baseline: " if row["baseline"] else "") + row["name"] + (" (the baseline's lines)"
+                                                                        if row["same_as_baseline"] else "")]
+            + [cell(row[key]) for key in keys] for row in report["systems"]]
+    widths = [max(len(line[column]) for line in [header] + rows) for column in range(len(header))]
+    lines = [f"{test}, {report['samples']} {unit}; each system against the baseline, "
+             f"{report['sentences']} sentences"]
+    lines += ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in [header] + rows]
+    lines.append(f"* p < {threshold}: a difference this large is unlikely to be chance")
+    lines += [f"{report[key]['name']:<6} {report[key]['signature']}" for key in keys]
     return "\n".join(lines)

@@ -125,6 +125,62 @@ def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
                       f"--ref {short} has 7 lines but --ref {ref_path} has 100")
 
 
+def test_evaluate_compares_systems_with_sacrebleus_paired_tests(tmp_path):
+    """Several --hyp: each compared with the first by sacreBLEU's paired bootstrap or approximate
+    randomization, the numbers `sacrebleu REF -i BASE SYS ... --paired-bs/--paired-ar` prints."""
+    import re
+
+    refs = toy_lines("test", 120)[1]
+    systems = {"base": [line.replace("der", "die") if i % 4 == 0 else line for i, line in enumerate(refs)],
+               "close": [line.replace("der", "die") if i % 5 == 0 else line for i, line in enumerate(refs)],
+               "far": [line.replace("die", "das").replace("Der", "Die") for line in refs]}
+    paths = [write_corpus(tmp_path, name, hyps, refs, src="hyp", tgt="ref")[0] for name, hyps in systems.items()]
+    ref_path = tmp_path / "base.ref"
+    inputs = [arg for path in paths for arg in ("--hyp", path)]
+
+    ours = s2s_forked("evaluate", *inputs, "--ref", ref_path, "--json", tmp_path / "bs.json")
+    assert ours.returncode == 0, ours.stderr.decode()
+    report = json.loads((tmp_path / "bs.json").read_text())
+    table = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", *map(str, paths), "-m", "bleu",
+                            "chrf", "ter", "--paired-bs", "-f", "text", "-w", "4"], capture_output=True, check=True)
+    table = table.stdout.decode()
+    # Row by row, metric by metric: score (mean ± 95% CI), then each test system's p-values.
+    expected = re.findall(r"(\d+\.\d{4}) \((\d+\.\d{4}) ± (\d+\.\d{4})\)", table)
+    assert [tuple(f"{row[key][part]:.4f}" for part in ("score", "mean", "ci"))
+            for row in report["systems"] for key in ("bleu", "chrf", "ter")] == expected
+    assert [f"{row[key]['p_value']:.4f}" for row in report["systems"][1:] for key in ("bleu", "chrf", "ter")] == \
+        re.findall(r"p = (\d\.\d{4})", table)
+    for key in ("bleu", "chrf", "ter"):
+        assert report[key]["signature"] in table and "bs:1000|seed:12345" in report[key]["signature"]
+    far = report["systems"][2]
+    assert far["bleu"]["p_value"] < 0.05 and "p=" in ours.stdout.decode() and "*" in ours.stdout.decode()
+
+    # Approximate randomization: sacreBLEU's JSON, to the last digit.
+    ours = s2s_forked("evaluate", *inputs, "--ref", ref_path, "--paired", "ar", "--paired-n", "2000",
+                      "--json", tmp_path / "ar.json")
+    assert ours.returncode == 0, ours.stderr.decode()
+    report = json.loads((tmp_path / "ar.json").read_text())
+    reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", *map(str, paths), "-m", "bleu",
+                                "chrf", "ter", "--paired-ar", "--paired-ar-n", "2000"], capture_output=True, check=True)
+    for ours_row, their_row in zip(report["systems"], json.loads(reference.stdout), strict=True):
+        for key, name in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER")):
+            assert (ours_row[key]["score"], ours_row[key]["p_value"]) == \
+                (their_row[name]["score"], their_row[name]["p_value"])
+
+    # A copy of the baseline is no different from it (sacreBLEU would give it the smallest p).
+    copy = write_corpus(tmp_path, "copy", systems["base"], refs, src="hyp", tgt="ref")[0]
+    ours = s2s_forked("evaluate", "--hyp", paths[0], "--hyp", copy, "--ref", ref_path, "--json", tmp_path / "c.json")
+    same = json.loads((tmp_path / "c.json").read_text())["systems"][1]
+    assert same["same_as_baseline"] and [same[key]["p_value"] for key in ("bleu", "chrf", "ter")] == [1.0] * 3
+
+    short = write_corpus(tmp_path, "short", refs[:9], refs[:9], src="hyp", tgt="ref")[0]
+    assert_user_errors(
+        (("evaluate", "--hyp", paths[0], "--ref", ref_path, "--paired", "ar"), "give --hyp twice or more"),
+        (("evaluate", *inputs, "--ref", ref_path, "--paired", "t"), "use bs (paired bootstrap resampling)"),
+        (("evaluate", "--hyp", paths[0], "--hyp", short, "--ref", ref_path), f"--hyp {short} has 9 lines but"),
+    )
+
+
 def test_bleu_splits_words_as_sacrebleu_does_for_the_target_language(tmp_path):
     """Chinese has no spaces: 13a sees a sentence as one word, sacreBLEU's zh tokenizer (what
     `sacrebleu -l en-zh` uses) splits its characters. A run's target language picks it."""
