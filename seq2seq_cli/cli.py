@@ -516,6 +516,7 @@ def serve(
     char_limit: int = typer.Option(5000, "--char-limit", metavar="N", min=1, help="Characters per text."),
     batch_limit: int = typer.Option(64, "--batch-limit", metavar="N", min=1, help="Texts per request."),
     api_key: Optional[str] = typer.Option(None, "--api-key", metavar="KEY", help="Require this api_key in requests."),
+    req_limit: int = typer.Option(0, "--req-limit", metavar="N", min=0, help="Requests a minute one client address may send to translate or detect (0: no limit), as LibreTranslate's --req-limit."),
     cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
     split_sentences: bool = typer.Option(True, "--split-sentences/--no-split-sentences", help="Translate each text sentence by sentence, as LibreTranslate does (default), or each line whole."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
@@ -536,7 +537,7 @@ def serve(
     options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs)
     models = server_models([str(path) for path in checkpoint], options, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
-                             cors_origin, decoders, split_sentences)
+                             cors_origin, decoders, split_sentences, req_limit)
     _check_port_free(host, port)
     pairs = ", ".join(f"{m.source}->{m.target}" for m in models)
 

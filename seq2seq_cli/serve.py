@@ -28,6 +28,7 @@ import functools
 import html
 import json
 import logging
+import math
 import multiprocessing
 import re
 import signal
@@ -321,6 +322,37 @@ class BatchingWorker:
                 start += len(job.texts)
 
 
+class RequestLimit:
+    """LibreTranslate's ``--req-limit``: at most ``per_minute`` requests a minute from one client
+    address. A token bucket: a client may send ``per_minute`` at once, then one more each
+    60 / ``per_minute`` seconds; a request over the limit is refused (429, with ``Retry-After``:
+    the whole seconds until the next one is allowed) and costs nothing. Checked on the event
+    loop, one request at a time, so it needs no lock."""
+
+    def __init__(self, per_minute: int, clock=time.monotonic, max_clients: int = 10_000):
+        self.per_minute = per_minute
+        self.interval = 60.0 / per_minute  # seconds for one request to come back
+        self.clock = clock
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (requests it may still send, when)
+        self._prune_at = max_clients
+
+    def take(self, client: str) -> None:
+        now = self.clock()
+        allowed, then = self._buckets.get(client, (float(self.per_minute), now))
+        allowed = min(float(self.per_minute), allowed + (now - then) / self.interval)
+        if allowed < 1:
+            wait = max(1, math.ceil((1 - allowed) * self.interval))
+            raise ClientError(f"too many requests from {client}: the limit is {self.per_minute} a minute "
+                              f"(--req-limit); try again in {wait} s", 429, {"Retry-After": str(wait)})
+        self._buckets[client] = (allowed - 1, now)
+        if len(self._buckets) > self._prune_at:  # forget the clients whose allowance is whole again
+            self._buckets = {c: (a, t) for c, (a, t) in self._buckets.items()
+                             if a + (now - t) / self.interval < self.per_minute}
+            # Many clients all busy: prune again only when their number has doubled (a pass per request would not do).
+            self._prune_at = max(self.max_clients, 2 * len(self._buckets))
+
+
 @dataclass
 class ServedModel:
     name: str  # the checkpoint argument, for messages
@@ -342,6 +374,7 @@ class ServeSettings:
     cors_origin: Optional[str] = None
     decoders: Optional[int] = None  # processes per model, each searching a batch (None: one per CPU thread)
     split_sentences: bool = True  # as LibreTranslate: a paragraph is translated sentence by sentence
+    req_limit: int = 0  # requests a minute per client address for translate and detect (0: no limit)
 
 
 def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = False) -> list[ServedModel]:
@@ -483,6 +516,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         model, language = max(options, key=lambda option: ranking[option[1]])  # the first of equals: translate
         return model, {"confidence": _percent(ranking[language]), "language": language}
 
+    request_limit = RequestLimit(settings.req_limit) if settings.req_limit else None
+
+    def check_limit(request: Request) -> None:
+        """Refused (429) when the client has sent its --req-limit this minute; before any other work."""
+        if request_limit is not None:
+            request_limit.take(request.client.host if request.client else "an unknown address")
+
     def check_key(given: Any) -> None:
         if settings.api_key is None:
             return
@@ -506,6 +546,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/translate", summary="Translate (LibreTranslate API): q, source, target, format, alternatives",
               **_documented(_LIBRETRANSLATE_BODY, _LIBRETRANSLATE_ANSWER, forms=True))
     async def translate(request: Request):
+        check_limit(request)
         body = await read_body(request)
         check_key(body.get("api_key"))
         single = isinstance(body.get("q"), str)
@@ -551,6 +592,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention",
               **_documented(_NATIVE_BODY, _NATIVE_ANSWER, forms=False))
     async def translate_native(request: Request):
+        check_limit(request)
         body = await read_body(request)
         check_key(body.get("api_key"))
         texts = check_texts(body.get("texts"), "texts")
@@ -579,6 +621,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/detect", summary="The language of a text, among those served (LibreTranslate API)",
               **_documented(_DETECT_BODY, _DETECT_ANSWER, forms=True))
     async def detect(request: Request):
+        check_limit(request)
         body = await read_body(request)
         check_key(body.get("api_key"))
         text = body.get("q")
@@ -674,7 +717,7 @@ class _Observe:
 # answer, not a validation report. /docs shows these; tests send their examples.
 _STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _ERROR = {"description": "{\"error\": message}: 400 bad input or a limit, 403 wrong api_key, 413 body over "
-                         "1 MiB, 429 queue full (Retry-After)",
+                         "1 MiB, 429 queue full or --req-limit reached (Retry-After)",
           "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
 _LIBRETRANSLATE_BODY = {
     "type": "object", "required": ["q", "target"],

@@ -308,6 +308,59 @@ def test_api_key_full_queue_then_sigterm_answers_every_accepted_request(run):
     assert f"serving en->de at {server.url}/" in log
 
 
+def test_req_limit_refuses_a_client_over_its_requests_a_minute(run):
+    """--req-limit 3: three translate/detect requests from one address, then 429 with Retry-After
+    (the next one comes back after 20 s); the other endpoints are not limited."""
+    server = Server(run, "--req-limit", 3)
+    try:
+        assert httpx.post(f"{server.url}/translate", json={"q": "Hi", "source": "en", "target": "de"}).status_code == 200
+        assert httpx.post(f"{server.url}/detect", json={"q": "The man sees the dog."}).status_code == 200
+        assert httpx.post(f"{server.url}/v1/translate", json={"texts": ["Hi"]}).status_code == 200
+        refused = httpx.post(f"{server.url}/translate", json={"q": "Hi", "source": "en", "target": "de"})
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["Retry-After"]) <= 20
+        assert "too many requests from 127.0.0.1: the limit is 3 a minute (--req-limit)" in refused.json()["error"]
+        # A reverse proxy on this machine names its client: that client has an allowance of its own.
+        proxied = httpx.post(f"{server.url}/translate", json={"q": "Hi", "source": "en", "target": "de"},
+                             headers={"X-Forwarded-For": "203.0.113.7"})
+        assert proxied.status_code == 200, proxied.text
+        assert httpx.get(f"{server.url}/languages").status_code == 200
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 's2s_requests_total{endpoint="/translate",status="429"} 1.0' in metrics
+    finally:
+        code, log = server.stop()
+    assert code == 0, log
+
+
+def test_request_limit_is_a_token_bucket_per_client():
+    from seq2seq_cli.serve import ClientError, RequestLimit
+
+    now = [100.0]
+    limit = RequestLimit(6, clock=lambda: now[0], max_clients=2)  # one request back each 10 s
+
+    def refused(client: str):
+        with pytest.raises(ClientError) as error:
+            limit.take(client)
+        return error.value
+
+    for _ in range(6):  # a burst of the whole minute's allowance
+        limit.take("a")
+    error = refused("a")
+    assert error.status == 429 and error.headers == {"Retry-After": "10"}
+    limit.take("b")  # each address has its own
+    now[0] += 7.5
+    assert refused("a").headers == {"Retry-After": "3"}  # a refused request costs nothing
+    now[0] += 2.5
+    limit.take("a")
+    refused("a")
+    now[0] += 600  # a client idle for long gets its whole allowance back, no more
+    for _ in range(6):
+        limit.take("a")
+    refused("a")
+    limit.take("c")  # a third client: "b", whose allowance is whole again, is forgotten
+    assert set(limit._buckets) == {"a", "c"}
+
+
 def test_serve_user_errors(run, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
