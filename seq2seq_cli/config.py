@@ -157,8 +157,8 @@ class TrainingConfig:
     warmup_steps: int = 0
     lr_decay_factor: float = 0.5
     lr_decay_patience: int = 2
-    # What the plateau schedule watches: dev BLEU (higher is better) or dev loss (lower is
-    # better). BLEU can creep up for thousands of steps after the loss has stopped falling,
+    # What the plateau schedule watches: dev BLEU or chrF (higher is better) or dev loss (lower
+    # is better). BLEU can creep up for thousands of steps after the loss has stopped falling,
     # which keeps the rate high for that long; the loss says sooner that a decay is due.
     plateau_metric: str = "bleu"
     min_learning_rate: float = 1e-5
@@ -170,8 +170,11 @@ class TrainingConfig:
     # Write checkpoints/last every N steps; 0 means at every validation only.
     save_every: int = 0
     keep_last: int = 1
-    # Stop after this many validations without a better dev BLEU; 0 disables early stopping.
+    # Stop after this many validations without a better best_metric; 0 disables early stopping.
     patience: int = 0
+    # What picks checkpoints/best.pt and counts for patience: dev BLEU, dev chrF (sacreBLEU's
+    # chrF2, kinder to languages rich in word forms) or dev loss (lower is better).
+    best_metric: str = "bleu"
     # sacreBLEU's tokenizer for dev and test BLEU (13a, intl, char, zh, ja-mecab, ...); none:
     # as sacrebleu -l picks it for the target language (zh, ja-mecab, ko-mecab, else 13a).
     bleu_tokenize: Optional[str] = None
@@ -298,7 +301,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("training.warmup_steps", lambda v: v >= 0, "0 or positive"),
     ("training.lr_decay_factor", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("training.lr_decay_patience", lambda v: v >= 0, "0 or positive"),
-    ("training.plateau_metric", lambda v: v in ("bleu", "loss"), "'bleu' or 'loss'"),
+    ("training.plateau_metric", lambda v: v in ("bleu", "chrf", "loss"), "'bleu', 'chrf' or 'loss'"),
+    ("training.best_metric", lambda v: v in ("bleu", "chrf", "loss"), "'bleu', 'chrf' or 'loss'"),
     ("training.min_learning_rate", lambda v: v >= 0, "0 or positive"),
     ("training.label_smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     ("training.teacher_forcing_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),

@@ -52,6 +52,11 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], metric: Op
     return (metric or BLEU()).corpus_score(list(hypotheses), [list(references)]).score
 
 
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacreBLEU's corpus chrF2 (character 6-grams, recall weighted twice), as ``s2s evaluate`` reports it."""
+    return CHRF().corpus_score(list(hypotheses), [list(references)]).score
+
+
 def score_report(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
                  bleu: Optional[BLEU] = None) -> dict[str, Any]:
     """BLEU (``bleu``: from ``bleu_metric``; default 13a), chrF2 and TER with their signatures,

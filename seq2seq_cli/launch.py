@@ -39,7 +39,7 @@ from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
 from seq2seq_cli.precision import check_cpu_bf16, resolve as resolve_precision
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
-from seq2seq_cli.state import TrainingState, out_of_time
+from seq2seq_cli.state import METRIC_NAMES, TrainingState, out_of_time
 from seq2seq_cli.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,9 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
         torch.set_num_threads(config.training.num_threads)
     resume_from = _checkpoint_to_resume(config, run) if resume else None
     if resume_from is not None:
-        config = _same_bleu(config, TrainingState.from_checkpoint(resume_from), run)
+        state = TrainingState.from_checkpoint(resume_from)
+        _same_best_metric(config, state, run)
+        config = _same_bleu(config, state, run)
     # A resumed run has its own weights: the parent matters only to a fresh start.
     parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
@@ -209,6 +211,15 @@ def _same_experiment(config: Config, saved: Config, run: RunDir) -> None:
             if ours[key] != theirs[key]:
                 raise UserError(f"cannot resume {run}: {section}.{key} is {ours[key]!r} but the run was "
                                 f"trained with {theirs[key]!r}; drop the change or start a new run")
+
+
+def _same_best_metric(config: Config, state: TrainingState, run: RunDir) -> None:
+    """best.pt and patience go on comparing with the best of the metric that chose it so far."""
+    metric = config.training.best_metric
+    if metric != state.best_metric and state.best_score != -math.inf:
+        raise UserError(f"cannot resume {run}: its best checkpoint was chosen by dev {METRIC_NAMES[state.best_metric]} "
+                        f"(step {state.best_step}), not {METRIC_NAMES[metric]}; drop training.best_metric={metric}, "
+                        f"or fine-tune from it in a new run (training.init_from={run})")
 
 
 def _same_bleu(config: Config, state: TrainingState, run: RunDir) -> Config:

@@ -21,7 +21,7 @@ from seq2seq_cli.rundir import RunDir
 # The scalars sent to TensorBoard, by event: record key -> tag.
 TENSORBOARD_TAGS = {
     "train": {"train_loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s"},
-    "valid": {"dev_loss": "dev/loss", "dev_ppl": "dev/ppl", "dev_bleu": "dev/bleu"},
+    "valid": {"dev_loss": "dev/loss", "dev_ppl": "dev/ppl", "dev_bleu": "dev/bleu", "dev_chrf": "dev/chrf"},
 }
 
 
@@ -101,7 +101,6 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     train = [r for r in records if r["event"] == "train"]
     valid = [r for r in records if r["event"] == "valid"]
     end = next((r for r in reversed(records) if r["event"] == "end"), None)
-    best = max(valid, key=lambda r: r["dev_bleu"], default=None)
     checkpoints, bleu_tokenize = {}, None
     for name, path in (("best", run.best), ("last", run.last)):
         if path.is_file():
@@ -113,6 +112,12 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
                 bleu_tokenize = TrainingState.from_checkpoint(payload).bleu_tokenize
     if not checkpoints:
         raise UserError(f"{run_dir}: no checkpoints/best.pt or last.pt yet")
+    # The validation best.pt was saved at (training.best_metric picked it), else the best dev BLEU.
+    best_step = checkpoints["best"]["step"] if "best" in checkpoints else None
+    best = next((r for r in reversed(valid) if r["step"] == best_step), None) or \
+        max(valid, key=lambda r: r["dev_bleu"], default=None)
+    best_metric = config.training.best_metric
+    best_value = best.get({"bleu": "dev_bleu", "chrf": "dev_chrf", "loss": "dev_loss"}[best_metric]) if best else None
     return {
         "run_dir": str(run_dir),
         "data": dict(zip(("train_src", "train_tgt"), split_files(config.data, "train"))),
@@ -124,6 +129,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "parameters": parameters,
         "device": start.get("device"),
         "train_pairs": start.get("train_pairs"),
+        "best_metric": best_metric,
+        "best_dev_score": best_value,
         "best_dev_bleu": best["dev_bleu"] if best else None,
         "best_step": best["step"] if best else None,
         "bleu_tokenize": bleu_tokenize or run_bleu_tokenizer(config),
@@ -154,8 +161,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                   f"layer(s), output_dim {model['output_dim']}, vocab {model['src_vocab_size']}/{model['tgt_vocab_size']}"),
         ("parameters", f"{summary['parameters']:,}"),
         ("device", str(summary["device"])),
-        ("best dev BLEU", f"{_number(summary['best_dev_bleu'])} at step {summary['best_step']} "
-                          f"(sacreBLEU tokenizer {summary['bleu_tokenize']})"),
+        _best_row(summary),
         ("last step", str(summary["last_step"])),
         ("wall time", f"{summary['wall_s'] / 60:.1f} min"),
         ("tokens/s", _number(summary["tokens_per_s"], ".0f")),
@@ -166,6 +172,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append((f"{name} checkpoint", f"{info['path']} (step {info['step']})"))
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
+
+
+def _best_row(summary: dict[str, Any]) -> tuple[str, str]:
+    """``best dev BLEU 35.10 at step N (...)``, or by the metric that picked best.pt, with its BLEU."""
+    metric, bleu = summary["best_metric"], _number(summary["best_dev_bleu"])
+    tokenizer = f"sacreBLEU tokenizer {summary['bleu_tokenize']}"
+    if metric == "bleu":
+        return "best dev BLEU", f"{bleu} at step {summary['best_step']} ({tokenizer})"
+    value = _number(summary["best_dev_score"], ".4f" if metric == "loss" else ".2f")
+    return (f"best dev {'chrF' if metric == 'chrf' else metric}",
+            f"{value} at step {summary['best_step']} (BLEU {bleu}, {tokenizer})")
 
 
 def _number(value, spec: str = ".2f") -> str:

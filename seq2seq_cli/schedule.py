@@ -1,5 +1,5 @@
 """The learning-rate schedule: linear warm-up, then constant, inverse-square-root decay, or
-decay when dev BLEU or dev loss stops improving (``training.lr_schedule``)."""
+decay when dev BLEU, chrF or loss stops improving (``training.lr_schedule``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import Any
 import torch
 
 from seq2seq_cli.config import TrainingConfig
+from seq2seq_cli.state import METRIC_NAMES, dev_score
 
 log = logging.getLogger(__name__)
 
 
 class LearningRateSchedule:
     """Linear warm-up, then constant, inverse-square-root decay, or decay on a plateau of dev
-    BLEU or dev loss (``plateau_metric``)."""
+    BLEU, chrF or loss (``plateau_metric``)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainingConfig):
         self.optimizer = optimizer
@@ -39,11 +40,10 @@ class LearningRateSchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
 
-    def after_validation(self, dev_bleu: float, dev_loss: float) -> None:
+    def after_validation(self, dev_bleu: float, dev_chrf: float, dev_loss: float) -> None:
         if self.config.lr_schedule != "plateau":
             return
-        watch_loss = self.config.plateau_metric == "loss"
-        score = -dev_loss if watch_loss else dev_bleu  # higher is better
+        score = dev_score(self.config.plateau_metric, dev_bleu, dev_chrf, dev_loss)
         if score > self.best:
             self.best, self.bad_validations = score, 0
             return
@@ -52,7 +52,7 @@ class LearningRateSchedule:
             self.plateau_scale *= self.config.lr_decay_factor
             self.bad_validations = 0
             log.info("dev %s has not improved for %d validations: learning rate x%g",
-                     "loss" if watch_loss else "BLEU", self.config.lr_decay_patience + 1,
+                     METRIC_NAMES[self.config.plateau_metric], self.config.lr_decay_patience + 1,
                      self.config.lr_decay_factor)
 
     def state_dict(self) -> dict[str, Any]:

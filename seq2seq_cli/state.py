@@ -28,7 +28,7 @@ class TrainingState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_dev_bleu: float = -math.inf
+    best_dev_bleu: float = -math.inf  # dev BLEU at best_step, whatever picked it
     best_step: int = 0
     validations_without_improvement: int = 0
     validated_at: int = -1  # the step of the latest validation
@@ -39,11 +39,15 @@ class TrainingState:
     elapsed_s: float = 0.0  # training seconds, up to the moment this state was saved
     # sacreBLEU's tokenizer for dev BLEU: best_dev_bleu compares only with BLEU split the same way.
     bleu_tokenize: Optional[str] = None
+    # training.best_metric, and its best value so far, higher is better (``dev_score``).
+    best_metric: str = "bleu"
+    best_score: float = -math.inf
 
     # At the top level of every checkpoint, best.pt included; the rest under "trainer".
     HEADLINE: ClassVar[tuple[str, ...]] = ("step", "epoch", "best_dev_bleu", "best_step")
-    # What a checkpoint saved before a field existed held: earlier versions always scored with 13a.
-    FORMERLY: ClassVar[dict[str, Any]] = {"bleu_tokenize": "13a"}
+    # What a checkpoint saved before a field existed held: earlier versions always scored with 13a
+    # and kept the best dev BLEU.
+    FORMERLY: ClassVar[dict[str, Any]] = {"bleu_tokenize": "13a", "best_metric": "bleu"}
 
     def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(headline fields, trainer fields) as a checkpoint stores them."""
@@ -53,15 +57,15 @@ class TrainingState:
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any]) -> "TrainingState":
-        saved = {**cls.FORMERLY, **payload["trainer"]}
+        saved = {**cls.FORMERLY, "best_score": payload["best_dev_bleu"], **payload["trainer"]}
         return cls(**{key: payload[key] for key in cls.HEADLINE},
                    **{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name not in cls.HEADLINE})
 
     def limit_reached(self, training: TrainingConfig, time_is_up: bool) -> Optional["Stop"]:
         """The limit of ``training`` this state has reached, if any."""
         if training.patience and self.validations_without_improvement >= training.patience:
-            return Stop("patience", f"dev BLEU did not improve for {training.patience} validations",
-                        training.patience * 2)
+            return Stop("patience", f"dev {METRIC_NAMES[self.best_metric]} did not improve for {training.patience} "
+                        "validations", training.patience * 2)
         if training.max_steps and self.step >= training.max_steps:
             return Stop("max_steps", f"reached max_steps={training.max_steps}", training.max_steps * 2)
         if training.max_epochs and self.epoch >= training.max_epochs:
@@ -69,6 +73,19 @@ class TrainingState:
         if time_is_up:
             return Stop("max_minutes", f"reached max_minutes={training.max_minutes:g}", training.max_minutes * 2)
         return None
+
+    @property
+    def best_value(self) -> float:
+        """The best value of ``best_metric`` so far, as it is measured (a loss as a loss)."""
+        return -self.best_score if self.best_metric == "loss" else self.best_score
+
+
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "loss": "loss"}
+
+
+def dev_score(metric: str, bleu: float, chrf: float, loss: float) -> float:
+    """``metric``'s value of a validation, oriented so that higher is better (a loss negated)."""
+    return {"bleu": bleu, "chrf": chrf, "loss": -loss}[metric]
 
 
 def out_of_time(training: TrainingConfig, elapsed_s: float) -> bool:

@@ -25,7 +25,7 @@ from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
 from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.evaluation import corpus_bleu, run_bleu_metric, run_bleu_tokenizer
+from seq2seq_cli.evaluation import corpus_bleu, corpus_chrf, run_bleu_metric, run_bleu_tokenizer
 from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
 from seq2seq_cli.metrics import MetricsLog, read_metrics
 from seq2seq_cli.model import Seq2Seq
@@ -34,7 +34,7 @@ from seq2seq_cli.progress import Progress, StopOnSignal
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.schedule import LearningRateSchedule
 from seq2seq_cli.search_graphs import SearchGraphs
-from seq2seq_cli.state import Stop, TrainingState, out_of_time, rng_states, set_rng_states
+from seq2seq_cli.state import METRIC_NAMES, Stop, TrainingState, dev_score, out_of_time, rng_states, set_rng_states
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.state.bleu_tokenize = run_bleu_tokenizer(config)
+        self.state.best_metric = config.training.best_metric  # a resumed run's is the same (launch checks)
         self.metrics = None  # only rank 0 writes
         if world.is_main:
             self.metrics = MetricsLog(run.metrics, run.tensorboard if self.training_config.tensorboard else None,
@@ -243,10 +244,13 @@ class Trainer:
         planned = self.planned_steps()
         gave_up = (f" of ~{planned} that max_steps/max_epochs allow" if stop.key == "max_minutes" and planned
                    and state.step < planned else "")
-        log.info("stopped: %s after %d steps%s (%.1f min); best dev BLEU %.2f at step %d", stop.reason, state.step,
-                 gave_up, self.elapsed() / 60, state.best_dev_bleu, state.best_step)
+        best = (f"best dev {METRIC_NAMES[state.best_metric]} {state.best_value:.{4 if state.best_metric == 'loss' else 2}f}"
+                + ("" if state.best_metric == "bleu" else f" (BLEU {state.best_dev_bleu:.2f})"))
+        log.info("stopped: %s after %d steps%s (%.1f min); %s at step %d", stop.reason, state.step,
+                 gave_up, self.elapsed() / 60, best, state.best_step)
         summary = {"event": "end", "step": state.step, "epoch": state.epoch + (1 if state.batch_in_epoch else 0),
                    "reason": stop.reason, "best_dev_bleu": state.best_dev_bleu, "best_step": state.best_step,
+                   "best_metric": state.best_metric, "best_dev_score": state.best_value,
                    "skipped_steps": state.skipped_steps, "wall_s": round(self.elapsed(), 1),
                    "cuda_graph_shapes": len(self.graphed.graphs) if self.graphed is not None else 0}
         self.save_last()  # the final state, so that a later --resume sees the limit reached
@@ -357,20 +361,24 @@ class Trainer:
         loss = self.dev_loss()
         hypotheses = self.translate(self.dev)
         bleu = corpus_bleu(hypotheses, self.dev.tgt_lines, self.bleu_metric)
+        chrf = corpus_chrf(hypotheses, self.dev.tgt_lines)
         # Every process validates the same weights; rank 0's numbers make the decisions everywhere.
-        loss, bleu = from_main(self.world, (loss, bleu))
-        improved = bleu > state.best_dev_bleu
+        loss, bleu, chrf = from_main(self.world, (loss, bleu, chrf))
+        score = dev_score(state.best_metric, bleu, chrf, loss)
+        improved = score > state.best_score
         if improved:
-            state.best_dev_bleu, state.best_step, state.validations_without_improvement = bleu, state.step, 0
+            state.best_score, state.best_dev_bleu, state.best_step = score, bleu, state.step
+            state.validations_without_improvement = 0
         else:
             state.validations_without_improvement += 1
-        self.schedule.after_validation(bleu, loss)
+        self.schedule.after_validation(bleu, chrf, loss)
         record = {"event": "valid", "step": state.step, "epoch": state.epoch + 1, "dev_loss": round(loss, 5),
                   "dev_ppl": round(math.exp(min(loss, 50.0)), 3), "dev_bleu": round(bleu, 2),
-                  "best_dev_bleu": round(state.best_dev_bleu, 2), "valid_s": round(time.perf_counter() - started, 1)}
+                  "dev_chrf": round(chrf, 2), "best_dev_bleu": round(state.best_dev_bleu, 2),
+                  "best_step": state.best_step, "valid_s": round(time.perf_counter() - started, 1)}
         self.record(**record)
-        log.info("validation at step %d: dev loss %.4f, ppl %.2f, BLEU %.2f%s", state.step, loss,
-                 record["dev_ppl"], bleu, " (new best)" if improved else "")
+        log.info("validation at step %d: dev loss %.4f, ppl %.2f, BLEU %.2f, chrF %.2f%s", state.step, loss,
+                 record["dev_ppl"], bleu, chrf, f" (new best {METRIC_NAMES[state.best_metric]})" if improved else "")
         for source, reference, hypothesis in list(zip(self.dev.src_lines, self.dev.tgt_lines, hypotheses))[:2]:
             log.info("  src: %s\n  ref: %s\n  hyp: %s", source, reference, hypothesis)
         if end_of_epoch:

@@ -37,7 +37,7 @@ def test_tensorboard_event_files_hold_the_tags(run):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/tokens_per_s", "dev/loss", "dev/ppl", "dev/bleu"} <= tags
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "dev/loss", "dev/ppl", "dev/bleu", "dev/chrf"} <= tags
     assert [e.step for e in events.Scalars("dev/bleu")] == [4, 8]
 
 

@@ -12,7 +12,8 @@ from seq2seq_cli.launch import train
 from seq2seq_cli.precision import cpu_computes_bf16
 from seq2seq_cli.translation import Translator
 
-from conftest import TOY_LEARNING_SIZES, needs_cpu_bf16, s2s, tiny_config, toy_domain, toy_lines, write_corpus
+from conftest import (TOY_LEARNING_SIZES, assert_user_error, needs_cpu_bf16, s2s, s2s_forked, tiny_config, toy_domain,
+                      toy_lines, write_corpus)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -166,7 +167,8 @@ def test_dev_bleu_is_the_score_evaluate_gives_the_best_weights(tmp_path, learned
     assert evaluated.returncode == 0, evaluated.stderr.decode()[-2000:]
     assert evaluated.stderr.decode().count("truncated to the model's limit of 24") == len(long_en)
     assert valid["dev_bleu"] > 20
-    assert json.loads((tmp_path / "report.json").read_text())["bleu"]["score"] == valid["dev_bleu"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["bleu"]["score"], report["chrf"]["score"]) == (valid["dev_bleu"], valid["dev_chrf"])
 
 
 def test_dev_loss_leaves_out_only_lines_no_sentence_is_as_long_as(tmp_path, caplog):
@@ -243,9 +245,46 @@ def test_early_stopping_after_patience(tmp_path, monkeypatch):
     assert summary["best_step"] == 2
 
 
-@pytest.mark.parametrize("metric, decays", [("bleu", []), ("loss", [3, 5])])
+def test_best_metric_picks_the_best_checkpoint(tmp_path):
+    """training.best_metric: best.pt holds the weights of the validation best by dev loss (the
+    lowest) or dev chrF (the highest), the first of equals; a resumed run keeps its metric."""
+    from seq2seq_cli.metrics import run_summary
+    from seq2seq_cli.state import TrainingState
+
+    best_steps = {}
+    for metric in ("loss", "chrf"):
+        config = load_config(tiny_config(tmp_path / metric, training={"max_steps": 12, "validate_every": 2,
+                                                                      "best_metric": metric}))
+        summary = train(config)
+        valid = [r for r in read_metrics(tmp_path / metric / "run") if r["event"] == "valid"]
+        assert len(valid) == 6
+        if metric == "loss":
+            best = min(valid, key=lambda r: r["dev_loss"])
+            assert summary["best_dev_score"] == pytest.approx(best["dev_loss"], abs=1e-5)
+        else:
+            best = max(valid, key=lambda r: r["dev_chrf"])
+        best_steps[metric] = best["step"]
+        assert summary["best_step"] == best["step"] and summary["best_metric"] == metric
+        assert summary["best_dev_bleu"] == pytest.approx(best["dev_bleu"], abs=0.005)
+        assert torch.load(tmp_path / metric / "run" / "checkpoints" / "best.pt", weights_only=True)["step"] == best["step"]
+        info = run_summary(tmp_path / metric / "run")
+        assert (info["best_metric"], info["best_step"]) == (metric, best["step"])
+    # A tiny model's dev loss falls at every validation while its BLEU barely moves: the metrics disagree.
+    assert best_steps["loss"] == 12
+
+    run = tmp_path / "loss" / "run"
+    assert_user_error(s2s_forked("train", "--resume", run, "training.max_steps=14", "training.best_metric=bleu"),
+                      f"cannot resume {run}: its best checkpoint was chosen by dev loss (step 12), not BLEU")
+    # A checkpoint from before training.best_metric kept the best dev BLEU.
+    payload = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    del payload["trainer"]["best_metric"], payload["trainer"]["best_score"]
+    state = TrainingState.from_checkpoint(payload)
+    assert (state.best_metric, state.best_score) == ("bleu", payload["best_dev_bleu"])
+
+
+@pytest.mark.parametrize("metric, decays", [("bleu", []), ("chrf", [3, 5]), ("loss", [3, 5])])
 def test_plateau_schedule_watches_its_metric(metric, decays):
-    """Dev BLEU creeping up while dev loss stalls: only the loss-watching schedule decays."""
+    """Dev BLEU creeping up while dev chrF and loss stall: only the schedules watching those decay."""
     from seq2seq_cli.config import TrainingConfig
     from seq2seq_cli.schedule import LearningRateSchedule
 
@@ -253,8 +292,8 @@ def test_plateau_schedule_watches_its_metric(metric, decays):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
     schedule = LearningRateSchedule(optimizer, config)
     rates = []
-    for bleu, loss in [(10, 3.0), (11, 2.5), (12, 2.6), (13, 2.5), (14, 2.7), (15, 2.6)]:
-        schedule.after_validation(bleu, loss)
+    for bleu, chrf, loss in [(10, 40, 3.0), (11, 42, 2.5), (12, 41, 2.6), (13, 42, 2.5), (14, 40, 2.7), (15, 41, 2.6)]:
+        schedule.after_validation(bleu, chrf, loss)
         schedule.step(1)
         rates.append(optimizer.param_groups[0]["lr"])
     expected, rate = [], 0.1
