@@ -570,19 +570,24 @@ def _check_port_free(host: str, port: int) -> None:
 
 @app.command()
 def info(
-    run_dir: Path = typer.Argument(..., help="A run directory written by s2s train."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    run_dirs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories written by s2s train; several give one table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (a list for several runs)."),
 ) -> None:
-    """Summarise a run: config highlights, size, best dev BLEU, speed, checkpoints.
+    """Summarise a run: config highlights, size, best dev BLEU, speed, checkpoints; several runs side by side.
 
     Example: s2s info runs/toy --json
+
+    Compare runs: s2s info runs/*
     """
     import json
 
-    from seq2seq_cli.metrics import format_summary, run_summary
+    from seq2seq_cli.metrics import format_summaries, format_summary, run_summary
 
-    summary = run_summary(run_dir)
-    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    summaries = [run_summary(run_dir) for run_dir in run_dirs]  # any that is no run: an error before any output
+    if as_json:
+        typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    else:
+        typer.echo(format_summary(summaries[0]) if len(summaries) == 1 else format_summaries(summaries))
 
 
 def main() -> None:

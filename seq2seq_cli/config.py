@@ -274,6 +274,9 @@ def _omegaconf(operation, source: str):
         raise UserError(f"{source}: {key}: {message}") from None
 
 
+# The dev metrics training.best_metric and plateau_metric may name, as logs name them.
+DEV_METRICS = {"bleu": "BLEU", "chrf": "chrF", "loss": "loss"}
+
 # Each entry: key path, a test the value must pass, what it must be.
 _RULES: list[tuple[str, Any, str]] = [
     ("data.max_len", lambda v: v >= 1, "a positive number of tokens"),
@@ -301,8 +304,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("training.warmup_steps", lambda v: v >= 0, "0 or positive"),
     ("training.lr_decay_factor", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("training.lr_decay_patience", lambda v: v >= 0, "0 or positive"),
-    ("training.plateau_metric", lambda v: v in ("bleu", "chrf", "loss"), "'bleu', 'chrf' or 'loss'"),
-    ("training.best_metric", lambda v: v in ("bleu", "chrf", "loss"), "'bleu', 'chrf' or 'loss'"),
+    ("training.plateau_metric", lambda v: v in DEV_METRICS, "'bleu', 'chrf' or 'loss'"),
+    ("training.best_metric", lambda v: v in DEV_METRICS, "'bleu', 'chrf' or 'loss'"),
     ("training.min_learning_rate", lambda v: v >= 0, "0 or positive"),
     ("training.label_smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     ("training.teacher_forcing_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),

@@ -27,7 +27,7 @@ import torch
 
 from seq2seq_cli import shards
 from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
-from seq2seq_cli.config import Config, check_training_files, split_files, to_yaml
+from seq2seq_cli.config import DEV_METRICS, Config, check_training_files, split_files, to_yaml
 from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_split, tokenize_corpus
 from seq2seq_cli.device import select_device
 from seq2seq_cli.distributed import World, barrier, join, leave
@@ -39,7 +39,7 @@ from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
 from seq2seq_cli.precision import check_cpu_bf16, resolve as resolve_precision
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
-from seq2seq_cli.state import METRIC_NAMES, TrainingState, out_of_time
+from seq2seq_cli.state import TrainingState, out_of_time
 from seq2seq_cli.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,8 @@ def _same_best_metric(config: Config, state: TrainingState, run: RunDir) -> None
     """best.pt and patience go on comparing with the best of the metric that chose it so far."""
     metric = config.training.best_metric
     if metric != state.best_metric and state.best_score != -math.inf:
-        raise UserError(f"cannot resume {run}: its best checkpoint was chosen by dev {METRIC_NAMES[state.best_metric]} "
-                        f"(step {state.best_step}), not {METRIC_NAMES[metric]}; drop training.best_metric={metric}, "
+        raise UserError(f"cannot resume {run}: its best checkpoint was chosen by dev {DEV_METRICS[state.best_metric]} "
+                        f"(step {state.best_step}), not {DEV_METRICS[metric]}; drop training.best_metric={metric}, "
                         f"or fine-tune from it in a new run (training.init_from={run})")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+from seq2seq_cli.config import DEV_METRICS
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write_text
 from seq2seq_cli.rundir import RunDir
@@ -174,6 +175,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
 
 
+def format_summaries(summaries: list[dict[str, Any]]) -> str:
+    """Several runs side by side, one row each: how far each got, on what, how well, how fast."""
+    header = ("run", "status", "languages", "parameters", "best dev", "test BLEU", "last step", "wall time", "tokens/s")
+    rows = []
+    for summary in summaries:
+        metric = summary["best_metric"]
+        value = summary["best_dev_bleu"] if metric == "bleu" else summary["best_dev_score"]
+        best = f"{DEV_METRICS[metric]} {_number(value, '.4f' if metric == 'loss' else '.2f')} @ {summary['best_step']}"
+        rows.append((summary["run_dir"], "finished" if summary["finished"] else "not finished",
+                     "->".join(code or "?" for code in summary["languages"].values()), f"{summary['parameters']:,}",
+                     best, _number(summary["test_bleu"]), str(summary["last_step"]),
+                     f"{summary['wall_s'] / 60:.1f} min", _number(summary["tokens_per_s"], ".0f")))
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
 def _best_row(summary: dict[str, Any]) -> tuple[str, str]:
     """``best dev BLEU 35.10 at step N (...)``, or by the metric that picked best.pt, with its BLEU."""
     metric, bleu = summary["best_metric"], _number(summary["best_dev_bleu"])
@@ -181,7 +199,7 @@ def _best_row(summary: dict[str, Any]) -> tuple[str, str]:
     if metric == "bleu":
         return "best dev BLEU", f"{bleu} at step {summary['best_step']} ({tokenizer})"
     value = _number(summary["best_dev_score"], ".4f" if metric == "loss" else ".2f")
-    return (f"best dev {'chrF' if metric == 'chrf' else metric}",
+    return (f"best dev {DEV_METRICS[metric]}",
             f"{value} at step {summary['best_step']} (BLEU {bleu}, {tokenizer})")
 
 

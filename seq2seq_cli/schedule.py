@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from seq2seq_cli.config import TrainingConfig
-from seq2seq_cli.state import METRIC_NAMES, dev_score
+from seq2seq_cli.config import DEV_METRICS, TrainingConfig
+from seq2seq_cli.state import dev_score
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class LearningRateSchedule:
             self.plateau_scale *= self.config.lr_decay_factor
             self.bad_validations = 0
             log.info("dev %s has not improved for %d validations: learning rate x%g",
-                     METRIC_NAMES[self.config.plateau_metric], self.config.lr_decay_patience + 1,
+                     DEV_METRICS[self.config.plateau_metric], self.config.lr_decay_patience + 1,
                      self.config.lr_decay_factor)
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 
-from seq2seq_cli.config import TrainingConfig
+from seq2seq_cli.config import DEV_METRICS, TrainingConfig
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TrainingState:
     def limit_reached(self, training: TrainingConfig, time_is_up: bool) -> Optional["Stop"]:
         """The limit of ``training`` this state has reached, if any."""
         if training.patience and self.validations_without_improvement >= training.patience:
-            return Stop("patience", f"dev {METRIC_NAMES[self.best_metric]} did not improve for {training.patience} "
+            return Stop("patience", f"dev {DEV_METRICS[self.best_metric]} did not improve for {training.patience} "
                         "validations", training.patience * 2)
         if training.max_steps and self.step >= training.max_steps:
             return Stop("max_steps", f"reached max_steps={training.max_steps}", training.max_steps * 2)
@@ -78,9 +78,6 @@ class TrainingState:
     def best_value(self) -> float:
         """The best value of ``best_metric`` so far, as it is measured (a loss as a loss)."""
         return -self.best_score if self.best_metric == "loss" else self.best_score
-
-
-METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "loss": "loss"}
 
 
 def dev_score(metric: str, bleu: float, chrf: float, loss: float) -> float:

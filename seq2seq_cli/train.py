@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 
 from seq2seq_cli.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq_cli.config import Config, to_dict
+from seq2seq_cli.config import DEV_METRICS, Config, to_dict
 from seq2seq_cli.data import ParallelCorpus, TokenBatches, exact_tokens, within_length
 from seq2seq_cli.decoding import SpecialIds, translate_corpus
 from seq2seq_cli.precision import autocast, for_decoding
@@ -34,7 +34,7 @@ from seq2seq_cli.progress import Progress, StopOnSignal
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.schedule import LearningRateSchedule
 from seq2seq_cli.search_graphs import SearchGraphs
-from seq2seq_cli.state import METRIC_NAMES, Stop, TrainingState, dev_score, out_of_time, rng_states, set_rng_states
+from seq2seq_cli.state import Stop, TrainingState, dev_score, out_of_time, rng_states, set_rng_states
 from seq2seq_cli.tokenization import Tokenizers
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class Trainer:
         planned = self.planned_steps()
         gave_up = (f" of ~{planned} that max_steps/max_epochs allow" if stop.key == "max_minutes" and planned
                    and state.step < planned else "")
-        best = (f"best dev {METRIC_NAMES[state.best_metric]} {state.best_value:.{4 if state.best_metric == 'loss' else 2}f}"
+        best = (f"best dev {DEV_METRICS[state.best_metric]} {state.best_value:.{4 if state.best_metric == 'loss' else 2}f}"
                 + ("" if state.best_metric == "bleu" else f" (BLEU {state.best_dev_bleu:.2f})"))
         log.info("stopped: %s after %d steps%s (%.1f min); %s at step %d", stop.reason, state.step,
                  gave_up, self.elapsed() / 60, best, state.best_step)
@@ -378,7 +378,7 @@ class Trainer:
                   "best_step": state.best_step, "valid_s": round(time.perf_counter() - started, 1)}
         self.record(**record)
         log.info("validation at step %d: dev loss %.4f, ppl %.2f, BLEU %.2f, chrF %.2f%s", state.step, loss,
-                 record["dev_ppl"], bleu, chrf, f" (new best {METRIC_NAMES[state.best_metric]})" if improved else "")
+                 record["dev_ppl"], bleu, chrf, f" (new best {DEV_METRICS[state.best_metric]})" if improved else "")
         for source, reference, hypothesis in list(zip(self.dev.src_lines, self.dev.tgt_lines, hypotheses))[:2]:
             log.info("  src: %s\n  ref: %s\n  hyp: %s", source, reference, hypothesis)
         if end_of_epoch:

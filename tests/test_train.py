@@ -272,6 +272,18 @@ def test_best_metric_picks_the_best_checkpoint(tmp_path):
     # A tiny model's dev loss falls at every validation while its BLEU barely moves: the metrics disagree.
     assert best_steps["loss"] == 12
 
+    # Several runs side by side: a row each, by the metric that picked each one's best.pt.
+    runs = [tmp_path / metric / "run" for metric in ("loss", "chrf")]
+    table = s2s_forked("info", *runs)
+    assert table.returncode == 0, table.stderr.decode()
+    header, *rows = table.stdout.decode().splitlines()
+    assert header.split()[:2] == ["run", "status"] and len(rows) == 2
+    assert rows[0].startswith(str(runs[0])) and f" @ {best_steps['loss']} " in rows[0] and " loss " in rows[0]
+    assert rows[1].startswith(str(runs[1])) and "chrF " in rows[1] and f" @ {best_steps['chrf']} " in rows[1]
+    listed = json.loads(s2s_forked("info", *runs, "--json").stdout)
+    assert [entry["best_metric"] for entry in listed] == ["loss", "chrf"]
+    assert_user_error(s2s_forked("info", runs[0], tmp_path), f"{tmp_path}: no metrics.jsonl")
+
     run = tmp_path / "loss" / "run"
     assert_user_error(s2s_forked("train", "--resume", run, "training.max_steps=14", "training.best_metric=bleu"),
                       f"cannot resume {run}: its best checkpoint was chosen by dev loss (step 12), not BLEU")
