@@ -422,6 +422,7 @@ def score(
     nbest: Optional[Path] = typer.Option(None, "--nbest", metavar="FILE", help="Instead of --tgt: an n-best list of --src (INDEX ||| HYPOTHESIS ||| SCORE, as translate --nbest writes it); each line is written back with this model's score added as a last field."),
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write the scores, complete or not at all (default: stdout)."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide each score by its target's tokens ([SEP] included): log-probability per token, comparable across lengths."),
+    reverse: bool = typer.Option(False, "--reverse", help="The model translates the other way: score log P(source | translation), the channel model of noisy-channel reranking."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, metavar="N", help="Sentence pairs per batch (default: decoding.batch_size)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
@@ -468,6 +469,8 @@ def score(
             lines = nbest_pairs(src, nbest)
         while chunk := list(itertools.islice(lines, SCORE_CHUNK_PAIRS)):
             sources, targets, nbest_lines = zip(*chunk)
+            if reverse:  # a model of the other direction reads each translation and scores its source
+                sources, targets = targets, sources
             scores = translator.score(sources, targets, advance)
             values = [f"{s.per_token if normalize else s.log_prob:.4f}" for s in scores]
             if nbest is not None:  # the n-best line, its new field last
@@ -482,7 +485,8 @@ def score(
     if totals["tokens"]:
         cross_entropy = -totals["log_prob"] / totals["tokens"]
         pairs_scored = f"{totals['pairs']:,} pair{'s' if totals['pairs'] != 1 else ''}"
-        print(f"s2s: scored {pairs_scored}, {totals['tokens']:,} target tokens ([SEP] included): "
+        scored_side = "source" if reverse else "target"
+        print(f"s2s: scored {pairs_scored}, {totals['tokens']:,} {scored_side} tokens ([SEP] included): "
               f"{cross_entropy:.4f} nats per token, perplexity {math.exp(cross_entropy):.3f}", file=sys.stderr)
 
 
