@@ -309,6 +309,7 @@ def evaluate(
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
+    sentences_file: Optional[Path] = typer.Option(None, "--sentences", metavar="FILE", help="Also write each sentence's BLEU and chrF here, tab-separated, a column pair per system (for finding where systems differ)."),
     paired: Optional[str] = typer.Option(None, "--paired", metavar="TEST", help="With several --hyp: bs (paired bootstrap resampling, the default) or ar (approximate randomization), sacreBLEU's tests."),
     paired_n: int = typer.Option(0, "--paired-n", min=0, metavar="N", help="Bootstrap resamples or randomization trials (default 1000 for bs, 10000 for ar)."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", metavar="TOK", help="sacreBLEU's BLEU tokenizer: 13a, intl, char, zh, ja-mecab, ... (default: the run's training.bleu_tokenize, else by its target language as sacrebleu -l does; 13a with --hyp)."),
@@ -323,9 +324,11 @@ def evaluate(
 
     Compare systems: s2s evaluate --hyp base.de --hyp new.de --ref data/toy/test.de
     """
+    import json
+
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, format_paired_report, format_report,
-                                        paired_report, run_bleu_metric, score_report)
+                                        paired_report, run_bleu_metric, score_report, sentence_table)
 
     if paired is not None and paired not in PAIRED_TESTS:
         raise UserError(f"--paired {paired!r}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
@@ -346,10 +349,13 @@ def evaluate(
             verb = "applies" if len(given) == 1 else "apply"
             raise UserError(f"{', '.join(given)} only {verb} to translating with --checkpoint; --hyp {hyp[0]} "
                             "is scored as it is: drop them, or give --checkpoint RUN --src FILE instead")
-    for reference_file in ref:
-        _refuse_overwriting_inputs(json_file, "--json", {"--ref": reference_file, "--src": src})
-    for hypothesis_file in hyp or []:
-        _refuse_overwriting_inputs(json_file, "--json", {"--hyp": hypothesis_file})
+    for written, option in ((json_file, "--json"), (sentences_file, "--sentences")):
+        for reference_file in ref:
+            _refuse_overwriting_inputs(written, option, {"--ref": reference_file, "--src": src})
+        for hypothesis_file in hyp or []:
+            _refuse_overwriting_inputs(written, option, {"--hyp": hypothesis_file})
+    if json_file is not None and sentences_file is not None and is_same_file(json_file, sentences_file):
+        raise UserError(f"--json and --sentences both name {json_file}; give each a file of its own")
     bleu = bleu_metric(tokenize=tokenize)  # an unknown --tokenize is refused before any work
     reference_sets = [read_lines(reference_file) for reference_file in ref]
     for reference_file, references in zip(ref, reference_sets):
@@ -368,7 +374,8 @@ def evaluate(
                                 "they must be line-aligned")
         report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
         typer.echo(format_paired_report(report))
-        _write_report(json_file, report)
+        _write_text(json_file, json.dumps(report, indent=2) + "\n")
+        _write_text(sentences_file, sentence_table(systems, reference_sets, bleu))
         return
     if hyp:
         hypotheses = read_lines(hyp[0])
@@ -397,18 +404,17 @@ def evaluate(
     if speed:
         report["decoding"] = speed
     typer.echo(format_report(report))
-    _write_report(json_file, report)
+    _write_text(json_file, json.dumps(report, indent=2) + "\n")
+    _write_text(sentences_file, sentence_table([("", hypotheses)], reference_sets, bleu))
 
 
-def _write_report(json_file: Optional[Path], report: dict) -> None:
-    """``evaluate --json FILE``: the report, written whole or not at all (an earlier one stays)."""
-    import json
-
-    if json_file is not None:
+def _write_text(path: Optional[Path], text: str) -> None:
+    """A report file of ``evaluate``, written whole or not at all (an earlier one stays)."""
+    if path is not None:
         try:
-            atomic_write_text(json_file, json.dumps(report, indent=2) + "\n")
+            atomic_write_text(path, text)
         except OSError as err:
-            raise UserError(f"cannot write {json_file} ({err.strerror})") from None
+            raise UserError(f"cannot write {path} ({err.strerror})") from None
 
 
 SCORE_CHUNK_PAIRS = 20_000  # pairs read, scored and written at a time by s2s score

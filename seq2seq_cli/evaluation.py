@@ -9,6 +9,7 @@ significance tests.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Optional, Sequence
 
@@ -73,6 +74,28 @@ def score_report(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
             report["length_ratio"] = round(score.sys_len / score.ref_len, 4) if score.ref_len else 0.0
             report["hyp_length"], report["ref_length"] = score.sys_len, score.ref_len
     return report
+
+
+def sentence_table(systems: Sequence[tuple[str, Sequence[str]]], references: Sequence[Sequence[str]],
+                   bleu: Optional[BLEU] = None) -> str:
+    """Each sentence's BLEU and chrF2 for each of ``systems`` (name, hypotheses), as
+    ``sacrebleu REF -i HYP -m bleu -sl`` (and ``-m chrf -sl``) give them: tab-separated, a header
+    line, then ``line`` (from 1) and a BLEU and a chrF column per system, headed ``bleu`` and
+    ``chrf``, or ``bleu:NAME`` and ``chrf:NAME`` where a system has a name. Sentence BLEU uses
+    ``bleu``'s tokenizer with effective n-gram order, as sacreBLEU does for single sentences."""
+    sentence_bleu = copy.copy(bleu or BLEU())
+    sentence_bleu.effective_order = True  # a short sentence without a 4-gram match still scores
+    chrf = CHRF()
+    header, columns = ["line"], []
+    for name, hypotheses in systems:
+        header += [f"bleu:{name}" if name else "bleu", f"chrf:{name}" if name else "chrf"]
+        for metric in (sentence_bleu, chrf):
+            columns.append([metric.sentence_score(hypothesis, [reference[index] for reference in references]).score
+                            for index, hypothesis in enumerate(hypotheses)])
+    rows = ["\t".join(header)]
+    rows += ["\t".join([str(index + 1)] + [f"{column[index]:.4f}" for column in columns])
+             for index in range(len(systems[0][1]))]
+    return "\n".join(rows) + "\n"
 
 
 def format_report(report: dict[str, Any]) -> str:

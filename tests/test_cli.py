@@ -83,10 +83,20 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     refs = toy_lines("test", 100)[1]
     hyps = [line.replace("der", "die") if i % 3 else line for i, line in enumerate(refs)]
     hyp_path, ref_path = write_corpus(tmp_path, "x", hyps, refs, src="hyp", tgt="ref")
-    ours = s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "report.json")
+    ours = s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "report.json",
+                      "--sentences", tmp_path / "sentences.tsv")
     assert ours.returncode == 0, ours.stderr.decode()
     reference = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-m", "bleu",
                                 "chrf", "ter", "-w", "2"], capture_output=True, check=True)
+    # Each sentence's scores, as `sacrebleu -sl` gives them.
+    header, *rows = [line.split("\t") for line in (tmp_path / "sentences.tsv").read_text().splitlines()]
+    assert header == ["line", "bleu", "chrf"] and [row[0] for row in rows] == [str(i) for i in range(1, 101)]
+    for column, metric in ((1, "bleu"), (2, "chrf")):
+        sentence_level = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", str(hyp_path), "-m",
+                                         metric, "-sl", "-w", "4"], capture_output=True, check=True)
+        assert [row[column] for row in rows] == [line.split(" = ", 1)[1].split()[0]
+                                                 for line in sentence_level.stdout.decode().splitlines()]
+    assert len({row[1] for row in rows}) > 2  # sentences that differ score differently
     expected = json.loads(reference.stdout)
     report = json.loads((tmp_path / "report.json").read_text())
     for key, metric in zip(("bleu", "chrf", "ter"), expected):
@@ -138,9 +148,14 @@ def test_evaluate_compares_systems_with_sacrebleus_paired_tests(tmp_path):
     ref_path = tmp_path / "base.ref"
     inputs = [arg for path in paths for arg in ("--hyp", path)]
 
-    ours = s2s_forked("evaluate", *inputs, "--ref", ref_path, "--json", tmp_path / "bs.json")
+    ours = s2s_forked("evaluate", *inputs, "--ref", ref_path, "--json", tmp_path / "bs.json",
+                      "--sentences", tmp_path / "sentences.tsv")
     assert ours.returncode == 0, ours.stderr.decode()
     report = json.loads((tmp_path / "bs.json").read_text())
+    header, *rows = [line.split("\t") for line in (tmp_path / "sentences.tsv").read_text().splitlines()]
+    assert header == ["line"] + [f"{metric}:{path}" for path in paths for metric in ("bleu", "chrf")]
+    for column, hypotheses in zip((1, 3, 5), systems.values()):  # each system's BLEU: 100 where it is the reference
+        assert [row[column] == "100.0000" for row in rows] == [h == r for h, r in zip(hypotheses, refs)]
     table = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref_path), "-i", *map(str, paths), "-m", "bleu",
                             "chrf", "ter", "--paired-bs", "-f", "text", "-w", "4"], capture_output=True, check=True)
     table = table.stdout.decode()
