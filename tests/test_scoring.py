@@ -103,19 +103,6 @@ def test_a_trained_model_scores_real_translations_far_above_mismatched_ones(lear
 def test_s2s_score_prints_what_translator_score_returns(learned_toy_run, tmp_path):
     english, german = toy_lines("test", 60)
     src, tgt = write_corpus(tmp_path, "test", english, german)
-    # --reverse: a model of the other direction scores each source given its hypothesis (the
-    # channel model of noisy-channel reranking); this one stands in for it.
-    channel = s2s_forked("score", "--checkpoint", learned_toy_run, "--device", "cpu", "--src", src, "--nbest", nbest,
-                         "--reverse")
-    assert channel.returncode == 0, channel.stderr.decode()
-    assert "source tokens ([SEP] included)" in channel.stderr.decode()
-    reverse = Translator.load(learned_toy_run, device="cpu").score([row[1] for row in fields],
-                                                                    [english[int(row[0])] for row in fields])
-    channel_fields = [row.split(" ||| ") for row in channel.stdout.decode().splitlines()]
-    assert [row[:3] for row in channel_fields] == [row[:3] for row in fields]
-    assert [float(row[3]) for row in channel_fields] == pytest.approx([s.log_prob for s in reverse], abs=1e-4)
-    assert [float(row[3]) for row in channel_fields] != pytest.approx([float(row[3]) for row in fields], abs=1e-2)
-
     out = tmp_path / "scores.txt"
     out.write_text("an earlier file\n")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -162,19 +149,6 @@ def test_s2s_score_refuses_bad_input_in_one_line_and_keeps_existing_output(learn
     src, tgt = write_corpus(tmp_path, "test", english, german)
     short = tmp_path / "short.de"
     short.write_text("".join(line + "\n" for line in german[:19]))
-    # --reverse: a model of the other direction scores each source given its hypothesis (the
-    # channel model of noisy-channel reranking); this one stands in for it.
-    channel = s2s_forked("score", "--checkpoint", learned_toy_run, "--device", "cpu", "--src", src, "--nbest", nbest,
-                         "--reverse")
-    assert channel.returncode == 0, channel.stderr.decode()
-    assert "source tokens ([SEP] included)" in channel.stderr.decode()
-    reverse = Translator.load(learned_toy_run, device="cpu").score([row[1] for row in fields],
-                                                                    [english[int(row[0])] for row in fields])
-    channel_fields = [row.split(" ||| ") for row in channel.stdout.decode().splitlines()]
-    assert [row[:3] for row in channel_fields] == [row[:3] for row in fields]
-    assert [float(row[3]) for row in channel_fields] == pytest.approx([s.log_prob for s in reverse], abs=1e-4)
-    assert [float(row[3]) for row in channel_fields] != pytest.approx([float(row[3]) for row in fields], abs=1e-2)
-
     out = tmp_path / "scores.txt"
     out.write_text("an earlier file\n")
     run = learned_toy_run
