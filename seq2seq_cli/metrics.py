@@ -180,8 +180,7 @@ def format_summaries(summaries: list[dict[str, Any]]) -> str:
     header = ("run", "status", "languages", "parameters", "best dev", "test BLEU", "last step", "wall time", "tokens/s")
     rows = []
     for summary in summaries:
-        metric = summary["best_metric"]
-        value = summary["best_dev_bleu"] if metric == "bleu" else summary["best_dev_score"]
+        metric, value = summary["best_metric"], summary["best_dev_score"]
         best = f"{DEV_METRICS[metric]} {_number(value, '.4f' if metric == 'loss' else '.2f')} @ {summary['best_step']}"
         rows.append((summary["run_dir"], "finished" if summary["finished"] else "not finished",
                      "->".join(code or "?" for code in summary["languages"].values()), f"{summary['parameters']:,}",
