@@ -14,7 +14,6 @@ which reads what rank 0 wrote once it is there).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import math
 import random
@@ -90,14 +89,7 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
         raise UserError(f"training stopped at step {trainer.state.step}: {_failed_write(err)}; {go_on}") from None
     finally:
         trainer.run.unlock()
-        world = trainer.world
-        # The trainer sits in reference cycles, so its DDP wrapper, which holds the process
-        # group, would otherwise go with whichever garbage collection comes next, perhaps
-        # during interpreter shutdown, where gloo's threads can abort the process (SIGABRT,
-        # "terminate called without an active exception") after a run that finished well.
-        del trainer
-        gc.collect()
-        leave(world)
+        leave(trainer.world)
 
 
 def _failed_write(err: OSError) -> str:
