@@ -21,6 +21,7 @@ from seq2seq_cli import __version__
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.files import atomic_write, atomic_write_text, is_same_file, out_of_space
 from seq2seq_cli.progress import lines_progress, log_to_stderr
+from seq2seq_cli.rundir import RunDir
 
 
 class _Commands(TyperGroup):
@@ -83,7 +84,6 @@ def train(
     from seq2seq_cli.config import load_config, resolve_paths
     from seq2seq_cli.launch import RunAlreadyFinished
     from seq2seq_cli.launch import train as run_training
-    from seq2seq_cli.rundir import RunDir
     from seq2seq_cli.train import TrainingInterrupted
 
     if config is None and resume is None:
@@ -131,8 +131,12 @@ def prepare(
 
 
 def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
-    """Start ``nproc`` training processes on this machine with torchrun, and exit as they do."""
+    """Start ``nproc`` training processes on this machine with torchrun, and exit as they do,
+    but for one case: a process that aborted on its way out of a run that had finished."""
     import subprocess
+    import time
+
+    from seq2seq_cli.metrics import finished_since
 
     args = ["train"]
     for flag, value in (("--config", config), ("--run-dir", run_dir), ("--resume", resume)):
@@ -141,7 +145,32 @@ def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
     args += ["--overwrite"] if overwrite else []
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "seq2seq_cli", *args, *overrides]
-    raise typer.Exit(subprocess.run(command).returncode)
+    started = time.time()
+    code = subprocess.run(command).returncode
+    run = _run_of(config, run_dir, resume, overrides)
+    step = finished_since(run, started) if code != 0 and run is not None else None
+    if step is not None:
+        # Now and then a gloo process aborts while tearing down after its work is done (SIGABRT,
+        # "terminate called without an active exception", in PyTorch's C++), and torchrun then
+        # reports the whole run as failed.
+        print(f"s2s: warning: a training process failed on its way out (torchrun exit {code}), after the run "
+              f"had finished: {run.metrics} ends with this run's end record and {run.last} holds step {step}; "
+              "nothing is lost", file=sys.stderr)
+        code = 0
+    raise typer.Exit(code)
+
+
+def _run_of(config, run_dir, resume, overrides) -> Optional[RunDir]:
+    """The run directory ``s2s train`` with these arguments writes; None if the config cannot be read
+    (the training processes say why)."""
+    from seq2seq_cli.config import load_config
+
+    if resume is not None or run_dir is not None:
+        return RunDir(resume if resume is not None else run_dir)
+    try:
+        return RunDir(load_config(config, overrides).run_dir)
+    except UserError:
+        return None
 
 
 def _weights(text: Optional[str]) -> Optional[list[float]]:

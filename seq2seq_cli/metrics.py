@@ -81,6 +81,24 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def finished_since(run: RunDir, since: float) -> Optional[int]:
+    """The step ``run`` finished at, if it finished after ``since`` (a Unix time): its
+    metrics.jsonl, written since then, ends with the end record of that step, and
+    checkpoints/last.pt holds that step. None otherwise."""
+    from seq2seq_cli.checkpoint import load_checkpoint
+
+    try:
+        if run.metrics.stat().st_mtime < since:
+            return None
+        records = read_metrics(run.metrics)
+        if not records or records[-1].get("event") != "end":
+            return None
+        step = records[-1]["step"]
+        return step if load_checkpoint(run.last)["step"] == step else None
+    except (OSError, UserError, KeyError):
+        return None
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
     from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
