@@ -609,7 +609,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 @app.command()
 def info(
-    run_dirs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories written by s2s train; several give one table."),
+    runs: List[Path] = typer.Argument(..., metavar="RUN", help="Run directories written by s2s train; several give one table."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (a list for several runs)."),
 ) -> None:
     """Summarise a run: config highlights, size, best dev BLEU, speed, checkpoints; several runs side by side.
@@ -622,7 +622,7 @@ def info(
 
     from seq2seq_cli.metrics import format_summaries, format_summary, run_summary
 
-    summaries = [run_summary(run_dir) for run_dir in run_dirs]  # any that is no run: an error before any output
+    summaries = [run_summary(run_dir) for run_dir in runs]  # any that is no run: an error before any output
     if as_json:
         typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     else:
