@@ -136,7 +136,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     best = next((r for r in reversed(valid) if r["step"] == best_step), None) or \
         max(valid, key=lambda r: r["dev_bleu"], default=None)
     best_metric = config.training.best_metric
-    best_value = best.get({"bleu": "dev_bleu", "chrf": "dev_chrf", "loss": "dev_loss"}[best_metric]) if best else None
+    best_value = best.get(f"dev_{best_metric}") if best else None  # a valid record's dev_bleu, dev_chrf, dev_loss
     return {
         "run_dir": str(run_dir),
         "data": dict(zip(("train_src", "train_tgt"), split_files(config.data, "train"))),
@@ -198,8 +198,7 @@ def format_summaries(summaries: list[dict[str, Any]]) -> str:
     header = ("run", "status", "languages", "parameters", "best dev", "test BLEU", "last step", "wall time", "tokens/s")
     rows = []
     for summary in summaries:
-        metric, value = summary["best_metric"], summary["best_dev_score"]
-        best = f"{DEV_METRICS[metric]} {_number(value, '.4f' if metric == 'loss' else '.2f')} @ {summary['best_step']}"
+        best = f"{metric_text(summary['best_metric'], summary['best_dev_score'])} @ {summary['best_step']}"
         rows.append((summary["run_dir"], "finished" if summary["finished"] else "not finished",
                      "->".join(code or "?" for code in summary["languages"].values()), f"{summary['parameters']:,}",
                      best, _number(summary["test_bleu"]), str(summary["last_step"]),
@@ -215,9 +214,18 @@ def _best_row(summary: dict[str, Any]) -> tuple[str, str]:
     tokenizer = f"sacreBLEU tokenizer {summary['bleu_tokenize']}"
     if metric == "bleu":
         return "best dev BLEU", f"{bleu} at step {summary['best_step']} ({tokenizer})"
-    value = _number(summary["best_dev_score"], ".4f" if metric == "loss" else ".2f")
     return (f"best dev {DEV_METRICS[metric]}",
-            f"{value} at step {summary['best_step']} (BLEU {bleu}, {tokenizer})")
+            f"{metric_value(metric, summary['best_dev_score'])} at step {summary['best_step']} (BLEU {bleu}, {tokenizer})")
+
+
+def metric_value(metric: str, value: Optional[float]) -> str:
+    """A dev metric's value as logs and ``s2s info`` show it: a loss to 4 decimals, BLEU and chrF to 2."""
+    return _number(value, ".4f" if metric == "loss" else ".2f")
+
+
+def metric_text(metric: str, value: Optional[float]) -> str:
+    """``BLEU 35.10``, ``chrF 58.31``, ``loss 1.2345``."""
+    return f"{DEV_METRICS[metric]} {metric_value(metric, value)}"
 
 
 def _number(value, spec: str = ".2f") -> str:

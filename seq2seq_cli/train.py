@@ -27,7 +27,7 @@ from seq2seq_cli.distributed import World, from_main, gather_all, sum_all
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.evaluation import corpus_bleu, corpus_chrf, run_bleu_metric, run_bleu_tokenizer
 from seq2seq_cli.graphs import GraphCaptureError, GraphedSteps, PendingStep
-from seq2seq_cli.metrics import MetricsLog, read_metrics
+from seq2seq_cli.metrics import MetricsLog, metric_text, read_metrics
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.plotting import plot_curves
 from seq2seq_cli.progress import Progress, StopOnSignal
@@ -244,7 +244,7 @@ class Trainer:
         planned = self.planned_steps()
         gave_up = (f" of ~{planned} that max_steps/max_epochs allow" if stop.key == "max_minutes" and planned
                    and state.step < planned else "")
-        best = (f"best dev {DEV_METRICS[state.best_metric]} {state.best_value:.{4 if state.best_metric == 'loss' else 2}f}"
+        best = (f"best dev {metric_text(state.best_metric, state.best_value)}"
                 + ("" if state.best_metric == "bleu" else f" (BLEU {state.best_dev_bleu:.2f})"))
         log.info("stopped: %s after %d steps%s (%.1f min); %s at step %d", stop.reason, state.step,
                  gave_up, self.elapsed() / 60, best, state.best_step)
