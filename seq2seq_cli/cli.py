@@ -395,20 +395,19 @@ def evaluate(
     if not references:  # sacreBLEU has no score for no sentences
         raise UserError(f"--ref {ref[0]} is empty: there is nothing to score; give a file with one reference per line")
     speed = None
-    if hyp and len(hyp) > 1:
+    if hyp:
         systems = [(str(path), read_lines(path)) for path in hyp]
         for path, (_, hypotheses) in zip(hyp, systems):
             if len(hypotheses) != len(references):
                 raise UserError(f"--hyp {path} has {len(hypotheses)} lines but {ref[0]} has {len(references)}; "
                                 "they must be line-aligned")
-        report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
-        typer.echo(format_paired_report(report))
-        _write_text(json_file, json.dumps(report, indent=2) + "\n")
-        _write_text(sentences_file, sentence_table(systems, reference_sets, bleu))
-        return
-    if hyp:
-        hypotheses = read_lines(hyp[0])
-        compared = hyp[0]
+        if len(systems) > 1:
+            report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
+            typer.echo(format_paired_report(report))
+            _write_text(json_file, json.dumps(report, indent=2) + "\n")
+            _write_text(sentences_file, sentence_table(systems, reference_sets, bleu))
+            return
+        hypotheses = systems[0][1]
     elif checkpoint and src is not None:
         from seq2seq_cli.translation import Translator
 
@@ -422,13 +421,9 @@ def evaluate(
                                      split_sentences=split_sentences)
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
-        compared = src
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
-    if len(hypotheses) != len(references):
-        raise UserError(f"{compared} has {len(hypotheses)} lines but {ref[0]} has {len(references)}; "
-                        "they must be line-aligned")
     report = score_report(hypotheses, reference_sets, bleu)
     if speed:
         report["decoding"] = speed
