@@ -95,7 +95,8 @@ class Decoded:
 def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
     translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
-                                          beam_size=search.beam_size, split_sentences=search.split_sentences)
+                                          beam_size=search.beam_size, split_sentences=search.split_sentences,
+                                          fit_long_lines=True)  # a client sees no warning: cut nothing off
     sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
     decoded = []
     for source_ids, hypotheses in zip(sources, results):

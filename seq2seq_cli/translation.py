@@ -2,7 +2,7 @@
 
 Input is read as bytes and never stops the stream: invalid UTF-8 is replaced (with a
 warning), an empty line gives an empty translation, an over-long line is truncated to the
-model's limit (with a warning). Lines that are already available are translated together;
+model's limit (with a warning), or with ``fit_long_lines`` translated in pieces that fit. Lines that are already available are translated together;
 a line typed at a terminal is answered without waiting for more input. With
 ``split_sentences`` a line is translated sentence by sentence (``seq2seq_cli.segmentation``),
 a sentence over the model's limit in pieces that fit rather than truncated, and the
@@ -271,6 +271,9 @@ class Translator:
         self.sampling: Optional[Sampling] = None  # None: search
         # Translate each line sentence by sentence (seq2seq_cli.segmentation), in the run's languages.
         self.split_sentences = False
+        # A line over the model's limit translated in pieces that fit rather than cut to the limit
+        # (always so when splitting sentences).
+        self.fit_long_lines = False
         self.source_language, self.target_language = language_pair(config.data)
         # The longest source the model was trained on; longer input is cut to it.
         self.max_source_tokens = config.data.max_len
@@ -336,7 +339,7 @@ class Translator:
 
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
                       sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
-                      **decoding_overrides) -> "Translator":
+                      fit_long_lines: Optional[bool] = None, **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
@@ -344,6 +347,8 @@ class Translator:
         sibling.keep_attention = self.keep_attention if keep_attention is None else keep_attention
         if split_sentences is not None:
             sibling.split_sentences = bool(split_sentences)
+        if fit_long_lines is not None:
+            sibling.fit_long_lines = bool(fit_long_lines)
         if sampling is not None:
             _check_sampling(sampling)
             sibling.sampling = sampling
@@ -421,6 +426,8 @@ class Translator:
         if self.split_sentences:
             sentences = [self._fit(split_sentences(text, self.source_language), first_line + offset)
                          for offset, text in enumerate(texts)]
+        elif self.fit_long_lines:
+            sentences = [self._fit([text], first_line + offset) for offset, text in enumerate(texts)]
         else:
             sentences = [[text] for text in texts]
         first_sentence = self.sentences_read
@@ -433,9 +440,9 @@ class Translator:
         fitted = fit_sentences(sentences, self.max_source_tokens, self.tokenizers.src_words)
         if len(fitted) > len(sentences):
             cuts = len(fitted) - len(sentences)
-            log.warning("input line %d: over the model's limit of %d tokens (data.max_len) without a sentence end; "
+            log.warning("input line %d: over the model's limit of %d tokens (data.max_len)%s; "
                         "translated in pieces cut between words (%d cut%s)", line_number, self.max_source_tokens,
-                        cuts, "" if cuts == 1 else "s")
+                        " without a sentence end" if self.split_sentences else "", cuts, "" if cuts == 1 else "s")
         return fitted
 
     def _translate(self, lines: _Lines, nbest: Optional[int] = None,

@@ -23,6 +23,7 @@ pytest.importorskip("fastapi")
 from conftest import assert_user_errors, png_size, s2s_forked, tiny_config, toy_lines  # noqa: E402
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
+from seq2seq_cli.tokenization import Tokenizers  # noqa: E402
 
 
 def free_port() -> int:
@@ -156,7 +157,10 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
 def test_paragraphs_are_translated_sentence_by_sentence(run, server):
     """As LibreTranslate does: a text is split into sentences (``s2s translate --split-sentences``),
     in plain text, in HTML and on /v1 unless a request says otherwise."""
-    paragraph = " ".join(toy_lines("test", 3)[0])
+    tokenizers = Tokenizers.load(run / "tokenizer")
+    by_length = sorted(toy_lines("test", 40)[0], key=lambda line: len(tokenizers.encode_src([line])[0]))
+    paragraph = " ".join(by_length[:2])
+    assert len(tokenizers.encode_src([paragraph])[0]) <= 30  # within data.max_len whole
     split_nbest, (split,), (whole,) = (
         cli_translations(run, [paragraph], *options) for options in (
             ["--split-sentences", "--beam-size", "2", "--nbest", "2"], ["--split-sentences"], []))
@@ -174,10 +178,20 @@ def test_paragraphs_are_translated_sentence_by_sentence(run, server):
     before = sentences_translated()
     native = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph]}).json()["translations"][0]
     assert native["translation"] == split
-    assert sentences_translated() == before + 3
+    assert sentences_translated() == before + 2
     unsplit = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph], "split_sentences": False}).json()
-    assert sentences_translated() == before + 4
+    assert sentences_translated() == before + 3
     assert unsplit["translations"][0]["translation"] == whole != split
+    # Unsplit, a text over the run's data.max_len (30) is translated in pieces as a sentence
+    # that long is when splitting, not cut off as s2s translate cuts it (with a warning no
+    # client would see).
+    long_text = " and ".join(line.rstrip(".") for line in toy_lines("test", 6)[0])
+    (pieces,), (cut,) = (cli_translations(run, [long_text], *options) for options in (["--split-sentences"], []))
+    assert pieces != cut and len(pieces.split()) > 1.5 * len(cut.split())
+    for split_on_the_server in (True, False):
+        answer = httpx.post(f"{server.url}/v1/translate",
+                            json={"texts": [long_text], "split_sentences": split_on_the_server}).json()
+        assert answer["translations"][0]["translation"] == pieces
     bad = httpx.post(f"{server.url}/v1/translate", json={"texts": [paragraph], "split_sentences": "yes"})
     assert bad.status_code == 400 and "split_sentences must be true or false" in bad.json()["error"]
 
