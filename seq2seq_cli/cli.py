@@ -625,6 +625,13 @@ def info(
 
 
 def main() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _main_of_a_torchrun_worker()
+    else:
+        _main()
+
+
+def _main() -> None:
     try:
         app()
     except UserError as err:
@@ -638,3 +645,40 @@ def main() -> None:
         print(f"s2s: error: {err.filename}: {err.strerror}; check that it exists and that you may read (or write) it",
               file=sys.stderr)
         sys.exit(2)
+
+
+def _main_of_a_torchrun_worker() -> None:
+    """``_main`` in one of torchrun's processes, which then leaves at once (``os._exit``) with its
+    exit code, its output flushed.
+
+    The process group is left when training ends (``launch.train``), but gloo's C++ threads can
+    outlive that, held by DistributedDataParallel; torn down with the interpreter they sometimes
+    abort the process (SIGABRT, "terminate called without an active exception"), and torchrun then
+    reports a finished run as failed. Nothing is left to do at that point, so the teardown is
+    skipped. ``faulthandler`` prints where a process aborts should one still do so."""
+    import faulthandler
+    import logging
+    import traceback
+
+    faulthandler.enable()
+    code = 1
+    try:
+        _main()
+        code = 0
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more to write
+                pass
+        os._exit(code)

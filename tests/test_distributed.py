@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import seq2seq_cli
+
 from seq2seq_cli.config import load_config
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.launch import build_trainer, train
@@ -166,3 +168,27 @@ def test_a_process_that_aborts_after_the_run_finished_does_not_fail_it(tmp_path,
     with pytest.raises(typer.Exit) as failed:
         cli._run_torchrun(2, None, None, False, tmp_path / "run", [f"training.max_steps={2 * STEPS}"])
     assert failed.value.exit_code == 1 and "nothing is lost" not in capsys.readouterr().err
+
+
+def test_a_torchrun_process_leaves_with_its_exit_code_and_output_but_skips_the_teardown(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) s2s ends with os._exit, so gloo's threads are never torn
+    down with the interpreter (where they can abort): its output and exit code must still be
+    those of the command, and the interpreter's exit handlers (what os._exit skips) never run."""
+    run = (f"import atexit, sys; atexit.register(lambda: print('torn down', file=sys.stderr)); "
+           f"sys.argv = ['s2s'] + sys.argv[1:]; from seq2seq_cli.cli import main; main()")
+
+    def s2s_in_a_worker(*args):
+        env = {**os.environ, "WORLD_SIZE": "2"}
+        return subprocess.run([sys.executable, "-c", run, *map(str, args)], capture_output=True, env=env, timeout=120)
+
+    version = s2s_in_a_worker("--version")
+    assert version.returncode == 0 and version.stdout.decode().strip().endswith(seq2seq_cli.__version__)
+    missing = s2s_in_a_worker("info", tmp_path / "no-run")
+    assert missing.returncode == 2
+    assert missing.stderr.decode().startswith("s2s: error: ") and "no-run" in missing.stderr.decode()
+    for result in (version, missing):
+        assert "torn down" not in result.stderr.decode()
+    # The same without torchrun: the interpreter's usual exit, handlers included.
+    env = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}
+    plain = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True, env=env, timeout=120)
+    assert plain.returncode == 0 and "torn down" in plain.stderr.decode()
