@@ -82,22 +82,29 @@ def train(
     Example: s2s train --config configs/toy.yaml training.max_steps=200
     """
     from seq2seq_cli.config import load_config, resolve_paths
-    from seq2seq_cli.launch import RunAlreadyFinished
+    from seq2seq_cli.launch import RunAlreadyFinished, check_before_launch
     from seq2seq_cli.launch import train as run_training
     from seq2seq_cli.train import TrainingInterrupted
 
     if config is None and resume is None:
         raise UserError("give --config FILE to start a run, or --resume RUN_DIR to continue one")
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides or [])
     if resume is not None and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it; choose one")
     if resume is not None and run_dir is not None and run_dir.resolve() != resume.resolve():
         raise UserError(f"--run-dir {run_dir} and --resume {resume} name different runs; give only --resume")
+    if config is None and not RunDir(resume).config.is_file():
+        raise UserError(f"cannot resume {resume}: no run there (no config.yaml); give the run directory s2s train wrote")
     settings = load_config(config if config is not None else RunDir(resume).config, overrides or [])
     if resume is not None or run_dir is not None:
         settings.run_dir = str(resume if resume is not None else run_dir)
         resolve_paths(settings)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        try:
+            check_before_launch(settings, nproc, overwrite=overwrite, resume=resume is not None)
+        except RunAlreadyFinished as finished:
+            print(f"s2s: {finished}", file=sys.stderr)
+            return
+        _run_torchrun(nproc, RunDir(settings.run_dir), config, run_dir, overwrite, resume, overrides or [])
     try:
         run_training(settings, overwrite=overwrite, resume=resume is not None)
     except TrainingInterrupted as stop:
@@ -130,9 +137,10 @@ def prepare(
     typer.echo(f"prepared {data_dir}")
 
 
-def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
-    """Start ``nproc`` training processes on this machine with torchrun, and exit as they do,
-    but for one case: a process that aborted on its way out of a run that had finished."""
+def _run_torchrun(nproc, run: RunDir, config, run_dir, overwrite, resume, overrides) -> None:
+    """Start ``nproc`` training processes on this machine with torchrun (training ``run``), and
+    exit as they do, but for one case: a process that aborted on its way out of a run that had
+    finished."""
     import subprocess
     import time
 
@@ -147,8 +155,7 @@ def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
                "-m", "seq2seq_cli", *args, *overrides]
     started = time.time()
     code = subprocess.run(command).returncode
-    run = _run_of(config, run_dir, resume, overrides)
-    step = finished_since(run, started) if code != 0 and run is not None else None
+    step = finished_since(run, started) if code != 0 else None
     if step is not None:
         # Now and then a gloo process aborts while tearing down after its work is done (SIGABRT,
         # "terminate called without an active exception", in PyTorch's C++), and torchrun then
@@ -158,19 +165,6 @@ def _run_torchrun(nproc, config, run_dir, overwrite, resume, overrides) -> None:
               "nothing is lost", file=sys.stderr)
         code = 0
     raise typer.Exit(code)
-
-
-def _run_of(config, run_dir, resume, overrides) -> Optional[RunDir]:
-    """The run directory ``s2s train`` with these arguments writes; None if the config cannot be read
-    (the training processes say why)."""
-    from seq2seq_cli.config import load_config
-
-    if resume is not None or run_dir is not None:
-        return RunDir(resume if resume is not None else run_dir)
-    try:
-        return RunDir(load_config(config, overrides).run_dir)
-    except UserError:
-        return None
 
 
 def _weights(text: Optional[str]) -> Optional[list[float]]:

@@ -39,7 +39,7 @@ from seq2seq_cli.precision import check_cpu_bf16, resolve as resolve_precision
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers, build_tokenizers
 from seq2seq_cli.state import TrainingState, out_of_time
-from seq2seq_cli.train import Trainer
+from seq2seq_cli.train import Trainer, check_same_processes
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,22 @@ def train(config: Config, overwrite: bool = False, resume: bool = False) -> dict
     finally:
         trainer.run.unlock()
         leave(trainer.world)
+
+
+def check_before_launch(config: Config, processes: int, overwrite: bool = False, resume: bool = False) -> None:
+    """What ``build_trainer`` in ``processes`` processes would refuse before any work, checked
+    without starting anything: ``s2s train --nproc`` checks here before it starts torchrun, so a
+    mistake is one line from one process (raises ``RunAlreadyFinished`` for a finished run
+    resumed with the same limits)."""
+    check_training_files(config)
+    check_cpu_bf16(config.training.precision, select_device(config.training.device), "training.precision=")
+    run = RunDir(config.run_dir)
+    if resume:
+        check_same_processes(_checkpoint_to_resume(config, run), processes)
+        return
+    run.refuse_existing(overwrite)
+    if config.training.init_from:
+        _parent(config)
 
 
 def _failed_write(err: OSError) -> str:

@@ -135,15 +135,20 @@ class RunDir:
     def unlock(self) -> None:
         self._lock.release()
 
+    def refuse_existing(self, overwrite: bool) -> list[str]:
+        """What of an earlier run is here (``ENTRIES``); an error if anything is, unless told to replace it."""
+        existing = [name for name in self.ENTRIES if (self.root / name).exists()]
+        if existing and not overwrite:
+            raise UserError(f"run directory {self.root} already holds a run ({', '.join(existing)}); "
+                            "pass --overwrite to replace it or --run-dir to choose another")
+        return existing
+
     def start_fresh(self, overwrite: bool, reads: Optional[dict[str, Optional[str | Path]]] = None) -> None:
         """Make the (locked) directory ready for a new run: refuse one that holds a run unless
         told to replace it, and never touch files s2s did not write. ``reads`` names what the
         new run will read (setting: path), which replacing the old run must not remove: a run
         fine-tuned from the run it replaces would delete its own parent."""
-        existing = [name for name in self.ENTRIES if (self.root / name).exists()]
-        if existing and not overwrite:
-            raise UserError(f"run directory {self.root} already holds a run ({', '.join(existing)}); "
-                            "pass --overwrite to replace it or --run-dir to choose another")
+        existing = self.refuse_existing(overwrite)
         for setting, path in (reads or {}).items():
             if path is None:
                 continue

@@ -407,9 +407,7 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.state = TrainingState.from_checkpoint(payload)
-        if len(saved["rng"]) != self.world.size:
-            raise UserError(f"the checkpoint was saved by {len(saved['rng'])} process(es); resume it with the same "
-                            f"number (now {self.world.size}) to continue exactly")
+        check_same_processes(payload, self.world.size)
         set_rng_states(saved["rng"][self.world.rank])
 
     def save_last(self) -> None:
@@ -430,3 +428,12 @@ class Trainer:
         bleu = corpus_bleu(self.translate(self.test), self.test.tgt_lines, self.bleu_metric)
         log.info("test BLEU (best checkpoint, greedy): %.2f", bleu)
         return round(bleu, 2)
+
+
+def check_same_processes(checkpoint: dict[str, Any], processes: int) -> None:
+    """A run continues exactly only in as many processes as saved its checkpoint (one RNG state each)."""
+    saved = len(checkpoint["trainer"]["rng"])
+    if saved != processes:
+        raise UserError(f"the checkpoint was saved by {saved} process(es); resume it with the same "
+                        f"number (now {processes}) to continue exactly")
+

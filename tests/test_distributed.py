@@ -17,6 +17,7 @@ import seq2seq_cli
 from seq2seq_cli.config import load_config
 from seq2seq_cli.metrics import read_metrics
 from seq2seq_cli.launch import build_trainer, train
+from seq2seq_cli.rundir import RunDir
 
 from conftest import assert_user_error, s2s_forked, tiny_config
 
@@ -156,7 +157,7 @@ def test_a_process_that_aborts_after_the_run_finished_does_not_fail_it(tmp_path,
 
     monkeypatch.setattr(subprocess, "run", torchrun_that_aborts_at_exit)
     with pytest.raises(typer.Exit) as finished:
-        cli._run_torchrun(2, config, None, False, None, [])
+        cli._run_torchrun(2, RunDir(tmp_path / "run"), config, None, False, None, [])
     assert finished.value.exit_code == 0
     warning = capsys.readouterr().err
     assert "a training process failed on its way out (torchrun exit -6), after the run had finished" in warning
@@ -166,16 +167,39 @@ def test_a_process_that_aborts_after_the_run_finished_does_not_fail_it(tmp_path,
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: real_run(command, **kwargs)
                         if "torch.distributed.run" not in command else subprocess.CompletedProcess(command, 1))
     with pytest.raises(typer.Exit) as failed:
-        cli._run_torchrun(2, None, None, False, tmp_path / "run", [f"training.max_steps={2 * STEPS}"])
+        cli._run_torchrun(2, RunDir(tmp_path / "run"), None, None, False, tmp_path / "run",
+                          [f"training.max_steps={2 * STEPS}"])
     assert failed.value.exit_code == 1 and "nothing is lost" not in capsys.readouterr().err
+
+
+def test_nproc_checks_the_config_and_the_run_before_it_starts_torchrun(tmp_path):
+    """A mistake is one line from one process, as without --nproc, not each process's line
+    followed by torchrun's report of the failed launch; a finished run is not relaunched."""
+    config = tiny_config(tmp_path, training=SCHEDULE)
+    missing = tiny_config(tmp_path / "other", data={"dev_src": str(tmp_path / "nowhere.en")})
+    assert_user_error(s2s_forked("train", "--nproc", 2, "--config", missing), f"data.dev_src: file {tmp_path}")
+    train(load_config(config))
+    for args, fragment in (
+            (["--config", config], "already holds a run"),
+            (["--config", config, "--run-dir", tmp_path / "new", f"training.init_from={tmp_path / 'nowhere'}"],
+             "nowhere: no such checkpoint file or run directory"),
+            (["--resume", tmp_path / "new"], "cannot resume"),
+            (["--resume", tmp_path / "run", "training.max_steps=9"], "saved by 1 process(es); resume it with the same"),
+            (["--resume", tmp_path / "run", "model.hidden_size=64", "training.max_steps=9"], "model.hidden_size")):
+        result = s2s_forked("train", "--nproc", 2, *args)
+        assert_user_error(result, fragment)
+        assert result.stderr.decode().count("s2s: error") == 1 and "torch.distributed" not in result.stderr.decode()
+    finished = s2s_forked("train", "--nproc", 2, "--resume", tmp_path / "run")
+    assert finished.returncode == 0 and "nothing to do" in finished.stderr.decode()
+    assert "torch.distributed" not in finished.stderr.decode() and not (tmp_path / "new").exists()
 
 
 def test_a_torchrun_process_leaves_with_its_exit_code_and_output_but_skips_the_teardown(tmp_path):
     """Under torchrun (WORLD_SIZE > 1) s2s ends with os._exit, so gloo's threads are never torn
     down with the interpreter (where they can abort): its output and exit code must still be
     those of the command, and the interpreter's exit handlers (what os._exit skips) never run."""
-    run = (f"import atexit, sys; atexit.register(lambda: print('torn down', file=sys.stderr)); "
-           f"sys.argv = ['s2s'] + sys.argv[1:]; from seq2seq_cli.cli import main; main()")
+    run = ("import atexit, sys; atexit.register(lambda: print('torn down', file=sys.stderr)); "
+           "sys.argv = ['s2s'] + sys.argv[1:]; from seq2seq_cli.cli import main; main()")
 
     def s2s_in_a_worker(*args):
         env = {**os.environ, "WORLD_SIZE": "2"}

@@ -139,7 +139,7 @@ def test_resume_refuses_a_different_model(tmp_path):
     train(config)
     assert_user_error(s2s_forked("train", "--resume", config.run_dir, "model.hidden_size=64"),
                       "model.hidden_size is 64 but the run was trained with 24")
-    assert_user_error(s2s_forked("train", "--resume", tmp_path / "nothing"), "nothing/config.yaml not found")
+    assert_user_error(s2s_forked("train", "--resume", tmp_path / "nothing"), "nothing: no run there (no config.yaml)")
 
 
 def test_a_resumed_run_scores_bleu_as_its_best_was_scored(tmp_path, caplog):
