@@ -8,6 +8,7 @@ structural sizes, so a checkpoint plus its run directory's tokenizer rebuild the
 from __future__ import annotations
 
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import torch
 
 from seq2seq_cli import __version__
-from seq2seq_cli.config import Config, config_from_dict
+from seq2seq_cli.config import Config, config_from_dict, to_dict, to_yaml
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.files import atomic_torch_save, out_of_space
+from seq2seq_cli.files import atomic_torch_save, out_of_space, save_atomically
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import Tokenizers
@@ -84,20 +85,88 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokeniz
     checkpoint_file, run_dir = RunDir.resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint_file)
     config = checkpoint_config(payload, checkpoint_file)
+    tokenizers = _run_tokenizers(run_dir, checkpoint_file, payload)
+    model = Seq2Seq(config.model, **payload["model_args"])
+    try:
+        model.load_state_dict(payload["model"])  # weights stored in half precision become fp32 here
+    except RuntimeError as err:
+        raise UserError(f"{checkpoint_file}: weights do not fit the model in its config "
+                        f"({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), tokenizers, config
+
+
+def _run_tokenizers(run_dir: RunDir, checkpoint_file: Path, payload: dict[str, Any]) -> Tokenizers:
+    """The tokenizers of the run a checkpoint belongs to, once it is clear they are the checkpoint's."""
     tokenizer_dir = run_dir.tokenizer
     if not tokenizer_dir.is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer folder missing; a run directory needs it to translate")
     tokenizers = Tokenizers.load(tokenizer_dir)
-    model = Seq2Seq(config.model, **payload["model_args"])
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise UserError(f"{checkpoint_file}: weights do not fit the model in its config "
-                        f"({str(err).splitlines()[0]})") from None
     if (tokenizers.src_size, tokenizers.tgt_size) != (payload["model_args"]["src_vocab_size"],
                                                       payload["model_args"]["tgt_vocab_size"]):
         raise UserError(f"{tokenizer_dir}: vocabulary sizes do not match {checkpoint_file}")
-    return model.to(device).eval(), tokenizers, config
+    return tokenizers
+
+
+def parameter_count(weights: dict[str, torch.Tensor]) -> int:
+    """The model's parameters, a tied weight (one tensor under two names) counted once."""
+    return sum(tensor.numel() for tensor in {_place(t): t for t in weights.values()}.values())
+
+
+def _place(tensor: torch.Tensor) -> tuple:
+    """Where a tensor's numbers are: the same for the two names of a tied weight."""
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride()
+
+
+def _halved(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point weights in fp16, a tied weight still one tensor (stored once)."""
+    halves: dict[tuple, torch.Tensor] = {}
+    for tensor in weights.values():
+        if _place(tensor) not in halves:
+            halves[_place(tensor)] = tensor.half() if tensor.is_floating_point() else tensor
+    return {name: halves[_place(tensor)] for name, tensor in weights.items()}
+
+
+def export_model(path: str | Path, output: str | Path, fp16: bool = False) -> tuple[Path, Path]:
+    """A model folder to share or serve, from a run directory (its best checkpoint) or a
+    checkpoint file: ``config.yaml``, ``tokenizer/``, ``checkpoints/best.pt`` holding only the
+    weights (no optimizer or training state) and the run's ``metrics.jsonl`` (how it was
+    trained, for ``s2s info``). Every command that takes a run directory takes it.
+    ``fp16``: the weights stored in half precision, half the size (read back into fp32, which
+    changes a translation now and then). ``output`` must be new or empty; it is written
+    complete or not at all. Returns the folder and the checkpoint exported."""
+    checkpoint_file, run = RunDir.resolve_checkpoint(path)
+    payload = load_checkpoint(checkpoint_file)
+    config = checkpoint_config(payload, checkpoint_file)
+    tokenizers = _run_tokenizers(run, checkpoint_file, payload)
+    target = RunDir(output)
+    if target.root.exists() and (not target.root.is_dir() or any(target.root.iterdir())):
+        raise UserError(f"--output {target.root}: already exists and is not an empty folder; export to a new folder")
+    weights = payload["model"]
+    if fp16:
+        largest = max((t.abs().max().item() for t in weights.values() if t.is_floating_point() and t.numel()),
+                      default=0.0)
+        if largest > torch.finfo(torch.float16).max:
+            raise UserError(f"{checkpoint_file}: a weight of {largest:g} does not fit in fp16; export without --fp16")
+        weights = _halved(weights)
+    headline = {key: value for key, value in payload.items()
+                if key not in ("format_version", "s2s_version", "model", "trainer", "config")}
+    config.run_dir = str(target.root)
+
+    def write(folder: Path) -> None:
+        exported = RunDir(folder)
+        tokenizers.save(exported.tokenizer)
+        exported.config.write_text(to_yaml(config), encoding="utf-8")
+        if run.metrics.is_file():
+            shutil.copyfile(run.metrics, exported.metrics)
+        exported.checkpoints.mkdir()
+        save_checkpoint(exported.best, {**headline, "config": to_dict(config), "model": weights,
+                                        "exported_from": str(checkpoint_file.resolve()),
+                                        "weights_dtype": "float16" if fp16 else "float32"},
+                        then="export again")
+
+    target.root.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(target.root, write)
+    return target.root, checkpoint_file
 
 
 def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | None = None) -> Path:

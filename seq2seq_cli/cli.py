@@ -531,6 +531,25 @@ def average(
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", metavar="RUN", help="A run directory (its best checkpoint) or a checkpoint file, e.g. checkpoints/averaged.pt."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="A new (or empty) folder to write the model to."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store the weights in half precision: half the size; a translation now and then comes out differently."),
+) -> None:
+    """Write a model folder to share or serve: config, tokenizer and one checkpoint's weights, no training state.
+
+    translate, evaluate, score, serve and training.init_from take the folder as they take a run.
+
+    Example: s2s export --checkpoint runs/multi30k/checkpoints/averaged.pt --output models/de-en
+    """
+    from seq2seq_cli.checkpoint import export_model
+
+    folder, exported = export_model(checkpoint, output, fp16=fp16)
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    typer.echo(f"wrote {folder} ({size / 2**20:.1f} MiB) from {exported}")
+
+
+@app.command()
 def serve(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="A run to serve; repeat for several language pairs."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Serve runs of the same language pair as one ensemble (equal weights)."),

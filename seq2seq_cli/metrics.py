@@ -101,7 +101,7 @@ def finished_since(run: RunDir, since: float) -> Optional[int]:
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The facts ``s2s info`` prints about a run directory."""
-    from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint
+    from seq2seq_cli.checkpoint import checkpoint_config, load_checkpoint, parameter_count
     from seq2seq_cli.config import language_pair, split_files
     from seq2seq_cli.evaluation import run_bleu_tokenizer
     from seq2seq_cli.state import TrainingState
@@ -125,7 +125,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         if path.is_file():
             payload = load_checkpoint(path)
             checkpoints[name] = {"path": str(path), "step": payload["step"]}
-            parameters = sum(t.numel() for t in payload["model"].values())
+            parameters = parameter_count(payload["model"])
             config = checkpoint_config(payload, path)
             if "trainer" in payload:  # the tokenizer dev BLEU was measured with (best.pt has no state)
                 bleu_tokenize = TrainingState.from_checkpoint(payload).bleu_tokenize

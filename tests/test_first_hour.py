@@ -70,7 +70,7 @@ def test_a_run_stopped_by_time_says_what_it_gave_up(tmp_path, caplog):
     assert f"after {summary['step']} steps of ~100000 that max_steps/max_epochs allow" in caplog.text
 
 
-@pytest.mark.parametrize("command", ["train", "prepare", "translate", "evaluate", "average", "serve", "info"])
+@pytest.mark.parametrize("command", ["train", "prepare", "translate", "evaluate", "average", "export", "score", "serve", "info"])
 def test_help_reads_well_at_80_columns(command):
     result = subprocess.run([sys.executable, "-m", "seq2seq_cli", command, "--help"], capture_output=True,
                             env={**os.environ, "COLUMNS": "80"}, timeout=60)
