@@ -164,8 +164,13 @@ def export_model(path: str | Path, output: str | Path, fp16: bool = False) -> tu
                                         "weights_dtype": "float16" if fp16 else "float32"},
                         then="export again")
 
-    target.root.parent.mkdir(parents=True, exist_ok=True)
-    save_atomically(target.root, write)
+    try:
+        target.root.parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(target.root, write)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise UserError(f"--output {target.root}: cannot write it ({where}{err.strerror or err}); nothing was "
+                        "written, choose a folder you may write to (with free space)") from None
     return target.root, checkpoint_file
 
 

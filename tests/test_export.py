@@ -100,6 +100,8 @@ def test_export_writes_only_to_a_new_folder_and_takes_any_checkpoint(run, tmp_pa
     assert_user_error(s2s_forked("export", "--checkpoint", tmp_path / "nothing", "--output", tmp_path / "x"),
                       "no such checkpoint file or run directory")
     assert not (tmp_path / "x").exists()
+    assert_user_error(s2s_forked("export", "--checkpoint", run, "--output", taken / "notes.txt" / "model"),
+                      f"--output {taken / 'notes.txt' / 'model'}: cannot write it")
 
     # A checkpoint file, e.g. a kept step: its weights, not the run's best.
     step = run / "checkpoints" / "step-00000004.pt"
