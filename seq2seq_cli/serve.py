@@ -863,19 +863,27 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
     return number
 
 
-_TAG = re.compile(r"(<!--.*?-->|<[^>]*>)", re.S)
+# Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
+# text to translate (a translated script would no longer run).
+_MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*?</(?P=code)\s*>"
+                     r"|<[^>]*>", re.S | re.I)
 
 
 def _html_text(text: str) -> list[tuple[Optional[str], str]]:
     """HTML split into markup (kept exactly) and text runs to translate: (markup, "") or (None, text)."""
     pieces: list[tuple[Optional[str], str]] = []
-    for part in _TAG.split(text):
-        if not part:
-            continue
-        if _TAG.fullmatch(part) or not part.strip():
-            pieces.append((part, ""))
-        else:
-            pieces.append((None, part))
+
+    def add_text(part: str) -> None:
+        pieces.append((part, "") if not part.strip() else (None, part))
+
+    position = 0
+    for markup in _MARKUP.finditer(text):
+        if markup.start() > position:
+            add_text(text[position:markup.start()])
+        pieces.append((markup.group(), ""))
+        position = markup.end()
+    if position < len(text):
+        add_text(text[position:])
     return pieces
 
 
