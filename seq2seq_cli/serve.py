@@ -806,17 +806,22 @@ async def read_body(request) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    content_type = request.headers.get("content-type", "")
+    query = _fields(parse_qs(request.url.query, keep_blank_values=True))
+    if content_type.startswith("multipart/form-data"):  # parts may be files, of any bytes
+        from starlette.exceptions import HTTPException
+
+        try:
+            form = await _replayed(request, bytes(raw)).form()
+        except HTTPException as err:  # what Starlette makes of a malformed body
+            raise ClientError(f"malformed multipart/form-data body: {err.detail}") from None
+        return {**query, **_fields({key: form.getlist(key) for key in form})}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ClientError("request body is not valid UTF-8") from None
-    content_type = request.headers.get("content-type", "")
-    query = _fields(parse_qs(request.url.query, keep_blank_values=True))
     if content_type.startswith("application/x-www-form-urlencoded"):
         return {**query, **_fields(parse_qs(text, keep_blank_values=True))}
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form()
-        return {**query, **_fields({key: form.getlist(key) for key in form})}
     if not text.strip():
         return query
     try:
@@ -826,6 +831,16 @@ async def read_body(request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
     return body
+
+
+def _replayed(request, body: bytes):
+    """The request again, with ``body`` as its body: a request's stream can be read only once."""
+    from starlette.requests import Request
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
 
 
 def _fields(fields: dict[str, list]) -> dict[str, Any]:

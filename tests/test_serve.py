@@ -117,6 +117,13 @@ def test_libretranslate_requests_and_answers(run, server):
     assert single == {"translatedText": expected}
     form = httpx.post(f"{server.url}/translate", data={"q": line, "source": "auto", "target": "de"}).json()
     assert form == {"translatedText": expected, "detectedLanguage": {"confidence": 100.0, "language": "en"}}
+    # multipart/form-data, as a browser's FormData sends it (LibreTranslate's own page does).
+    multipart = httpx.post(f"{server.url}/translate", data={"source": "en", "target": "de"},
+                           files={"q": (None, line.encode())})
+    assert multipart.request.headers["content-type"].startswith("multipart/form-data")
+    assert multipart.json() == {"translatedText": expected}
+    malformed = httpx.post(f"{server.url}/translate", content=b"q=x", headers={"content-type": "multipart/form-data"})
+    assert malformed.status_code == 400 and malformed.json()["error"].startswith("malformed multipart/form-data body")
     # Fields in the URL's query string, as LibreTranslate reads them too; the body's win.
     query = httpx.post(f"{server.url}/translate", params={"q": line, "source": "fr", "target": "de"},
                        data={"source": "en"})
