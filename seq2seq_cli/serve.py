@@ -32,6 +32,7 @@ import logging
 import math
 import multiprocessing
 import re
+import secrets
 import signal
 import threading
 import time
@@ -41,11 +42,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import torch
 
 from seq2seq_cli.device import select_device
+from seq2seq_cli.documents import FILE_FORMATS, decode_text_file, html_pieces, reassemble, text_file_pieces, text_lines
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -244,6 +246,11 @@ class BatchingWorker:
     def queued_sentences(self) -> int:
         return self._queued_sentences
 
+    @property
+    def decoders(self) -> int:
+        """How many batches are searched at once."""
+        return len(self._threads)
+
     def submit(self, texts: list[str], search: Search) -> Future:
         """Queue ``texts``; the future gives one Decoded per text. Full queue: ClientError 429."""
         job = _Job(texts, search, self.count_sentences(texts, search))
@@ -322,6 +329,43 @@ class BatchingWorker:
             for job in batch:
                 job.future.set_result(outputs[start: start + len(job.texts)])
                 start += len(job.texts)
+
+
+class TranslatedFiles:
+    """Translated files waiting to be downloaded (LibreTranslate's /download_file), in memory:
+    each for ``keep_s`` seconds after its translation, ``max_bytes`` in all (the oldest go first).
+    Used on the event loop only, so it needs no lock."""
+
+    def __init__(self, keep_s: float = 1800, max_bytes: int = 128 << 20, clock=time.monotonic):
+        self.keep_s = keep_s
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._files: dict[str, tuple[float, str, bytes, str]] = {}  # oldest first
+        self._bytes = 0
+
+    def add(self, name: str, data: bytes, media_type: str) -> str:
+        """Keep a file; returns the name to download it by (a random part, then ``name``)."""
+        self._forget(lambda stored: self.clock() - stored[0] > self.keep_s)
+        while self._files and self._bytes + len(data) > self.max_bytes:
+            self._drop(next(iter(self._files)))
+        download = f"{secrets.token_hex(16)}.{name}"
+        self._files[download] = (self.clock(), name, data, media_type)
+        self._bytes += len(data)
+        return download
+
+    def get(self, download: str) -> Optional[tuple[str, bytes, str]]:
+        """The file's name, contents and media type; None if there is none by that name (any more)."""
+        stored = self._files.get(download)
+        if stored is None or self.clock() - stored[0] > self.keep_s:
+            return None
+        return stored[1:]
+
+    def _forget(self, expired) -> None:
+        for download in [d for d, stored in self._files.items() if expired(stored)]:
+            self._drop(download)
+
+    def _drop(self, download: str) -> None:
+        self._bytes -= len(self._files.pop(download)[2])
 
 
 class RequestLimit:
@@ -467,10 +511,16 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         app.add_middleware(CORSMiddleware, allow_origins=[settings.cors_origin], allow_methods=["*"],
                            allow_headers=["*"])
 
-    def observed(method: str, endpoint: str, status: int, seconds: float) -> None:
+    routes: set[str] = set()  # the app's paths, once they are all made (below)
+
+    def observed(method: str, path: str, status: int, seconds: float) -> None:
+        # Metrics are labelled by endpoint, never by any path a client makes up (each label
+        # value would be a series of its own, for as long as the server runs).
+        endpoint = (path if path in routes else "/download_file/{download}" if path.startswith("/download_file/")
+                    else "other")
         requests_total.labels(endpoint, str(status)).inc()
         latency.labels(endpoint).observe(seconds)
-        log.info("%s %s %d %.1f ms", method, endpoint, status, seconds * 1000)
+        log.info("%s %s %d %.1f ms", method, path, status, seconds * 1000)
 
     app.add_middleware(_Observe, observed=observed)
 
@@ -562,8 +612,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         # A text already in the target language comes back as it is, as on LibreTranslate.
         same_language = not _is_auto(source) and source == target and source in served_languages
         candidates = [] if same_language else models_into(source, target)
-        pieces = [_html_text(text) if text_format == "html" else [(None, line) for line in text.split("\n")]
-                  for text in texts]
+        pieces = [html_pieces(text) if text_format == "html" else text_lines(text) for text in texts]
         lines = [[html.unescape(piece) if text_format == "html" else piece for markup, piece in text_pieces
                   if markup is None] for text_pieces in pieces]
         if _is_auto(source):  # each text goes to the model of the language it is in
@@ -583,7 +632,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
                 submitted[model.name] = model.worker.submit(model_lines, search)
         outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
         results = [(text, []) if model is None else
-                   _reassemble(text_pieces, outputs.get(model.name, iter(())), alternatives, text_format)
+                   reassemble(text_pieces, (d.translations for d in outputs.get(model.name, iter(()))), alternatives,
+                              escape=text_format == "html", keep_spacing=text_format == "html")
                    for text, text_pieces, model in zip(texts, pieces, chosen)]
         answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
         if alternatives:
@@ -642,7 +692,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         key_required = settings.api_key is not None
         target = models[0].target
         return {"apiKeys": key_required, "keyRequired": key_required, "charLimit": settings.char_limit,
-                "frontendTimeout": 500, "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
+                "frontendTimeout": 500, "suggestions": False, "filesTranslation": True,
+                "supportedFilesFormat": list(FILE_FORMATS),
                 "language": {"source": {"code": "auto", "name": "Auto Detect"},
                              "target": {"code": target, "name": LANGUAGE_NAMES.get(target, target)}}}
 
@@ -651,9 +702,58 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     async def suggest():
         raise ClientError("Suggestions are disabled on this server.", 403)
 
-    @app.post("/translate_file", include_in_schema=False)
-    async def translate_file():
-        raise ClientError("Files translation are disabled on this server.", 403)
+    translated_files = TranslatedFiles()
+
+    @app.post("/translate_file", summary="Translate a .txt or .html file (LibreTranslate API): file, source, target",
+              **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json=False))
+    async def translate_file(request: Request):
+        check_limit(request)
+        body = await read_body(request)
+        check_key(body.get("api_key"))
+        upload = body.get("file")
+        if isinstance(upload, str) or not getattr(upload, "filename", None):
+            raise ClientError(f"file is required: a {' or '.join(FILE_FORMATS)} file, sent as multipart/form-data")
+        name = _file_name(upload.filename)
+        kind = FILE_FORMATS.get(name[name.rfind("."):].lower() if "." in name else "")
+        if kind is None:
+            raise ClientError(f"{name}: this server translates {', '.join(FILE_FORMATS)} files")
+        try:
+            text = decode_text_file(await upload.read())
+        except ValueError as err:
+            raise ClientError(f"{name}: {err}") from None
+        limit = settings.char_limit * settings.batch_limit
+        if len(text) > limit:
+            raise ClientError(f"{name} holds {len(text)} characters; the limit for a file is {limit} "
+                              "(the server's --char-limit x --batch-limit)")
+        pieces = html_pieces(text) if kind == "html" else text_file_pieces(text)
+        runs = [html.unescape(piece) if kind == "html" else piece for markup, piece in pieces if markup is None]
+        source, target = body.get("source"), body.get("target")
+        if not _is_auto(source) and source == target and source in served_languages:
+            model = None  # already in the language asked for: it comes back as it is
+        elif _is_auto(source):
+            model, _ = detected_model(" ".join(runs)[:_DETECT_CHARS], models_into(source, target))
+        else:
+            model = model_for(source, target)
+        translated = text
+        if model is not None and runs:
+            search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
+            decoded = await _search_in_chunks(model.worker, runs, search)
+            translated, _ = reassemble(pieces, (d.translations for d in decoded), 0, escape=kind == "html",
+                                       keep_spacing=True)
+        media_type = "text/html; charset=utf-8" if kind == "html" else "text/plain; charset=utf-8"
+        download = translated_files.add(name, translated.encode("utf-8"), media_type)
+        # url_for takes the path as it is: quoted here, read back unquoted.
+        url = request.url_for("download_file", download=quote(download, safe=""))
+        return JSONResponse({"translatedFileUrl": str(url)})
+
+    @app.get("/download_file/{download}", summary="A file /translate_file translated, kept for 30 minutes")
+    async def download_file(download: str):
+        found = translated_files.get(download)
+        if found is None:
+            raise ClientError(f"no translated file {download} here: a translation is kept for "
+                              f"{translated_files.keep_s / 60:g} minutes", 404)
+        name, data, media_type = found
+        return Response(data, media_type=media_type, headers={"Content-Disposition": _attachment(name)})
 
     @app.get("/languages", summary="The language pairs served (LibreTranslate API)")
     async def languages():
@@ -675,6 +775,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     async def page():
         return page_html
 
+    routes.update(route.path for route in app.routes)
     return app
 
 
@@ -775,6 +876,17 @@ _NATIVE_ANSWER = {
                           "description": "one row per target token, one weight per source token"}}}},
     },
 }
+_FILE_BODY = {
+    "type": "object", "required": ["file", "target"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": f"a {' or '.join(FILE_FORMATS)} file, UTF-8"},
+        "source": {"type": "string", "description": "language code, or auto: detected among those served"},
+        "target": {"type": "string", "description": "language code"},
+        "api_key": {"type": "string"},
+    },
+}
+_FILE_ANSWER = {"type": "object", "required": ["translatedFileUrl"],
+                "properties": {"translatedFileUrl": {"type": "string", "description": "where to download it"}}}
 _LIBRETRANSLATE_ANSWER = {
     "type": "object", "required": ["translatedText"],
     "properties": {
@@ -785,10 +897,10 @@ _LIBRETRANSLATE_ANSWER = {
 }
 
 
-def _documented(body: dict, answer: dict, forms: bool) -> dict:
+def _documented(body: dict, answer: dict, forms: bool, json: bool = True) -> dict:
     """``openapi_extra`` and ``responses`` arguments that describe a hand-parsed endpoint."""
-    content = {"application/json": {"schema": body}}
-    if forms:
+    content = {"application/json": {"schema": body}} if json else {"multipart/form-data": {"schema": body}}
+    if forms and json:
         content["application/x-www-form-urlencoded"] = content["multipart/form-data"] = {"schema": body}
     return {"openapi_extra": {"requestBody": {"required": True, "content": content}},
             "responses": {200: {"content": {"application/json": {"schema": answer}}},
@@ -878,48 +990,32 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
     return number
 
 
-# Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
-# text to translate (a translated script would no longer run).
-_MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*?</(?P=code)\s*>"
-                     r"|<[^>]*>", re.S | re.I)
+# How much of a file the language detector reads to choose a model for ``source: auto``.
+_DETECT_CHARS = 2000
 
 
-def _html_text(text: str) -> list[tuple[Optional[str], str]]:
-    """HTML split into markup (kept exactly) and text runs to translate: (markup, "") or (None, text)."""
-    pieces: list[tuple[Optional[str], str]] = []
-
-    def add_text(part: str) -> None:
-        pieces.append((part, "") if not part.strip() else (None, part))
-
-    position = 0
-    for markup in _MARKUP.finditer(text):
-        if markup.start() > position:
-            add_text(text[position:markup.start()])
-        pieces.append((markup.group(), ""))
-        position = markup.end()
-    if position < len(text):
-        add_text(text[position:])
-    return pieces
+async def _search_in_chunks(worker: "BatchingWorker", texts: list[str], search: Search) -> list[Decoded]:
+    """Every text's translation, the texts queued a batch at a time, as many batches at once as
+    the worker has decoders: a long file keeps them all busy without filling the queue others
+    share (a full queue is a 429, as for any request)."""
+    chunk, in_flight = worker.max_batch_sentences, deque()
+    decoded: list[Decoded] = []
+    for start in range(0, len(texts), chunk):
+        if len(in_flight) >= worker.decoders:
+            decoded += await asyncio.wrap_future(in_flight.popleft())
+        in_flight.append(worker.submit(texts[start:start + chunk], search))
+    while in_flight:
+        decoded += await asyncio.wrap_future(in_flight.popleft())
+    return decoded
 
 
-def _reassemble(pieces, outputs, alternatives: int, text_format: str) -> tuple[str, list[str]]:
-    """One text translated (and its alternatives), taking its lines' translations from the
-    ``outputs`` iterator, with markup and the whitespace around text runs kept."""
-    versions = [[] for _ in range(alternatives + 1)]
-    joiner = "" if text_format == "html" else "\n"
-    for markup, piece in pieces:
-        if markup is not None:
-            for version in versions:
-                version.append(markup)
-            continue
-        texts = next(outputs).translations
-        lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
-        for index, version in enumerate(versions):
-            translation = texts[min(index, len(texts) - 1)]
-            if text_format == "html":
-                translation = lead + html.escape(translation, quote=False) + trail
-            version.append(translation)
-    joined = [joiner.join(version) for version in versions]
-    return joined[0], joined[1:]
+def _file_name(uploaded: str) -> str:
+    """The name of an uploaded file without any folders or control characters (it names the download)."""
+    name = re.sub(r"[\x00-\x1f\x7f]", "", uploaded.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    return name[-200:] or "file"
 
 
+def _attachment(name: str) -> str:
+    """A Content-Disposition that saves the download as ``name`` (RFC 6266; any characters)."""
+    fallback = "".join(c if c.isascii() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -167,6 +167,71 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
     assert answer == code.replace(f"<p>{first}", f"<p>{a}")
 
 
+def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run, server):
+    """LibreTranslate's /translate_file and /download_file: a text file comes back line for line
+    (line ends, empty lines and indentation kept), an HTML file with its markup and code."""
+    lines = toy_lines("test", 4)[0]
+    translated = cli_translations(run, lines, "--split-sentences")
+    text = f"\ufeff{lines[0]}\r\n\r\n    {lines[1]}\r\n{lines[2]} {lines[3]}\n"
+    upload = httpx.post(f"{server.url}/translate_file", data={"source": "en", "target": "de"},
+                        files={"file": ("my notes ü#1.txt", text.encode("utf-8"), "text/plain")})
+    assert upload.status_code == 200, upload.text
+    url = upload.json()["translatedFileUrl"]
+    assert url.startswith(f"{server.url}/download_file/") and url.endswith("my%20notes%20%C3%BC%231.txt")
+    download = httpx.get(url)
+    assert download.status_code == 200 and download.headers["content-type"] == "text/plain; charset=utf-8"
+    assert download.headers["content-disposition"] == \
+        "attachment; filename=\"my notes _#1.txt\"; filename*=UTF-8''my%20notes%20%C3%BC%231.txt"
+    (both,) = cli_translations(run, [f"{lines[2]} {lines[3]}"], "--split-sentences")
+    assert download.text == f"{translated[0]}\r\n\r\n    {translated[1]}\r\n{both}\n"
+    assert httpx.get(url).text == download.text  # kept: a second download gets it again
+
+    page = (f'<html><head><script>var s = "{lines[0]}";</script></head>\n'
+            f'<body><p class="x">{lines[0]}</p><p>{lines[1].replace("the", "the &amp;", 1)}</p></body></html>')
+    upload = httpx.post(f"{server.url}/translate_file", data={"source": "auto", "target": "de"},
+                        files={"file": ("page.HTML", page.encode("utf-8"))})
+    first, second = cli_translations(run, [lines[0], lines[1].replace("the", "the &", 1)], "--split-sentences")
+    download = httpx.get(upload.json()["translatedFileUrl"])
+    assert download.headers["content-type"] == "text/html; charset=utf-8"
+    assert download.text == (f'<html><head><script>var s = "{lines[0]}";</script></head>\n'
+                             f'<body><p class="x">{first}</p><p>{second.replace("&", "&amp;")}</p></body></html>')
+
+    def refused(name: str, data: bytes, status: int = 400) -> str:
+        answer = httpx.post(f"{server.url}/translate_file", data={"source": "en", "target": "de"},
+                            files={"file": (name, data)})
+        assert answer.status_code == status, answer.text
+        return answer.json()["error"]
+
+    assert refused("latin1.txt", "Größe".encode("latin-1")) == "latin1.txt: not UTF-8 text (byte 2 is not UTF-8)"
+    assert "the limit for a file is 320000" in refused("long.txt", b"a " * 160_001)
+    assert refused("big.txt", b"a" * (1 << 20), 413) == f"request body over {1 << 20} bytes"
+    assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm files"
+    missing = httpx.get(f"{server.url}/download_file/0123.notes.txt")
+    assert missing.status_code == 404 and "kept for 30 minutes" in missing.json()["error"]
+    # Metrics name endpoints, not the paths clients make up.
+    httpx.get(f"{server.url}/no/such/page/{time.time()}")
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'endpoint="/download_file/{download}",status="404"' in metrics
+    assert 'endpoint="other",status="404"' in metrics and "no/such/page" not in metrics
+
+
+def test_translated_files_are_kept_for_a_while_within_a_memory_budget():
+    from seq2seq_cli.serve import TranslatedFiles
+
+    now = [0.0]
+    files = TranslatedFiles(keep_s=60, max_bytes=10, clock=lambda: now[0])
+    first = files.add("a.txt", b"1234", "text/plain")
+    second = files.add("a.txt", b"5678", "text/plain")
+    assert first != second and first.endswith(".a.txt") and len(first) == 32 + len(".a.txt")
+    assert files.get(first) == ("a.txt", b"1234", "text/plain")
+    third = files.add("b.txt", b"90ab", "text/plain")  # 12 bytes in all: the oldest goes
+    assert files.get(first) is None and files.get(second) is not None and files.get(third) is not None
+    now[0] = 61
+    assert files.get(second) is None
+    files.add("c.txt", b"c", "text/plain")  # expired files are dropped as new ones come
+    assert len(files._files) == 1 and files._bytes == 1
+
+
 def test_paragraphs_are_translated_sentence_by_sentence(run, server):
     """As LibreTranslate does: a text is split into sentences (``s2s translate --split-sentences``),
     in plain text, in HTML and on /v1 unless a request says otherwise."""
@@ -597,11 +662,14 @@ def test_libretranslate_client_endpoints_beside_translate():
                     await client.post("/detect", json={"api_key": "k"}),
                     await client.post("/translate", json={"q": "The man.", "target": "de", "api_key": "k"}),
                     await client.post("/suggest", data={"q": "a", "s": "b"}),
-                    await client.post("/translate_file")]
+                    await client.post("/translate_file", data={"api_key": "k"}),
+                    await client.post("/translate_file", data={"api_key": "k", "target": "de"},
+                                      files={"file": ("report.docx", b"PK")})]
 
-    settings, detect, keyless, too_long, empty, auto, suggest, translate_file = asyncio.run(ask())
+    settings, detect, keyless, too_long, empty, auto, suggest, no_file, docx = asyncio.run(ask())
     assert settings.json() == {"apiKeys": True, "keyRequired": True, "charLimit": 30, "frontendTimeout": 500,
-                               "suggestions": False, "filesTranslation": False, "supportedFilesFormat": [],
+                               "suggestions": False, "filesTranslation": True,
+                               "supportedFilesFormat": [".txt", ".html", ".htm"],
                                "language": {"source": {"code": "auto", "name": "Auto Detect"},
                                             "target": {"code": "de", "name": "German"}}}
     assert [d["language"] for d in detect.json()] == ["en", "de"]  # qq cannot be ranked
@@ -610,7 +678,8 @@ def test_libretranslate_client_endpoints_beside_translate():
     assert "q is required" in empty.json()["error"]
     assert auto.status_code == 400 and "does not know qq" in auto.json()["error"]
     assert suggest.status_code == 403 and suggest.json() == {"error": "Suggestions are disabled on this server."}
-    assert translate_file.status_code == 403 and "error" in translate_file.json()
+    assert no_file.status_code == 400 and no_file.json()["error"].startswith("file is required")
+    assert docx.status_code == 400 and docx.json()["error"] == "report.docx: this server translates .txt, .html, .htm files"
 
 
 def test_the_language_detector_ranks_the_languages_it_is_given():
