@@ -542,6 +542,18 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
         wait.until(lambda b: b.find_element(By.ID, "error").is_displayed())
         assert "beam_size" in browser.find_element(By.ID, "error").text
         assert browser.find_element(By.ID, "translate").is_enabled()
+        # A file, sent as LibreTranslate's page sends it (multipart form data): a link to its translation.
+        lines = toy_lines("test", 2)[0]
+        notes = tmp_path / "notes.txt"
+        notes.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        browser.find_element(By.ID, "file").send_keys(str(notes))
+        browser.find_element(By.ID, "translate-file").click()
+        wait.until(lambda b: b.find_elements(By.ID, "download"))
+        link = browser.find_element(By.ID, "download")
+        assert link.text == "Download notes.txt" and link.get_attribute("download") == "notes.txt"
+        translated = httpx.get(link.get_attribute("href")).text
+        assert translated == "\n".join(cli_translations(run, lines, "--split-sentences")) + "\n"
+        assert not browser.find_element(By.ID, "error").is_displayed()
     finally:
         browser.quit()
 
