@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py --checkpoint RUN --data ../shared/data/multi30k
         [--clients 1,8,64] [--sentences 1000] [--beam-size 1] [--seconds 60] [--decoders N]
-        [--max-wait-ms M] [--json out.json]
+        [--max-wait-ms M] [--file] [--json out.json]
 
 Starts `s2s serve` on a free loopback port (127.0.0.1 only), then for each client count sends
 the first --sentences sentences of test2016 (source side of the run's language pair), one
@@ -19,7 +19,9 @@ size (from /metrics), beside two offline rates on the same sentences, in this pr
 Both are measured right before and right after each phase, while the server is idle, and each
 phase is compared with the mean of the two: this machine's speed drifts by a third within
 minutes, and a ratio of rates taken minutes apart measured the drift. Every answer is checked
-against the offline translation.
+against the offline translation. With --file, a last phase sends the same sentences as one
+text file to /translate_file (LibreTranslate's file translation) and downloads its translation:
+the time from upload to the downloaded file, line by line against the offline translation.
 """
 
 from __future__ import annotations
@@ -117,6 +119,20 @@ async def load(url: str, sentences: list[str], expected: list[str], clients: int
     return latencies, elapsed, wrong
 
 
+def translate_file(url: str, sentences: list[str], expected: list[str], source: str, target: str
+                   ) -> tuple[float, int]:
+    """Seconds from sending the sentences as one .txt file to having its translation downloaded,
+    and how many lines of it differ from the offline translation."""
+    started = time.perf_counter()
+    answer = httpx.post(f"{url}/translate_file", data={"source": source, "target": target}, timeout=600,
+                        files={"file": ("test2016.txt", "".join(s + "\n" for s in sentences).encode())})
+    if answer.status_code != 200:
+        raise SystemExit(f"HTTP {answer.status_code}: {answer.text}")
+    lines = httpx.get(answer.json()["translatedFileUrl"], timeout=60).text.split("\n")[:-1]
+    elapsed = time.perf_counter() - started
+    return elapsed, sum(a != b for a, b in zip(lines, expected)) + abs(len(lines) - len(expected))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -132,6 +148,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--decoders", type=int, help="passed to s2s serve (default: its own)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="passed to s2s serve")
+    parser.add_argument("--file", action="store_true", help="also send the sentences as one file to /translate_file")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -187,6 +204,21 @@ def main() -> None:
                          "mean_batch": round((sentences_after - sentences_before)
                                              / max(batches_after - batches_before, 1), 2),
                          "different_from_offline": wrong})
+        if args.file:
+            before = offline_rates()
+            batches_before, sentences_before = batch_counters(url)
+            elapsed, wrong = translate_file(url, sentences, expected, source, target)
+            batches_after, sentences_after = batch_counters(url)
+            after = offline_rates()
+            milliseconds = round(1000 * elapsed, 1)
+            rows.append({"clients": "file", "sentences": len(sentences),
+                         "sentences_per_s": round(len(sentences) / elapsed, 1),
+                         "translate_sentences_per_s": round((before[0] + after[0]) / 2, 1),
+                         "one_call_sentences_per_s": round((before[1] + after[1]) / 2, 1),
+                         "p50_ms": milliseconds, "p95_ms": milliseconds, "p99_ms": milliseconds,
+                         "mean_batch": round((sentences_after - sentences_before)
+                                             / max(batches_after - batches_before, 1), 2),
+                         "different_from_offline": wrong})
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -199,7 +231,7 @@ def main() -> None:
     print(f"{'clients':>7} {'sent/s':>8} {'translate':>9} {'of it':>6} {'one call':>8} {'of it':>6} "
           f"{'x 1 client':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'wrong':>5}")
     for row in rows:
-        speedup = f"{row['sentences_per_s'] / sequential:.1f}x" if sequential else "-"
+        speedup = f"{row['sentences_per_s'] / sequential:.1f}x" if sequential and row["clients"] != "file" else "-"
         print(f"{row['clients']:>7} {row['sentences_per_s']:>8.1f} {row['translate_sentences_per_s']:>9.1f} "
               f"{row['sentences_per_s'] / row['translate_sentences_per_s']:>6.0%} "
               f"{row['one_call_sentences_per_s']:>8.1f} {row['sentences_per_s'] / row['one_call_sentences_per_s']:>6.0%} "
