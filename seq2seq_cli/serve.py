@@ -568,6 +568,21 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         model, language = max(options, key=lambda option: ranking[option[1]])  # the first of equals: translate
         return model, {"confidence": _percent(ranking[language]), "language": language}
 
+    def candidates_for(source: Optional[str], target: Optional[str]) -> Optional[list[ServedModel]]:
+        """The models a text from ``source`` may go to for ``target``; None when the text is to come
+        back as it is: it is already in the language asked for (as on LibreTranslate)."""
+        if not _is_auto(source) and source == target and source in served_languages:
+            return None
+        return models_into(source, target)
+
+    def model_for_text(text: str, source: Optional[str], candidates: Optional[list[ServedModel]]
+                       ) -> tuple[Optional[ServedModel], Optional[dict]]:
+        """The model that translates ``text`` (None: it comes back as it is) and, for ``auto``,
+        the language detected: each text goes to the model of the language it is in."""
+        if candidates is None:
+            return None, None
+        return detected_model(text, candidates) if _is_auto(source) else (candidates[0], None)
+
     request_limit = RequestLimit(settings.req_limit) if settings.req_limit else None
 
     def check_limit(request: Request) -> None:
@@ -609,16 +624,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             raise ClientError("format must be text or html")
         alternatives = _integer(body.get("alternatives", 0), "alternatives", 0, 10)
         source, target = body.get("source"), body.get("target")
-        # A text already in the target language comes back as it is, as on LibreTranslate.
-        same_language = not _is_auto(source) and source == target and source in served_languages
-        candidates = [] if same_language else models_into(source, target)
+        candidates = candidates_for(source, target)
         pieces = [html_pieces(text) if text_format == "html" else text_lines(text) for text in texts]
         lines = [[html.unescape(piece) if text_format == "html" else piece for markup, piece in text_pieces
                   if markup is None] for text_pieces in pieces]
-        if _is_auto(source):  # each text goes to the model of the language it is in
-            resolved = [detected_model(" ".join(text_lines), candidates) for text_lines in lines]
-        else:
-            resolved = [(None if same_language else candidates[0], None)] * len(texts)
+        resolved = [model_for_text(" ".join(text_lines), source, candidates) for text_lines in lines]
         chosen = [model for model, _ in resolved]
         detected = [language for _, language in resolved]
         # Each model gets every line of its texts at once, as one submission, all queued before any wait.
@@ -705,7 +715,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     translated_files = TranslatedFiles()
 
     @app.post("/translate_file", summary="Translate a .txt or .html file (LibreTranslate API): file, source, target",
-              **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json=False))
+              **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json_body=False))
     async def translate_file(request: Request):
         check_limit(request)
         body = await read_body(request)
@@ -728,12 +738,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         pieces = html_pieces(text) if kind == "html" else text_file_pieces(text)
         runs = [html.unescape(piece) if kind == "html" else piece for markup, piece in pieces if markup is None]
         source, target = body.get("source"), body.get("target")
-        if not _is_auto(source) and source == target and source in served_languages:
-            model = None  # already in the language asked for: it comes back as it is
-        elif _is_auto(source):
-            model, _ = detected_model(" ".join(runs)[:_DETECT_CHARS], models_into(source, target))
-        else:
-            model = model_for(source, target)
+        model, _ = model_for_text(" ".join(runs)[:_DETECT_CHARS], source, candidates_for(source, target))
         translated = text
         if model is not None and runs:
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
@@ -897,10 +902,11 @@ _LIBRETRANSLATE_ANSWER = {
 }
 
 
-def _documented(body: dict, answer: dict, forms: bool, json: bool = True) -> dict:
-    """``openapi_extra`` and ``responses`` arguments that describe a hand-parsed endpoint."""
-    content = {"application/json": {"schema": body}} if json else {"multipart/form-data": {"schema": body}}
-    if forms and json:
+def _documented(body: dict, answer: dict, forms: bool, json_body: bool = True) -> dict:
+    """``openapi_extra`` and ``responses`` arguments that describe a hand-parsed endpoint (a body
+    of JSON, and also of form fields with ``forms``; or of multipart form fields alone)."""
+    content = {"application/json": {"schema": body}} if json_body else {"multipart/form-data": {"schema": body}}
+    if forms and json_body:
         content["application/x-www-form-urlencoded"] = content["multipart/form-data"] = {"schema": body}
     return {"openapi_extra": {"requestBody": {"required": True, "content": content}},
             "responses": {200: {"content": {"application/json": {"schema": answer}}},
