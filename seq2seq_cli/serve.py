@@ -599,6 +599,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
             raise ClientError("invalid api_key", 403)
 
+    async def accepted_body(request: Request) -> dict[str, Any]:
+        """The request's fields, once its client is within --req-limit and its api_key is right."""
+        check_limit(request)
+        body = await read_body(request)
+        check_key(body.get("api_key"))
+        return body
+
     def check_texts(texts: Any, name: str) -> list[str]:
         if isinstance(texts, str):
             texts = [texts]
@@ -614,9 +621,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/translate", summary="Translate (LibreTranslate API): q, source, target, format, alternatives",
               **_documented(_LIBRETRANSLATE_BODY, _LIBRETRANSLATE_ANSWER, forms=True))
     async def translate(request: Request):
-        check_limit(request)
-        body = await read_body(request)
-        check_key(body.get("api_key"))
+        body = await accepted_body(request)
         single = isinstance(body.get("q"), str)
         texts = check_texts(body.get("q"), "q")
         text_format = body.get("format") or "text"
@@ -655,9 +660,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention",
               **_documented(_NATIVE_BODY, _NATIVE_ANSWER, forms=False))
     async def translate_native(request: Request):
-        check_limit(request)
-        body = await read_body(request)
-        check_key(body.get("api_key"))
+        body = await accepted_body(request)
         texts = check_texts(body.get("texts"), "texts")
         model = model_for(body.get("source"), body.get("target"))
         beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
@@ -684,9 +687,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/detect", summary="The language of a text, among those served (LibreTranslate API)",
               **_documented(_DETECT_BODY, _DETECT_ANSWER, forms=True))
     async def detect(request: Request):
-        check_limit(request)
-        body = await read_body(request)
-        check_key(body.get("api_key"))
+        body = await accepted_body(request)
         text = body.get("q")
         if not isinstance(text, str) or not text:
             raise ClientError("q is required: the text (one string) whose language to detect")
@@ -717,9 +718,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.post("/translate_file", summary="Translate a .txt or .html file (LibreTranslate API): file, source, target",
               **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json_body=False))
     async def translate_file(request: Request):
-        check_limit(request)
-        body = await read_body(request)
-        check_key(body.get("api_key"))
+        body = await accepted_body(request)
         upload = body.get("file")
         if isinstance(upload, str) or not getattr(upload, "filename", None):
             raise ClientError(f"file is required: a {' or '.join(FILE_FORMATS)} file, sent as multipart/form-data")
