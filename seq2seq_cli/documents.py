@@ -24,6 +24,12 @@ FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html"}
 _MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*?</(?P=code)\s*>"
                      r"|<[^>]*>", re.S | re.I)
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
+_CODE = re.compile(r"<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*</(?P=code)\s*>", re.S | re.I)
+_TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w:.-]*)")
+_TRANSLATE = re.compile(r"""\stranslate\s*=\s*["']?(?P<value>yes|no)\b""", re.I)
+_NO_TRANSLATE_CLASS = re.compile(r"""\sclass\s*=\s*(?:"[^"]*|'[^']*|)\bnotranslate\b""", re.I)
+# Elements that never have an end tag, nor anything inside.
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
 
 
 def text_lines(text: str) -> list[Piece]:
@@ -37,8 +43,33 @@ def text_lines(text: str) -> list[Piece]:
 
 
 def html_pieces(text: str) -> list[Piece]:
-    """HTML: markup (kept exactly) and the text runs between it."""
-    return _split(text, _MARKUP)
+    """HTML: markup (kept exactly) and the text runs between it; the text of an element marked
+    ``translate="no"`` (HTML's attribute) or ``class="notranslate"`` is kept too, to the end of
+    the element, unless an element inside it says ``translate="yes"``."""
+    pieces: list[Piece] = []
+    open_elements: list[tuple[str, bool]] = []  # (name, whether its text is kept as it is), outermost first
+    for markup, piece in _split(text, _MARKUP):
+        kept = bool(open_elements) and open_elements[-1][1]
+        if markup is None:
+            pieces.append((piece, "") if kept else (None, piece))
+            continue
+        pieces.append((markup, ""))
+        tag = _TAG.match(markup)
+        if tag is None or _CODE.fullmatch(markup):  # a comment, a declaration, or code kept whole
+            continue
+        name = tag.group("name").lower()
+        if tag.group("end"):
+            if any(open_name == name for open_name, _ in open_elements):  # else a stray end tag
+                while open_elements.pop()[0] != name:
+                    pass
+        elif name not in _VOID and not markup.endswith("/>"):
+            says = _TRANSLATE.search(markup)
+            if says:
+                kept = says.group("value").lower() == "no"
+            elif _NO_TRANSLATE_CLASS.search(markup):
+                kept = True
+            open_elements.append((name, kept))
+    return pieces
 
 
 def text_file_pieces(text: str) -> list[Piece]:

@@ -159,9 +159,10 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
                         json={"q": html, "source": "en", "target": "de", "format": "html"}).json()["translatedText"]
     a, b = cli_translations(run, [first, second.replace("the", "the &", 1)])
     assert answer == f'<p class="intro">{a}</p>\n<b>{b.replace("&", "&amp;")}</b><!-- note -->'
-    # A script, a style sheet and code are code, not text: they come back exactly as they were.
+    # A script, a style sheet and code are code, not text, and an element may say translate="no":
+    # they come back exactly as they were.
     code = (f'<script type="module">const note = "{first}";</script><STYLE>p {{ color: red }}</Style>'
-            f'<p>{first}<code>{second}</code></p>')
+            f'<p>{first}<code>{second}</code><span translate="no">{second}</span></p>')
     answer = httpx.post(f"{server.url}/translate",
                         json={"q": code, "source": "en", "target": "de", "format": "html"}).json()["translatedText"]
     assert answer == code.replace(f"<p>{first}", f"<p>{a}")
