@@ -245,6 +245,7 @@ def translate(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, metavar="N", help="With --sample: the same seed and input give the same samples (default 0)."),
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
+    alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and its word alignment from the attention: SOURCE-TARGET word pairs (0-0 1-2 ...)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -277,7 +278,7 @@ def translate(
                                  cuda_graphs=cuda_graphs,
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
-                                 split_sentences=split_sentences)
+                                 split_sentences=split_sentences, alignment=alignment)
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def translate(
         index = 0
         for sources, results in translator.translate_stream(_input_batches(input_file, translator.decoding.batch_size)):
             for source_ids, hypotheses in zip(sources, results):
-                out.write(translator.output_lines(index, hypotheses).encode("utf-8"))
+                out.write(translator.output_lines(index, hypotheses, source_ids).encode("utf-8"))
                 if plot_attention is not None and hypotheses[0].attention is not None:
                     translator.plot_attention(plot_attention / f"{index:05d}.png", source_ids, hypotheses[0])
                 index += 1

@@ -80,6 +80,7 @@ class Search:
     nbest: int = 1
     attention: bool = False
     split_sentences: bool = False  # each text translated sentence by sentence
+    alignment: bool = False  # the best translation's word alignment (seq2seq_cli.alignment)
 
 
 @dataclass
@@ -92,12 +93,14 @@ class Decoded:
     source_tokens: Optional[list[str]] = None  # with attention: the subwords along its two axes,
     target_tokens: Optional[list[str]] = None
     attention: Optional[list[list[float]]] = None  # one row per target subword
+    alignment: Optional[list[tuple[int, int]]] = None  # with alignment: (source word, target word) pairs
 
 
 def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
     translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
                                           beam_size=search.beam_size, split_sentences=search.split_sentences,
+                                          alignment=search.alignment,
                                           fit_long_lines=True)  # a client sees no warning: cut nothing off
     sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
     decoded = []
@@ -108,6 +111,8 @@ def decode_batch(translator: Translator, texts: list[str], search: Search) -> li
             sentence.source_tokens, sentence.target_tokens = translator.attention_labels(source_ids, best)
             sentence.attention = [] if best.attention is None else [
                 [round(weight, 4) for weight in row] for row in best.attention.tolist()]
+        if search.alignment:
+            sentence.alignment = translator.word_alignment(source_ids, best)
         decoded.append(sentence)
     return decoded
 
@@ -665,12 +670,12 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         model = model_for(body.get("source"), body.get("target"))
         beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
         nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
-        attention = body.get("attention", False)
+        attention, alignment = body.get("attention", False), body.get("alignment", False)
         split = body.get("split_sentences", settings.split_sentences)
-        for name, value in (("attention", attention), ("split_sentences", split)):
+        for name, value in (("attention", attention), ("split_sentences", split), ("alignment", alignment)):
             if not isinstance(value, bool):
                 raise ClientError(f"{name} must be true or false")
-        search = Search(beam_size=beam, nbest=nbest, attention=attention, split_sentences=split)
+        search = Search(beam_size=beam, nbest=nbest, attention=attention, split_sentences=split, alignment=alignment)
         outputs = await asyncio.wrap_future(model.worker.submit([t.replace("\n", " ") for t in texts], search))
         answer = []
         for sentence in outputs:
@@ -681,6 +686,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             if attention:
                 item.update(source_tokens=sentence.source_tokens, target_tokens=sentence.target_tokens,
                             attention=sentence.attention)
+            if alignment:
+                item["alignment"] = [list(pair) for pair in sentence.alignment]
             answer.append(item)
         return JSONResponse({"translations": answer, "source": model.source, "target": model.target})
 
@@ -860,6 +867,8 @@ _NATIVE_BODY = {
         "beam_size": {"type": "integer", "minimum": 1, "maximum": 64, "description": "default: the run's"},
         "nbest": {"type": "integer", "minimum": 1, "default": 1, "description": "at most beam_size"},
         "attention": {"type": "boolean", "default": False},
+        "alignment": {"type": "boolean", "default": False,
+                      "description": "the best translation's word alignment, from the attention"},
         "split_sentences": {"type": "boolean", "description": "translate each text sentence by sentence (default: "
                             "the server's, on unless started with --no-split-sentences)"},
         "api_key": {"type": "string"},
@@ -877,7 +886,9 @@ _NATIVE_ANSWER = {
             "source_tokens": {"type": "array", "items": {"type": "string"}},
             "target_tokens": {"type": "array", "items": {"type": "string"}},
             "attention": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
-                          "description": "one row per target token, one weight per source token"}}}},
+                          "description": "one row per target token, one weight per source token"},
+            "alignment": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}},
+                          "description": "[source word, target word] for each word of the translation"}}}},
     },
 }
 _FILE_BODY = {

@@ -214,6 +214,14 @@ class Tokenizers:
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.batch_decode([list(s) for s in sequences], skip_special_tokens=True)
 
+    def src_token_words(self, ids: Sequence[int]) -> list[Optional[int]]:
+        """Each source token's word in the source text (``_word_indices``)."""
+        return _word_indices(self.src, ids, skip_special_tokens=False)
+
+    def tgt_token_words(self, ids: Sequence[int]) -> list[Optional[int]]:
+        """Each target token's word in the translation as printed (``_word_indices``)."""
+        return _word_indices(self.tgt, ids, skip_special_tokens=True)
+
     def src_pieces(self, ids: Sequence[int]) -> list[str]:
         return self.src.convert_ids_to_tokens(list(ids))
 
@@ -293,6 +301,18 @@ def _load_saved(folder: Path):
     except Exception:  # not one of ours, or damaged: the full loader says what is wrong
         pass
     return load_pretrained(folder)
+
+
+def _word_indices(tokenizer, ids: Sequence[int], skip_special_tokens: bool) -> list[Optional[int]]:
+    """Each token's word (counting from 0) among the space-separated words of the text ``ids``
+    decode to, found by decoding each prefix: whatever the tokenizer's decoder joins or cleans
+    up. A token that adds no text before the first word (a special token skipped) has None.
+    The source keeps special tokens (an unknown word reads [UNK]), the target skips them, as
+    translations are printed."""
+    ids = list(ids)
+    prefixes = tokenizer.batch_decode([ids[:end] for end in range(1, len(ids) + 1)],
+                                      skip_special_tokens=skip_special_tokens)
+    return [len(text.split()) - 1 if text.split() else None for text in prefixes]
 
 
 def _encode(tokenizer, lines: Sequence[str]) -> list[list[int]]:

@@ -33,6 +33,7 @@ from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
+from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
@@ -93,6 +94,8 @@ class Translation:
     text: str
     score: float  # what beam search ranks by: log_prob / GNMT length penalty (greedy: log_prob)
     log_prob: float  # the model's log-probability of the translation, the final [SEP] included
+    # With ``alignment``: (source word, target word) for each word of ``text`` (seq2seq_cli.alignment).
+    alignment: Optional[list[tuple[int, int]]] = None
 
 
 @dataclass
@@ -267,6 +270,7 @@ class Translator:
         self.precision = resolve(precision, device)  # fp32 or bf16
         self.nbest = nbest
         self.keep_attention = keep_attention
+        self.alignment = False  # word alignments from the attention, with each translation
         self.decoding = _decoding_with(config.decoding, nbest, decoding_overrides)
         self.sampling: Optional[Sampling] = None  # None: search
         # Translate each line sentence by sentence (seq2seq_cli.segmentation), in the run's languages.
@@ -290,7 +294,7 @@ class Translator:
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
              cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None,
-             split_sentences: bool = False) -> "Translator":
+             split_sentences: bool = False, alignment: bool = False) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
@@ -298,7 +302,8 @@ class Translator:
         CUDA) or off; ``sampling``: draw translations at random instead of searching (e.g.
         ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text);
         ``split_sentences``: translate each text sentence by sentence (a sentence over the model's
-        ``data.max_len`` in pieces that fit) and join the translations."""
+        ``data.max_len`` in pieces that fit) and join the translations; ``alignment``: each
+        Translation comes with its word alignment (``seq2seq_cli.alignment``)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
@@ -320,7 +325,8 @@ class Translator:
         return translator.with_settings(nbest=nbest, keep_attention=keep_attention, beam_size=beam_size,
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
-                                        cuda_graphs=cuda_graphs, sampling=sampling, split_sentences=split_sentences)
+                                        cuda_graphs=cuda_graphs, sampling=sampling, split_sentences=split_sentences,
+                                        alignment=alignment)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -339,7 +345,8 @@ class Translator:
 
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
                       sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
-                      fit_long_lines: Optional[bool] = None, **decoding_overrides) -> "Translator":
+                      fit_long_lines: Optional[bool] = None, alignment: Optional[bool] = None,
+                      **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
@@ -349,6 +356,9 @@ class Translator:
             sibling.split_sentences = bool(split_sentences)
         if fit_long_lines is not None:
             sibling.fit_long_lines = bool(fit_long_lines)
+        if alignment is not None:
+            sibling.alignment = bool(alignment)
+        sibling.keep_attention = sibling.keep_attention or sibling.alignment  # alignments are read from it
         if sampling is not None:
             _check_sampling(sampling)
             sibling.sampling = sampling
@@ -372,9 +382,10 @@ class Translator:
         count = self.nbest if nbest is None else nbest
         _check_nbest(count, self.decoding.beam_size, self.sampling)
         texts = _texts(texts, "texts")
-        _, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
-        return [[Translation(text, h.score, h.log_prob) for text, h in zip(self.detokenize(hypotheses), hypotheses)]
-                for hypotheses in results]
+        sources, results = self.translate_raw([text.encode("utf-8") for text in texts], count)
+        return [[Translation(text, h.score, h.log_prob, self.word_alignment(source_ids, h) if self.alignment else None)
+                 for text, h in zip(self.detokenize(hypotheses), hypotheses)]
+                for source_ids, hypotheses in zip(sources, results)]
 
     def score(self, sources: Iterable[str] | str, targets: Iterable[str] | str,
               progress: Optional[Callable[[int], object]] = None) -> list[Score] | Score:
@@ -500,14 +511,27 @@ class Translator:
         joiner = sentence_joiner(self.target_language)
         return [joiner.join(next(texts).replace("\n", " ") for _ in sentences) for sentences in parts]
 
-    def output_lines(self, index: int, hypotheses: list[Hypothesis]) -> str:
+    def output_lines(self, index: int, hypotheses: list[Hypothesis], source_ids: Optional[list[int]] = None) -> str:
         """What ``s2s translate`` prints for input line ``index``: the translation, or with
-        n-best lists ``INDEX ||| HYPOTHESIS ||| SCORE`` lines."""
+        n-best lists ``INDEX ||| HYPOTHESIS ||| SCORE`` lines; with ``alignment`` (and the
+        line's ``source_ids``) each ends in `` ||| `` and the word alignment."""
         texts = self.detokenize(hypotheses)
-        if self.nbest == 1:
-            return texts[0] + "\n"
-        return "".join(NBEST_SEPARATOR.join((str(index), text, f"{h.score:.4f}")) + "\n"
-                       for text, h in zip(texts, hypotheses))
+        fields = [[text] if self.nbest == 1 else [str(index), text, f"{h.score:.4f}"]
+                  for text, h in zip(texts, hypotheses)]
+        if self.alignment and source_ids is not None:
+            for line, h in zip(fields, hypotheses):
+                line.append(format_alignment(self.word_alignment(source_ids, h)))
+        return "".join(NBEST_SEPARATOR.join(line) + "\n" for line in fields[:1 if self.nbest == 1 else None])
+
+    def word_alignment(self, source_ids: list[int], hypothesis: Hypothesis) -> list[tuple[int, int]]:
+        """(source word, target word) for each word of the hypothesis as printed, from its
+        attention (``seq2seq_cli.alignment``); a line of several sentences counts its words
+        through all of them."""
+        eos, tokenizers = self.tokenizers.eos_id, self.tokenizers
+        source_words = words_of_sentences(source_ids, eos, tokenizers.src_token_words)
+        target_words = words_of_sentences(hypothesis.tokens, eos, tokenizers.tgt_token_words,
+                                          spaced=sentence_joiner(self.target_language) == " ")
+        return word_alignment(hypothesis.attention, source_words, target_words)
 
     def attention_labels(self, source_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str]]:
         """The subwords along the two axes of ``hypothesis.attention``: source and target, each

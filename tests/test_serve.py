@@ -310,6 +310,14 @@ def test_native_endpoint_gives_scores_nbest_and_attention(run, server):
     assert len(item["attention"]) == len(item["target_tokens"])
     assert all(len(row) == len(item["source_tokens"]) for row in item["attention"])
     assert item["source_tokens"][-1] == "[SEP]" and item["target_tokens"][-1] == "[SEP]"
+    # The word alignment s2s translate --alignment prints (the server splits sentences by default).
+    (printed,) = cli_translations(run, [line], "--alignment", "--split-sentences")
+    aligned = httpx.post(f"{server.url}/v1/translate", json={"texts": [line], "alignment": True}).json()
+    (item,) = aligned["translations"]
+    assert f"{item['translation']} ||| {' '.join(f'{s}-{t}' for s, t in item['alignment'])}" == printed
+    assert "attention" not in item
+    bad = httpx.post(f"{server.url}/v1/translate", json={"texts": [line], "alignment": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"] == "alignment must be true or false"
 
 
 @pytest.mark.parametrize("body, content_type, status, fragment", [

@@ -185,6 +185,48 @@ def sentence(rng: random.Random) -> tuple[str, str]:
     return en[0].upper() + en[1:] + ".", de[0].upper() + de[1:] + "."
 
 
+def _content_words() -> dict[str, set[str]]:
+    """Each English content word (nouns, adjectives, verbs, adverbs) and the German words that
+    translate it, in every form the grammar writes."""
+    words: dict[str, set[str]] = {}
+
+    def add(english: str, german: str) -> None:
+        for word in english.split():
+            words.setdefault(word, set()).update(german.lower().split())
+
+    for en, en_plural, de, de_plural, _ in PEOPLE + THINGS:
+        add(en, de)
+        add(en_plural, de_plural)
+    for en, de in ADJECTIVES + STATES:
+        add(en, de)
+        for ending in ("e", "en", "er", "es"):
+            add(en, inflect(de, ending))
+    for en, de in VERBS + ADVERBS:
+        add(en, de)
+    for en, de, _ in SEPARABLE:
+        add(en, de)
+    function_words = {"at", "up", "down", "along", "back", "away", "off", "out", "for", "in", "the"}
+    return {word: forms for word, forms in words.items() if word not in function_words}
+
+
+def content_word_links(english: str, german: str) -> dict[int, int]:
+    """Target word -> source word, for the content words of a sentence pair (words split on
+    spaces, counting from 0) whose link is certain: the English word occurs once, and exactly
+    one German word is one of its forms and of no other English word's in the sentence. What
+    a word alignment of the pair must contain (benchmarks/alignment.py, tests)."""
+    lexicon = _content_words()
+    source = [word.strip(".,").lower() for word in english.split()]
+    target = [word.strip(".,").lower() for word in german.split()]
+    links = {}
+    for i, word in enumerate(source):
+        if word not in lexicon or source.count(word) != 1:
+            continue
+        matches = [j for j, other in enumerate(target) if other in lexicon[word]]
+        if len(matches) == 1 and sum(target[matches[0]] in lexicon.get(w, ()) for w in source) == 1:
+            links[matches[0]] = i
+    return links
+
+
 def generate(seed: int, train: int, dev: int, test: int) -> dict[str, list[tuple[str, str]]]:
     rng = random.Random(seed)
     pairs, seen = [], set()

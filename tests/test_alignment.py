@@ -1,0 +1,85 @@
+"""Word alignment from attention: `s2s translate --alignment` and `Translation.alignment`."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.translation import Translator
+
+from conftest import TOY, s2s_forked
+
+sys.path.insert(0, str(TOY))
+from generate import content_word_links  # noqa: E402
+
+
+def test_each_target_word_takes_the_source_word_its_first_subword_attends_to_most():
+    # Source: "ab cd" as a ##b, c ##d, then [SEP]; target: "xy z" as x ##y, z, then [SEP].
+    attention = torch.tensor([
+        [0.2, 0.3, 0.4, 0.1, 0.0],  # x: a + ##b = 0.5 beats c (0.4) and ##d alone; the word sums win
+        [0.0, 0.0, 0.0, 0.9, 0.1],  # ##y: not the word's first subword, so it does not count
+        [0.1, 0.0, 0.2, 0.3, 0.4],  # z: c + ##d = 0.5; the [SEP] column is no word
+        [0.0, 0.0, 0.0, 0.0, 1.0],  # the final [SEP] row
+    ])
+    assert word_alignment(attention, [0, 0, 1, 1], [0, 0, 1]) == [(0, 0), (1, 1)]
+    assert format_alignment([(0, 0), (1, 1), (3, 2)]) == "0-0 1-1 3-2"
+    assert word_alignment(attention[:, -1:], [], [0]) == []  # nothing to point at
+
+
+def test_words_are_counted_on_through_the_sentences_of_a_line():
+    sep = 9
+    words = lambda ids: [k // 2 for k in range(len(ids))]  # noqa: E731 - two tokens a word
+    assert words_of_sentences([1, 2, 3, sep, 4, 5], sep, words) == [0, 0, 1, None, 2, 2]
+    # Without spaces between sentences (Chinese, Japanese) a line's first word continues the last.
+    assert words_of_sentences([1, 2, 3, sep, 4, 5], sep, words, spaced=False) == [0, 0, 1, None, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def aligned(learned_toy_run):
+    translator = Translator.load(learned_toy_run, device="cpu", alignment=True)
+    sources = read_lines(learned_toy_run.parent / "no-animals" / "dev.en")[:120]
+    return translator, sources, [nbest[0] for nbest in translator.translate_nbest(sources, 1)]
+
+
+def test_an_alignment_has_one_link_per_printed_word_and_finds_content_words(aligned):
+    """Every word of the translation as printed, in order, linked to a word of its source;
+    and the links the toy grammar makes certain (nouns, adjectives, verbs, adverbs) mostly
+    found, after 160 steps of training (the bundled run finds 92%: benchmarks/README.md)."""
+    translator, sources, translations = aligned
+    right = total = 0
+    for source, translation in zip(sources, translations):
+        assert [target for _, target in translation.alignment] == list(range(len(translation.text.split())))
+        assert all(0 <= source_word < len(source.split()) for source_word, _ in translation.alignment)
+        links = content_word_links(source, translation.text)
+        total += len(links)
+        right += sum((source_word, target) in translation.alignment for target, source_word in links.items())
+    assert total > 300 and right / total > 0.85, (right, total)
+
+
+def test_a_line_of_sentences_is_aligned_as_its_sentences_are_one_by_one(aligned, learned_toy_run):
+    """--split-sentences: the line's alignment is each sentence's, its words counted on."""
+    translator, sources, translations = aligned
+    line = " ".join(sources[:3])
+    joined = translator.with_settings(split_sentences=True).translate_nbest([line], 1)[0][0]
+    expected, source_offset, target_offset = [], 0, 0
+    for source, translation in zip(sources[:3], translations[:3]):
+        expected += [(s + source_offset, t + target_offset) for s, t in translation.alignment]
+        source_offset += len(source.split())
+        target_offset += len(translation.text.split())
+    assert joined.text == " ".join(t.text for t in translations[:3]) and joined.alignment == expected
+
+    # The command prints the same, after ' ||| ', n-best lists too.
+    result = s2s_forked("translate", "--checkpoint", learned_toy_run, "--alignment", "--split-sentences",
+                        stdin=f"{line}\n{sources[3]}\n")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [f"{joined.text} ||| {format_alignment(expected)}",
+                                                   f"{translations[3].text} ||| "
+                                                   f"{format_alignment(translations[3].alignment)}"]
+    nbest = s2s_forked("translate", "--checkpoint", learned_toy_run, "--alignment", "--beam-size", 2, "--nbest", 2,
+                       stdin=f"{sources[0]}\n").stdout.decode().splitlines()
+    assert len(nbest) == 2 and all(len(line.split(" ||| ")) == 4 for line in nbest)
+    first = nbest[0].split(" ||| ")
+    assert first[0] == "0" and first[3].count("-") == len(first[1].split())
