@@ -246,6 +246,7 @@ def translate(
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
     alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and its word alignment from the attention: SOURCE-TARGET word pairs (0-0 1-2 ...)."),
+    as_html: bool = typer.Option(False, "--html", help="The input is one HTML document (UTF-8): translate its text, keep its markup and code."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -267,6 +268,8 @@ def translate(
                         f"{'it' if verb == 'applies' else 'them'}")
     if input_file is not None and not input_file.exists():
         raise UserError(f"--input {input_file}: file not found")
+    if as_html:
+        _check_html_options(nbest=nbest > 1, sample=sample, alignment=alignment, plot_attention=plot_attention)
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
         raise UserError(f"--output {output_file} is the file being translated: its translation would replace it; "
                         "write to another file")
@@ -279,6 +282,11 @@ def translate(
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
                                  split_sentences=split_sentences, alignment=alignment)
+    if as_html:
+        document = _read_document(input_file)
+        _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),
+                      "translate")
+        return
     if plot_attention is not None:
         try:
             plot_attention.mkdir(parents=True, exist_ok=True)
@@ -300,6 +308,28 @@ def translate(
     count_total = (lambda: count_lines(input_file)) if input_file is not None else _stdin_lines
     with lines_progress(count_total, interactive=typed_or_shown) as advance:
         _write_output(output_file, lambda out: write_translations(out, advance), "translate")
+
+
+def _check_html_options(**given) -> None:
+    """--html translates a whole document into one: options about lines and lists do not apply."""
+    names = {"nbest": "--nbest", "sample": "--sample", "alignment": "--alignment", "plot_attention": "--plot-attention"}
+    clashing = [names[name] for name, value in given.items() if value]
+    if clashing:
+        raise UserError(f"--html translates one document into one: {', '.join(clashing)} "
+                        f"{'does' if len(clashing) == 1 else 'do'} not apply; drop {'it' if len(clashing) == 1 else 'them'} "
+                        "or translate lines without --html")
+
+
+def _read_document(input_file: Optional[Path]) -> str:
+    """The whole input (--input or stdin) as text: UTF-8, a byte-order mark dropped."""
+    from seq2seq_cli.documents import decode_text_file
+
+    where = f"--input {input_file}" if input_file is not None else "stdin"
+    try:
+        data = input_file.read_bytes() if input_file is not None else sys.stdin.buffer.read()
+        return decode_text_file(data)
+    except ValueError as err:
+        raise UserError(f"{where}: {err}; --html reads UTF-8") from None
 
 
 def _write_output(output_file: Optional[Path], write: Callable[[BinaryIO], None], command: str) -> None:

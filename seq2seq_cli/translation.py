@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import html
 import io
 import logging
 import os
@@ -34,6 +35,7 @@ from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
+from seq2seq_cli.documents import html_pieces, reassemble
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
@@ -371,6 +373,18 @@ class Translator:
         if isinstance(texts, str):  # not a sequence of one-letter texts
             return self.translate([texts])[0]
         return [nbest[0].text for nbest in self.translate_nbest(texts, 1)]
+
+    def translate_html(self, documents: Iterable[str] | str) -> list[str] | str:
+        """Each HTML document (or fragment) with its text translated and the rest as it was:
+        tags, attributes, entities, comments, code, the text of elements marked ``translate="no"``
+        (``seq2seq_cli.documents``), as ``s2s serve`` translates ``format: html``; a single
+        string gives a single string."""
+        if isinstance(documents, str):
+            return self.translate_html([documents])[0]
+        pieces = [html_pieces(document) for document in documents]
+        runs = [html.unescape(text) for document in pieces for markup, text in document if markup is None]
+        translations = iter([[translation] for translation in self.translate(runs)] if runs else [])
+        return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
 
     def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
                         ) -> list[list[Translation]] | list[Translation]:

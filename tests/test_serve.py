@@ -20,10 +20,11 @@ import pytest
 httpx = pytest.importorskip("httpx", reason='s2s serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("fastapi")
 
-from conftest import assert_user_errors, png_size, s2s_forked, tiny_config, toy_lines  # noqa: E402
+from conftest import assert_user_error, assert_user_errors, png_size, s2s_forked, tiny_config, toy_lines  # noqa: E402
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
 from seq2seq_cli.tokenization import Tokenizers  # noqa: E402
+from seq2seq_cli.translation import Translator  # noqa: E402
 
 
 def free_port() -> int:
@@ -159,6 +160,7 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
                         json={"q": html, "source": "en", "target": "de", "format": "html"}).json()["translatedText"]
     a, b = cli_translations(run, [first, second.replace("the", "the &", 1)])
     assert answer == f'<p class="intro">{a}</p>\n<b>{b.replace("&", "&amp;")}</b><!-- note -->'
+    expected_html = answer
     # A script, a style sheet and code are code, not text, and an element may say translate="no":
     # they come back exactly as they were.
     code = (f'<script type="module">const note = "{first}";</script><STYLE>p {{ color: red }}</Style>'
@@ -166,6 +168,12 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
     answer = httpx.post(f"{server.url}/translate",
                         json={"q": code, "source": "en", "target": "de", "format": "html"}).json()["translatedText"]
     assert answer == code.replace(f"<p>{first}", f"<p>{a}")
+    # Offline, s2s translate --html (and Translator.translate_html) translate a document the same way.
+    result = s2s_forked("translate", "--checkpoint", run, "--html", "--split-sentences", stdin=html)
+    assert result.returncode == 0 and result.stdout.decode() == expected_html
+    assert Translator.load(run, "cpu", split_sentences=True).translate_html([code, html]) == [answer, expected_html]
+    assert_user_error(s2s_forked("translate", "--checkpoint", run, "--html", "--alignment", stdin=html),
+                      "--html translates one document into one: --alignment does not apply; drop it")
 
 
 def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run, server):
