@@ -1,7 +1,6 @@
 """Word alignment from attention: `s2s translate --alignment` and `Translation.alignment`."""
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
