@@ -281,7 +281,8 @@ def translate(
                                  cuda_graphs=cuda_graphs,
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
-                                 split_sentences=split_sentences, alignment=alignment)
+                                 split_sentences=split_sentences or as_html,  # a document holds paragraphs
+                                 alignment=alignment)
     if as_html:
         document = _read_document(input_file)
         _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),

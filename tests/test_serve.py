@@ -169,7 +169,7 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
                         json={"q": code, "source": "en", "target": "de", "format": "html"}).json()["translatedText"]
     assert answer == code.replace(f"<p>{first}", f"<p>{a}")
     # Offline, s2s translate --html (and Translator.translate_html) translate a document the same way.
-    result = s2s_forked("translate", "--checkpoint", run, "--html", "--split-sentences", stdin=html)
+    result = s2s_forked("translate", "--checkpoint", run, "--html", stdin=html)  # splitting, as the server does
     assert result.returncode == 0 and result.stdout.decode() == expected_html
     assert Translator.load(run, "cpu", split_sentences=True).translate_html([code, html]) == [answer, expected_html]
     assert_user_error(s2s_forked("translate", "--checkpoint", run, "--html", "--alignment", stdin=html),
