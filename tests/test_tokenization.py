@@ -88,6 +88,22 @@ def test_pretrained_bert_tokenizer_from_folder(tmp_path):
     assert (tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id) == (0, 2, 3)
 
 
+def test_each_token_knows_its_word_in_the_text_as_written(tmp_path):
+    """What word alignments count: the space-separated words of the source line and of the
+    translation as printed, whatever the tokenizer splits off (a pretrained BERT tokenizer cuts
+    punctuation into tokens of its own and its decoder glues it back)."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ein", "mann", "##s", ".", "fahrt"]
+    BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(str(tmp_path / "bert"))
+    bert = build_tokenizers(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    (ids,) = bert.encode_src(["Ein Manns. Fahrt ⌘"])  # ein mann ##s . fahrt [UNK]
+    assert bert.src_token_words(ids) == [0, 1, 1, 1, 2, 3]  # the unknown word still counts
+    assert bert.tgt_token_words(ids) == [0, 1, 1, 1, 2, 2]  # printed without [UNK]: nothing of its own
+    ours = train_wordpiece(["Ein T-shirt, bitte."] * 20, vocab_size=60)
+    own = Tokenizers(ours, ours)
+    (ids,) = own.encode_src(["Ein T-shirt, bitte."])
+    assert max(own.src_token_words(ids)) == 2 and own.src_token_words(ids)[0] == 0
+
+
 def test_saved_truncation_does_not_cut_sentences(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ein", "mann", "."]
     tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
