@@ -524,13 +524,15 @@ def chromium():
 
 
 def test_the_page_in_a_real_browser(run, server, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     sentence = " ".join(toy_lines("dev", 2)[0])  # a paragraph: split into its sentences by default
     expected = cli_translations(run, [sentence], "--beam-size", "5", "--split-sentences")[0]
-    api = httpx.post(f"{server.url}/v1/translate", json={"texts": [sentence], "beam_size": 5, "attention": True},
+    api = httpx.post(f"{server.url}/v1/translate",
+                     json={"texts": [sentence], "beam_size": 5, "attention": True, "alignment": True},
                      timeout=60).json()["translations"][0]
     browser = chromium()
     try:
@@ -549,6 +551,14 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
         assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap td.cell")) == len(sources) * len(targets)
         assert [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#heatmap tbody th")] == targets
         assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap thead th")) == len(sources) + 1
+        # The word alignment: pointing at a translated word lights up the source word it came from.
+        source_words = browser.find_elements(By.CSS_SELECTOR, "#align-source span")
+        target_words = browser.find_elements(By.CSS_SELECTOR, "#align-target span")
+        assert [w.text for w in source_words] == sentence.split() and [w.text for w in target_words] == expected.split()
+        for source_index, target_index in api["alignment"][:3]:
+            ActionChains(browser).move_to_element(target_words[target_index]).perform()
+            lit = [w.get_attribute("data-index") for w in source_words if "linked" in w.get_attribute("class")]
+            assert lit == [str(source_index)]
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert png_size(tmp_path / "page.png")[0] >= 1000
         # Ctrl+Enter sends too; an error the server gives is shown in the page, and the button comes back.
