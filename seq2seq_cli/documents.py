@@ -21,10 +21,10 @@ FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html"}
 
 # Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
 # text to translate (a translated script would no longer run).
-_MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*?</(?P=code)\s*>"
-                     r"|<[^>]*>", re.S | re.I)
+_CODE_ELEMENT = r"<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*?</(?P=code)\s*>"
+_MARKUP = re.compile(rf"<!--.*?-->|<!\[CDATA\[.*?\]\]>|{_CODE_ELEMENT}|<[^>]*>", re.S | re.I)
+_CODE = re.compile(_CODE_ELEMENT, re.S | re.I)
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
-_CODE = re.compile(r"<(?P<code>script|style|code|kbd|samp)\b[^>]*>.*</(?P=code)\s*>", re.S | re.I)
 _TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w:.-]*)")
 _TRANSLATE = re.compile(r"""\stranslate\s*=\s*["']?(?P<value>yes|no)\b""", re.I)
 _NO_TRANSLATE_CLASS = re.compile(r"""\sclass\s*=\s*(?:"[^"]*|'[^']*|)\bnotranslate\b""", re.I)
