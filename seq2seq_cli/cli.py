@@ -479,6 +479,7 @@ def score(
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write the scores, complete or not at all (default: stdout)."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide each score by its target's tokens ([SEP] included): log-probability per token, comparable across lengths."),
     reverse: bool = typer.Option(False, "--reverse", help="The model translates the other way: score log P(source | translation), the channel model of noisy-channel reranking."),
+    alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and the pair's word alignment, read from the attention as the model reads the translation (forced alignment)."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, metavar="N", help="Sentence pairs per batch (default: decoding.batch_size)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
@@ -498,6 +499,7 @@ def score(
     import math
 
     from seq2seq_cli.data import count_lines, stream_lines
+    from seq2seq_cli.alignment import format_alignment
     from seq2seq_cli.scoring import NBEST_SEPARATOR, nbest_pairs
     from seq2seq_cli.translation import Translator
 
@@ -505,6 +507,9 @@ def score(
         raise UserError("give the translations to score: --tgt FILE (one per --src line) or --nbest FILE "
                         "(an n-best list), one of them")
     _refuse_overwriting_inputs(output_file, "--output", {"--src": src, "--tgt": tgt, "--nbest": nbest})
+    if alignment and reverse:
+        raise UserError("--alignment with --reverse: a model of the other direction would align each source word "
+                        "to the translation; align with a model of this direction (drop --reverse)")
     if nbest is not None:
         pairs = count_lines(nbest)
     else:
@@ -513,7 +518,7 @@ def score(
             raise UserError(f"{src} has {pairs} lines but {tgt} has {target_lines}; "
                             "source and target must be line-aligned")
     translator = Translator.load(checkpoint, device, weights=_weights(weights), batch_size=batch_size, dtype=dtype,
-                                 quantize=quantize)
+                                 quantize=quantize, alignment=alignment)
     totals = {"pairs": 0, "tokens": 0, "log_prob": 0.0}
 
     def write_scores(out: BinaryIO, advance) -> None:
@@ -531,6 +536,8 @@ def score(
             values = [f"{s.per_token if normalize else s.log_prob:.4f}" for s in scores]
             if nbest is not None:  # the n-best line, its new field last
                 values = [f"{line}{NBEST_SEPARATOR}{value}" for line, value in zip(nbest_lines, values)]
+            if alignment:
+                values = [f"{value}{NBEST_SEPARATOR}{format_alignment(s.alignment)}" for value, s in zip(values, scores)]
             out.write("".join(f"{value}\n" for value in values).encode())
             totals["pairs"] += len(scores)
             totals["tokens"] += sum(len(s.tokens) for s in scores)

@@ -28,26 +28,32 @@ from seq2seq_cli.precision import autocast
 
 @torch.inference_mode()
 def token_log_probs(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor,
-                    tgt_in: torch.Tensor, tgt_out: torch.Tensor, ids: SpecialIds) -> torch.Tensor:
-    """log P(tgt_out[:, t] | source, tgt_in[:, :t + 1]) for one padded batch: (B, T), 0 at padding.
+                    tgt_in: torch.Tensor, tgt_out: torch.Tensor, ids: SpecialIds,
+                    keep_attention: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """log P(tgt_out[:, t] | source, tgt_in[:, :t + 1]) for one padded batch: (B, T), 0 at
+    padding; with ``keep_attention`` also the attention of each step (B, T, S), else None.
 
     src_ids (B, S) and src_lengths (B,) as ``pad_sources`` makes them; tgt_in ([CLS] y1 .. yn)
     and tgt_out (y1 .. yn [SEP]) (B, T), padded."""
     state = model.encode(src_ids, src_lengths)
     hidden = state.hidden
-    columns = []
+    columns, attention = [], []
     for tokens, targets in zip(tgt_in.unbind(1), tgt_out.unbind(1)):
-        log_probs, hidden, _ = step_log_probs(model, tokens, hidden, state, ids)  # (B, V)
+        log_probs, hidden, weights = step_log_probs(model, tokens, hidden, state, ids)  # (B, V), _, (B, S)
         columns.append(log_probs.gather(1, targets.unsqueeze(1)))
+        if keep_attention:
+            attention.append(weights.float())
     scores = torch.cat(columns, dim=1)  # (B, T); [PAD] targets read -inf
-    return scores.masked_fill(tgt_out == ids.pad, 0.0)
+    return scores.masked_fill(tgt_out == ids.pad, 0.0), torch.stack(attention, dim=1) if keep_attention else None
 
 
 def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
               ids: SpecialIds, device: torch.device, batch_size: int, precision: str = "auto",
-              progress: Optional[Callable[[int], object]] = None) -> list[list[float]]:
+              progress: Optional[Callable[[int], object]] = None, keep_attention: bool = False
+              ) -> list[list[float]] | list[tuple[list[float], torch.Tensor]]:
     """The log-probability of each target's tokens, then of its final [SEP], given its source
-    (token ids without special tokens), in input order.
+    (token ids without special tokens), in input order; with ``keep_attention``, each with the
+    attention that read it: (target tokens + 1, source tokens + 1), as a search keeps it.
 
     Pairs are sorted by length so that a batch holds similar lengths; on the CPU as many
     batches are scored at once as torch has threads, each on one thread, as in decoding. An
@@ -56,15 +62,19 @@ def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targe
     if len(sources) != len(targets):
         raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
 
-    def score(chunk: list[int]) -> list[list[float]]:
+    def score(chunk: list[int]) -> list:
         src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
         tgt_out, _ = pad_sources([targets[i] for i in chunk], ids.pad, ids.eos)  # y1 .. yn [SEP], padded
         # [CLS] y1 .. yn: a shorter row's [SEP] and padding are read only where no score is kept
         tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], ids.bos), tgt_out[:, :-1]], dim=1)
         with autocast(device, precision):  # per thread: autocast is a thread's own state
-            scores = token_log_probs(model, src_ids.to(device), src_lengths, tgt_in.to(device), tgt_out.to(device),
-                                     ids)
-        return [row[: len(targets[i]) + 1] for i, row in zip(chunk, scores.double().tolist())]
+            scores, attention = token_log_probs(model, src_ids.to(device), src_lengths, tgt_in.to(device),
+                                                tgt_out.to(device), ids, keep_attention)
+        rows = [row[: len(targets[i]) + 1] for i, row in zip(chunk, scores.double().tolist())]
+        if not keep_attention:
+            return rows
+        return [(row, weights[: len(targets[i]) + 1, : len(sources[i]) + 1].cpu())
+                for i, row, weights in zip(chunk, rows, attention)]
 
     was_training = model.training
     model.eval()

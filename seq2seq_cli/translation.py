@@ -109,6 +109,8 @@ class Score:
     log_prob: float  # log P(target | source) in nats, the final [SEP] included
     tokens: list[str]  # the target's subwords as the model reads them, then [SEP]
     token_log_probs: list[float]  # each token's log P given the source and the tokens before it
+    # With ``alignment``: (source word, target word) for each word of the target (seq2seq_cli.alignment).
+    alignment: Optional[list[tuple[int, int]]] = None
 
     @property
     def per_token(self) -> float:
@@ -408,7 +410,8 @@ class Translator:
         """The model's log-probability of each target text as the translation of its source
         (forced decoding, ``seq2seq_cli.scoring``); two strings give one Score. A source is cut
         to the model's limit as ``translate`` cuts it; a target is scored whole. ``progress``
-        is told how many pairs each finished batch held."""
+        is told how many pairs each finished batch held. With ``alignment`` each Score has the
+        pair's word alignment, read from the attention that read the target (forced alignment)."""
         if isinstance(sources, str) and isinstance(targets, str):
             return self.score([sources], [targets])[0]
         sources, targets = _texts(sources, "sources"), _texts(targets, "targets")
@@ -419,10 +422,14 @@ class Translator:
         source_ids = self._encode_sources(sources, range(first_line, first_line + len(sources)))
         target_ids = self.tokenizers.encode_tgt(targets)
         scores = score_ids(self.model, source_ids, target_ids, SpecialIds.of(self.tokenizers), self.device,
-                           self.decoding.batch_size, self.precision, progress)
+                           self.decoding.batch_size, self.precision, progress, keep_attention=self.alignment)
         eos = self.tokenizers.eos_id
-        return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores)
-                for ids, token_scores in zip(target_ids, scores)]
+        if not self.alignment:
+            return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores)
+                    for ids, token_scores in zip(target_ids, scores)]
+        return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores,
+                      self._alignment(source, ids, attention))
+                for source, ids, (token_scores, attention) in zip(source_ids, target_ids, scores)]
 
     def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None,
                       progress: Optional[Callable[[int], object]] = None
@@ -543,11 +550,15 @@ class Translator:
         """(source word, target word) for each word of the hypothesis as printed, from its
         attention (``seq2seq_cli.alignment``); a line of several sentences counts its words
         through all of them."""
+        return self._alignment(source_ids, hypothesis.tokens, hypothesis.attention)
+
+    def _alignment(self, source_ids: list[int], target_ids: list[int], attention: torch.Tensor
+                   ) -> list[tuple[int, int]]:
         eos, tokenizers = self.tokenizers.eos_id, self.tokenizers
         source_words = words_of_sentences(source_ids, eos, tokenizers.src_token_words)
-        target_words = words_of_sentences(hypothesis.tokens, eos, tokenizers.tgt_token_words,
+        target_words = words_of_sentences(target_ids, eos, tokenizers.tgt_token_words,
                                           spaced=sentence_joiner(self.target_language) == " ")
-        return word_alignment(hypothesis.attention, source_words, target_words)
+        return word_alignment(attention, source_words, target_words)
 
     def attention_labels(self, source_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str]]:
         """The subwords along the two axes of ``hypothesis.attention``: source and target, each

@@ -9,7 +9,7 @@ from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sen
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.translation import Translator
 
-from conftest import TOY, s2s_forked
+from conftest import TOY, assert_user_error, s2s_forked
 
 sys.path.insert(0, str(TOY))
 from generate import content_word_links  # noqa: E402
@@ -82,3 +82,20 @@ def test_a_line_of_sentences_is_aligned_as_its_sentences_are_one_by_one(aligned,
     assert len(nbest) == 2 and all(len(line.split(" ||| ")) == 4 for line in nbest)
     first = nbest[0].split(" ||| ")
     assert first[0] == "0" and first[3].count("-") == len(first[1].split())
+
+
+def test_forced_alignment_of_a_translation_is_the_alignment_its_search_printed(aligned, learned_toy_run, tmp_path):
+    """s2s score --alignment reads a given translation as the search wrote it: the same steps,
+    the same attention, so a translation the search found is aligned as translate aligned it."""
+    translator, sources, translations = aligned
+    scores = translator.score(sources, [t.text for t in translations])
+    assert [s.alignment for s in scores] == [t.alignment for t in translations]
+    src, tgt = tmp_path / "src.en", tmp_path / "tgt.de"
+    src.write_text("".join(s + "\n" for s in sources[:5]), encoding="utf-8")
+    tgt.write_text("".join(t.text + "\n" for t in translations[:5]), encoding="utf-8")
+    result = s2s_forked("score", "--checkpoint", learned_toy_run, "--src", src, "--tgt", tgt, "--alignment")
+    assert result.returncode == 0, result.stderr.decode()
+    assert [line.split(" ||| ")[1] for line in result.stdout.decode().splitlines()] == \
+        [format_alignment(t.alignment) for t in translations[:5]]
+    assert_user_error(s2s_forked("score", "--checkpoint", learned_toy_run, "--src", src, "--tgt", tgt, "--alignment",
+                                 "--reverse"), "--alignment with --reverse")
