@@ -101,7 +101,9 @@ def check_before_launch(config: Config, processes: int, overwrite: bool = False,
     check_cpu_bf16(config.training.precision, select_device(config.training.device), "training.precision=")
     run = RunDir(config.run_dir)
     if resume:
-        check_same_processes(_checkpoint_to_resume(config, run), processes)
+        resume_from = _checkpoint_to_resume(config, run)
+        _resumable(config, resume_from, run)
+        check_same_processes(resume_from, processes)
         return
     run.refuse_existing(overwrite)
     if config.training.init_from:
@@ -128,9 +130,7 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
         torch.set_num_threads(config.training.num_threads)
     resume_from = _checkpoint_to_resume(config, run) if resume else None
     if resume_from is not None:
-        state = TrainingState.from_checkpoint(resume_from)
-        _same_best_metric(config, state, run)
-        config = _same_bleu(config, state, run)
+        config = _resumable(config, resume_from, run)
     # A resumed run has its own weights: the parent matters only to a fresh start.
     parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
@@ -219,6 +219,14 @@ def _same_experiment(config: Config, saved: Config, run: RunDir) -> None:
             if ours[key] != theirs[key]:
                 raise UserError(f"cannot resume {run}: {section}.{key} is {ours[key]!r} but the run was "
                                 f"trained with {theirs[key]!r}; drop the change or start a new run")
+
+
+def _resumable(config: Config, resume_from: dict[str, Any], run: RunDir) -> Config:
+    """The config a resumed run goes on with, once it is clear that it can: the same metric
+    picks best.pt, and dev BLEU is split as its best so far was (``_same_bleu``)."""
+    state = TrainingState.from_checkpoint(resume_from)
+    _same_best_metric(config, state, run)
+    return _same_bleu(config, state, run)
 
 
 def _same_best_metric(config: Config, state: TrainingState, run: RunDir) -> None:

@@ -185,6 +185,8 @@ def test_nproc_checks_the_config_and_the_run_before_it_starts_torchrun(tmp_path)
              "nowhere: no such checkpoint file or run directory"),
             (["--resume", tmp_path / "new"], "cannot resume"),
             (["--resume", tmp_path / "run", "training.max_steps=9"], "saved by 1 process(es); resume it with the same"),
+            (["--resume", tmp_path / "run", "training.max_steps=9", "training.best_metric=loss"],
+             "its best checkpoint was chosen by dev BLEU"),
             (["--resume", tmp_path / "run", "model.hidden_size=64", "training.max_steps=9"], "model.hidden_size")):
         result = s2s_forked("train", "--nproc", 2, *args)
         assert_user_error(result, fragment)
