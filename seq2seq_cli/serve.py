@@ -350,11 +350,14 @@ class TranslatedFiles:
 
     def add(self, name: str, data: bytes, media_type: str) -> str:
         """Keep a file; returns the name to download it by (a random part, then ``name``)."""
-        self._forget(lambda stored: self.clock() - stored[0] > self.keep_s)
-        while self._files and self._bytes + len(data) > self.max_bytes:
-            self._drop(next(iter(self._files)))
+        now = self.clock()
+        # Oldest first: the expired files come first, then those that leave no room for this one.
+        while self._files and (self._bytes + len(data) > self.max_bytes
+                               or now - next(iter(self._files.values()))[0] > self.keep_s):
+            oldest = next(iter(self._files))
+            self._bytes -= len(self._files.pop(oldest)[2])
         download = f"{secrets.token_hex(16)}.{name}"
-        self._files[download] = (self.clock(), name, data, media_type)
+        self._files[download] = (now, name, data, media_type)
         self._bytes += len(data)
         return download
 
@@ -364,13 +367,6 @@ class TranslatedFiles:
         if stored is None or self.clock() - stored[0] > self.keep_s:
             return None
         return stored[1:]
-
-    def _forget(self, expired) -> None:
-        for download in [d for d, stored in self._files.items() if expired(stored)]:
-            self._drop(download)
-
-    def _drop(self, download: str) -> None:
-        self._bytes -= len(self._files.pop(download)[2])
 
 
 class RequestLimit:
