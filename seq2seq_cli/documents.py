@@ -94,6 +94,12 @@ def _split(text: str, markup: re.Pattern) -> list[Piece]:
     return pieces
 
 
+def runs(pieces: list[Piece], html_entities: bool = False) -> list[str]:
+    """The runs of text to translate, in order; ``html_entities``: an entity (``&amp;``) read as
+    the character it stands for, as ``reassemble(escape=True)`` writes it back."""
+    return [html.unescape(text) if html_entities else text for markup, text in pieces if markup is None]
+
+
 def reassemble(pieces: list[Piece], translations: Iterator[list[str]], alternatives: int, escape: bool = False,
                keep_spacing: bool = False) -> tuple[str, list[str]]:
     """The text translated, and ``alternatives`` other versions of it: each run replaced by the

@@ -26,7 +26,6 @@ and a text detected in the target language comes back untranslated.
 import asyncio
 import functools
 import hmac
-import html
 import json
 import logging
 import math
@@ -47,7 +46,8 @@ from urllib.parse import parse_qs, quote
 import torch
 
 from seq2seq_cli.device import select_device
-from seq2seq_cli.documents import FILE_FORMATS, decode_text_file, html_pieces, reassemble, text_file_pieces, text_lines
+from seq2seq_cli.documents import (FILE_FORMATS, decode_text_file, html_pieces, reassemble, runs, text_file_pieces,
+                                   text_lines)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -632,8 +632,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         source, target = body.get("source"), body.get("target")
         candidates = candidates_for(source, target)
         pieces = [html_pieces(text) if text_format == "html" else text_lines(text) for text in texts]
-        lines = [[html.unescape(piece) if text_format == "html" else piece for markup, piece in text_pieces
-                  if markup is None] for text_pieces in pieces]
+        lines = [runs(text_pieces, html_entities=text_format == "html") for text_pieces in pieces]
         resolved = [model_for_text(" ".join(text_lines), source, candidates) for text_lines in lines]
         chosen = [model for model, _ in resolved]
         detected = [language for _, language in resolved]
@@ -738,13 +737,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             raise ClientError(f"{name} holds {len(text)} characters; the limit for a file is {limit} "
                               "(the server's --char-limit x --batch-limit)")
         pieces = html_pieces(text) if kind == "html" else text_file_pieces(text)
-        runs = [html.unescape(piece) if kind == "html" else piece for markup, piece in pieces if markup is None]
+        texts = runs(pieces, html_entities=kind == "html")
         source, target = body.get("source"), body.get("target")
-        model, _ = model_for_text(" ".join(runs)[:_DETECT_CHARS], source, candidates_for(source, target))
+        model, _ = model_for_text(" ".join(texts)[:_DETECT_CHARS], source, candidates_for(source, target))
         translated = text
-        if model is not None and runs:
+        if model is not None and texts:
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
-            decoded = await _search_in_chunks(model.worker, runs, search)
+            decoded = await _search_in_chunks(model.worker, texts, search)
             translated, _ = reassemble(pieces, (d.translations for d in decoded), 0, escape=kind == "html",
                                        keep_spacing=True)
         media_type = "text/html; charset=utf-8" if kind == "html" else "text/plain; charset=utf-8"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import html
 import io
 import logging
 import os
@@ -37,7 +36,7 @@ from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
-from seq2seq_cli.documents import html_pieces, reassemble
+from seq2seq_cli.documents import html_pieces, reassemble, runs
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
@@ -386,8 +385,8 @@ class Translator:
         if isinstance(documents, str):
             return self.translate_html([documents])[0]
         pieces = [html_pieces(document) for document in documents]
-        runs = [html.unescape(text) for document in pieces for markup, text in document if markup is None]
-        translations = iter([[translation] for translation in self.translate(runs)] if runs else [])
+        texts = [text for document in pieces for text in runs(document, html_entities=True)]
+        translations = iter([[translation] for translation in self.translate(texts)] if texts else [])
         return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
 
     def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
