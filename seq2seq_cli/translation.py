@@ -422,13 +422,14 @@ class Translator:
         target_ids = self.tokenizers.encode_tgt(targets)
         scores = score_ids(self.model, source_ids, target_ids, SpecialIds.of(self.tokenizers), self.device,
                            self.decoding.batch_size, self.precision, progress, keep_attention=self.alignment)
+        alignments: list[Optional[list[tuple[int, int]]]] = [None] * len(target_ids)
+        if self.alignment:  # each pair's scores came with the attention that read its target
+            alignments = [self._alignment(source, ids, attention)
+                          for source, ids, (_, attention) in zip(source_ids, target_ids, scores)]
+            scores = [token_scores for token_scores, _ in scores]
         eos = self.tokenizers.eos_id
-        if not self.alignment:
-            return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores)
-                    for ids, token_scores in zip(target_ids, scores)]
-        return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores,
-                      self._alignment(source, ids, attention))
-                for source, ids, (token_scores, attention) in zip(source_ids, target_ids, scores)]
+        return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores, alignment)
+                for ids, token_scores, alignment in zip(target_ids, scores, alignments)]
 
     def translate_raw(self, raw_lines: list[bytes], nbest: Optional[int] = None,
                       progress: Optional[Callable[[int], object]] = None
