@@ -26,17 +26,17 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
+from seq2seq_cli.documents import html_pieces, reassemble, runs
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids
 from seq2seq_cli.search_graphs import SearchGraphs
-from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
-from seq2seq_cli.documents import html_pieces, reassemble, runs
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
 
