@@ -232,8 +232,9 @@ def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_
     src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
     limit = None if max_len is None else exact_tokens(max_len)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    # "folded": ids read through CharacterFolding; a cache written before it is not reused.
     key = hashlib.sha256(f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:"
-                         f"{limit}".encode()).hexdigest()[:32]
+                         f"{limit}:folded".encode()).hexdigest()[:32]
     cache_file = cache_folder / f"corpus-{key}.pt"
     if cache_file.is_file():
         try:

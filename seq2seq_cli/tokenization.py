@@ -11,7 +11,9 @@ pieces, with two changes that make translations come out as normal text:
 
 The pipeline is stored whole in ``tokenizer.json`` (``save_pretrained`` form), so
 ``AutoTokenizer.from_pretrained(run_dir / "tokenizer")`` rebuilds exactly this tokenizer; a
-``vocab.txt`` is written beside it for tools that read BERT vocabularies.
+``vocab.txt`` is written beside it for tools that read BERT vocabularies. Before it, a
+character no piece of the vocabulary holds is read as a look-alike that one does
+(``CharacterFolding``), so one foreign letter does not make its whole word [UNK].
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import itertools
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -166,6 +169,68 @@ def load_pretrained(name_or_path: str | Path):
     return tokenizer
 
 
+# Look-alikes of characters that do not come apart under NFKD: typographic punctuation, and
+# the letters of European alphabets drawn with a stroke or without a dot.
+LOOK_ALIKES = {**dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2039\u203a", "'"),
+               **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb", '"'),
+               **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
+               "\u2026": ".", **dict(zip("ŁłØøĐđĦħıŦŧſƒ", "LlOoDdHhiTtsf"))}
+
+
+class CharacterFolding:
+    """A WordPiece vocabulary spells a word from the characters it learned, and reads a word
+    with any other character as one [UNK]: a name with one letter the training corpus lacked
+    ("Ålesund", "Dvořák") is lost whole, and so is a word with typographic punctuation
+    attached ("»Fahrrad«", "Fahrrad…"). Before encoding, such a character is read as a
+    look-alike the vocabulary has: its letter without the accent (NFKD), or for punctuation
+    and a few letters one from ``LOOK_ALIKES``. Only a character that is in no piece of the
+    vocabulary (after the normalizer) is folded, so no word the vocabulary can spell changes;
+    one character for one, so character offsets and words stay those of the text. A character
+    without a look-alike is kept (its word stays [UNK]). Other tokenizer models
+    (byte-level BPE) spell anything and are left alone."""
+
+    def __init__(self, backend: Tokenizer):
+        self.applies = isinstance(backend.model, models.WordPiece)
+        if not self.applies:
+            return
+        prefix = backend.model.continuing_subword_prefix
+        pieces = backend.get_vocab(with_added_tokens=False)
+        # A character in no piece can be in no spelled word: only such characters are folded,
+        # so a word the vocabulary can spell is never changed.
+        self._alphabet = set().union(*(piece.removeprefix(prefix) for piece in pieces))
+        self._normalizer = backend.normalizer
+        # Lines with nothing outside the alphabet (almost all) are found by one regex search.
+        self._outside = re.compile("[^%s\\s]" % "".join(map(re.escape, sorted(self._alphabet))))
+        self._table: dict[int, str] = {}
+        self._decided: set[str] = set()
+
+    def __call__(self, lines: Sequence[str]) -> Sequence[str]:
+        if not self.applies:
+            return lines
+        return [self._fold(line) if self._outside.search(line) else line for line in lines]
+
+    def _fold(self, line: str) -> str:
+        for character in set(line).difference(self._decided):
+            look_alike = self._look_alike(character)
+            if look_alike is not None:
+                self._table[ord(character)] = look_alike
+            self._decided.add(character)
+        return line.translate(self._table)
+
+    def _spelled(self, character: str) -> bool:
+        normalized = self._normalizer.normalize_str(character) if self._normalizer else character
+        return all(c in self._alphabet or c.isspace() for c in normalized)
+
+    def _look_alike(self, character: str) -> Optional[str]:
+        if self._spelled(character):
+            return None
+        base = "".join(c for c in unicodedata.normalize("NFKD", character) if not unicodedata.combining(c))
+        for candidate in (LOOK_ALIKES.get(character), base):
+            if candidate and len(candidate) == 1 and not candidate.isspace() and self._spelled(candidate):
+                return candidate
+        return None
+
+
 class Tokenizers:
     """The source and target tokenizers (one object when the vocabulary is shared).
 
@@ -181,10 +246,19 @@ class Tokenizers:
         self.pad_id: int = tgt.pad_token_id
         self.bos_id: int = tgt.cls_token_id
         self.eos_id: int = tgt.sep_token_id
+        self.src_folding = CharacterFolding(src.backend_tokenizer)
+        self.tgt_folding = self.src_folding if tgt is src else CharacterFolding(tgt.backend_tokenizer)
 
     @property
     def shared(self) -> bool:
         return self.src is self.tgt
+
+    @property
+    def src_unk_id(self) -> Optional[int]:
+        """The id of the source vocabulary's [UNK]: None when it spells any text (byte-level BPE)."""
+        model = self.src.backend_tokenizer.model
+        unknown = getattr(model, "unk_token", None) if isinstance(model, models.WordPiece) else None
+        return None if unknown is None else self.src.backend_tokenizer.token_to_id(unknown)
 
     @property
     def src_size(self) -> int:
@@ -196,20 +270,33 @@ class Tokenizers:
 
     def encode_src(self, lines: Sequence[str], limit: Optional[int] = None) -> list[list[int]]:
         """The ids of each source line; with ``limit``, see ``encode_up_to``."""
-        return _encode(self.src, lines) if limit is None else encode_up_to(self.src, lines, limit)
+        return _encode(self.src, self.src_folding(lines)) if limit is None else \
+            encode_up_to(self.src, lines, limit, self.src_folding)
 
     def encode_tgt(self, lines: Sequence[str], limit: Optional[int] = None) -> list[list[int]]:
         """The ids of each target line; with ``limit``, see ``encode_up_to``."""
-        return _encode(self.tgt, lines) if limit is None else encode_up_to(self.tgt, lines, limit)
+        return _encode(self.tgt, self.tgt_folding(lines)) if limit is None else \
+            encode_up_to(self.tgt, lines, limit, self.tgt_folding)
 
     def src_words(self, lines: Sequence[str]) -> list[list[tuple[int, int, int]]]:
         """Each source line's subwords as (first character, past-the-end character, index of
         the word it is part of), without special tokens: where a line can be cut between words."""
         if not lines:
             return []
-        encodings = self.src.backend_tokenizer.encode_batch(list(lines), add_special_tokens=False)
+        encodings = self.src.backend_tokenizer.encode_batch(list(self.src_folding(lines)), add_special_tokens=False)
         return [[(start, end, word) for (start, end), word in zip(encoding.offsets, encoding.word_ids)]
                 for encoding in encodings]
+
+    def unknown_src_words(self, line: str) -> list[str]:
+        """The words of ``line`` (as spaces separate them) that the source vocabulary reads as
+        [UNK], even after ``CharacterFolding``: each once, in order."""
+        unknown = self.src_unk_id
+        if unknown is None:
+            return []
+        encoding = self.src.backend_tokenizer.encode(self.src_folding([line])[0], add_special_tokens=False)
+        starts = [start for id_, (start, _) in zip(encoding.ids, encoding.offsets) if id_ == unknown]
+        words = [match for match in re.finditer(r"\S+", line) if any(match.start() <= s < match.end() for s in starts)]
+        return list(dict.fromkeys(match.group() for match in words))
 
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.batch_decode([list(s) for s in sequences], skip_special_tokens=True)
@@ -324,19 +411,19 @@ def _encode(tokenizer, lines: Sequence[str]) -> list[list[int]]:
     return [encoding.ids for encoding in encodings]
 
 
-def encode_up_to(tokenizer, lines: Sequence[str], limit: int) -> list[list[int]]:
-    """The ids of each line, exact up to ``limit`` tokens: a line with more may give only a
-    prefix of its ids, longer than ``limit``.
+def encode_up_to(tokenizer, lines: Sequence[str], limit: int, folding: CharacterFolding) -> list[list[int]]:
+    """The ids of each line read through ``folding``, exact up to ``limit`` tokens: a line with
+    more may give only a prefix of its ids, longer than ``limit``.
 
     A line thousands of times longer than ``limit`` tokens (a document without newlines, a
     binary file) would cost the tokenizer gigabytes (a 20 MB line: 3.6 GB and 32 s), so only its
     ``line_head`` is read; unless the head proves the line too long, giving more tokens than
     ``limit``, the whole line is read (a few very long words)."""
     heads = [line_head(line, limit) for line in lines]
-    ids = _encode(tokenizer, heads)
+    ids = _encode(tokenizer, folding(heads))
     for index, (line, head) in enumerate(zip(lines, heads)):
         if len(head) < len(line) and len(ids[index]) <= limit:
-            ids[index] = _encode(tokenizer, [line])[0]
+            ids[index] = _encode(tokenizer, folding([line]))[0]
     return ids
 
 

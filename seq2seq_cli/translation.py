@@ -503,7 +503,13 @@ class Translator:
         (``Tokenizers.encode_src``)."""
         limit = self.max_source_tokens
         sources = self.tokenizers.encode_src(texts, limit)
+        unk_id = self.tokenizers.src_unk_id
         for offset, (text, source) in enumerate(zip(texts, sources)):
+            if unk_id is not None and unk_id in source[:limit]:
+                unknown = self.tokenizers.unknown_src_words(line_head(text, limit))
+                shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                log.warning("input line %d: %s the model's vocabulary cannot spell, read as [UNK]: %s",
+                            line_numbers[offset], "a word" if len(unknown) == 1 else f"{len(unknown)} words", shown)
             if len(source) > limit:
                 count = (f"over {limit} tokens in {len(text)} characters" if len(line_head(text, limit)) < len(text)
                          else f"{len(source)} tokens")

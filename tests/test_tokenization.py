@@ -143,3 +143,50 @@ def test_a_saved_tokenizer_reads_back_the_same_without_transformers(tmp_path):
     ours.save(tmp_path / "again")  # and what it saves, transformers still reads
     assert AutoTokenizer.from_pretrained(str(tmp_path / "again")).backend_tokenizer.to_str() == \
         theirs.src.backend_tokenizer.to_str()
+
+
+def test_a_character_the_vocabulary_lacks_is_read_as_a_look_alike_it_has():
+    """A WordPiece vocabulary reads a word with one character it never learned as one [UNK]: a
+    name with a foreign letter, a word with typographic punctuation attached. Such a character
+    is read as its letter without the accent, or a look-alike; nothing else changes."""
+    en, de = toy_lines("train", 300)
+    tokenizers = build_tokenizers(TokenizerConfig(vocab_size=300), en, de)
+    unk = tokenizers.src_unk_id
+    assert unk == tokenizers.src.backend_tokenizer.token_to_id("[UNK]")
+    assert not {"Å", "Ł", "…", "—", "»", '"'} & set("".join(en + de))  # the toy corpus has none of them
+
+    folded, plain = tokenizers.encode_src(["Ålesund… sees Łukasz—", "Alesund. sees Lukasz-"])
+    assert folded == plain and unk not in folded
+    assert tokenizers.encode_tgt(["Łukasz…"]) == tokenizers.encode_tgt(["Lukasz."])
+    # One character for one: where a long line is cut between words is where it was.
+    assert tokenizers.src_words(["Ålesund… sees"]) == tokenizers.src_words(["Alesund. sees"])
+    # No look-alike the vocabulary has (» would be ", which the toy corpus lacks; Cyrillic has
+    # none): the word stays [UNK], and is named.
+    (ids,) = tokenizers.encode_src(["The Жук and »cat« see Ålesund."])
+    assert ids.count(unk) == 2
+    assert tokenizers.unknown_src_words("The Жук and »cat« see Ålesund. Жук") == ["Жук", "»cat«"]
+    # Every word the vocabulary can spell is encoded exactly as the tokenizer alone encodes it.
+    lines = toy_lines("dev")[0][:200] + ["Das Café öffnet", "naïve Ålesund"]
+    backend = tokenizers.src.backend_tokenizer
+    alone = [encoding.ids for encoding in backend.encode_batch(lines, add_special_tokens=False)]
+    assert tokenizers.encode_src(lines)[:200] == alone[:200]
+    assert alone[-1][0] == unk and tokenizers.encode_src(lines)[-1][0] != unk  # naïve has ï
+
+
+def test_folding_spares_characters_the_vocabulary_spells_within_pieces_or_after_normalizing(tmp_path):
+    """A character counts as known when any piece holds it (é inside "café") or when the
+    tokenizer's normalizer turns it into one (Ä lowercased to ä): such words are not touched."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "café", "cafe", "äpfel", "apfel", "n", "##e"]
+    BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
+                  strip_accents=False).save_pretrained(str(tmp_path / "bert"))
+    bert = build_tokenizers(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    assert bert.encode_src(["Café Äpfel né ñe"]) == [[5, 7, 1, 9, 10]]  # é known: "né" stays [UNK]; ñ is n
+
+
+def test_byte_level_tokenizers_are_not_folded():
+    from tokenizers import Tokenizer, models
+
+    from seq2seq_cli.tokenization import CharacterFolding
+
+    folding = CharacterFolding(Tokenizer(models.BPE()))
+    assert not folding.applies and folding(["Ålesund…"]) == ["Ålesund…"]

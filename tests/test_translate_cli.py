@@ -45,6 +45,21 @@ def test_bad_input_never_breaks_the_stream(run_dir):
     assert stderr.count("truncated to the model's limit of 30") == 1
 
 
+def test_a_word_with_a_character_the_model_never_saw_is_translated_or_named(run_dir):
+    """A name with a foreign letter or a word with typographic punctuation attached is read as
+    its look-alike (the same translation as the plain text); a word still unreadable is named
+    on stderr, with its line, rather than silently dropped."""
+    lines = ["The baker brings back an apple…", "The baker brings back an apple.",
+             "The bäker brings back an äpple.", "The Жук brings back an apple.", "The baker brings back an apple."]
+    result = s2s_forked("translate", "--checkpoint", run_dir, stdin="\n".join(lines) + "\n")
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    out = result.stdout.decode().splitlines()
+    assert len(out) == 5 and out[0] == out[1]
+    assert "input line 4: a word the model's vocabulary cannot spell, read as [UNK]: Жук" in stderr
+    assert stderr.count("cannot spell") == 1  # ä is German: the toy vocabulary has it
+
+
 def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_tokens(run_dir, monkeypatch, caplog):
     """Only the head of such a line is tokenized (a 20 MB line took 3.6 GB and 32 s), and the
     model gets exactly the tokens it would get from the whole line, cut to data.max_len."""
