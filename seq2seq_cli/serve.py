@@ -464,6 +464,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     from fastapi import FastAPI, Request
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
     # Every language served, into or out of: a text may already be in the language asked for.
@@ -528,6 +529,16 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     @app.exception_handler(ClientError)
     async def client_error(request: Request, err: ClientError):
         return JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, err: StarletteHTTPException):
+        # An unknown path or method answers {"error": ...} like every other error, not FastAPI's
+        # {"detail": ...}: a client reads one field.
+        path = request.url.path
+        allowed = {name.lower(): value for name, value in (err.headers or {}).items()}.get("allow", "")
+        message = {404: f"{path}: no such endpoint; the API is at /docs",
+                   405: f"{request.method} {path}: not allowed; use {allowed}"}.get(err.status_code, f"{path}: {err.detail}")
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
 
     def models_into(source: Optional[str], target: Optional[str]) -> list[ServedModel]:
         """The models that can translate to ``target`` (the only one served, when not given) from

@@ -217,8 +217,13 @@ def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run
     assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm files"
     missing = httpx.get(f"{server.url}/download_file/0123.notes.txt")
     assert missing.status_code == 404 and "kept for 30 minutes" in missing.json()["error"]
-    # Metrics name endpoints, not the paths clients make up.
-    httpx.get(f"{server.url}/no/such/page/{time.time()}")
+    # Metrics name endpoints, not the paths clients make up; an unknown path or method is an
+    # error like any other.
+    unknown = httpx.get(f"{server.url}/no/such/page/{time.time()}")
+    assert unknown.status_code == 404 and "no such endpoint; the API is at /docs" in unknown.json()["error"]
+    wrong_method = httpx.delete(f"{server.url}/translate_file")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": "DELETE /translate_file: not allowed; use POST"}
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'endpoint="/download_file/{download}",status="404"' in metrics
     assert 'endpoint="other",status="404"' in metrics and "no/such/page" not in metrics
