@@ -320,6 +320,21 @@ def _tokenize(config: Config, run: RunDir, tokenizers: Tokenizers, sharded: Opti
     return _Corpora(tokenizers, train_corpus, dev, test)
 
 
+def _log_unknown_tokens(corpus: ParallelCorpus, tokenizers: Tokenizers) -> None:
+    """Say how much of the training corpus the vocabulary reads as [UNK] (as fairseq-preprocess
+    does), when any: words in another script, say, which translations cannot spell either."""
+    counts = []
+    for sequences, unk in ((corpus.src_ids, tokenizers.src_unk_id), (corpus.tgt_ids, tokenizers.tgt_unk_id)):
+        total = sum(map(len, sequences))
+        counts.append((sum(ids.count(unk) for ids in sequences) if unk is not None else 0, total))
+    if any(unknown for unknown, _ in counts):
+        (src_unk, src_total), (tgt_unk, tgt_total) = counts
+        log.info("training pairs: %d of %d source tokens (%.2f%%) and %d of %d target tokens (%.2f%%) are [UNK]: "
+                 "words with a character the vocabulary lacks (see README, Tokenization)",
+                 src_unk, src_total, 100 * src_unk / max(src_total, 1), tgt_unk, tgt_total,
+                 100 * tgt_unk / max(tgt_total, 1))
+
+
 def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.device, world: World,
                   resume_from: Optional[dict[str, Any]], parent: Optional[_Parent]) -> Trainer:
     tokenizers = corpora.tokenizers
@@ -329,6 +344,8 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
     if not len(train_corpus):
         raise UserError(f"{split_files(config.data, 'train')[0]}: no training pairs left after filtering; "
                         f"check the files or raise data.max_len")
+    if isinstance(train_corpus, ParallelCorpus):  # shards are not read whole for a log line
+        _log_unknown_tokens(train_corpus, tokenizers)
     _set_seed(config.training.seed)
     if resume_from is not None:
         model = Seq2Seq(config.model, **resume_from["model_args"])

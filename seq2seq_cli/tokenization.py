@@ -256,9 +256,11 @@ class Tokenizers:
     @property
     def src_unk_id(self) -> Optional[int]:
         """The id of the source vocabulary's [UNK]: None when it spells any text (byte-level BPE)."""
-        model = self.src.backend_tokenizer.model
-        unknown = getattr(model, "unk_token", None) if isinstance(model, models.WordPiece) else None
-        return None if unknown is None else self.src.backend_tokenizer.token_to_id(unknown)
+        return _unk_id(self.src)
+
+    @property
+    def tgt_unk_id(self) -> Optional[int]:
+        return _unk_id(self.tgt)
 
     @property
     def src_size(self) -> int:
@@ -388,6 +390,12 @@ def _load_saved(folder: Path):
     except Exception:  # not one of ours, or damaged: the full loader says what is wrong
         pass
     return load_pretrained(folder)
+
+
+def _unk_id(tokenizer) -> Optional[int]:
+    model = tokenizer.backend_tokenizer.model
+    unknown = getattr(model, "unk_token", None) if isinstance(model, models.WordPiece) else None
+    return None if unknown is None else tokenizer.backend_tokenizer.token_to_id(unknown)
 
 
 def _word_indices(tokenizer, ids: Sequence[int], skip_special_tokens: bool) -> list[Optional[int]]:

@@ -190,3 +190,26 @@ def test_byte_level_tokenizers_are_not_folded():
 
     folding = CharacterFolding(Tokenizer(models.BPE()))
     assert not folding.applies and folding(["Ålesund…"]) == ["Ålesund…"]
+
+
+def test_training_says_how_much_of_its_corpus_is_unk(tmp_path, caplog):
+    """As fairseq-preprocess does, but only when there is any: a pretrained vocabulary may lack
+    the corpus' characters; one learned from the corpus never does."""
+    import logging
+
+    from seq2seq_cli.data import ParallelCorpus
+    from seq2seq_cli.launch import _log_unknown_tokens
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ein", "mann", "##s", ".", "fahrt"]
+    BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(str(tmp_path / "bert"))
+    bert = build_tokenizers(TokenizerConfig(pretrained=str(tmp_path / "bert")), [], [])
+    src, tgt = ["Ein Mann fährt.", "Ein Жук ."], ["ein mann .", "ein mann"]
+    with caplog.at_level(logging.INFO, logger="seq2seq_cli"):
+        _log_unknown_tokens(ParallelCorpus(bert.encode_src(src), bert.encode_tgt(tgt), src, tgt), bert)
+    assert "1 of 7 source tokens (14.29%) and 0 of 5 target tokens (0.00%) are [UNK]" in caplog.text
+    caplog.clear()
+    en, de = toy_lines("train", 300)
+    own = build_tokenizers(TokenizerConfig(vocab_size=300), en, de)
+    with caplog.at_level(logging.INFO, logger="seq2seq_cli"):
+        _log_unknown_tokens(ParallelCorpus(own.encode_src(en), own.encode_tgt(de), en, de), own)
+    assert "[UNK]" not in caplog.text
