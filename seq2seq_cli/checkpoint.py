@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,31 +81,41 @@ def checkpoint_config(payload: dict[str, Any], path: Path) -> Config:
                         f"s2s {__version__} does not accept: {str(err).split(': ', 1)[-1]}") from None
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config]:
-    """Everything needed to translate: the model (in eval mode), its tokenizers and its config."""
-    checkpoint_file, run_dir = RunDir.resolve_checkpoint(path)
+@dataclass
+class _Opened:
+    """A checkpoint read with its config and its run's tokenizers, each checked against it."""
+
+    file: Path  # the checkpoint file a run directory or file name led to
+    run: RunDir
+    payload: dict[str, Any]
+    config: Config
+    tokenizers: Tokenizers
+
+
+def _open(path: str | Path) -> _Opened:
+    checkpoint_file, run = RunDir.resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint_file)
     config = checkpoint_config(payload, checkpoint_file)
-    tokenizers = _run_tokenizers(run_dir, checkpoint_file, payload)
-    model = Seq2Seq(config.model, **payload["model_args"])
-    try:
-        model.load_state_dict(payload["model"])  # weights stored in half precision become fp32 here
-    except RuntimeError as err:
-        raise UserError(f"{checkpoint_file}: weights do not fit the model in its config "
-                        f"({str(err).splitlines()[0]})") from None
-    return model.to(device).eval(), tokenizers, config
-
-
-def _run_tokenizers(run_dir: RunDir, checkpoint_file: Path, payload: dict[str, Any]) -> Tokenizers:
-    """The tokenizers of the run a checkpoint belongs to, once it is clear they are the checkpoint's."""
-    tokenizer_dir = run_dir.tokenizer
+    tokenizer_dir = run.tokenizer
     if not tokenizer_dir.is_dir():
         raise UserError(f"{tokenizer_dir}: tokenizer folder missing; a run directory needs it to translate")
     tokenizers = Tokenizers.load(tokenizer_dir)
     if (tokenizers.src_size, tokenizers.tgt_size) != (payload["model_args"]["src_vocab_size"],
                                                       payload["model_args"]["tgt_vocab_size"]):
         raise UserError(f"{tokenizer_dir}: vocabulary sizes do not match {checkpoint_file}")
-    return tokenizers
+    return _Opened(checkpoint_file, run, payload, config, tokenizers)
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config]:
+    """Everything needed to translate: the model (in eval mode), its tokenizers and its config."""
+    opened = _open(path)
+    model = Seq2Seq(opened.config.model, **opened.payload["model_args"])
+    try:
+        model.load_state_dict(opened.payload["model"])  # weights stored in half precision become fp32 here
+    except RuntimeError as err:
+        raise UserError(f"{opened.file}: weights do not fit the model in its config "
+                        f"({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), opened.tokenizers, opened.config
 
 
 def parameter_count(weights: dict[str, torch.Tensor]) -> int:
@@ -134,33 +145,31 @@ def export_model(path: str | Path, output: str | Path, fp16: bool = False) -> tu
     ``fp16``: the weights stored in half precision, half the size (read back into fp32, which
     changes a translation now and then). ``output`` must be new or empty; it is written
     complete or not at all. Returns the folder and the checkpoint exported."""
-    checkpoint_file, run = RunDir.resolve_checkpoint(path)
-    payload = load_checkpoint(checkpoint_file)
-    config = checkpoint_config(payload, checkpoint_file)
-    tokenizers = _run_tokenizers(run, checkpoint_file, payload)
+    opened = _open(path)
+    config = opened.config
     target = RunDir(output)
     if target.root.exists() and (not target.root.is_dir() or any(target.root.iterdir())):
         raise UserError(f"--output {target.root}: already exists and is not an empty folder; export to a new folder")
-    weights = payload["model"]
+    weights = opened.payload["model"]
     if fp16:
         largest = max((t.abs().max().item() for t in weights.values() if t.is_floating_point() and t.numel()),
                       default=0.0)
         if largest > torch.finfo(torch.float16).max:
-            raise UserError(f"{checkpoint_file}: a weight of {largest:g} does not fit in fp16; export without --fp16")
+            raise UserError(f"{opened.file}: a weight of {largest:g} does not fit in fp16; export without --fp16")
         weights = _halved(weights)
-    headline = {key: value for key, value in payload.items()
+    headline = {key: value for key, value in opened.payload.items()
                 if key not in ("format_version", "s2s_version", "model", "trainer", "config")}
     config.run_dir = str(target.root)
 
     def write(folder: Path) -> None:
         exported = RunDir(folder)
-        tokenizers.save(exported.tokenizer)
+        opened.tokenizers.save(exported.tokenizer)
         exported.config.write_text(to_yaml(config), encoding="utf-8")
-        if run.metrics.is_file():
-            shutil.copyfile(run.metrics, exported.metrics)
+        if opened.run.metrics.is_file():
+            shutil.copyfile(opened.run.metrics, exported.metrics)
         exported.checkpoints.mkdir()
         save_checkpoint(exported.best, {**headline, "config": to_dict(config), "model": weights,
-                                        "exported_from": str(checkpoint_file.resolve()),
+                                        "exported_from": str(opened.file.resolve()),
                                         "weights_dtype": "float16" if fp16 else "float32"},
                         then="export again")
 
@@ -171,7 +180,7 @@ def export_model(path: str | Path, output: str | Path, fp16: bool = False) -> tu
         where = f"{err.filename}: " if err.filename else ""
         raise UserError(f"--output {target.root}: cannot write it ({where}{err.strerror or err}); nothing was "
                         "written, choose a folder you may write to (with free space)") from None
-    return target.root, checkpoint_file
+    return target.root, opened.file
 
 
 def average_checkpoints(run_dir: str | Path, last: int, output: str | Path | None = None) -> Path:
