@@ -49,20 +49,36 @@ def token_log_probs(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_length
 
 def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
               ids: SpecialIds, device: torch.device, batch_size: int, precision: str = "auto",
-              progress: Optional[Callable[[int], object]] = None, keep_attention: bool = False
-              ) -> list[list[float]] | list[tuple[list[float], torch.Tensor]]:
+              progress: Optional[Callable[[int], object]] = None) -> list[list[float]]:
     """The log-probability of each target's tokens, then of its final [SEP], given its source
-    (token ids without special tokens), in input order; with ``keep_attention``, each with the
-    attention that read it: (target tokens + 1, source tokens + 1), as a search keeps it.
+    (token ids without special tokens), in input order.
 
     Pairs are sorted by length so that a batch holds similar lengths; on the CPU as many
     batches are scored at once as torch has threads, each on one thread, as in decoding. An
     empty source is scored as the model reads it, [SEP] alone (search would not translate it).
     ``progress`` is told how many pairs each finished batch held."""
+    scored = _score(model, sources, targets, ids, device, batch_size, precision, progress, keep_attention=False)
+    return [token_scores for token_scores, _ in scored]
+
+
+def score_ids_with_attention(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]],
+                             targets: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,
+                             batch_size: int, precision: str = "auto",
+                             progress: Optional[Callable[[int], object]] = None
+                             ) -> list[tuple[list[float], torch.Tensor]]:
+    """``score_ids``, each pair's scores with the attention that read its target: (target tokens
+    + 1, source tokens + 1), as a search keeps it (forced alignment)."""
+    return _score(model, sources, targets, ids, device, batch_size, precision, progress, keep_attention=True)
+
+
+def _score(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+           ids: SpecialIds, device: torch.device, batch_size: int, precision: str,
+           progress: Optional[Callable[[int], object]], keep_attention: bool
+           ) -> list[tuple[list[float], Optional[torch.Tensor]]]:
     if len(sources) != len(targets):
         raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
 
-    def score(chunk: list[int]) -> list:
+    def score(chunk: list[int]) -> list[tuple[list[float], Optional[torch.Tensor]]]:
         src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
         tgt_out, _ = pad_sources([targets[i] for i in chunk], ids.pad, ids.eos)  # y1 .. yn [SEP], padded
         # [CLS] y1 .. yn: a shorter row's [SEP] and padding are read only where no score is kept
@@ -72,14 +88,14 @@ def score_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targe
                                                 tgt_out.to(device), ids, keep_attention)
         rows = [row[: len(targets[i]) + 1] for i, row in zip(chunk, scores.double().tolist())]
         if not keep_attention:
-            return rows
+            return [(row, None) for row in rows]
         return [(row, weights[: len(targets[i]) + 1, : len(sources[i]) + 1].cpu())
                 for i, row, weights in zip(chunk, rows, attention)]
 
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: (len(targets[i]), len(sources[i])), reverse=True)
-    results: list[list[float]] = [[] for _ in sources]
+    results: list = [None for _ in sources]
     try:
         fill_in_batches(results, order, batch_size, score, device, progress)
     finally:

@@ -35,7 +35,7 @@ from seq2seq_cli.documents import html_pieces, reassemble, runs
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
-from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids
+from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids, score_ids_with_attention
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
@@ -420,13 +420,15 @@ class Translator:
         self.sentences_read += len(sources)  # as translating them would: samples after these are numbered on
         source_ids = self._encode_sources(sources, range(first_line, first_line + len(sources)))
         target_ids = self.tokenizers.encode_tgt(targets)
-        scores = score_ids(self.model, source_ids, target_ids, SpecialIds.of(self.tokenizers), self.device,
-                           self.decoding.batch_size, self.precision, progress, keep_attention=self.alignment)
+        settings = (SpecialIds.of(self.tokenizers), self.device, self.decoding.batch_size, self.precision, progress)
         alignments: list[Optional[list[tuple[int, int]]]] = [None] * len(target_ids)
-        if self.alignment:  # each pair's scores came with the attention that read its target
+        if self.alignment:  # each pair's scores come with the attention that read its target
+            scored = score_ids_with_attention(self.model, source_ids, target_ids, *settings)
             alignments = [self._alignment(source, ids, attention)
-                          for source, ids, (_, attention) in zip(source_ids, target_ids, scores)]
-            scores = [token_scores for token_scores, _ in scores]
+                          for source, ids, (_, attention) in zip(source_ids, target_ids, scored)]
+            scores = [token_scores for token_scores, _ in scored]
+        else:
+            scores = score_ids(self.model, source_ids, target_ids, *settings)
         eos = self.tokenizers.eos_id
         return [Score(sum(token_scores), self.tokenizers.tgt_pieces(ids + [eos]), token_scores, alignment)
                 for ids, token_scores, alignment in zip(target_ids, scores, alignments)]
