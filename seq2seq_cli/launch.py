@@ -130,7 +130,11 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
         torch.set_num_threads(config.training.num_threads)
     resume_from = _checkpoint_to_resume(config, run) if resume else None
     if resume_from is not None:
-        config = _resumable(config, resume_from, run)
+        resumed = _resumable(config, resume_from, run)
+        if resumed.training.bleu_tokenize != config.training.bleu_tokenize:  # said here, not in the --nproc check
+            log.info("%s: dev BLEU stays split by sacreBLEU's %s tokenizer, as its best so far was", run,
+                     resumed.training.bleu_tokenize)
+        config = resumed
     # A resumed run has its own weights: the parent matters only to a fresh start.
     parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
@@ -249,7 +253,6 @@ def _same_bleu(config: Config, state: TrainingState, run: RunDir) -> Config:
         raise UserError(f"cannot resume {run}: its dev BLEU (best {state.best_dev_bleu:.2f}) was measured with "
                         f"sacreBLEU's {measured_with} tokenizer, and {config.training.bleu_tokenize} scores "
                         f"differently; drop training.bleu_tokenize={config.training.bleu_tokenize} or start a new run")
-    log.info("%s: dev BLEU stays split by sacreBLEU's %s tokenizer, as its best so far was", run, measured_with)
     return dataclasses.replace(config, training=dataclasses.replace(config.training, bleu_tokenize=measured_with))
 
 
