@@ -42,6 +42,8 @@ from seq2seq_cli.tokenization import Tokenizers, line_head
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_WORD_LINES_NAMED = 10
+
 
 def read_line_batches(stream: BinaryIO, max_lines: int) -> Iterator[list[bytes]]:
     """Yield lists of complete lines (without line ends): all that can be read without waiting,
@@ -288,6 +290,7 @@ class Translator:
         self.max_source_tokens = config.data.max_len
         self.lines_read = 0
         self.sentences_read = 0
+        self.unknown_word_lines = 0  # input lines with a word read as [UNK]: the first few are named
         # The CUDA graphs of this model's searches, shared with the translators ``with_settings``
         # makes (a graph is made per batch shape and kept).
         self._graphs: list[SearchGraphs] = []
@@ -508,10 +511,7 @@ class Translator:
         unk_id = self.tokenizers.src_unk_id
         for offset, (text, source) in enumerate(zip(texts, sources)):
             if unk_id is not None and unk_id in source[:limit]:
-                unknown = self.tokenizers.unknown_src_words(line_head(text, limit))
-                shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-                log.warning("input line %d: %s the model's vocabulary cannot spell, read as [UNK]: %s",
-                            line_numbers[offset], "a word" if len(unknown) == 1 else f"{len(unknown)} words", shown)
+                self._name_unknown_words(text, limit, line_numbers[offset])
             if len(source) > limit:
                 count = (f"over {limit} tokens in {len(text)} characters" if len(line_head(text, limit)) < len(text)
                          else f"{len(source)} tokens")
@@ -519,6 +519,22 @@ class Translator:
                             "--split-sentences translates it in pieces instead", line_numbers[offset], count, limit)
                 sources[offset] = source[:limit]
         return sources
+
+    def _name_unknown_words(self, text: str, limit: int, line_number: int) -> None:
+        """Warn of the words of an input line that the vocabulary reads as [UNK]; after
+        ``UNKNOWN_WORD_LINES_NAMED`` lines once more, then no longer (a text in a script the
+        model never saw would otherwise warn on every line)."""
+        self.unknown_word_lines += 1
+        if self.unknown_word_lines > UNKNOWN_WORD_LINES_NAMED + 1:
+            return
+        if self.unknown_word_lines > UNKNOWN_WORD_LINES_NAMED:
+            log.warning("input line %d: more lines hold words the model's vocabulary cannot spell; "
+                        "no more are named", line_number)
+            return
+        unknown = self.tokenizers.unknown_src_words(line_head(text, limit))
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        log.warning("input line %d: %s the model's vocabulary cannot spell, read as [UNK]: %s",
+                    line_number, "a word" if len(unknown) == 1 else f"{len(unknown)} words", shown)
 
     def _search_graphs(self) -> Optional[SearchGraphs]:
         """The CUDA graphs of this translator's model, when ``decoding.cuda_graphs`` asks for them."""

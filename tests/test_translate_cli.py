@@ -58,6 +58,14 @@ def test_a_word_with_a_character_the_model_never_saw_is_translated_or_named(run_
     assert len(out) == 5 and out[0] == out[1]
     assert "input line 4: a word the model's vocabulary cannot spell, read as [UNK]: Жук" in stderr
     assert stderr.count("cannot spell") == 1  # ä is German: the toy vocabulary has it
+    # A text the vocabulary cannot read at all warns of its first lines only.
+    result = s2s_forked("translate", "--checkpoint", run_dir, stdin="Жук Жук\n" * 14)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 14
+    assert stderr.count("2 words the model's vocabulary cannot spell, read as [UNK]: Жук, Жук") == 0
+    assert stderr.count("a word the model's vocabulary cannot spell, read as [UNK]: Жук") == 10
+    assert "input line 11: more lines hold words the model's vocabulary cannot spell; no more are named" in stderr
+    assert "input line 12" not in stderr
 
 
 def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_tokens(run_dir, monkeypatch, caplog):
