@@ -4,20 +4,23 @@ A text is cut into pieces, each either markup, kept as it is (HTML tags, comment
 a text file's line breaks and the spacing around its lines), or a run of text to translate.
 The translations of the runs are then put back between the markup, so a page or a file
 keeps its layout. ``s2s serve`` translates HTML (``format: html`` and .html files) and text
-files this way; a text in a request is translated line by line (``text_lines``).
+files this way; a text in a request is translated line by line (``text_lines``). A Word
+document (``WordDocument``) is a zip of XML parts, whose paragraphs' text is translated so.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import re
-from typing import Iterator, Optional
+import zipfile
+from typing import Callable, Iterator, Optional
 
 # (markup, "") for what is kept, (None, text) for a run of text to translate.
 Piece = tuple[Optional[str], str]
 
 # What a file's name says it holds, for the file formats translated.
-FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html"}
+FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx"}
 
 # Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
 # text to translate (a translated script would no longer run).
@@ -121,6 +124,105 @@ def reassemble(pieces: list[Piece], translations: Iterator[list[str]], alternati
             version.append(lead + translation + trail if keep_spacing else translation)
     joined = ["".join(version) for version in versions]
     return joined[0], joined[1:]
+
+
+# A Word document's parts that hold its text: the body, headers, footers, foot- and endnotes.
+_DOCX_TEXT_PART = re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml")
+_XML_TOKEN = re.compile(r"<[^>]*>|[^<]+")
+_WORD_TAG = re.compile(r"<(?P<end>/?)(?P<name>w:\w+)\b[^>]*?(?P<empty>/?)>")
+# Inside a paragraph, what ends one stretch of text and starts the next (a tab, a line break).
+_WORD_BREAKS = frozenset({"w:tab", "w:br", "w:cr", "w:ptab"})
+# Unpacked, a document's parts may hold this much at most (a zip bomb is refused unread).
+DOCX_MAX_BYTES = 64 << 20
+
+
+def docx_xml_pieces(xml: str) -> list[Piece]:
+    """A WordprocessingML part (``word/document.xml``): everything kept but the text of its
+    paragraphs. Word cuts a paragraph's text into runs wherever formatting, spelling marks or
+    revisions change, often mid-word, so a paragraph's stretch of text (up to a tab or line
+    break) is translated whole: its translation goes into the stretch's first run (with its
+    formatting) and the other runs' text is emptied. A paragraph inside another (a text box)
+    is a paragraph of its own."""
+    pieces: list[Piece] = []
+    stretches: list[list[int]] = []  # indices into pieces of each stretch's texts
+    open_paragraphs: list[int] = []  # the stretch each open paragraph is in, innermost last
+    in_text = False
+    for token in _XML_TOKEN.findall(xml):
+        tag = _WORD_TAG.match(token)
+        if tag is None:
+            if in_text and open_paragraphs:
+                stretches[open_paragraphs[-1]].append(len(pieces))
+            pieces.append((token, ""))
+            continue
+        name, end, empty = tag.group("name"), bool(tag.group("end")), bool(tag.group("empty"))
+        if name == "w:p" and not empty:
+            if end:
+                if open_paragraphs:  # else a stray end tag
+                    open_paragraphs.pop()
+            else:
+                open_paragraphs.append(len(stretches))
+                stretches.append([])
+        elif name in _WORD_BREAKS and open_paragraphs:
+            open_paragraphs[-1] = len(stretches)
+            stretches.append([])
+        elif name == "w:t":
+            in_text = not end and not empty
+        pieces.append((token, ""))
+    for stretch in stretches:
+        text = "".join(pieces[index][0] for index in stretch)
+        if not text.strip():
+            continue
+        first = stretch[0]
+        opening, _ = pieces[first - 1]  # the <w:t> before it: its spaces must be kept
+        if "xml:space" not in opening:
+            pieces[first - 1] = (opening.replace("<w:t", '<w:t xml:space="preserve"', 1), "")
+        pieces[first] = (None, text)
+        for index in stretch[1:]:
+            pieces[index] = ("", "")
+    return pieces
+
+
+class WordDocument:
+    """A .docx file whose text is translated by ``docx_xml_pieces``; everything else in it
+    (styles, pictures, settings) is written back byte for byte."""
+
+    def __init__(self, data: bytes):
+        try:
+            self._archive = zipfile.ZipFile(io.BytesIO(data))
+            members = self._archive.infolist()
+            parts = [info for info in members if _DOCX_TEXT_PART.fullmatch(info.filename)]
+            if not any(info.filename == "word/document.xml" for info in parts):
+                raise ValueError("not a Word document (no word/document.xml)")
+            if sum(info.file_size for info in parts) > DOCX_MAX_BYTES:
+                raise ValueError(f"its text parts unpack to over {DOCX_MAX_BYTES >> 20} MiB")
+            self._pieces = {info.filename: docx_xml_pieces(self._archive.read(info).decode("utf-8"))
+                            for info in parts}
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, KeyError) as err:
+            raise ValueError(f"not a .docx file that can be read ({err})") from None
+
+    def runs(self) -> list[str]:
+        """The stretches of text to translate, in order, entities read as characters."""
+        return [text for pieces in self._pieces.values() for text in runs(pieces, html_entities=True)]
+
+    def translated(self, translations: Iterator[list[str]]) -> bytes:
+        """The document with each stretch replaced by the next of ``translations`` (n-best
+        lists, the first taken), as a .docx file."""
+        output = io.BytesIO()
+        with zipfile.ZipFile(output, "w") as archive:
+            for info in self._archive.infolist():
+                if info.filename in self._pieces:
+                    xml, _ = reassemble(self._pieces[info.filename], translations, 0, escape=True, keep_spacing=True)
+                    archive.writestr(info, xml.encode("utf-8"))
+                else:
+                    archive.writestr(info, self._archive.read(info))
+        return output.getvalue()
+
+    @classmethod
+    def translate(cls, data: bytes, translate: Callable[[list[str]], list[str]]) -> bytes:
+        """``data`` (a .docx file) with its text translated by ``translate`` (texts to texts)."""
+        document = cls(data)
+        texts = document.runs()
+        return document.translated(iter([[text] for text in translate(texts)] if texts else []))
 
 
 def decode_text_file(data: bytes) -> str:

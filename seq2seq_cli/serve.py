@@ -46,8 +46,8 @@ from urllib.parse import parse_qs, quote
 import torch
 
 from seq2seq_cli.device import select_device
-from seq2seq_cli.documents import (FILE_FORMATS, decode_text_file, html_pieces, reassemble, runs, text_file_pieces,
-                                   text_lines)
+from seq2seq_cli.documents import (FILE_FORMATS, WordDocument, decode_text_file, html_pieces, reassemble, runs,
+                                   text_file_pieces, text_lines)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -58,6 +58,10 @@ from seq2seq_cli.translation import Translator
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+# A file to translate may be larger: a .docx carries its pictures.
+MAX_FILE_BYTES = 16 << 20
+_MEDIA_TYPES = {"text file": "text/plain; charset=utf-8", "html": "text/html; charset=utf-8",
+                "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
 LANGUAGE_NAMES = {"ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
                   "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
                   "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese"}
@@ -611,10 +615,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
             raise ClientError("invalid api_key", 403)
 
-    async def accepted_body(request: Request) -> dict[str, Any]:
+    async def accepted_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
         """The request's fields, once its client is within --req-limit and its api_key is right."""
         check_limit(request)
-        body = await read_body(request)
+        body = await read_body(request, max_bytes)
         check_key(body.get("api_key"))
         return body
 
@@ -728,10 +732,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
 
     translated_files = TranslatedFiles()
 
-    @app.post("/translate_file", summary="Translate a .txt or .html file (LibreTranslate API): file, source, target",
+    @app.post("/translate_file", summary="Translate a .txt, .html or .docx file (LibreTranslate API): file, source, target",
               **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json_body=False))
     async def translate_file(request: Request):
-        body = await accepted_body(request)
+        body = await accepted_body(request, MAX_FILE_BYTES)
         upload = body.get("file")
         if isinstance(upload, str) or not getattr(upload, "filename", None):
             raise ClientError(f"file is required: a {' or '.join(FILE_FORMATS)} file, sent as multipart/form-data")
@@ -739,26 +743,33 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         kind = FILE_FORMATS.get(name[name.rfind("."):].lower() if "." in name else "")
         if kind is None:
             raise ClientError(f"{name}: this server translates {', '.join(FILE_FORMATS)} files")
+        data = await upload.read()
         try:
-            text = decode_text_file(await upload.read())
+            if kind == "docx":
+                document = WordDocument(data)
+                texts = document.runs()
+                size = sum(map(len, texts))
+            else:
+                text = decode_text_file(data)
+                pieces = html_pieces(text) if kind == "html" else text_file_pieces(text)
+                texts = runs(pieces, html_entities=kind == "html")
+                size = len(text)
         except ValueError as err:
             raise ClientError(f"{name}: {err}") from None
         limit = settings.char_limit * settings.batch_limit
-        if len(text) > limit:
-            raise ClientError(f"{name} holds {len(text)} characters; the limit for a file is {limit} "
-                              "(the server's --char-limit x --batch-limit)")
-        pieces = html_pieces(text) if kind == "html" else text_file_pieces(text)
-        texts = runs(pieces, html_entities=kind == "html")
+        if size > limit:
+            raise ClientError(f"{name} holds {size} characters{' of text' if kind == 'docx' else ''}; the limit for "
+                              f"a file is {limit} (the server's --char-limit x --batch-limit)")
         source, target = body.get("source"), body.get("target")
         model, _ = model_for_text(" ".join(texts)[:_DETECT_CHARS], source, candidates_for(source, target))
-        translated = text
+        translated = data
         if model is not None and texts:
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
             decoded = await _search_in_chunks(model.worker, texts, search)
-            translated, _ = reassemble(pieces, (d.translations for d in decoded), 0, escape=kind == "html",
-                                       keep_spacing=True)
-        media_type = "text/html; charset=utf-8" if kind == "html" else "text/plain; charset=utf-8"
-        download = translated_files.add(name, translated.encode("utf-8"), media_type)
+            translations = (d.translations for d in decoded)
+            translated = (document.translated(translations) if kind == "docx" else
+                          reassemble(pieces, translations, 0, escape=kind == "html", keep_spacing=True)[0].encode("utf-8"))
+        download = translated_files.add(name, translated, _MEDIA_TYPES[kind])
         # url_for takes the path as it is: quoted here, read back unquoted.
         url = request.url_for("download_file", download=quote(download, safe=""))
         return JSONResponse({"translatedFileUrl": str(url)})
@@ -900,7 +911,7 @@ _NATIVE_ANSWER = {
 _FILE_BODY = {
     "type": "object", "required": ["file", "target"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": f"a {' or '.join(FILE_FORMATS)} file, UTF-8"},
+        "file": {"type": "string", "format": "binary", "description": f"a {' or '.join(FILE_FORMATS)} file (text in UTF-8)"},
         "source": {"type": "string", "description": "language code, or auto: detected among those served"},
         "target": {"type": "string", "description": "language code"},
         "api_key": {"type": "string"},
@@ -929,17 +940,17 @@ def _documented(body: dict, answer: dict, forms: bool, json_body: bool = True) -
                           **{code: _ERROR for code in (400, 403, 413, 429)}}}
 
 
-async def read_body(request) -> dict[str, Any]:
+async def read_body(request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """A JSON object, or form fields and the URL's query fields (LibreTranslate reads both);
-    malformed, oversized or non-UTF-8 bodies are client errors."""
+    malformed, oversized (over ``max_bytes``) or non-UTF-8 bodies are client errors."""
     size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-        raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    if size is not None and size.isdigit() and int(size) > max_bytes:
+        raise ClientError(f"request body over {max_bytes} bytes", 413)
     raw = bytearray()  # appended in place: bytes += would copy the body once per chunk
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise ClientError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+        if len(raw) > max_bytes:
+            raise ClientError(f"request body over {max_bytes} bytes", 413)
     content_type = request.headers.get("content-type", "")
     query = _fields(parse_qs(request.url.query, keep_blank_values=True))
     if content_type.startswith("multipart/form-data"):  # parts may be files, of any bytes

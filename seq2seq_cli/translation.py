@@ -31,7 +31,7 @@ from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
-from seq2seq_cli.documents import html_pieces, reassemble, runs
+from seq2seq_cli.documents import WordDocument, html_pieces, reassemble, runs
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -391,6 +391,12 @@ class Translator:
         texts = [text for document in pieces for text in runs(document, html_entities=True)]
         translations = iter([[translation] for translation in self.translate(texts)] if texts else [])
         return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
+
+    def translate_docx(self, document: bytes) -> bytes:
+        """A Word document (.docx file's bytes) with the text of its paragraphs, headers,
+        footers and notes translated and everything else kept (``documents.WordDocument``), as
+        ``s2s serve`` translates a .docx file. ValueError if it is not one."""
+        return WordDocument.translate(document, self.translate)
 
     def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
                         ) -> list[list[Translation]] | list[Translation]:

@@ -57,3 +57,88 @@ def test_text_files_must_be_utf8():
     assert decode_text_file("\ufeffGröße".encode("utf-8")) == "Größe"
     with pytest.raises(ValueError, match="not UTF-8 text"):
         decode_text_file("Größe".encode("latin-1"))
+
+
+W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+DOCUMENT_XML = (
+    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document {W} xmlns:mc="urn:mc" mc:Ignorable="w14">'
+    '<w:body>'
+    # Word cuts a sentence into runs where formatting changes, even mid-word.
+    '<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t xml:space="preserve">The man sees </w:t></w:r>'
+    '<w:r><w:rPr><w:b/></w:rPr><w:t>the d</w:t></w:r><w:proofErr w:type="spellStart"/><w:r><w:t>og.</w:t></w:r></w:p>'
+    # A tab separates two stretches; an entity is a character.
+    '<w:p><w:r><w:t>The baker &amp; the bird</w:t></w:r><w:r><w:tab/><w:t>The woman looks for the ball.</w:t></w:r></w:p>'
+    '<w:p/><w:p><w:r><w:t xml:space="preserve">   </w:t></w:r></w:p>'
+    '<w:tbl><w:tr><w:tc><w:p><w:r><w:t>A small cat.</w:t></w:r></w:p></w:tc></w:tr></w:tbl>'
+    # A text box's paragraph inside a paragraph; deleted text and field codes are not text.
+    '<w:p><w:r><w:pict><w:txbxContent><w:p><w:r><w:t>It is good.</w:t></w:r></w:p></w:txbxContent></w:pict></w:r>'
+    '<w:del><w:r><w:delText>old</w:delText></w:r></w:del><w:r><w:instrText> PAGE </w:instrText></w:r>'
+    '<w:r><w:t>The dog runs.</w:t></w:r></w:p>'
+    '<w:sectPr/></w:body></w:document>')
+HEADER_XML = f'<w:hdr {W}><w:p><w:r><w:t>Sometimes the bird loves a small newspaper.</w:t></w:r></w:p></w:hdr>'
+
+
+def make_docx() -> bytes:
+    import io
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        archive.writestr("_rels/.rels", '<?xml version="1.0"?><Relationships/>')
+        archive.writestr("word/document.xml", DOCUMENT_XML)
+        archive.writestr("word/header1.xml", HEADER_XML)
+        archive.writestr("word/styles.xml", f'<w:styles {W}><w:t>not text to translate</w:t></w:styles>')
+        archive.writestr("word/media/image1.png", bytes(range(256)) * 4, zipfile.ZIP_STORED)
+    return data.getvalue()
+
+
+def test_a_word_document_has_its_paragraphs_translated_and_everything_else_kept():
+    import io
+    import zipfile
+    from xml.dom import minidom
+
+    from seq2seq_cli.documents import WordDocument
+
+    original = make_docx()
+    document = WordDocument(original)
+    assert document.runs() == ["The man sees the dog.", "The baker & the bird", "The woman looks for the ball.",
+                               "A small cat.", "It is good.", "The dog runs.",
+                               "Sometimes the bird loves a small newspaper."]
+    translated = WordDocument.translate(original, lambda texts: [f"<{text.upper()}>" for text in texts])
+    before, after = zipfile.ZipFile(io.BytesIO(original)), zipfile.ZipFile(io.BytesIO(translated))
+    assert after.namelist() == before.namelist()
+    for name in before.namelist():
+        if name not in ("word/document.xml", "word/header1.xml"):
+            assert after.read(name) == before.read(name), name
+            assert after.getinfo(name).compress_type == before.getinfo(name).compress_type
+    body = minidom.parseString(after.read("word/document.xml"))  # well-formed: the "<" and "&" escaped
+    paragraphs = [[t.firstChild.data if t.firstChild else "" for t in p.getElementsByTagName("w:t")
+                   if t.parentNode.parentNode is p] for p in body.getElementsByTagName("w:p")]
+    assert paragraphs == [["<THE MAN SEES THE DOG.>", "", ""], ["<THE BAKER & THE BIRD>", "<THE WOMAN LOOKS FOR THE BALL.>"],
+                          [], ["   "], ["<A SMALL CAT.>"], ["<THE DOG RUNS.>"], ["<IT IS GOOD.>"]]
+    xml = after.read("word/document.xml").decode()
+    assert "<w:b/></w:rPr><w:t></w:t>" in xml  # the bold run is emptied, its formatting kept
+    assert 'mc:Ignorable="w14"' in xml and "<w:delText>old</w:delText>" in xml and "<w:tab/>" in xml
+    assert xml.count('xml:space="preserve"') == DOCUMENT_XML.count('xml:space="preserve"') + 5
+    header = minidom.parseString(after.read("word/header1.xml"))
+    assert header.getElementsByTagName("w:t")[0].firstChild.data == "<SOMETIMES THE BIRD LOVES A SMALL NEWSPAPER.>"
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"PK\x03\x04 not really", "not a .docx file that can be read"),
+    (b"plain text", "not a .docx file that can be read"),
+])
+def test_what_is_not_a_word_document_is_a_value_error(data, fragment):
+    import io
+    import zipfile
+
+    from seq2seq_cli.documents import WordDocument
+
+    with pytest.raises(ValueError, match=fragment):
+        WordDocument(data)
+    other = io.BytesIO()
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("content.xml", "<office:document/>")  # an .odt renamed
+    with pytest.raises(ValueError, match=r"not a Word document \(no word/document.xml\)"):
+        WordDocument(other.getvalue())

@@ -68,6 +68,31 @@ def test_a_word_with_a_character_the_model_never_saw_is_translated_or_named(run_
     assert "input line 12" not in stderr
 
 
+def test_a_word_document_is_translated_into_one(run_dir, tmp_path):
+    """--docx: the document's text translated as --split-sentences translates lines, the rest
+    kept; a .docx given as lines of text is refused rather than translated as bytes."""
+    from test_documents import make_docx
+
+    from seq2seq_cli.documents import WordDocument
+
+    (tmp_path / "report.docx").write_bytes(make_docx())
+    texts = WordDocument(make_docx()).runs()
+    translated = s2s_forked("translate", "--checkpoint", run_dir, "--docx", "--input", tmp_path / "report.docx",
+                            "--output", tmp_path / "bericht.docx")
+    assert translated.returncode == 0, translated.stderr.decode()
+    lines = s2s_forked("translate", "--checkpoint", run_dir, "--split-sentences", stdin="\n".join(texts) + "\n")
+    assert WordDocument((tmp_path / "bericht.docx").read_bytes()).runs() == lines.stdout.decode().splitlines()
+    (tmp_path / "notes.txt").write_text("The dog.\n")
+    assert_user_errors(
+        (("translate", "--checkpoint", run_dir, "--input", tmp_path / "report.docx", "--output", tmp_path / "x"),
+         "is a Word document, not lines of text; add --docx"),
+        (("translate", "--checkpoint", run_dir, "--docx", "--nbest", "2", "--input", tmp_path / "report.docx"),
+         "--docx translates one document into one: --nbest does not apply"),
+        (("translate", "--checkpoint", run_dir, "--docx", "--input", tmp_path / "notes.txt", "--output", tmp_path / "x"),
+         "notes.txt: not a .docx file that can be read"))
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_tokens(run_dir, monkeypatch, caplog):
     """Only the head of such a line is tokenized (a 20 MB line took 3.6 GB and 32 s), and the
     model gets exactly the tokens it would get from the whole line, cut to data.max_len."""
