@@ -1,14 +1,15 @@
 """From raw text lines to translated lines: the part of translating that deals with real input.
 
 Input is read as bytes and never stops the stream: invalid UTF-8 is replaced (with a
-warning), an empty line gives an empty translation, an over-long line is truncated to the
-model's limit (with a warning), or with ``fit_long_lines`` translated in pieces that fit.
+warning), an empty line gives an empty translation, a word the vocabulary cannot spell is
+named (with a warning), an over-long line is truncated to the model's limit (with a warning),
+or with ``fit_long_lines`` translated in pieces that fit.
 Lines that are already available are translated together; a line typed at a terminal is
 answered without waiting for more input. With ``split_sentences`` a line is translated
 sentence by sentence (``seq2seq_cli.segmentation``), a sentence over the model's limit in
 pieces that fit rather than truncated, and the translations are joined back into one line.
-An HTML document is translated run of text by run of text (``translate_html``,
-``seq2seq_cli.documents``).
+An HTML document is translated run of text by run of text (``translate_html``), a Word
+document stretch of text by stretch of text (``translate_docx``; ``seq2seq_cli.documents``).
 """
 
 from __future__ import annotations
