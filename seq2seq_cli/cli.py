@@ -248,6 +248,7 @@ def translate(
     alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and its word alignment from the attention: SOURCE-TARGET word pairs (0-0 1-2 ...)."),
     as_html: bool = typer.Option(False, "--html", help="The input is one HTML document (UTF-8): translate its text, keep its markup and code."),
     as_docx: bool = typer.Option(False, "--docx", help="The input is a Word document (.docx): translate its text, keep everything else; write it to --output."),
+    as_odt: bool = typer.Option(False, "--odt", help="The input is an OpenDocument text (.odt): translate its text, keep everything else; write it to --output."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -269,14 +270,17 @@ def translate(
                         f"{'it' if verb == 'applies' else 'them'}")
     if input_file is not None and not input_file.exists():
         raise UserError(f"--input {input_file}: file not found")
-    if input_file is not None and input_file.suffix.lower() == ".docx" and not as_docx:
-        raise UserError(f"--input {input_file} is a Word document, not lines of text; add --docx to translate it "
-                        "as one (with --output FILE.docx)")
-    if as_docx and output_file is None and sys.stdout.isatty():
-        raise UserError("--docx writes a .docx file, not text for a terminal; give --output FILE.docx")
-    if as_html or as_docx:
-        _check_document_options("--docx" if as_docx else "--html", nbest=nbest > 1, sample=sample,
-                                alignment=alignment, plot_attention=plot_attention, html=as_html and as_docx)
+    office = "docx" if as_docx else "odt" if as_odt else None
+    suffix = input_file.suffix.lower()[1:] if input_file is not None else ""
+    if suffix in ("docx", "odt") and office != suffix:
+        raise UserError(f"--input {input_file} is {'a Word document' if suffix == 'docx' else 'an OpenDocument text'}, "
+                        f"not lines of text; add --{suffix} to translate it as one (with --output FILE.{suffix})")
+    if office and output_file is None and sys.stdout.isatty():
+        raise UserError(f"--{office} writes a .{office} file, not text for a terminal; give --output FILE.{office}")
+    if as_html or office:
+        _check_document_options(f"--{office}" if office else "--html", nbest=nbest > 1, sample=sample,
+                                alignment=alignment, plot_attention=plot_attention,
+                                html=as_html and office is not None, odt=as_docx and as_odt)
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
         raise UserError(f"--output {output_file} is the file being translated: its translation would replace it; "
                         "write to another file")
@@ -288,17 +292,17 @@ def translate(
                                  cuda_graphs=cuda_graphs,
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
-                                 split_sentences=split_sentences or as_html or as_docx,  # a document holds paragraphs
+                                 split_sentences=split_sentences or as_html or office is not None,  # paragraphs
                                  alignment=alignment)
     if as_html:
         document = _read_document(input_file)
         _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),
                       "translate")
         return
-    if as_docx:
+    if office:
         data = input_file.read_bytes() if input_file is not None else sys.stdin.buffer.read()
         try:
-            translated = translator.translate_docx(data)
+            translated = translator.translate_office(data, office)
         except ValueError as err:
             raise UserError(f"{f'--input {input_file}' if input_file is not None else 'stdin'}: {err}") from None
         _write_output(output_file, lambda out: out.write(translated), "translate")
@@ -327,9 +331,9 @@ def translate(
 
 
 def _check_document_options(option: str, **given) -> None:
-    """--html and --docx translate a whole document into one: options about lines and lists do not apply."""
+    """--html, --docx and --odt translate a whole document into one: options about lines and lists do not apply."""
     names = {"nbest": "--nbest", "sample": "--sample", "alignment": "--alignment", "plot_attention": "--plot-attention",
-             "html": "--html"}
+             "html": "--html", "odt": "--odt"}
     clashing = [names[name] for name, value in given.items() if value]
     if clashing:
         raise UserError(f"{option} translates one document into one: {', '.join(clashing)} "

@@ -4,8 +4,9 @@ A text is cut into pieces, each either markup, kept as it is (HTML tags, comment
 a text file's line breaks and the spacing around its lines), or a run of text to translate.
 The translations of the runs are then put back between the markup, so a page or a file
 keeps its layout. ``s2s serve`` translates HTML (``format: html`` and .html files) and text
-files this way; a text in a request is translated line by line (``text_lines``). A Word
-document (``WordDocument``) is a zip of XML parts, whose paragraphs' text is translated so.
+files this way; a text in a request is translated line by line (``text_lines``). A Word or
+OpenDocument file (``OfficeDocument``) is a zip of XML parts, whose paragraphs' text is
+translated so.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import html
 import io
 import re
 import zipfile
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 # (markup, "") for what is kept, (None, text) for a run of text to translate.
 Piece = tuple[Optional[str], str]
 
 # What a file's name says it holds, for the file formats translated.
-FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx"}
+FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt"}
 
 # Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
 # text to translate (a translated script would no longer run).
@@ -126,79 +128,114 @@ def reassemble(pieces: list[Piece], translations: Iterator[list[str]], alternati
     return joined[0], joined[1:]
 
 
-# A Word document's parts that hold its text: the body, headers, footers, foot- and endnotes.
-_DOCX_TEXT_PART = re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml")
+@dataclass(frozen=True)
+class _OfficeFormat:
+    """Where an office format keeps its text: which zip parts, which elements are paragraphs,
+    what breaks a paragraph's text into stretches, and what is not text to translate."""
+
+    name: str
+    main_part: str  # a file of this format has it
+    text_parts: re.Pattern  # the zip parts whose paragraphs are translated
+    paragraphs: frozenset[str]
+    breaks: frozenset[str]  # a tab, a line break: the text after it is a stretch of its own
+    text_element: Optional[str] = None  # text is only inside these (Word's w:t); else anywhere in a paragraph
+    spaces_element: Optional[str] = None  # ODF's <text:s text:c="N"/>: N spaces
+    kept: frozenset[str] = frozenset()  # elements whose content is computed (fields), never translated
+
+
+WORD = _OfficeFormat(
+    "a Word document", "word/document.xml",
+    re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml"),
+    frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t")
+OPEN_DOCUMENT = _OfficeFormat(
+    "an OpenDocument text", "content.xml", re.compile(r"(content|styles)\.xml"),  # styles.xml: headers, footers
+    frozenset({"text:p", "text:h"}), frozenset({"text:tab", "text:line-break"}), spaces_element="text:s",
+    kept=frozenset(f"text:{field}" for field in (
+        "note-citation page-number page-count page-continuation date time file-name template-name author-name "
+        "author-initials chapter sequence sequence-ref bookmark-ref reference-ref note-ref sheet-name title "
+        "subject word-count character-count paragraph-count").split()))
+OFFICE_FORMATS = {"docx": WORD, "odt": OPEN_DOCUMENT}
 _XML_TOKEN = re.compile(r"<[^>]*>|[^<]+")
-_WORD_TAG = re.compile(r"<(?P<end>/?)(?P<name>w:\w+)\b[^>]*?(?P<empty>/?)>")
-# Inside a paragraph, what ends one stretch of text and starts the next (a tab, a line break).
-_WORD_BREAKS = frozenset({"w:tab", "w:br", "w:cr", "w:ptab"})
-# Unpacked, a document's parts may hold this much at most (a zip bomb is refused unread).
-DOCX_MAX_BYTES = 64 << 20
+_XML_TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w.-]*:[\w.-]+)\b[^>]*?(?P<empty>/?)>")
+_SPACE_COUNT = re.compile(r"""\stext:c\s*=\s*["'](\d+)""")
+# Unpacked, a document's text parts may hold this much at most (a zip bomb is refused unread).
+OFFICE_MAX_BYTES = 64 << 20
 
 
-def docx_xml_pieces(xml: str) -> list[Piece]:
-    """A WordprocessingML part (``word/document.xml``): everything kept but the text of its
-    paragraphs. Word cuts a paragraph's text into runs wherever formatting, spelling marks or
+def office_xml_pieces(xml: str, office: _OfficeFormat) -> list[Piece]:
+    """An office document's XML part: everything kept but the text of its paragraphs. Word and
+    LibreOffice cut a paragraph's text into runs wherever formatting, spelling marks or
     revisions change, often mid-word, so a paragraph's stretch of text (up to a tab or line
-    break) is translated whole: its translation goes into the stretch's first run (with its
-    formatting) and the other runs' text is emptied. A paragraph inside another (a text box)
-    is a paragraph of its own."""
+    break) is translated whole: its translation goes where the stretch's first text was (with
+    that run's formatting) and the stretch's other text is emptied. A paragraph inside another
+    (a text box, a note) is a paragraph of its own; fields (a page number, a note's mark) are
+    kept as they are."""
     pieces: list[Piece] = []
     stretches: list[list[int]] = []  # indices into pieces of each stretch's texts
+    spaces: dict[int, int] = {}  # index of a spaces element in a stretch: how many spaces it stands for
     open_paragraphs: list[int] = []  # the stretch each open paragraph is in, innermost last
-    in_text = False
+    in_text, in_kept = office.text_element is None, 0
     for token in _XML_TOKEN.findall(xml):
-        tag = _WORD_TAG.match(token)
+        tag = _XML_TAG.match(token)
+        reading = bool(open_paragraphs) and in_text and not in_kept
         if tag is None:
-            if in_text and open_paragraphs:
+            if reading:
                 stretches[open_paragraphs[-1]].append(len(pieces))
             pieces.append((token, ""))
             continue
         name, end, empty = tag.group("name"), bool(tag.group("end")), bool(tag.group("empty"))
-        if name == "w:p" and not empty:
-            if end:
-                if open_paragraphs:  # else a stray end tag
-                    open_paragraphs.pop()
-            else:
+        if name in office.paragraphs and not empty:
+            if not end:
                 open_paragraphs.append(len(stretches))
                 stretches.append([])
-        elif name in _WORD_BREAKS and open_paragraphs:
+            elif open_paragraphs:  # else a stray end tag
+                open_paragraphs.pop()
+        elif name in office.breaks and open_paragraphs:
             open_paragraphs[-1] = len(stretches)
             stretches.append([])
-        elif name == "w:t":
+        elif name == office.text_element:
             in_text = not end and not empty
+        elif name in office.kept and not empty:
+            in_kept = max(in_kept + (-1 if end else 1), 0)
+        elif name == office.spaces_element and reading:
+            count = _SPACE_COUNT.search(token)
+            spaces[len(pieces)] = int(count.group(1)) if count else 1
+            stretches[open_paragraphs[-1]].append(len(pieces))
         pieces.append((token, ""))
     for stretch in stretches:
-        text = "".join(pieces[index][0] for index in stretch)
-        if not text.strip():
+        texts = [index for index in stretch if index not in spaces]
+        text = "".join(" " * spaces[index] if index in spaces else pieces[index][0] for index in stretch)
+        if not texts or not text.strip():
             continue
-        first = stretch[0]
-        opening, _ = pieces[first - 1]  # the <w:t> before it: its spaces must be kept
-        if "xml:space" not in opening:
-            pieces[first - 1] = (opening.replace("<w:t", '<w:t xml:space="preserve"', 1), "")
+        first = texts[0]
+        if office.text_element is not None:  # the element holding the first text must keep its spaces
+            opening, element = pieces[first - 1][0], office.text_element
+            if "xml:space" not in opening:
+                pieces[first - 1] = (opening.replace(f"<{element}", f'<{element} xml:space="preserve"', 1), "")
         pieces[first] = (None, text)
-        for index in stretch[1:]:
-            pieces[index] = ("", "")
+        for index in stretch:
+            if index != first:
+                pieces[index] = ("", "")
     return pieces
 
 
-class WordDocument:
-    """A .docx file whose text is translated by ``docx_xml_pieces``; everything else in it
-    (styles, pictures, settings) is written back byte for byte."""
+class OfficeDocument:
+    """A .docx or .odt file whose text is translated by ``office_xml_pieces``; everything else
+    in it (styles, pictures, settings, the order and compression of its parts) is written back
+    byte for byte."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, office: _OfficeFormat):
         try:
             self._archive = zipfile.ZipFile(io.BytesIO(data))
-            members = self._archive.infolist()
-            parts = [info for info in members if _DOCX_TEXT_PART.fullmatch(info.filename)]
-            if not any(info.filename == "word/document.xml" for info in parts):
-                raise ValueError("not a Word document (no word/document.xml)")
-            if sum(info.file_size for info in parts) > DOCX_MAX_BYTES:
-                raise ValueError(f"its text parts unpack to over {DOCX_MAX_BYTES >> 20} MiB")
-            self._pieces = {info.filename: docx_xml_pieces(self._archive.read(info).decode("utf-8"))
+            parts = [info for info in self._archive.infolist() if office.text_parts.fullmatch(info.filename)]
+            if not any(info.filename == office.main_part for info in parts):
+                raise ValueError(f"not {office.name} (no {office.main_part})")
+            if sum(info.file_size for info in parts) > OFFICE_MAX_BYTES:
+                raise ValueError(f"its text parts unpack to over {OFFICE_MAX_BYTES >> 20} MiB")
+            self._pieces = {info.filename: office_xml_pieces(self._archive.read(info).decode("utf-8"), office)
                             for info in parts}
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, KeyError) as err:
-            raise ValueError(f"not a .docx file that can be read ({err})") from None
+            raise ValueError(f"not {office.name} that can be read ({err})") from None
 
     def runs(self) -> list[str]:
         """The stretches of text to translate, in order, entities read as characters."""
@@ -206,7 +243,7 @@ class WordDocument:
 
     def translated(self, translations: Iterator[list[str]]) -> bytes:
         """The document with each stretch replaced by the next of ``translations`` (n-best
-        lists, the first taken), as a .docx file."""
+        lists, the first taken), as a file of its format."""
         output = io.BytesIO()
         with zipfile.ZipFile(output, "w") as archive:
             for info in self._archive.infolist():
@@ -218,9 +255,9 @@ class WordDocument:
         return output.getvalue()
 
     @classmethod
-    def translate(cls, data: bytes, translate: Callable[[list[str]], list[str]]) -> bytes:
-        """``data`` (a .docx file) with its text translated by ``translate`` (texts to texts)."""
-        document = cls(data)
+    def translate(cls, data: bytes, office: _OfficeFormat, translate: Callable[[list[str]], list[str]]) -> bytes:
+        """``data`` (a file of format ``office``) with its text translated by ``translate``."""
+        document = cls(data, office)
         texts = document.runs()
         return document.translated(iter([[text] for text in translate(texts)] if texts else []))
 

@@ -46,8 +46,8 @@ from urllib.parse import parse_qs, quote
 import torch
 
 from seq2seq_cli.device import select_device
-from seq2seq_cli.documents import (FILE_FORMATS, WordDocument, decode_text_file, html_pieces, reassemble, runs,
-                                   text_file_pieces, text_lines)
+from seq2seq_cli.documents import (FILE_FORMATS, OFFICE_FORMATS, OfficeDocument, decode_text_file, html_pieces,
+                                   reassemble, runs, text_file_pieces, text_lines)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -61,7 +61,8 @@ MAX_BODY_BYTES = 1 << 20
 # A file to translate may be larger: a .docx carries its pictures.
 MAX_FILE_BYTES = 16 << 20
 _MEDIA_TYPES = {"text file": "text/plain; charset=utf-8", "html": "text/html; charset=utf-8",
-                "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
+                "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "odt": "application/vnd.oasis.opendocument.text"}
 LANGUAGE_NAMES = {"ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
                   "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
                   "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese"}
@@ -732,7 +733,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
 
     translated_files = TranslatedFiles()
 
-    @app.post("/translate_file", summary="Translate a .txt, .html or .docx file (LibreTranslate API): file, source, target",
+    @app.post("/translate_file", summary="Translate a .txt, .html, .docx or .odt file (LibreTranslate API): file, source, target",
               **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json_body=False))
     async def translate_file(request: Request):
         body = await accepted_body(request, MAX_FILE_BYTES)
@@ -745,8 +746,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             raise ClientError(f"{name}: this server translates {', '.join(FILE_FORMATS)} files")
         data = await upload.read()
         try:
-            if kind == "docx":
-                document = WordDocument(data)
+            if kind in OFFICE_FORMATS:
+                document = OfficeDocument(data, OFFICE_FORMATS[kind])
                 texts = document.runs()
                 size = sum(map(len, texts))
             else:
@@ -758,7 +759,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             raise ClientError(f"{name}: {err}") from None
         limit = settings.char_limit * settings.batch_limit
         if size > limit:
-            raise ClientError(f"{name} holds {size} characters{' of text' if kind == 'docx' else ''}; the limit for "
+            raise ClientError(f"{name} holds {size} characters{' of text' if kind in OFFICE_FORMATS else ''}; the limit for "
                               f"a file is {limit} (the server's --char-limit x --batch-limit)")
         source, target = body.get("source"), body.get("target")
         model, _ = model_for_text(" ".join(texts)[:_DETECT_CHARS], source, candidates_for(source, target))
@@ -767,7 +768,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
             decoded = await _search_in_chunks(model.worker, texts, search)
             translations = (d.translations for d in decoded)
-            translated = (document.translated(translations) if kind == "docx" else
+            translated = (document.translated(translations) if kind in OFFICE_FORMATS else
                           reassemble(pieces, translations, 0, escape=kind == "html", keep_spacing=True)[0].encode("utf-8"))
         download = translated_files.add(name, translated, _MEDIA_TYPES[kind])
         # url_for takes the path as it is: quoted here, read back unquoted.

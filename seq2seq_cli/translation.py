@@ -9,7 +9,8 @@ answered without waiting for more input. With ``split_sentences`` a line is tran
 sentence by sentence (``seq2seq_cli.segmentation``), a sentence over the model's limit in
 pieces that fit rather than truncated, and the translations are joined back into one line.
 An HTML document is translated run of text by run of text (``translate_html``), a Word
-document stretch of text by stretch of text (``translate_docx``; ``seq2seq_cli.documents``).
+or OpenDocument file stretch of text by stretch of text (``translate_office``;
+``seq2seq_cli.documents``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
-from seq2seq_cli.documents import WordDocument, html_pieces, reassemble, runs
+from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument, html_pieces, reassemble, runs
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -393,11 +394,12 @@ class Translator:
         translations = iter([[translation] for translation in self.translate(texts)] if texts else [])
         return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
 
-    def translate_docx(self, document: bytes) -> bytes:
-        """A Word document (.docx file's bytes) with the text of its paragraphs, headers,
-        footers and notes translated and everything else kept (``documents.WordDocument``), as
-        ``s2s serve`` translates a .docx file. ValueError if it is not one."""
-        return WordDocument.translate(document, self.translate)
+    def translate_office(self, document: bytes, file_format: str) -> bytes:
+        """A Word (``file_format`` "docx") or OpenDocument ("odt") file's bytes with the text
+        of its paragraphs, tables, text boxes, headers, footers and notes translated and
+        everything else kept (``documents.OfficeDocument``), as ``s2s serve`` translates such a
+        file. ValueError if it is not one."""
+        return OfficeDocument.translate(document, OFFICE_FORMATS[file_format], self.translate)
 
     def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
                         ) -> list[list[Translation]] | list[Translation]:

@@ -98,14 +98,14 @@ def test_a_word_document_has_its_paragraphs_translated_and_everything_else_kept(
     import zipfile
     from xml.dom import minidom
 
-    from seq2seq_cli.documents import WordDocument
+    from seq2seq_cli.documents import WORD, OfficeDocument
 
     original = make_docx()
-    document = WordDocument(original)
+    document = OfficeDocument(original, WORD)
     assert document.runs() == ["The man sees the dog.", "The baker & the bird", "The woman looks for the ball.",
                                "A small cat.", "It is good.", "The dog runs.",
                                "Sometimes the bird loves a small newspaper."]
-    translated = WordDocument.translate(original, lambda texts: [f"<{text.upper()}>" for text in texts])
+    translated = OfficeDocument.translate(original, WORD, lambda texts: [f"<{text.upper()}>" for text in texts])
     before, after = zipfile.ZipFile(io.BytesIO(original)), zipfile.ZipFile(io.BytesIO(translated))
     assert after.namelist() == before.namelist()
     for name in before.namelist():
@@ -126,19 +126,74 @@ def test_a_word_document_has_its_paragraphs_translated_and_everything_else_kept(
 
 
 @pytest.mark.parametrize("data, fragment", [
-    (b"PK\x03\x04 not really", "not a .docx file that can be read"),
-    (b"plain text", "not a .docx file that can be read"),
+    (b"PK\x03\x04 not really", "not a Word document that can be read"),
+    (b"plain text", "not a Word document that can be read"),
 ])
 def test_what_is_not_a_word_document_is_a_value_error(data, fragment):
     import io
     import zipfile
 
-    from seq2seq_cli.documents import WordDocument
+    from seq2seq_cli.documents import WORD, OfficeDocument
 
     with pytest.raises(ValueError, match=fragment):
-        WordDocument(data)
+        OfficeDocument(data, WORD)
     other = io.BytesIO()
     with zipfile.ZipFile(other, "w") as archive:
         archive.writestr("content.xml", "<office:document/>")  # an .odt renamed
     with pytest.raises(ValueError, match=r"not a Word document \(no word/document.xml\)"):
-        WordDocument(other.getvalue())
+        OfficeDocument(other.getvalue(), WORD)
+
+
+TEXT = 'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"'
+CONTENT_XML = (
+    f'<?xml version="1.0" encoding="UTF-8"?>\n<office:document-content {TEXT} '
+    'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0"><office:body><office:text>'
+    '<text:h text:outline-level="1">The man sees <text:span text:style-name="T1">the d</text:span>og.</text:h>'
+    '<text:p>The baker &amp; the bird<text:tab/>The woman looks for the ball.</text:p>'
+    # Spaces beyond the first are an element; a footnote's mark is a field, its text a paragraph.
+    '<text:p>A <text:s text:c="2"/>small cat.<text:note text:id="ftn1" text:note-class="footnote">'
+    '<text:note-citation>1</text:note-citation><text:note-body><text:p>It is good.</text:p></text:note-body>'
+    '</text:note></text:p>'
+    '<text:p>Page <text:page-number text:select-page="current">3</text:page-number></text:p><text:p/>'
+    '</office:text></office:body></office:document-content>')
+STYLES_XML = (f'<office:document-styles {TEXT} xmlns:style="s" xmlns:office="o"><style:master-page><style:header>'
+              '<text:p>Sometimes the bird loves a small newspaper.</text:p></style:header></style:master-page>'
+              '</office:document-styles>')
+
+
+def make_odt() -> bytes:
+    import io
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("mimetype", "application/vnd.oasis.opendocument.text", zipfile.ZIP_STORED)  # first, stored
+        archive.writestr("content.xml", CONTENT_XML)
+        archive.writestr("styles.xml", STYLES_XML)
+        archive.writestr("META-INF/manifest.xml", '<?xml version="1.0"?><manifest:manifest/>')
+    return data.getvalue()
+
+
+def test_an_opendocument_text_has_its_paragraphs_translated_and_its_fields_kept():
+    import io
+    import zipfile
+
+    from seq2seq_cli.documents import OPEN_DOCUMENT, OfficeDocument
+
+    original = make_odt()
+    assert OfficeDocument(original, OPEN_DOCUMENT).runs() == [
+        "The man sees the dog.", "The baker & the bird", "The woman looks for the ball.", "A   small cat.",
+        "It is good.", "Page ", "Sometimes the bird loves a small newspaper."]
+    translated = OfficeDocument.translate(original, OPEN_DOCUMENT, lambda texts: [f"<{t.strip().upper()}>" for t in texts])
+    before, after = zipfile.ZipFile(io.BytesIO(original)), zipfile.ZipFile(io.BytesIO(translated))
+    assert [(i.filename, i.compress_type) for i in after.infolist()] == \
+        [(i.filename, i.compress_type) for i in before.infolist()]
+    assert after.read("mimetype") == before.read("mimetype")
+    content = after.read("content.xml").decode()
+    assert ('<text:h text:outline-level="1">&lt;THE MAN SEES THE DOG.&gt;<text:span text:style-name="T1"></text:span>'
+            '</text:h>') in content
+    assert "<text:p>&lt;THE BAKER &amp; THE BIRD&gt;<text:tab/>&lt;THE WOMAN LOOKS FOR THE BALL.&gt;</text:p>" in content
+    assert ("<text:p>&lt;A   SMALL CAT.&gt;<text:note text:id=\"ftn1\" text:note-class=\"footnote\">"
+            "<text:note-citation>1</text:note-citation><text:note-body><text:p>&lt;IT IS GOOD.&gt;</text:p>") in content
+    assert '<text:p>&lt;PAGE&gt; <text:page-number text:select-page="current">3</text:page-number></text:p>' in content
+    assert "&lt;SOMETIMES THE BIRD LOVES A SMALL NEWSPAPER.&gt;" in after.read("styles.xml").decode()

@@ -214,7 +214,7 @@ def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run
     assert refused("latin1.txt", "Größe".encode("latin-1")) == "latin1.txt: not UTF-8 text (byte 2 is not UTF-8)"
     assert "the limit for a file is 320000" in refused("long.txt", b"a " * 160_001)
     assert refused("big.txt", b"a" * (16 << 20), 413) == f"request body over {16 << 20} bytes"
-    assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm, .docx files"
+    assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm, .docx, .odt files"
     missing = httpx.get(f"{server.url}/download_file/0123.notes.txt")
     assert missing.status_code == 404 and "kept for 30 minutes" in missing.json()["error"]
     # Metrics name endpoints, not the paths clients make up; an unknown path or method is an
@@ -229,15 +229,15 @@ def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run
     assert 'endpoint="other",status="404"' in metrics and "no/such/page" not in metrics
 
 
-def test_a_word_document_comes_back_translated_paragraph_by_paragraph(run, server):
-    """A .docx keeps everything but its text; each stretch of a paragraph's text is translated
+def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph(run, server):
+    """A .docx (or .odt) keeps everything but its text; each stretch of a paragraph's text is translated
     as /translate translates a text, whatever runs Word cut it into."""
     import io
     import zipfile
 
     from test_documents import make_docx
 
-    from seq2seq_cli.documents import WordDocument
+    from seq2seq_cli.documents import WORD, OfficeDocument
 
     original = make_docx()
     upload = httpx.post(f"{server.url}/translate_file", data={"source": "en", "target": "de"},
@@ -247,8 +247,8 @@ def test_a_word_document_comes_back_translated_paragraph_by_paragraph(run, serve
     assert download.status_code == 200
     assert download.headers["content-type"] == \
         "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-    texts = WordDocument(original).runs()
-    assert WordDocument(download.content).runs() == cli_translations(run, texts, "--split-sentences")
+    texts = OfficeDocument(original, WORD).runs()
+    assert OfficeDocument(download.content, WORD).runs() == cli_translations(run, texts, "--split-sentences")
     assert zipfile.ZipFile(io.BytesIO(download.content)).read("word/media/image1.png") == bytes(range(256)) * 4
     # A picture-heavy document is over the 1 MiB of a request, and within a file's 16 MiB.
     padded = io.BytesIO(original)
@@ -257,7 +257,18 @@ def test_a_word_document_comes_back_translated_paragraph_by_paragraph(run, serve
     big = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("big.docx", padded.getvalue())})
     assert big.status_code == 200, big.text
     broken = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("x.docx", b"PK junk")})
-    assert broken.status_code == 400 and broken.json()["error"].startswith("x.docx: not a .docx file that can be read")
+    assert broken.status_code == 400 and broken.json()["error"].startswith("x.docx: not a Word document that can be read")
+    # An OpenDocument text the same way.
+    from test_documents import make_odt
+
+    from seq2seq_cli.documents import OPEN_DOCUMENT
+
+    upload = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("b.odt", make_odt())})
+    download = httpx.get(upload.json()["translatedFileUrl"])
+    assert download.headers["content-type"] == "application/vnd.oasis.opendocument.text"
+    texts = OfficeDocument(make_odt(), OPEN_DOCUMENT).runs()
+    assert [text.strip() for text in OfficeDocument(download.content, OPEN_DOCUMENT).runs()] == \
+        cli_translations(run, texts, "--split-sentences")  # "Page " keeps its space before the page number
 
 
 def test_translated_files_are_kept_for_a_while_within_a_memory_budget():
@@ -739,12 +750,12 @@ def test_libretranslate_client_endpoints_beside_translate():
                     await client.post("/suggest", data={"q": "a", "s": "b"}),
                     await client.post("/translate_file", data={"api_key": "k"}),
                     await client.post("/translate_file", data={"api_key": "k", "target": "de"},
-                                      files={"file": ("report.odt", b"PK")})]
+                                      files={"file": ("report.pptx", b"PK")})]
 
     settings, detect, keyless, too_long, empty, auto, suggest, no_file, docx = asyncio.run(ask())
     assert settings.json() == {"apiKeys": True, "keyRequired": True, "charLimit": 30, "frontendTimeout": 500,
                                "suggestions": False, "filesTranslation": True,
-                               "supportedFilesFormat": [".txt", ".html", ".htm", ".docx"],
+                               "supportedFilesFormat": [".txt", ".html", ".htm", ".docx", ".odt"],
                                "language": {"source": {"code": "auto", "name": "Auto Detect"},
                                             "target": {"code": "de", "name": "German"}}}
     assert [d["language"] for d in detect.json()] == ["en", "de"]  # qq cannot be ranked
@@ -754,7 +765,7 @@ def test_libretranslate_client_endpoints_beside_translate():
     assert auto.status_code == 400 and "does not know qq" in auto.json()["error"]
     assert suggest.status_code == 403 and suggest.json() == {"error": "Suggestions are disabled on this server."}
     assert no_file.status_code == 400 and no_file.json()["error"].startswith("file is required")
-    assert docx.status_code == 400 and docx.json()["error"] == "report.odt: this server translates .txt, .html, .htm, .docx files"
+    assert docx.status_code == 400 and docx.json()["error"] == "report.pptx: this server translates .txt, .html, .htm, .docx, .odt files"
 
 
 def test_the_language_detector_ranks_the_languages_it_is_given():
