@@ -129,7 +129,7 @@ def reassemble(pieces: list[Piece], translations: Iterator[list[str]], alternati
 
 
 @dataclass(frozen=True)
-class _OfficeFormat:
+class OfficeFormat:
     """Where an office format keeps its text: which zip parts, which elements are paragraphs,
     what breaks a paragraph's text into stretches, and what is not text to translate."""
 
@@ -143,11 +143,11 @@ class _OfficeFormat:
     kept: frozenset[str] = frozenset()  # elements whose content is computed (fields), never translated
 
 
-WORD = _OfficeFormat(
+WORD = OfficeFormat(
     "a Word document", "word/document.xml",
     re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml"),
     frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t")
-OPEN_DOCUMENT = _OfficeFormat(
+OPEN_DOCUMENT = OfficeFormat(
     "an OpenDocument text", "content.xml", re.compile(r"(content|styles)\.xml"),  # styles.xml: headers, footers
     frozenset({"text:p", "text:h"}), frozenset({"text:tab", "text:line-break"}), spaces_element="text:s",
     kept=frozenset(f"text:{field}" for field in (
@@ -162,7 +162,7 @@ _SPACE_COUNT = re.compile(r"""\stext:c\s*=\s*["'](\d+)""")
 OFFICE_MAX_BYTES = 64 << 20
 
 
-def office_xml_pieces(xml: str, office: _OfficeFormat) -> list[Piece]:
+def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
     """An office document's XML part: everything kept but the text of its paragraphs. Word and
     LibreOffice cut a paragraph's text into runs wherever formatting, spelling marks or
     revisions change, often mid-word, so a paragraph's stretch of text (up to a tab or line
@@ -224,7 +224,7 @@ class OfficeDocument:
     in it (styles, pictures, settings, the order and compression of its parts) is written back
     byte for byte."""
 
-    def __init__(self, data: bytes, office: _OfficeFormat):
+    def __init__(self, data: bytes, office: OfficeFormat):
         try:
             self._archive = zipfile.ZipFile(io.BytesIO(data))
             parts = [info for info in self._archive.infolist() if office.text_parts.fullmatch(info.filename)]
@@ -255,7 +255,7 @@ class OfficeDocument:
         return output.getvalue()
 
     @classmethod
-    def translate(cls, data: bytes, office: _OfficeFormat, translate: Callable[[list[str]], list[str]]) -> bytes:
+    def translate(cls, data: bytes, office: OfficeFormat, translate: Callable[[list[str]], list[str]]) -> bytes:
         """``data`` (a file of format ``office``) with its text translated by ``translate``."""
         document = cls(data, office)
         texts = document.runs()
