@@ -231,7 +231,7 @@ def _input_batches(input_file: Optional[Path], batch_size: int):
 def translate(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin)."),
+    input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin); a .docx, .odt, .pptx or .odp file is translated into one."),
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write translations, complete or not at all (default: stdout)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size; 1 is greedy search (default: the config's)."),
     nbest: int = typer.Option(1, "--nbest", min=1, metavar="N", help="Hypotheses per sentence, as INDEX ||| HYPOTHESIS ||| SCORE lines."),
@@ -247,8 +247,6 @@ def translate(
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
     alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and its word alignment from the attention: SOURCE-TARGET word pairs (0-0 1-2 ...)."),
     as_html: bool = typer.Option(False, "--html", help="The input is one HTML document (UTF-8): translate its text, keep its markup and code."),
-    as_docx: bool = typer.Option(False, "--docx", help="The input is a Word document (.docx): translate its text, keep everything else; write it to --output."),
-    as_odt: bool = typer.Option(False, "--odt", help="The input is an OpenDocument text (.odt): translate its text, keep everything else; write it to --output."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -260,6 +258,7 @@ def translate(
     """
     from seq2seq_cli.data import count_lines
     from seq2seq_cli.decoding import Sampling
+    from seq2seq_cli.documents import OFFICE_FORMATS
     from seq2seq_cli.translation import Translator
 
     sampling_options = {"--sample-topk": sample_topk, "--temperature": temperature, "--seed": seed}
@@ -270,17 +269,15 @@ def translate(
                         f"{'it' if verb == 'applies' else 'them'}")
     if input_file is not None and not input_file.exists():
         raise UserError(f"--input {input_file}: file not found")
-    office = "docx" if as_docx else "odt" if as_odt else None
-    suffix = input_file.suffix.lower()[1:] if input_file is not None else ""
-    if suffix in ("docx", "odt") and office != suffix:
-        raise UserError(f"--input {input_file} is {'a Word document' if suffix == 'docx' else 'an OpenDocument text'}, "
-                        f"not lines of text; add --{suffix} to translate it as one (with --output FILE.{suffix})")
+    # An office document (--input report.docx) is translated into one: its text, its layout kept.
+    office = input_file.suffix.lower()[1:] if input_file is not None else ""
+    office = office if office in OFFICE_FORMATS else None
     if office and output_file is None and sys.stdout.isatty():
-        raise UserError(f"--{office} writes a .{office} file, not text for a terminal; give --output FILE.{office}")
+        raise UserError(f"--input {input_file} is translated into a .{office} file, not text for a terminal; "
+                        f"give --output FILE.{office}")
     if as_html or office:
-        _check_document_options(f"--{office}" if office else "--html", nbest=nbest > 1, sample=sample,
-                                alignment=alignment, plot_attention=plot_attention,
-                                html=as_html and office is not None, odt=as_docx and as_odt)
+        _check_document_options(f"--input {input_file}" if office else "--html", nbest=nbest > 1, sample=sample,
+                                alignment=alignment, plot_attention=plot_attention, html=as_html and bool(office))
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
         raise UserError(f"--output {output_file} is the file being translated: its translation would replace it; "
                         "write to another file")
@@ -300,11 +297,10 @@ def translate(
                       "translate")
         return
     if office:
-        data = input_file.read_bytes() if input_file is not None else sys.stdin.buffer.read()
         try:
-            translated = translator.translate_office(data, office)
+            translated = translator.translate_office(input_file.read_bytes(), office)
         except ValueError as err:
-            raise UserError(f"{f'--input {input_file}' if input_file is not None else 'stdin'}: {err}") from None
+            raise UserError(f"--input {input_file}: {err}") from None
         _write_output(output_file, lambda out: out.write(translated), "translate")
         return
     if plot_attention is not None:
@@ -330,15 +326,17 @@ def translate(
         _write_output(output_file, lambda out: write_translations(out, advance), "translate")
 
 
-def _check_document_options(option: str, **given) -> None:
-    """--html, --docx and --odt translate a whole document into one: options about lines and lists do not apply."""
+def _check_document_options(what: str, **given) -> None:
+    """--html and office documents translate a whole document into one: options about lines
+    and lists do not apply."""
     names = {"nbest": "--nbest", "sample": "--sample", "alignment": "--alignment", "plot_attention": "--plot-attention",
-             "html": "--html", "odt": "--odt"}
+             "html": "--html"}
     clashing = [names[name] for name, value in given.items() if value]
     if clashing:
-        raise UserError(f"{option} translates one document into one: {', '.join(clashing)} "
-                        f"{'does' if len(clashing) == 1 else 'do'} not apply; drop {'it' if len(clashing) == 1 else 'them'} "
-                        f"or translate lines without {option}")
+        one = len(clashing) == 1
+        raise UserError(f"{what} {'translates' if what == '--html' else 'is translated'} as one document: "
+                        f"{', '.join(clashing)} {'does' if one else 'do'} not apply; drop {'it' if one else 'them'}"
+                        + (" or translate lines without --html" if what == "--html" else ""))
 
 
 def _read_document(input_file: Optional[Path]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import re
+import dataclasses
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -22,7 +23,8 @@ from typing import Callable, Iterator, Optional
 Piece = tuple[Optional[str], str]
 
 # What a file's name says it holds, for the file formats translated.
-FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt"}
+FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt", ".pptx": "pptx",
+                ".odp": "odp"}
 
 # Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
 # text to translate (a translated script would no longer run).
@@ -139,6 +141,7 @@ class OfficeFormat:
     paragraphs: frozenset[str]
     breaks: frozenset[str]  # a tab, a line break: the text after it is a stretch of its own
     text_element: Optional[str] = None  # text is only inside these (Word's w:t); else anywhere in a paragraph
+    space_preserved: bool = False  # the text element needs xml:space="preserve" to keep leading and trailing spaces
     spaces_element: Optional[str] = None  # ODF's <text:s text:c="N"/>: N spaces
     kept: frozenset[str] = frozenset()  # elements whose content is computed (fields), never translated
 
@@ -146,7 +149,11 @@ class OfficeFormat:
 WORD = OfficeFormat(
     "a Word document", "word/document.xml",
     re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml"),
-    frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t")
+    frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t", space_preserved=True)
+POWERPOINT = OfficeFormat(
+    "a PowerPoint presentation", "ppt/presentation.xml",
+    re.compile(r"ppt/(slides/slide|notesSlides/notesSlide)\d+\.xml"),  # not the layouts' prompts
+    frozenset({"a:p"}), frozenset({"a:br"}), text_element="a:t", kept=frozenset({"a:fld"}))  # a slide number
 OPEN_DOCUMENT = OfficeFormat(
     "an OpenDocument text", "content.xml", re.compile(r"(content|styles)\.xml"),  # styles.xml: headers, footers
     frozenset({"text:p", "text:h"}), frozenset({"text:tab", "text:line-break"}), spaces_element="text:s",
@@ -154,7 +161,9 @@ OPEN_DOCUMENT = OfficeFormat(
         "note-citation page-number page-count page-continuation date time file-name template-name author-name "
         "author-initials chapter sequence sequence-ref bookmark-ref reference-ref note-ref sheet-name title "
         "subject word-count character-count paragraph-count").split()))
-OFFICE_FORMATS = {"docx": WORD, "odt": OPEN_DOCUMENT}
+OPEN_DOCUMENT_PRESENTATION = dataclasses.replace(
+    OPEN_DOCUMENT, name="an OpenDocument presentation", text_parts=re.compile(r"content\.xml"))
+OFFICE_FORMATS = {"docx": WORD, "odt": OPEN_DOCUMENT, "pptx": POWERPOINT, "odp": OPEN_DOCUMENT_PRESENTATION}
 _XML_TOKEN = re.compile(r"<[^>]*>|[^<]+")
 _XML_TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w.-]*:[\w.-]+)\b[^>]*?(?P<empty>/?)>")
 _SPACE_COUNT = re.compile(r"""\stext:c\s*=\s*["'](\d+)""")
@@ -208,7 +217,7 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
         if not texts or not text.strip():
             continue
         first = texts[0]
-        if office.text_element is not None:  # the element holding the first text must keep its spaces
+        if office.space_preserved:  # the element holding the first text must keep its spaces
             opening, element = pieces[first - 1][0], office.text_element
             if "xml:space" not in opening:
                 pieces[first - 1] = (opening.replace(f"<{element}", f'<{element} xml:space="preserve"', 1), "")
@@ -220,15 +229,16 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
 
 
 class OfficeDocument:
-    """A .docx or .odt file whose text is translated by ``office_xml_pieces``; everything else
-    in it (styles, pictures, settings, the order and compression of its parts) is written back
-    byte for byte."""
+    """A .docx, .odt, .pptx or .odp file whose text is translated by ``office_xml_pieces``;
+    everything else in it (styles, pictures, settings, the order and compression of its parts)
+    is written back byte for byte."""
 
     def __init__(self, data: bytes, office: OfficeFormat):
         try:
             self._archive = zipfile.ZipFile(io.BytesIO(data))
-            parts = [info for info in self._archive.infolist() if office.text_parts.fullmatch(info.filename)]
-            if not any(info.filename == office.main_part for info in parts):
+            members = self._archive.infolist()
+            parts = [info for info in members if office.text_parts.fullmatch(info.filename)]
+            if not any(info.filename == office.main_part for info in members):
                 raise ValueError(f"not {office.name} (no {office.main_part})")
             if sum(info.file_size for info in parts) > OFFICE_MAX_BYTES:
                 raise ValueError(f"its text parts unpack to over {OFFICE_MAX_BYTES >> 20} MiB")

@@ -197,3 +197,52 @@ def test_an_opendocument_text_has_its_paragraphs_translated_and_its_fields_kept(
             "<text:note-citation>1</text:note-citation><text:note-body><text:p>&lt;IT IS GOOD.&gt;</text:p>") in content
     assert '<text:p>&lt;PAGE&gt; <text:page-number text:select-page="current">3</text:page-number></text:p>' in content
     assert "&lt;SOMETIMES THE BIRD LOVES A SMALL NEWSPAPER.&gt;" in after.read("styles.xml").decode()
+
+
+A = 'xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main"'
+SLIDE_XML = (
+    f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<p:sld {A} xmlns:p="urn:p"><p:cSld><p:spTree>'
+    '<p:sp><p:txBody><a:bodyPr/><a:p><a:r><a:rPr lang="en-US" b="1"/><a:t>The man </a:t></a:r>'
+    '<a:r><a:rPr lang="en-US"/><a:t>sees the dog.</a:t></a:r><a:br/><a:r><a:t>A small cat.</a:t></a:r></a:p>'
+    '<a:p><a:fld id="{1}" type="slidenum"><a:t>2</a:t></a:fld></a:p><a:p><a:endParaRPr/></a:p></p:txBody></p:sp>'
+    '</p:spTree></p:cSld></p:sld>')
+
+
+def make_pptx() -> bytes:
+    import io
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        archive.writestr("ppt/presentation.xml", f'<p:presentation {A} xmlns:p="urn:p"/>')
+        archive.writestr("ppt/slides/slide1.xml", SLIDE_XML)
+        archive.writestr("ppt/notesSlides/notesSlide1.xml",
+                         f'<p:notes {A} xmlns:p="urn:p"><a:p><a:r><a:t>It is good.</a:t></a:r></a:p></p:notes>')
+        # A layout's prompt is not the presentation's text.
+        archive.writestr("ppt/slideLayouts/slideLayout1.xml", f'<p:sldLayout {A}><a:p><a:r><a:t>Click to edit</a:t>'
+                         '</a:r></a:p></p:sldLayout>')
+    return data.getvalue()
+
+
+def test_a_presentation_has_its_slides_and_notes_translated():
+    import io
+    import zipfile
+
+    from seq2seq_cli.documents import OPEN_DOCUMENT_PRESENTATION, POWERPOINT, OfficeDocument
+
+    original = make_pptx()
+    assert OfficeDocument(original, POWERPOINT).runs() == ["The man sees the dog.", "A small cat.", "It is good."]
+    translated = OfficeDocument.translate(original, POWERPOINT, lambda texts: [t.upper() for t in texts])
+    after = zipfile.ZipFile(io.BytesIO(translated))
+    slide = after.read("ppt/slides/slide1.xml").decode()
+    assert ('<a:r><a:rPr lang="en-US" b="1"/><a:t>THE MAN SEES THE DOG.</a:t></a:r><a:r><a:rPr lang="en-US"/>'
+            '<a:t></a:t></a:r><a:br/><a:r><a:t>A SMALL CAT.</a:t></a:r>') in slide
+    assert '<a:fld id="{1}" type="slidenum"><a:t>2</a:t></a:fld>' in slide and "xml:space" not in slide
+    assert after.read("ppt/slideLayouts/slideLayout1.xml") == zipfile.ZipFile(io.BytesIO(original)).read(
+        "ppt/slideLayouts/slideLayout1.xml")
+    # An OpenDocument presentation is read as an OpenDocument text's content is.
+    assert OfficeDocument(make_odt(), OPEN_DOCUMENT_PRESENTATION).runs()[:2] == ["The man sees the dog.",
+                                                                                  "The baker & the bird"]
+    with pytest.raises(ValueError, match=r"not a PowerPoint presentation \(no ppt/presentation.xml\)"):
+        OfficeDocument(make_docx(), POWERPOINT)

@@ -173,7 +173,7 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
     assert result.returncode == 0 and result.stdout.decode() == expected_html
     assert Translator.load(run, "cpu", split_sentences=True).translate_html([code, html]) == [answer, expected_html]
     assert_user_error(s2s_forked("translate", "--checkpoint", run, "--html", "--alignment", stdin=html),
-                      "--html translates one document into one: --alignment does not apply; drop it")
+                      "--html translates as one document: --alignment does not apply; drop it or translate lines without --html")
 
 
 def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run, server):
@@ -214,7 +214,7 @@ def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run
     assert refused("latin1.txt", "Größe".encode("latin-1")) == "latin1.txt: not UTF-8 text (byte 2 is not UTF-8)"
     assert "the limit for a file is 320000" in refused("long.txt", b"a " * 160_001)
     assert refused("big.txt", b"a" * (16 << 20), 413) == f"request body over {16 << 20} bytes"
-    assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm, .docx, .odt files"
+    assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm, .docx, .odt, .pptx, .odp files"
     missing = httpx.get(f"{server.url}/download_file/0123.notes.txt")
     assert missing.status_code == 404 and "kept for 30 minutes" in missing.json()["error"]
     # Metrics name endpoints, not the paths clients make up; an unknown path or method is an
@@ -750,12 +750,12 @@ def test_libretranslate_client_endpoints_beside_translate():
                     await client.post("/suggest", data={"q": "a", "s": "b"}),
                     await client.post("/translate_file", data={"api_key": "k"}),
                     await client.post("/translate_file", data={"api_key": "k", "target": "de"},
-                                      files={"file": ("report.pptx", b"PK")})]
+                                      files={"file": ("report.epub", b"PK")})]
 
     settings, detect, keyless, too_long, empty, auto, suggest, no_file, docx = asyncio.run(ask())
     assert settings.json() == {"apiKeys": True, "keyRequired": True, "charLimit": 30, "frontendTimeout": 500,
                                "suggestions": False, "filesTranslation": True,
-                               "supportedFilesFormat": [".txt", ".html", ".htm", ".docx", ".odt"],
+                               "supportedFilesFormat": [".txt", ".html", ".htm", ".docx", ".odt", ".pptx", ".odp"],
                                "language": {"source": {"code": "auto", "name": "Auto Detect"},
                                             "target": {"code": "de", "name": "German"}}}
     assert [d["language"] for d in detect.json()] == ["en", "de"]  # qq cannot be ranked
@@ -765,7 +765,7 @@ def test_libretranslate_client_endpoints_beside_translate():
     assert auto.status_code == 400 and "does not know qq" in auto.json()["error"]
     assert suggest.status_code == 403 and suggest.json() == {"error": "Suggestions are disabled on this server."}
     assert no_file.status_code == 400 and no_file.json()["error"].startswith("file is required")
-    assert docx.status_code == 400 and docx.json()["error"] == "report.pptx: this server translates .txt, .html, .htm, .docx, .odt files"
+    assert docx.status_code == 400 and docx.json()["error"] == "report.epub: this server translates .txt, .html, .htm, .docx, .odt, .pptx, .odp files"
 
 
 def test_the_language_detector_ranks_the_languages_it_is_given():

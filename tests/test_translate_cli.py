@@ -68,45 +68,31 @@ def test_a_word_with_a_character_the_model_never_saw_is_translated_or_named(run_
     assert "input line 12" not in stderr
 
 
-def test_a_word_document_is_translated_into_one(run_dir, tmp_path):
-    """--docx (and --odt): the document's text translated as --split-sentences translates lines, the rest
-    kept; a .docx given as lines of text is refused rather than translated as bytes."""
-    from test_documents import make_docx
+def test_office_documents_are_translated_into_documents(run_dir, tmp_path):
+    """--input report.docx (or .odt, .pptx, .odp): the document's text translated as
+    --split-sentences translates lines, the rest kept, into --output."""
+    from test_documents import make_docx, make_odt, make_pptx
 
-    from seq2seq_cli.documents import WORD, OfficeDocument
+    from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument
 
-    (tmp_path / "report.docx").write_bytes(make_docx())
-    texts = OfficeDocument(make_docx(), WORD).runs()
-    translated = s2s_forked("translate", "--checkpoint", run_dir, "--docx", "--input", tmp_path / "report.docx",
-                            "--output", tmp_path / "bericht.docx")
-    assert translated.returncode == 0, translated.stderr.decode()
-    lines = s2s_forked("translate", "--checkpoint", run_dir, "--split-sentences", stdin="\n".join(texts) + "\n")
-    assert OfficeDocument((tmp_path / "bericht.docx").read_bytes(), WORD).runs() == lines.stdout.decode().splitlines()
-    (tmp_path / "notes.txt").write_text("The dog.\n")
+    for name, data in (("report.docx", make_docx()), ("notes.odt", make_odt()), ("slides.pptx", make_pptx())):
+        office = OFFICE_FORMATS[name.rsplit(".", 1)[1]]
+        (tmp_path / name).write_bytes(data)
+        translated = s2s_forked("translate", "--checkpoint", run_dir, "--input", tmp_path / name,
+                                "--output", tmp_path / f"de-{name}")
+        assert translated.returncode == 0, translated.stderr.decode()
+        texts = OfficeDocument(data, office).runs()
+        lines = s2s_forked("translate", "--checkpoint", run_dir, "--split-sentences", stdin="\n".join(texts) + "\n")
+        # A stretch keeps the spaces around it (the odt's "Page " before its page number field).
+        assert [text.strip() for text in OfficeDocument((tmp_path / f"de-{name}").read_bytes(), office).runs()] \
+            == lines.stdout.decode().splitlines(), name
+    (tmp_path / "notes.docx").write_text("The dog.\n")
     assert_user_errors(
-        (("translate", "--checkpoint", run_dir, "--input", tmp_path / "report.docx", "--output", tmp_path / "x"),
-         "is a Word document, not lines of text; add --docx"),
-        (("translate", "--checkpoint", run_dir, "--docx", "--nbest", "2", "--input", tmp_path / "report.docx"),
-         "--docx translates one document into one: --nbest does not apply"),
-        (("translate", "--checkpoint", run_dir, "--docx", "--input", tmp_path / "notes.txt", "--output", tmp_path / "x"),
-         "notes.txt: not a Word document that can be read"))
+        (("translate", "--checkpoint", run_dir, "--nbest", "2", "--input", tmp_path / "report.docx"),
+         f"--input {tmp_path / 'report.docx'} is translated as one document: --nbest does not apply; drop it"),
+        (("translate", "--checkpoint", run_dir, "--input", tmp_path / "notes.docx", "--output", tmp_path / "x"),
+         "notes.docx: not a Word document that can be read (File is not a zip file)"))
     assert not (tmp_path / "x").exists()
-    # An OpenDocument text with --odt.
-    from test_documents import make_odt
-
-    from seq2seq_cli.documents import OPEN_DOCUMENT
-
-    (tmp_path / "notes.odt").write_bytes(make_odt())
-    translated = s2s_forked("translate", "--checkpoint", run_dir, "--odt", "--input", tmp_path / "notes.odt",
-                            "--output", tmp_path / "notizen.odt")
-    assert translated.returncode == 0, translated.stderr.decode()
-    texts = OfficeDocument(make_odt(), OPEN_DOCUMENT).runs()
-    lines = s2s_forked("translate", "--checkpoint", run_dir, "--split-sentences", stdin="\n".join(texts) + "\n")
-    # A stretch keeps the spaces around it ("Page " before its page number field).
-    assert [text.strip() for text in OfficeDocument((tmp_path / "notizen.odt").read_bytes(), OPEN_DOCUMENT).runs()] \
-        == lines.stdout.decode().splitlines()
-    assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--docx", "--input", tmp_path / "notes.odt"),
-                      "notes.odt is an OpenDocument text, not lines of text; add --odt")
 
 
 def test_a_line_far_longer_than_the_model_reads_gives_the_whole_lines_first_tokens(run_dir, monkeypatch, caplog):
