@@ -167,8 +167,6 @@ OFFICE_FORMATS = {"docx": WORD, "odt": OPEN_DOCUMENT, "pptx": POWERPOINT, "odp":
 _XML_TOKEN = re.compile(r"<[^>]*>|[^<]+")
 _XML_TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w.-]*:[\w.-]+)\b[^>]*?(?P<empty>/?)>")
 _SPACE_COUNT = re.compile(r"""\stext:c\s*=\s*["'](\d+)""")
-# Unpacked, a document's text parts may hold this much at most (a zip bomb is refused unread).
-OFFICE_MAX_BYTES = 64 << 20
 
 
 def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
@@ -233,15 +231,17 @@ class OfficeDocument:
     everything else in it (styles, pictures, settings, the order and compression of its parts)
     is written back byte for byte."""
 
-    def __init__(self, data: bytes, office: OfficeFormat):
+    def __init__(self, data: bytes, office: OfficeFormat, max_bytes: Optional[int] = None):
+        """``max_bytes``: what the file may unpack to at most (a zip bomb is refused unread; a
+        part is never unpacked past the size its entry states)."""
         try:
             self._archive = zipfile.ZipFile(io.BytesIO(data))
             members = self._archive.infolist()
             parts = [info for info in members if office.text_parts.fullmatch(info.filename)]
             if not any(info.filename == office.main_part for info in members):
                 raise ValueError(f"not {office.name} (no {office.main_part})")
-            if sum(info.file_size for info in parts) > OFFICE_MAX_BYTES:
-                raise ValueError(f"its text parts unpack to over {OFFICE_MAX_BYTES >> 20} MiB")
+            if max_bytes is not None and sum(info.file_size for info in members) > max_bytes:
+                raise ValueError(f"it unpacks to over {max_bytes >> 20} MiB")
             self._pieces = {info.filename: office_xml_pieces(self._archive.read(info).decode("utf-8"), office)
                             for info in parts}
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, KeyError) as err:

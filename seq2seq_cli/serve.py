@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 # A file to translate may be larger: a .docx carries its pictures.
 MAX_FILE_BYTES = 16 << 20
+# What an office file may unpack to: its parts are read whole to be written back.
+MAX_UNPACKED_FILE_BYTES = 64 << 20
 _MEDIA_TYPES = {"text file": "text/plain; charset=utf-8", "html": "text/html; charset=utf-8",
                 "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
                 "odt": "application/vnd.oasis.opendocument.text",
@@ -749,7 +751,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         data = await upload.read()
         try:
             if kind in OFFICE_FORMATS:
-                document = OfficeDocument(data, OFFICE_FORMATS[kind])
+                document = OfficeDocument(data, OFFICE_FORMATS[kind], max_bytes=MAX_UNPACKED_FILE_BYTES)
                 texts = document.runs()
                 size = sum(map(len, texts))
             else:

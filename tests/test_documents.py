@@ -137,6 +137,14 @@ def test_what_is_not_a_word_document_is_a_value_error(data, fragment):
 
     with pytest.raises(ValueError, match=fragment):
         OfficeDocument(data, WORD)
+    # A zip bomb (a part of zeros, small packed) is refused before anything is unpacked.
+    bomb = io.BytesIO(make_docx())
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/media/zeros.bin", bytes(2 << 20))
+    assert len(bomb.getvalue()) < 100_000
+    with pytest.raises(ValueError, match="it unpacks to over 1 MiB"):
+        OfficeDocument(bomb.getvalue(), WORD, max_bytes=1 << 20)
+    assert len(OfficeDocument(bomb.getvalue(), WORD).runs()) == 7  # no limit given: read
     other = io.BytesIO()
     with zipfile.ZipFile(other, "w") as archive:
         archive.writestr("content.xml", "<office:document/>")  # an .odt renamed
