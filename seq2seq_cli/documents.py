@@ -251,6 +251,11 @@ class OfficeDocument:
         """The stretches of text to translate, in order, entities read as characters."""
         return [text for pieces in self._pieces.values() for text in runs(pieces, html_entities=True)]
 
+    @property
+    def characters(self) -> int:
+        """How long the file is, as a limit counts it: its text alone."""
+        return sum(map(len, self.runs()))
+
     def translated(self, translations: Iterator[list[str]]) -> bytes:
         """The document with each stretch replaced by the next of ``translations`` (n-best
         lists, the first taken), as a file of its format."""
@@ -270,6 +275,31 @@ class OfficeDocument:
         document = cls(data, office)
         texts = document.runs()
         return document.translated(iter([[text] for text in translate(texts)] if texts else []))
+
+
+class TextFile:
+    """A UTF-8 text or HTML file, with ``runs`` and ``translated`` as ``OfficeDocument`` has them:
+    each line (``text_file_pieces``) or run of HTML text (``html_pieces``) translated, its line
+    ends, spacing and markup kept. ValueError if it is not UTF-8."""
+
+    def __init__(self, data: bytes, is_html: bool):
+        self.characters = len(text := decode_text_file(data))  # how long it is, as a limit counts it
+        self._html = is_html
+        self._pieces = html_pieces(text) if is_html else text_file_pieces(text)
+
+    def runs(self) -> list[str]:
+        return runs(self._pieces, html_entities=self._html)
+
+    def translated(self, translations: Iterator[list[str]]) -> bytes:
+        return reassemble(self._pieces, translations, 0, escape=self._html, keep_spacing=True)[0].encode("utf-8")
+
+
+def read_file(kind: str, data: bytes, max_unpacked: Optional[int] = None) -> TextFile | OfficeDocument:
+    """A file of a ``FILE_FORMATS`` kind, read to be translated; ValueError if it cannot be
+    (``max_unpacked``: what an office file may unpack to)."""
+    if kind in OFFICE_FORMATS:
+        return OfficeDocument(data, OFFICE_FORMATS[kind], max_unpacked)
+    return TextFile(data, is_html=kind == "html")
 
 
 def decode_text_file(data: bytes) -> str:

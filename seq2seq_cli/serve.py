@@ -46,8 +46,7 @@ from urllib.parse import parse_qs, quote
 import torch
 
 from seq2seq_cli.device import select_device
-from seq2seq_cli.documents import (FILE_FORMATS, OFFICE_FORMATS, OfficeDocument, decode_text_file, html_pieces,
-                                   reassemble, runs, text_file_pieces, text_lines)
+from seq2seq_cli.documents import FILE_FORMATS, OFFICE_FORMATS, html_pieces, read_file, reassemble, runs, text_lines
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -750,30 +749,22 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             raise ClientError(f"{name}: this server translates {', '.join(FILE_FORMATS)} files")
         data = await upload.read()
         try:
-            if kind in OFFICE_FORMATS:
-                document = OfficeDocument(data, OFFICE_FORMATS[kind], max_bytes=MAX_UNPACKED_FILE_BYTES)
-                texts = document.runs()
-                size = sum(map(len, texts))
-            else:
-                text = decode_text_file(data)
-                pieces = html_pieces(text) if kind == "html" else text_file_pieces(text)
-                texts = runs(pieces, html_entities=kind == "html")
-                size = len(text)
+            document = read_file(kind, data, max_unpacked=MAX_UNPACKED_FILE_BYTES)
         except ValueError as err:
             raise ClientError(f"{name}: {err}") from None
         limit = settings.char_limit * settings.batch_limit
-        if size > limit:
-            raise ClientError(f"{name} holds {size} characters{' of text' if kind in OFFICE_FORMATS else ''}; the limit for "
-                              f"a file is {limit} (the server's --char-limit x --batch-limit)")
+        if document.characters > limit:
+            raise ClientError(f"{name} holds {document.characters} characters"
+                              f"{' of text' if kind in OFFICE_FORMATS else ''}; the limit for a file is {limit} "
+                              "(the server's --char-limit x --batch-limit)")
+        texts = document.runs()
         source, target = body.get("source"), body.get("target")
         model, _ = model_for_text(" ".join(texts)[:_DETECT_CHARS], source, candidates_for(source, target))
         translated = data
         if model is not None and texts:
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
             decoded = await _search_in_chunks(model.worker, texts, search)
-            translations = (d.translations for d in decoded)
-            translated = (document.translated(translations) if kind in OFFICE_FORMATS else
-                          reassemble(pieces, translations, 0, escape=kind == "html", keep_spacing=True)[0].encode("utf-8"))
+            translated = document.translated(d.translations for d in decoded)
         download = translated_files.add(name, translated, _MEDIA_TYPES[kind])
         # url_for takes the path as it is: quoted here, read back unquoted.
         url = request.url_for("download_file", download=quote(download, safe=""))
