@@ -11,10 +11,10 @@ translated so.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 import re
-import dataclasses
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional

@@ -436,4 +436,3 @@ def check_same_processes(checkpoint: dict[str, Any], processes: int) -> None:
     if saved != processes:
         raise UserError(f"the checkpoint was saved by {saved} process(es); resume it with the same "
                         f"number (now {processes}) to continue exactly")
-

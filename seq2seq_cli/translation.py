@@ -395,8 +395,8 @@ class Translator:
         return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
 
     def translate_office(self, document: bytes, file_format: str) -> bytes:
-        """A Word (``file_format`` "docx") or OpenDocument ("odt") file's bytes with the text
-        of its paragraphs, tables, text boxes, headers, footers and notes translated and
+        """An office file's bytes (``file_format``: "docx", "odt", "pptx" or "odp") with the text
+        of its paragraphs, tables, text boxes, headers, footers, notes and slides translated and
         everything else kept (``documents.OfficeDocument``), as ``s2s serve`` translates such a
         file. ValueError if it is not one."""
         return OfficeDocument.translate(document, OFFICE_FORMATS[file_format], self.translate)
