@@ -29,19 +29,25 @@ def word_alignment(attention: torch.Tensor, source_words: Sequence[Optional[int]
 
     ``attention`` (target tokens + 1, source tokens + 1): a hypothesis' attention, with the
     final [SEP] row and column; ``source_words`` and ``target_words``: each token's word."""
+    return [(int(weights.argmax()), word) for word, weights in word_attention(attention, source_words, target_words)]
+
+
+def word_attention(attention: torch.Tensor, source_words: Sequence[Optional[int]],
+                   target_words: Sequence[Optional[int]]) -> list[tuple[int, torch.Tensor]]:
+    """Each target word (in order) and the attention its first subword paid to each source
+    word, the attention of the word's subwords added up: (source words,)."""
     columns = [k for k, word in enumerate(source_words) if word is not None]
     if not columns:
         return []
     column_words = torch.tensor([source_words[k] for k in columns])
     count = int(column_words.max()) + 1
-    pairs, seen = [], set()
+    rows, seen = [], set()
     for row, word in enumerate(target_words):
         if word is None or word in seen:  # a word's first subword speaks for it
             continue
         seen.add(word)
-        per_word = torch.zeros(count).index_add_(0, column_words, attention[row, columns].float())
-        pairs.append((int(per_word.argmax()), word))
-    return pairs
+        rows.append((word, torch.zeros(count).index_add_(0, column_words, attention[row, columns].float())))
+    return rows
 
 
 def words_of_sentences(ids: list[int], separator: int, words_of: Callable[[list[int]], WordIndices],

@@ -4,9 +4,11 @@ A text is cut into pieces, each either markup, kept as it is (HTML tags, comment
 a text file's line breaks and the spacing around its lines), or a run of text to translate.
 The translations of the runs are then put back between the markup, so a page or a file
 keeps its layout. ``s2s serve`` translates HTML (``format: html`` and .html files) and text
-files this way; a text in a request is translated line by line (``text_lines``). A Word or
-OpenDocument file (``OfficeDocument``) is a zip of XML parts, whose paragraphs' text is
-translated so.
+files this way; a text in a request is translated line by line (``text_lines``). HTML's
+inline elements (``<b>``, ``<a href>``) do not end a run: a sentence is translated whole and
+they are put back around the words of its translation that the model's attention links to
+theirs (``Inline``). A Word or OpenDocument file (``OfficeDocument``) is a zip of XML parts,
+whose paragraphs' text is translated so.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ import dataclasses
 import html
 import io
 import re
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-# (markup, "") for what is kept, (None, text) for a run of text to translate.
-Piece = tuple[Optional[str], str]
+# (markup, "") for what is kept, (None, text) for a run of text to translate; (None, Inline) for
+# a run of HTML text with inline elements in it.
+Piece = tuple[Optional[str], "str | Inline"]
+# The attention each word of a translation paid to each word of its source (one row per
+# target word, one weight per source word: ``seq2seq_cli.alignment.word_attention``).
+WordAttention = list[list[float]]
+# A run's translation, with its word attention where the run is an Inline one.
+Rendering = str | tuple[str, Optional[WordAttention]]
 
 # What a file's name says it holds, for the file formats translated.
 FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt", ".pptx": "pptx",
@@ -37,6 +46,253 @@ _TRANSLATE = re.compile(r"""\stranslate\s*=\s*["']?(?P<value>yes|no)\b""", re.I)
 _NO_TRANSLATE_CLASS = re.compile(r"""\sclass\s*=\s*(?:"[^"]*|'[^']*|)\bnotranslate\b""", re.I)
 # Elements that never have an end tag, nor anything inside.
 _VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+# Elements that mark words inside a sentence (HTML's phrasing content, less code and forms):
+# text with them in it is translated whole and they are put back around its translation's words.
+_INLINE = frozenset("a abbr b bdi bdo big cite data del dfn em font i img ins mark q s small span strong sub sup "
+                    "time tt u var wbr".split())
+_WORD = re.compile(r"\S+")
+# The least attention a word of a translation pays to an element's words to be placed in it.
+_LEAST_LOOK = 0.1
+
+
+@dataclass(frozen=True)
+class Inline:
+    """A run of HTML text with inline elements in it (``Ein <b>Mann</b> fährt <a href=x>Rad</a>.``):
+    its text (``Ein Mann fährt Rad.``) is translated whole, and each element is put back around
+    the words of the translation that looked at the words it held, by the model's attention
+    (``A <b>man</b> rides a <a href=x>bike</a>.``), so elements move as their words move. An
+    element whose words no word of the translation looked at is kept, empty, where its words
+    were; markup that is not an element around words (``<img>``, a tag not closed inside the
+    run) stays between the words it stood between."""
+
+    original: str  # the HTML it was read from
+    text: str  # its text to translate: the markup left out, entities read as characters
+    markup: tuple[tuple[int, str], ...]  # each tag, and where in ``text`` it stood
+
+    @classmethod
+    def of(cls, tokens: list[tuple[str, str]]) -> "Inline":
+        """From ``html_pieces``' ("text", text) and ("inline", tag) tokens."""
+        text, markup = "", []
+        for kind, token in tokens:
+            if kind == "text":
+                text += html.unescape(token)
+            else:
+                markup.append((len(text), token))
+        return cls("".join(token for _, token in tokens), text, tuple(markup))
+
+    def translated(self, translation: str, attention: Optional[WordAttention], escape: bool = True) -> str:
+        """The run in HTML with ``translation`` for its text, spaced as the text was, the elements
+        placed by ``attention``: how much each space-separated word of the translation looked at
+        each of the text's (``WordAttention``). Without it (or with one that does not fit) each
+        word is taken to look at the word as far along the text as it is along the translation."""
+        source_words = [match.span() for match in _WORD.finditer(self.text)]
+        target_words = [match.span() for match in _WORD.finditer(translation)]
+        weights = _word_weights(attention, len(source_words), len(target_words))
+        root = _Element("", "", 0, len(self.text), [], [])
+        _nest(root, self.text, self.markup, source_words)
+        source_of = [max(range(len(row)), key=row.__getitem__) for row in weights]  # what each word looked at most
+        _place(root, 0, len(target_words) - 1, weights, source_of, source_words)
+        parts: list[str] = []
+        _render(root, 0, len(target_words) - 1, translation, target_words, escape, parts)
+        lead = self.text[:len(self.text) - len(self.text.lstrip())]
+        trail = self.text[len(self.text.rstrip()):]
+        return lead + "".join(parts) + trail
+
+
+@dataclass
+class _Element:
+    """An inline element of an ``Inline`` run: its tags, where in the text it starts and ends,
+    its source words, and what it holds."""
+
+    open: str
+    close: str
+    start: int
+    end: int
+    children: list["_Element"]
+    points: list[tuple[int, str]]  # markup that stands between words: (where in the text, markup)
+    words: frozenset[int] = frozenset()
+    span: Optional[tuple[int, int]] = None  # the target words it is placed around
+    # Whether it holds no punctuation at its start or at its end (``"<b>Hallo</b>",``): then the
+    # punctuation its translation's first or last word starts or ends with stays outside it.
+    after_punctuation: bool = False
+    before_punctuation: bool = False
+
+
+def _nest(root: _Element, text: str, markup: tuple[tuple[int, str], ...], source_words: list[tuple[int, int]]
+          ) -> None:
+    """The elements of ``markup`` as a tree under ``root``: a start tag with its end tag is an
+    element; the rest (a tag without an end, an end tag without a start) stands between words,
+    and so does an element around no word, with everything inside it."""
+    open_elements: list[tuple[_Element, int, str]] = [(root, -1, "")]  # (element, index of its start tag, name)
+    tags = []  # (index of its start tag, index of its end tag, element) for each closed element
+    for index, (offset, tag) in enumerate(markup):
+        match = _TAG.match(tag)
+        name = match.group("name").lower() if match else ""
+        if match and match.group("end"):
+            if any(open_name == name for _, _, open_name in open_elements[1:]):
+                while True:
+                    element, start, open_name = open_elements.pop()
+                    if open_name == name:
+                        element.close, element.end = tag, offset
+                        tags.append((start, index, element))
+                        break
+        elif match and name not in _VOID and not tag.endswith("/>"):
+            open_elements.append((_Element(tag, "", offset, offset, [], []), index, name))
+    closed = {start: (end, element) for start, end, element in tags}
+    parents = [root]  # the innermost closed element around each tag
+    ends: list[int] = []
+    index = 0
+    while index < len(markup):
+        while ends and index > ends[-1]:
+            ends.pop()
+            parents.pop()
+        offset, tag = markup[index]
+        if index in closed:
+            end, element = closed[index]
+            element.words = frozenset(k for k, (start, stop) in enumerate(source_words)
+                                      if start < element.end and stop > element.start)
+            if element.words:
+                held = text[element.start:element.end].strip()
+                element.after_punctuation = not unicodedata.category(held[0]).startswith("P")
+                element.before_punctuation = not unicodedata.category(held[-1]).startswith("P")
+                parents[-1].children.append(element)
+                parents.append(element)
+                ends.append(end)
+                index += 1
+                continue
+            parents[-1].points.append((offset, "".join(tag for _, tag in markup[index:end + 1])))
+            index = end + 1
+            continue
+        if not (ends and index == ends[-1]):  # an end tag of an element is its element's
+            parents[-1].points.append((offset, tag))
+        index += 1
+
+
+def _word_weights(attention: Optional[WordAttention], sources: int, targets: int) -> list[list[float]]:
+    """``attention`` as (target words, source words), if it has a row for each target word and
+    no more source words than there are; else as if each target word looked at the source
+    word as far along the source as it is along the translation."""
+    if attention is not None and len(attention) == targets and all(len(row) <= sources for row in attention):
+        return [list(row) + [0.0] * (sources - len(row)) for row in attention]
+    return [[float(source == target * sources // targets) for source in range(sources)] for target in range(targets)]
+
+
+def _place(element: _Element, low: int, high: int, weights: list[list[float]], source_of: list[int],
+           source_words: list[tuple[int, int]]) -> None:
+    """Place ``element``'s children, each inside its parent (target words ``low`` to ``high``)
+    and beside its siblings, around the stretch of target words that looked at its words more
+    than at all others together, the most so (``_best_stretch``); a child no target word looked
+    at is a point."""
+    placed: list[tuple[int, int]] = []
+    for child in list(element.children):
+        gaps, position = [], low  # the stretches of target words no sibling holds yet
+        for first, last in sorted(placed):
+            gaps.append((position, first - 1))
+            position = last + 1
+        gaps.append((position, high))
+        held = [sum(row[word] for word in child.words) for row in weights]  # each target word's look at it
+        stretches = [_best_stretch(held, weights, first, last) for first, last in gaps if first <= last]
+        best = max(stretches, key=lambda stretch: stretch[0], default=None)
+        if best is None or best[0] < _LEAST_LOOK - 1:  # no target word looked at its words
+            element.children.remove(child)
+            element.points.append((child.start, child.open + _all_markup(child) + child.close))
+            continue
+        first, last = best[1]
+        before = min(child.words) - 1
+        if first < last and before >= 0 and before not in child.words and before not in source_of:
+            # The word before it has no target word: it is the stretch's first, an article
+            # looking ahead at its noun ("The <b>teacher</b>": "Der <b>Lehrer</b>").
+            first += 1
+        child.span = (first, last)
+        placed.append(child.span)
+        _place(child, *child.span, weights, source_of, source_words)
+    points = [(_point_position(offset, low, high, source_of, source_words), tag)
+              for offset, tag in sorted(element.points, key=lambda point: point[0])]
+    element.points = sorted(points, key=lambda point: point[0])  # stable: in the text's order where tied
+
+
+def _best_stretch(held: list[float], weights: list[list[float]], first: int, last: int
+                  ) -> tuple[float, tuple[int, int]]:
+    """The stretch of target words ``first`` to ``last`` whose look at an element's words
+    (``held``) beats their look elsewhere by the most, added up (a maximum subarray); if none
+    does, the one word that looked at them the most. (score, (first word, last word))."""
+    best, best_span = float("-inf"), (first, first)
+    total, start = 0.0, first
+    for target in range(first, last + 1):
+        gain = 2 * held[target] - sum(weights[target])  # at the element's words minus elsewhere
+        if total <= 0:
+            total, start = 0.0, target
+        total += gain
+        if total > best:
+            best, best_span = total, (start, target)
+    if best > 0:
+        return best, best_span
+    most = max(range(first, last + 1), key=held.__getitem__)
+    return held[most] - 1, (most, most)  # below any stretch that wins, above nothing looked at: > -1
+
+
+def _all_markup(element: _Element) -> str:
+    """The markup inside an element, in order (its children's and its points'), for one kept whole."""
+    inner = [(child.start, child.open + _all_markup(child) + child.close) for child in element.children]
+    return "".join(tag for _, tag in sorted(inner + element.points, key=lambda item: item[0]))
+
+
+def _point_position(offset: int, low: int, high: int, source_of: list[int], source_words: list[tuple[int, int]]
+                    ) -> int:
+    """Before which target word (``low`` to ``high`` + 1) markup at ``offset`` in the text goes:
+    after the last one that looked most at a source word before it."""
+    before = sum(stop <= offset for _, stop in source_words)  # source words wholly before it
+    return max((target + 1 for target in range(low, high + 1) if source_of[target] < before), default=low)
+
+
+def _render(element: _Element, low: int, high: int, translation: str, target_words: list[tuple[int, int]],
+            escape: bool, parts: list[str]) -> None:
+    """Write target words ``low`` to ``high``, with ``element``'s children and points among them
+    (a point that falls inside a child goes after it)."""
+    children = {child.span[0]: child for child in element.children}
+    points = iter(element.points + [(high + 2, "")])
+    point = next(points)
+    target = low
+    while target <= high:
+        while point[0] <= target:
+            parts.append(point[1])
+            point = next(points)
+        child = children.get(target)
+        if child is not None:
+            first, last = child.span
+            kept = target_words[first], target_words[last]
+            start, stop = kept[0][0], kept[1][1]
+            lead = _punctuation(translation[slice(*kept[0])]) if child.after_punctuation else 0
+            trail = _punctuation(translation[slice(*kept[1])][::-1]) if child.before_punctuation else 0
+            if first == last and lead + trail >= stop - start:  # the word is punctuation: all of it inside
+                lead = trail = 0
+            parts.append(_escaped(translation[start:start + lead], escape) + child.open)
+            target_words[first] = (start + lead, target_words[first][1])
+            target_words[last] = (target_words[last][0], stop - trail)
+            _render(child, *child.span, translation, target_words, escape, parts)
+            target_words[first], target_words[last] = kept
+            parts.append(child.close + _escaped(translation[stop - trail:stop], escape))
+            target = last
+        else:
+            parts.append(_escaped(translation[slice(*target_words[target])], escape))
+        if target < high:
+            parts.append(translation[target_words[target][1]:target_words[target + 1][0]])
+        target += 1
+    while point[0] <= high + 1:
+        parts.append(point[1])
+        point = next(points)
+
+
+def _escaped(text: str, escape: bool) -> str:
+    return html.escape(text, quote=False) if escape else text
+
+
+def _punctuation(word: str) -> int:
+    """How many punctuation marks ``word`` starts with, short of all of it."""
+    count = 0
+    while count < len(word) - 1 and unicodedata.category(word[count]).startswith("P"):
+        count += 1
+    return count
 
 
 def text_lines(text: str) -> list[Piece]:
@@ -52,31 +308,64 @@ def text_lines(text: str) -> list[Piece]:
 def html_pieces(text: str) -> list[Piece]:
     """HTML: markup (kept exactly) and the text runs between it; the text of an element marked
     ``translate="no"`` (HTML's attribute) or ``class="notranslate"`` is kept too, to the end of
-    the element, unless an element inside it says ``translate="yes"``."""
-    pieces: list[Piece] = []
+    the element, unless an element inside it says ``translate="yes"``. Text with inline elements
+    in it (``Ein <b>Mann</b> fährt <a href=..>Rad</a>.``) is one run, an ``Inline``: a sentence
+    is translated whole, not word group by word group."""
+    tokens: list[tuple[str, str]] = []  # ("text", text to translate), ("inline", tag) or ("markup", kept)
     open_elements: list[tuple[str, bool]] = []  # (name, whether its text is kept as it is), outermost first
-    for markup, piece in _split(text, _MARKUP):
+    for markup, piece in _split(text, _MARKUP, whitespace_is_text=True):
         kept = bool(open_elements) and open_elements[-1][1]
         if markup is None:
-            pieces.append((piece, "") if kept else (None, piece))
+            tokens.append(("markup" if kept else "text", piece))
             continue
-        pieces.append((markup, ""))
         tag = _TAG.match(markup)
         if tag is None or _CODE.fullmatch(markup):  # a comment, a declaration, or code kept whole
+            tokens.append(("markup", markup))
             continue
-        name = tag.group("name").lower()
+        name, kept_after = tag.group("name").lower(), kept
         if tag.group("end"):
             if any(open_name == name for open_name, _ in open_elements):  # else a stray end tag
                 while open_elements.pop()[0] != name:
                     pass
+                kept_after = bool(open_elements) and open_elements[-1][1]
         elif name not in _VOID and not markup.endswith("/>"):
             says = _TRANSLATE.search(markup)
             if says:
-                kept = says.group("value").lower() == "no"
+                kept_after = says.group("value").lower() == "no"
             elif _NO_TRANSLATE_CLASS.search(markup):
-                kept = True
-            open_elements.append((name, kept))
+                kept_after = True
+            open_elements.append((name, kept_after))
+        # An element that starts or ends text kept as it is ends the run of text, as a block does.
+        inline = name in _INLINE and not kept and not kept_after
+        tokens.append(("inline" if inline else "markup", markup))
+    return _runs_of(tokens)
+
+
+def _runs_of(tokens: list[tuple[str, str]]) -> list[Piece]:
+    """Pieces from ``html_pieces``' tokens: text and inline tags between markup are one
+    ``Inline`` run when two or more stretches of text make it up, else as they are."""
+    pieces: list[Piece] = []
+    start = 0
+    while start < len(tokens):
+        end = start
+        while end < len(tokens) and tokens[end][0] != "markup":
+            end += 1
+        if end == start:
+            pieces.append((tokens[start][1], ""))
+            start += 1
+            continue
+        stretch = tokens[start:end]
+        if sum(kind == "text" and bool(token.strip()) for kind, token in stretch) > 1:
+            pieces.append((None, Inline.of(stretch)))
+        else:
+            pieces.extend((token, "") if kind == "inline" or not token.strip() else (None, token)
+                          for kind, token in stretch)
+        start = end
     return pieces
+
+
+def _with_attention(rendering: Rendering) -> tuple[str, Optional[WordAttention]]:
+    return (rendering, None) if isinstance(rendering, str) else rendering
 
 
 def text_file_pieces(text: str) -> list[Piece]:
@@ -84,11 +373,11 @@ def text_file_pieces(text: str) -> list[Piece]:
     return _split(text, _LINE_BREAK)
 
 
-def _split(text: str, markup: re.Pattern) -> list[Piece]:
+def _split(text: str, markup: re.Pattern, whitespace_is_text: bool = False) -> list[Piece]:
     pieces: list[Piece] = []
 
     def add_text(part: str) -> None:
-        pieces.append((part, "") if not part.strip() else (None, part))
+        pieces.append((part, "") if not part.strip() and not whitespace_is_text else (None, part))
 
     position = 0
     for match in markup.finditer(text):
@@ -104,15 +393,22 @@ def _split(text: str, markup: re.Pattern) -> list[Piece]:
 def runs(pieces: list[Piece], html_entities: bool = False) -> list[str]:
     """The runs of text to translate, in order; ``html_entities``: an entity (``&amp;``) read as
     the character it stands for, as ``reassemble(escape=True)`` writes it back."""
-    return [html.unescape(text) if html_entities else text for markup, text in pieces if markup is None]
+    return [text.text if isinstance(text, Inline) else html.unescape(text) if html_entities else text
+            for markup, text in pieces if markup is None]
 
 
-def reassemble(pieces: list[Piece], translations: Iterator[list[str]], alternatives: int, escape: bool = False,
-               keep_spacing: bool = False) -> tuple[str, list[str]]:
+def has_inline_markup(pieces: list[Piece]) -> bool:
+    """Whether a run of ``pieces`` is ``Inline``: its translations need their word alignments."""
+    return any(isinstance(text, Inline) for _, text in pieces)
+
+
+def reassemble(pieces: list[Piece], translations: Iterator[list[Rendering]], alternatives: int,
+               escape: bool = False, keep_spacing: bool = False) -> tuple[str, list[str]]:
     """The text translated, and ``alternatives`` other versions of it: each run replaced by the
     next of ``translations`` (a run's n-best list, best first; its last stands in where it is
-    shorter), with the markup between. ``escape``: translations are HTML-escaped;
-    ``keep_spacing``: the whitespace around a run is kept around its translation."""
+    shorter; a translation of an ``Inline`` run with its word alignment, ``(text, alignment)``),
+    with the markup between. ``escape``: translations are HTML-escaped; ``keep_spacing``: the
+    whitespace around a run is kept around its translation."""
     versions: list[list[str]] = [[] for _ in range(alternatives + 1)]
     for markup, piece in pieces:
         if markup is not None:
@@ -120,11 +416,14 @@ def reassemble(pieces: list[Piece], translations: Iterator[list[str]], alternati
                 version.append(markup)
             continue
         texts = next(translations)
-        lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
         for index, version in enumerate(versions):
-            translation = texts[min(index, len(texts) - 1)]
+            translation, attention = _with_attention(texts[min(index, len(texts) - 1)])
+            if isinstance(piece, Inline):
+                version.append(piece.translated(translation, attention, escape))
+                continue
             if escape:
                 translation = html.escape(translation, quote=False)
+            lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
             version.append(lead + translation + trail if keep_spacing else translation)
     joined = ["".join(version) for version in versions]
     return joined[0], joined[1:]
@@ -247,6 +546,8 @@ class OfficeDocument:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, KeyError) as err:
             raise ValueError(f"not {office.name} that can be read ({err})") from None
 
+    inline_markup = False  # its runs' translations need no word alignment
+
     def runs(self) -> list[str]:
         """The stretches of text to translate, in order, entities read as characters."""
         return [text for pieces in self._pieces.values() for text in runs(pieces, html_entities=True)]
@@ -286,11 +587,12 @@ class TextFile:
         self.characters = len(text := decode_text_file(data))  # how long it is, as a limit counts it
         self._html = is_html
         self._pieces = html_pieces(text) if is_html else text_file_pieces(text)
+        self.inline_markup = has_inline_markup(self._pieces)  # its translations need their word alignments
 
     def runs(self) -> list[str]:
         return runs(self._pieces, html_entities=self._html)
 
-    def translated(self, translations: Iterator[list[str]]) -> bytes:
+    def translated(self, translations: Iterator[list[Rendering]]) -> bytes:
         return reassemble(self._pieces, translations, 0, escape=self._html, keep_spacing=True)[0].encode("utf-8")
 
 

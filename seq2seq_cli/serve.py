@@ -46,7 +46,8 @@ from urllib.parse import parse_qs, quote
 import torch
 
 from seq2seq_cli.device import select_device
-from seq2seq_cli.documents import FILE_FORMATS, OFFICE_FORMATS, html_pieces, read_file, reassemble, runs, text_lines
+from seq2seq_cli.documents import (FILE_FORMATS, OFFICE_FORMATS, has_inline_markup, html_pieces, read_file, reassemble,
+                                   runs, text_lines)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -89,6 +90,7 @@ class Search:
     attention: bool = False
     split_sentences: bool = False  # each text translated sentence by sentence
     alignment: bool = False  # the best translation's word alignment (seq2seq_cli.alignment)
+    word_attention: bool = False  # each translation's word attention, to put inline HTML elements back
 
 
 @dataclass
@@ -102,11 +104,16 @@ class Decoded:
     target_tokens: Optional[list[str]] = None
     attention: Optional[list[list[float]]] = None  # one row per target subword
     alignment: Optional[list[tuple[int, int]]] = None  # with alignment: (source word, target word) pairs
+    word_attention: Optional[list[list[list[float]]]] = None  # with word_attention: each translation's
+
+    def renderings(self) -> list:
+        """The n-best list as ``documents.reassemble`` takes it: with word attention, (text, attention)."""
+        return self.translations if self.word_attention is None else list(zip(self.translations, self.word_attention))
 
 
 def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
-    translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention,
+    translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention or search.word_attention,
                                           beam_size=search.beam_size, split_sentences=search.split_sentences,
                                           alignment=search.alignment,
                                           fit_long_lines=True)  # a client sees no warning: cut nothing off
@@ -121,6 +128,8 @@ def decode_batch(translator: Translator, texts: list[str], search: Search) -> li
                 [round(weight, 4) for weight in row] for row in best.attention.tolist()]
         if search.alignment:
             sentence.alignment = translator.word_alignment(source_ids, best)
+        if search.word_attention:
+            sentence.word_attention = [translator.word_attention(source_ids, h) for h in hypotheses]
         decoded.append(sentence)
     return decoded
 
@@ -660,13 +669,16 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         for model in {model.name: model for model in chosen if model is not None}.values():
             model_lines = [line for text_model, text_lines in zip(chosen, lines) if text_model is model
                            for line in text_lines]
+            # HTML with inline elements in a sentence: they go where its translation's attention says.
+            inline = any(has_inline_markup(text_pieces) for text_model, text_pieces in zip(chosen, pieces)
+                         if text_model is model)
             search = Search(beam_size=max(model.translator.decoding.beam_size, alternatives + 1),
-                            nbest=alternatives + 1, split_sentences=settings.split_sentences)
+                            nbest=alternatives + 1, split_sentences=settings.split_sentences, word_attention=inline)
             if model_lines:
                 submitted[model.name] = model.worker.submit(model_lines, search)
         outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
         results = [(text, []) if model is None else
-                   reassemble(text_pieces, (d.translations for d in outputs.get(model.name, iter(()))), alternatives,
+                   reassemble(text_pieces, (d.renderings() for d in outputs.get(model.name, iter(()))), alternatives,
                               escape=text_format == "html", keep_spacing=text_format == "html")
                    for text, text_pieces, model in zip(texts, pieces, chosen)]
         answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
@@ -762,9 +774,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         model, _ = model_for_text(" ".join(texts)[:_DETECT_CHARS], source, candidates_for(source, target))
         translated = data
         if model is not None and texts:
-            search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences)
+            search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences,
+                            word_attention=document.inline_markup)
             decoded = await _search_in_chunks(model.worker, texts, search)
-            translated = document.translated(d.translations for d in decoded)
+            translated = document.translated(d.renderings() for d in decoded)
         download = translated_files.add(name, translated, _MEDIA_TYPES[kind])
         # url_for takes the path as it is: quoted here, read back unquoted.
         url = request.url_for("download_file", download=quote(download, safe=""))

@@ -8,9 +8,9 @@ Lines that are already available are translated together; a line typed at a term
 answered without waiting for more input. With ``split_sentences`` a line is translated
 sentence by sentence (``seq2seq_cli.segmentation``), a sentence over the model's limit in
 pieces that fit rather than truncated, and the translations are joined back into one line.
-An HTML document is translated run of text by run of text (``translate_html``), a Word
-or OpenDocument file stretch of text by stretch of text (``translate_office``;
-``seq2seq_cli.documents``).
+An HTML document is translated run of text by run of text, a sentence with inline elements
+whole (``translate_html``), a Word or OpenDocument file stretch of text by stretch of text
+(``translate_office``; ``seq2seq_cli.documents``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from seq2seq_cli.alignment import format_alignment, word_alignment, words_of_sentences
+from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
-from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument, html_pieces, reassemble, runs
+from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument, has_inline_markup, html_pieces, reassemble, runs
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -386,12 +386,21 @@ class Translator:
         """Each HTML document (or fragment) with its text translated and the rest as it was:
         tags, attributes, entities, comments, code, the text of elements marked ``translate="no"``
         (``seq2seq_cli.documents``), as ``s2s serve`` translates ``format: html``; a single
-        string gives a single string."""
+        string gives a single string. A sentence with inline elements in it (``<b>``, ``<a
+        href>``) is translated whole, the elements put back around the words that looked at
+        theirs (``documents.Inline``)."""
         if isinstance(documents, str):
             return self.translate_html([documents])[0]
         pieces = [html_pieces(document) for document in documents]
         texts = [text for document in pieces for text in runs(document, html_entities=True)]
-        translations = iter([[translation] for translation in self.translate(texts)] if texts else [])
+        if texts and any(map(has_inline_markup, pieces)):  # its elements go where the attention puts their words
+            translator = self.with_settings(nbest=1, keep_attention=True)
+            sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
+            best = [hypotheses[0] for hypotheses in results]
+            translations = iter([[(text, translator.word_attention(source_ids, h))]
+                                 for text, source_ids, h in zip(translator.detokenize(best), sources, best)])
+        else:
+            translations = iter([[translation] for translation in self.translate(texts)] if texts else [])
         return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
 
     def translate_office(self, document: bytes, file_format: str) -> bytes:
@@ -587,11 +596,22 @@ class Translator:
 
     def _alignment(self, source_ids: list[int], target_ids: list[int], attention: torch.Tensor
                    ) -> list[tuple[int, int]]:
+        return word_alignment(attention, *self._words(source_ids, target_ids))
+
+    def word_attention(self, source_ids: list[int], hypothesis: Hypothesis) -> list[list[float]]:
+        """The attention each word of the hypothesis as printed paid to each source word
+        (``seq2seq_cli.alignment.word_attention``): a row per target word, as ``word_alignment``
+        counts them, a weight per source word."""
+        rows = word_attention(hypothesis.attention, *self._words(source_ids, hypothesis.tokens))
+        return [weights.tolist() for _, weights in rows]
+
+    def _words(self, source_ids: list[int], target_ids: list[int]) -> tuple[WordIndices, WordIndices]:
+        """Each source and target token's word, a line's sentences counted through."""
         eos, tokenizers = self.tokenizers.eos_id, self.tokenizers
         source_words = words_of_sentences(source_ids, eos, tokenizers.src_token_words)
         target_words = words_of_sentences(target_ids, eos, tokenizers.tgt_token_words,
                                           spaced=sentence_joiner(self.target_language) == " ")
-        return word_alignment(attention, source_words, target_words)
+        return source_words, target_words
 
     def attention_labels(self, source_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str]]:
         """The subwords along the two axes of ``hypothesis.attention``: source and target, each

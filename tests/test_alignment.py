@@ -1,5 +1,6 @@
 """Word alignment from attention: `s2s translate --alignment` and `Translation.alignment`."""
 
+import re
 import sys
 
 import pytest
@@ -56,6 +57,27 @@ def test_an_alignment_has_one_link_per_printed_word_and_finds_content_words(alig
         total += len(links)
         right += sum((source_word, target) in translation.alignment for target, source_word in links.items())
     assert total > 300 and right / total > 0.85, (right, total)
+
+
+def test_a_bold_word_comes_back_around_the_word_that_translates_it(aligned):
+    """HTML with a content word in <b> inside a sentence (`s2s translate --html`, `s2s serve`):
+    the sentence is translated whole, exactly as without the markup, and <b> comes back around
+    the word that translates its word, for most of those the toy grammar makes certain (the
+    bundled run: 91.5%, benchmarks/inline_markup.py)."""
+    translator, sources, translations = aligned
+    pages, wanted = [], []
+    for source, translation in zip(sources, translations):
+        words = source.split()
+        for target, source_word in content_word_links(source, translation.text).items():
+            word = words[source_word]
+            core = word.strip(".,")
+            pages.append(" ".join([*words[:source_word], f"<b>{core}</b>{word[len(core):]}", *words[source_word + 1:]]))
+            wanted.append((translation.text, translation.text.split()[target].strip(".,")))
+    exact = 0
+    for page, (text, word) in zip(translator.translate_html(pages), wanted):
+        assert re.sub(r"<[^>]*>", "", page) == text and page.count("<b>") == page.count("</b>") == 1
+        exact += re.search(r"<b>(.*?)</b>", page).group(1).strip(".,") == word
+    assert len(pages) > 300 and exact / len(pages) > 0.85, (exact, len(pages))
 
 
 def test_a_line_of_sentences_is_aligned_as_its_sentences_are_one_by_one(aligned, learned_toy_run):

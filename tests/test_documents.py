@@ -1,16 +1,22 @@
 """Texts with a layout: which parts are translated, and that the rest comes back exactly."""
 
-import pytest
+import html
+import re
 
-from seq2seq_cli.documents import decode_text_file, html_pieces, reassemble, text_file_pieces, text_lines
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seq2seq_cli.documents import Inline, decode_text_file, html_pieces, reassemble, text_file_pieces, text_lines
 
 
 def runs(pieces) -> list[str]:
-    return [text for markup, text in pieces if markup is None]
+    return [text.text if isinstance(text, Inline) else text for markup, text in pieces if markup is None]
 
 
 def joined(pieces) -> str:
-    return "".join(markup if markup is not None else text for markup, text in pieces)
+    return "".join(markup if markup is not None else text.original if isinstance(text, Inline) else text
+                   for markup, text in pieces)
 
 
 @pytest.mark.parametrize("page, translated", [
@@ -24,7 +30,12 @@ def joined(pieces) -> str:
      ["but this", "this"]),
     ("<p translate='NO'>kept<br>still kept<img src=x> kept</p>after", ["after"]),
     ('<div translate=no><p>kept<li>kept</div>free', ["free"]),  # unclosed elements end with their parent
-    ('<p>x</b>y</p><span translate="no"/>free', ["x", "y", "free"]),  # a stray end tag, a self-closed element
+    ('<p>x</b>y</p><span translate="no"/>free', ["xy", "free"]),  # a stray end tag, a self-closed element
+    # Inline elements are inside a run; a block, a break, code or kept text ends it.
+    ('<p>The <b>big</b> dog <a href="/x" title="a &lt; b">runs</a> &amp; <img src=y.png>jumps.</p>'
+     '<p>Two<br>runs <span class="notranslate">kept</span> here <em>and</em> <code>x</code> here.</p>',
+     ["The big dog runs & jumps.", "Two", "runs ", " here and ", " here."]),
+    ('<li><a href="/">Home</a></li>\n<li> <b>One</b> </li>', ["Home", "One"]),  # one stretch of text: as before
     ('<p data-translate="no">one</p><p classification="notranslate">two</p>', ["one", "two"]),
 ])
 def test_html_pieces_translate_the_text_and_keep_the_rest(page, translated):
@@ -254,3 +265,126 @@ def test_a_presentation_has_its_slides_and_notes_translated():
                                                                                   "The baker & the bird"]
     with pytest.raises(ValueError, match=r"not a PowerPoint presentation \(no ppt/presentation.xml\)"):
         OfficeDocument(make_docx(), POWERPOINT)
+
+
+def looked_at(*rows: dict[int, float], sources: int) -> list[list[float]]:
+    """Word attention from each target word's {source word: weight}."""
+    return [[row.get(source, 0.0) for source in range(sources)] for row in rows]
+
+
+def one_to_one(*sources_of_targets: int, sources: int) -> list[list[float]]:
+    return looked_at(*({source: 1.0} for source in sources_of_targets), sources=sources)
+
+
+def inline(page: str) -> Inline:
+    (run,) = [text for markup, text in html_pieces(page) if markup is None]
+    assert isinstance(run, Inline)
+    return run
+
+
+@pytest.mark.parametrize("page, translation, attention, expected", [
+    # An element moves with its words: French puts the adjective after the noun.
+    ("a <b>red</b> car", "une voiture rouge", one_to_one(0, 2, 1, sources=3), "une voiture <b>rouge</b>"),
+    # Nested elements, attributes and entities kept; the translation escaped; punctuation after
+    # an element's last word stays outside it, as it was.
+    ('Das <b>ist <i>sehr</i></b> gut &amp; <a href="/x?a=1&amp;b=2">neu</a>.', "This is very good & new.",
+     one_to_one(0, 1, 2, 3, 4, 5, sources=6),
+     'This <b>is <i>very</i></b> good &amp; <a href="/x?a=1&amp;b=2">new</a>.'),
+    ('Er sagt "<i>ja</i>" und <b>geht!</b>', 'He says "yes" and leaves!', one_to_one(0, 1, 2, 3, 4, sources=5),
+     'He says "<i>yes</i>" and <b>leaves!</b>'),
+    # An element of two words around the two words that translate them, whatever their order.
+    ("Ich sah <b>den großen Hund</b> gestern.", "I saw the big dog yesterday.",
+     one_to_one(0, 1, 2, 3, 4, 5, sources=6), "I saw <b>the big dog</b> yesterday."),
+    # An article looks ahead at its noun; when the source's article has no word of its own,
+    # the article stays outside the noun's element.
+    ("The <b>teacher</b> sleeps.", "Der Lehrer schläft.",
+     looked_at({1: 0.85, 0: 0.1}, {1: 0.95}, {2: 0.9}, sources=3), "Der <b>Lehrer</b> schläft."),
+    # A word that looks mostly elsewhere is not pulled in: a stretch gains where it looks at
+    # the element's words more than at all others.
+    ("Ein Mann fährt <a href=x>Fahrrad</a>.", "A man is riding a bicycle.",
+     looked_at({1: 1.0}, {1: 0.8}, {2: 0.8}, {2: 0.45, 3: 0.44}, {2: 0.3, 3: 0.6}, {3: 0.96}, sources=4),
+     "A man is riding <a href=x>a bicycle</a>."),
+    # Markup without words: an image, an empty anchor, an unclosed tag, a stray end tag stay
+    # between the words they stood between.
+    ("Klick <img src=x.png> <a id=top></a>hier <u>jetzt</s>", "Click here now",
+     one_to_one(0, 1, 2, sources=3), "Click <img src=x.png><a id=top></a>here <u>now</s>"),
+    # An element no word of the translation looked at is kept, empty, where it was.
+    ("Er ist <b>froh</b>, weil ...", "He is happy because ...", one_to_one(0, 1, 3, 3, 4, sources=5),
+     "He is <b></b>happy because ..."),
+    # Without attention words are linked in order, as far along one text as the other.
+    (" Ein <b>Mann</b> fährt. ", "A man rides.", None, " A <b>man</b> rides. "),
+    ("Ein <b>Mann</b> fährt.", "", [], "<b></b>"),
+])
+def test_inline_elements_go_around_the_words_that_translate_theirs(page, translation, attention, expected):
+    assert inline(page).translated(translation, attention) == expected
+
+
+def test_each_alternative_places_the_elements_by_its_own_attention():
+    pieces = html_pieces("<p>a <b>red</b> car</p>")
+    translations = iter([[("une voiture rouge", one_to_one(0, 2, 1, sources=3)),
+                          ("une rouge voiture", one_to_one(0, 1, 2, sources=3))]])
+    assert reassemble(pieces, translations, 1, escape=True, keep_spacing=True) == \
+        ("<p>une voiture <b>rouge</b></p>", ["<p>une <b>rouge</b> voiture</p>"])
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+@st.composite
+def inline_runs(draw):
+    """A run of words with well-formed inline elements, images and stray end tags in it, a
+    translation of some other words, and the attention of each of them to the run's words."""
+    words = iter(draw(st.lists(st.sampled_from(["Hund", "&amp;", "x<y", "Haus.", '"Ja"', "ö"]), min_size=2,
+                               max_size=12)))
+    parts, open_names = [], []
+    for word in words:
+        action = draw(st.sampled_from(["word", "word", "open", "close", "void", "stray"]))
+        if action == "open":
+            name = draw(st.sampled_from(["b", "i", "a", "span"]))
+            parts.append(f'<{name} title="{len(parts)}">' if name != "a" else f'<a href="/{len(parts)}">')
+            open_names.append(name)
+        elif action == "close" and open_names:
+            parts.append(f"</{open_names.pop()}>")
+        elif action == "void":
+            parts.append(f'<img src="{len(parts)}.png">')
+        elif action == "stray":
+            parts.append("</u>")
+        parts.append(word.replace("<", "&lt;") + draw(st.sampled_from([" ", " ", "", "  "])))
+    parts += [f"</{name}>" for name in reversed(open_names)]
+    page = "<p>" + "".join(parts) + "</p>"
+    translation = " ".join(draw(st.lists(st.sampled_from(["dog", "a&b", "<house>", "yes.", "(o)", "...", "«»"]),
+                                         min_size=draw(st.sampled_from([0, 1, 1, 1])), max_size=10)))
+    sources = len(html.unescape(_TAG.sub("", "".join(parts))).split())
+    # Each target word looks at one or two source words, or anywhere.
+    looks = st.lists(st.tuples(st.integers(0, sources - 1), st.floats(0, 1)), max_size=2).map(
+        lambda looks: [sum(weight for word, weight in looks if word == source) for source in range(sources)])
+    row = st.one_of(looks, looks, st.lists(st.floats(0, 1), min_size=sources, max_size=sources))
+    rows = st.lists(row, min_size=len(translation.split()), max_size=len(translation.split()))
+    attention = draw(st.one_of(st.none(), rows, rows, rows))
+    return page, translation, attention
+
+
+@settings(max_examples=500, deadline=None)
+@given(inline_runs())
+def test_inline_markup_comes_back_whole_and_well_nested_around_the_translation(case):
+    page, translation, attention = case
+    pieces = html_pieces(page)
+    if not any(isinstance(text, Inline) for _, text in pieces):
+        return  # one stretch of text: no inline run to put together
+    result, _ = reassemble(pieces, iter([[(translation, attention)]]), 0, escape=True, keep_spacing=True)
+    # The translation, escaped, is the text, in order, with nothing lost or added ...
+    text = _TAG.sub("", result)
+    assert text.split() == html.escape(translation, quote=False).split()
+    # ... each tag of the page comes back once ...
+    assert sorted(_TAG.findall(result)) == sorted(_TAG.findall(page))
+    # ... and each element is closed inside the elements it was opened in.
+    stack = []
+    for tag in _TAG.findall(result):
+        name = re.match(r"</?(\w+)", tag).group(1)
+        if name in ("img", "u"):
+            continue
+        if tag.startswith("</"):
+            assert stack and stack.pop() == name, result
+        else:
+            stack.append(name)
+    assert not stack

@@ -7,6 +7,7 @@ interleave; bad requests get LibreTranslate's error codes and the server goes on
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,13 +15,22 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from html import escape
 
 import pytest
 
 httpx = pytest.importorskip("httpx", reason='s2s serve needs the serve extra: pip install -e ".[serve]"')
 pytest.importorskip("fastapi")
 
-from conftest import assert_user_error, assert_user_errors, png_size, s2s_forked, tiny_config, toy_lines  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_user_error,
+    assert_user_errors,
+    png_size,
+    s2s_forked,
+    tiny_config,
+    toy_lines,
+)
+
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
 from seq2seq_cli.tokenization import Tokenizers  # noqa: E402
@@ -174,6 +184,37 @@ def test_html_keeps_its_markup_and_translates_the_text(run, server):
     assert Translator.load(run, "cpu", split_sentences=True).translate_html([code, html]) == [answer, expected_html]
     assert_user_error(s2s_forked("translate", "--checkpoint", run, "--html", "--alignment", stdin=html),
                       "--html translates as one document: --alignment does not apply; drop it or translate lines without --html")
+
+
+def test_a_sentence_with_inline_elements_is_translated_whole_by_the_server_and_offline_alike(run, server):
+    """<b>, <a href> inside a sentence: the sentence is translated as if they were not there,
+    and they come back around the words the attention places them at, in every alternative, the
+    same from /translate, /translate_file, `s2s translate --html` and Translator.translate_html."""
+    first, second = toy_lines("test", 2)[0]
+    words = first.split()
+    marked = " ".join([f'<a href="/x?a=1&amp;b=2">{words[0]}</a>', *words[1:-2], f"<b>{words[-2]}</b>", words[-1]])
+    page = f"<div><p>{marked}</p>\n<p>{second}</p></div>"
+    answer = httpx.post(f"{server.url}/translate", json={"q": page, "source": "en", "target": "de", "format": "html",
+                                                         "alternatives": 1}).json()
+    strip = lambda text: re.sub(r"<[^>]*>", "", text)  # noqa: E731
+    nbest = [line.split(" ||| ")[1] for line in
+             cli_translations(run, [first, second], "--split-sentences", "--nbest", 2, "--beam-size", 2)]
+    for version, (a, b) in ((answer["translatedText"], nbest[0::2]), (answer["alternatives"][0], nbest[1::2])):
+        assert strip(version) == strip(page).replace(first, escape(a, quote=False)).replace(
+            second, escape(b, quote=False))
+    a1, b1 = cli_translations(run, [first, second], "--split-sentences")
+    for tag in ('<a href="/x?a=1&amp;b=2">', "</a>", "<b>", "</b>"):
+        assert answer["translatedText"].count(tag) == 1 and answer["alternatives"][0].count(tag) == 1
+    # Without alternatives, the run's own beam: what s2s translate --html prints.
+    answer = httpx.post(f"{server.url}/translate", json={"q": page, "source": "en", "target": "de",
+                                                         "format": "html"}).json()["translatedText"]
+    assert strip(answer) == strip(page).replace(first, escape(a1, quote=False)).replace(second, escape(b1, quote=False))
+    result = s2s_forked("translate", "--checkpoint", run, "--html", stdin=page)
+    assert result.returncode == 0 and result.stdout.decode() == answer
+    assert Translator.load(run, "cpu", split_sentences=True).translate_html(page) == answer
+    upload = httpx.post(f"{server.url}/translate_file", data={"source": "en", "target": "de"},
+                        files={"file": ("page.html", page.encode("utf-8"))})
+    assert httpx.get(upload.json()["translatedFileUrl"]).text == answer
 
 
 def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run, server):
