@@ -8,7 +8,8 @@ files this way; a text in a request is translated line by line (``text_lines``).
 inline elements (``<b>``, ``<a href>``) do not end a run: a sentence is translated whole and
 they are put back around the words of its translation that the model's attention links to
 theirs (``Inline``). A Word or OpenDocument file (``OfficeDocument``) is a zip of XML parts,
-whose paragraphs' text is translated so.
+whose paragraphs' text is translated so; an EPUB e-book is a zip of XHTML documents, each
+translated as HTML is.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ Rendering = str | tuple[str, Optional[WordAttention]]
 
 # What a file's name says it holds, for the file formats translated.
 FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt", ".pptx": "pptx",
-                ".odp": "odp"}
+                ".odp": "odp", ".epub": "epub"}
 
 # Markup kept exactly: comments, CDATA, tags, and whole elements whose content is code, not
 # text to translate (a translated script would no longer run).
@@ -88,7 +89,7 @@ class Inline:
         source_words = [match.span() for match in _WORD.finditer(self.text)]
         target_words = [match.span() for match in _WORD.finditer(translation)]
         weights = _word_weights(attention, len(source_words), len(target_words))
-        root = _Element("", "", 0, len(self.text), [], [])
+        root = _Element("", "", 0, len(self.text), [], [], frozenset(range(len(source_words))))
         _nest(root, self.text, self.markup, source_words)
         source_of = [max(range(len(row)), key=row.__getitem__) for row in weights]  # what each word looked at most
         _place(root, 0, len(target_words) - 1, weights, source_of, source_words)
@@ -182,7 +183,10 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], s
     """Place ``element``'s children, each inside its parent (target words ``low`` to ``high``)
     and beside its siblings, around the stretch of target words that looked at its words more
     than at all others together, the most so (``_best_stretch``); a child no target word looked
-    at is a point."""
+    at is a point. When all of the element's text is in its children (``<span class=a>Der
+    Bäcker </span><span class=b>bringt</span>``, as word processors write HTML), so is all of
+    its translation: a word no child took goes to a child beside it."""
+    text_in_children = element.words <= frozenset().union(*(child.words for child in element.children))
     placed: list[tuple[int, int]] = []
     for child in list(element.children):
         gaps, position = [], low  # the stretches of target words no sibling holds yet
@@ -205,10 +209,33 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], s
             first += 1
         child.span = (first, last)
         placed.append(child.span)
+    if text_in_children and element.children:
+        _fill(sorted(element.children, key=lambda child: child.span), low, high, weights)
+    for child in element.children:
         _place(child, *child.span, weights, source_of, source_words)
     points = [(_point_position(offset, low, high, source_of, source_words), tag)
               for offset, tag in sorted(element.points, key=lambda point: point[0])]
     element.points = sorted(points, key=lambda point: point[0])  # stable: in the text's order where tied
+
+
+def _fill(children: list[_Element], low: int, high: int, weights: list[list[float]]) -> None:
+    """Widen the spans of ``children`` (in target order) to cover target words ``low`` to
+    ``high``: the first from ``low``, the last to ``high``, and two neighbours split the words
+    between them where those before the split look most at the first's words, those after at
+    the second's."""
+    children[0].span = (low, children[0].span[1])
+    children[-1].span = (children[-1].span[0], high)
+    for left, right in zip(children, children[1:]):
+        end, start = left.span[1], right.span[0]
+        if start - end <= 1:
+            continue
+
+        def looks(split: int) -> float:  # words end+1..split to the left child, the rest to the right one
+            return (sum(weights[target][word] for target in range(end + 1, split + 1) for word in left.words)
+                    + sum(weights[target][word] for target in range(split + 1, start) for word in right.words))
+
+        split = max(range(end, start), key=looks)
+        left.span, right.span = (left.span[0], split), (split + 1, right.span[1])
 
 
 def _best_stretch(held: list[float], weights: list[list[float]], first: int, last: int
@@ -444,6 +471,43 @@ class OfficeFormat:
     spaces_element: Optional[str] = None  # ODF's <text:s text:c="N"/>: N spaces
     kept: frozenset[str] = frozenset()  # elements whose content is computed (fields), never translated
 
+    def pieces(self, part: str, xml: str) -> list[Piece]:
+        """A text part of a file of this format, cut into pieces (``office_xml_pieces``)."""
+        return office_xml_pieces(xml, self)
+
+
+@dataclass(frozen=True)
+class EbookFormat:
+    """EPUB: a zip whose XHTML documents are translated as HTML is (``html_pieces``, inline
+    elements and all), and the text of the table of contents (``toc.ncx``) and of the title
+    and description in the package (``.opf``)."""
+
+    name: str = "an EPUB e-book"
+    main_part: str = "META-INF/container.xml"
+    text_parts: re.Pattern = re.compile(r"(?i).*\.(xhtml|html|htm|ncx|opf)")
+
+    def pieces(self, part: str, xml: str) -> list[Piece]:
+        if part.lower().endswith(".ncx"):
+            return _element_text_pieces(xml, frozenset({"text"}))
+        if part.lower().endswith(".opf"):
+            return _element_text_pieces(xml, frozenset({"dc:title", "dc:description"}))
+        bom = "\ufeff" if xml.startswith("\ufeff") else ""  # kept as it was, not text
+        return ([(bom, "")] if bom else []) + html_pieces(xml[len(bom):])
+
+
+def _element_text_pieces(xml: str, elements: frozenset[str]) -> list[Piece]:
+    """XML whose only text to translate is that of ``elements`` (each without markup inside)."""
+    pieces: list[Piece] = []
+    inside = False
+    for token in _XML_TOKEN.findall(xml):
+        tag = _ANY_XML_TAG.match(token)
+        if tag is not None:
+            inside = tag.group("name") in elements and not tag.group("end") and not tag.group("empty")
+            pieces.append((token, ""))
+        else:
+            pieces.append((None, token) if inside and token.strip() else (token, ""))
+    return pieces
+
 
 WORD = OfficeFormat(
     "a Word document", "word/document.xml",
@@ -462,10 +526,14 @@ OPEN_DOCUMENT = OfficeFormat(
         "subject word-count character-count paragraph-count").split()))
 OPEN_DOCUMENT_PRESENTATION = dataclasses.replace(
     OPEN_DOCUMENT, name="an OpenDocument presentation", text_parts=re.compile(r"content\.xml"))
-OFFICE_FORMATS = {"docx": WORD, "odt": OPEN_DOCUMENT, "pptx": POWERPOINT, "odp": OPEN_DOCUMENT_PRESENTATION}
+EPUB = EbookFormat()
+# The formats whose files are zips of parts, some of whose text is translated (OfficeDocument).
+OFFICE_FORMATS: dict[str, OfficeFormat | EbookFormat] = {
+    "docx": WORD, "odt": OPEN_DOCUMENT, "pptx": POWERPOINT, "odp": OPEN_DOCUMENT_PRESENTATION, "epub": EPUB}
 _XML_TOKEN = re.compile(r"<[^>]*>|[^<]+")
 _XML_TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w.-]*:[\w.-]+)\b[^>]*?(?P<empty>/?)>")
 _SPACE_COUNT = re.compile(r"""\stext:c\s*=\s*["'](\d+)""")
+_ANY_XML_TAG = re.compile(r"<(?P<end>/?)(?P<name>[A-Za-z][\w:.-]*)\b[^>]*?(?P<empty>/?)>")
 
 
 def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
@@ -526,11 +594,11 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
 
 
 class OfficeDocument:
-    """A .docx, .odt, .pptx or .odp file whose text is translated by ``office_xml_pieces``;
-    everything else in it (styles, pictures, settings, the order and compression of its parts)
-    is written back byte for byte."""
+    """A .docx, .odt, .pptx, .odp or .epub file whose text is translated (its format's
+    ``pieces``); everything else in it (styles, pictures, settings, the order and compression
+    of its parts) is written back byte for byte."""
 
-    def __init__(self, data: bytes, office: OfficeFormat, max_bytes: Optional[int] = None):
+    def __init__(self, data: bytes, office: OfficeFormat | EbookFormat, max_bytes: Optional[int] = None):
         """``max_bytes``: what the file may unpack to at most (a zip bomb is refused unread; a
         part is never unpacked past the size its entry states)."""
         try:
@@ -541,12 +609,11 @@ class OfficeDocument:
                 raise ValueError(f"not {office.name} (no {office.main_part})")
             if max_bytes is not None and sum(info.file_size for info in members) > max_bytes:
                 raise ValueError(f"it unpacks to over {max_bytes >> 20} MiB")
-            self._pieces = {info.filename: office_xml_pieces(self._archive.read(info).decode("utf-8"), office)
+            self._pieces = {info.filename: office.pieces(info.filename, self._archive.read(info).decode("utf-8"))
                             for info in parts}
+            self.inline_markup = any(map(has_inline_markup, self._pieces.values()))  # an e-book's XHTML may have
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, KeyError) as err:
             raise ValueError(f"not {office.name} that can be read ({err})") from None
-
-    inline_markup = False  # its runs' translations need no word alignment
 
     def runs(self) -> list[str]:
         """The stretches of text to translate, in order, entities read as characters."""
@@ -557,9 +624,10 @@ class OfficeDocument:
         """How long the file is, as a limit counts it: its text alone."""
         return sum(map(len, self.runs()))
 
-    def translated(self, translations: Iterator[list[str]]) -> bytes:
+    def translated(self, translations: Iterator[list[Rendering]]) -> bytes:
         """The document with each stretch replaced by the next of ``translations`` (n-best
-        lists, the first taken), as a file of its format."""
+        lists, the first taken; with its word attention where ``inline_markup``), as a file of
+        its format."""
         output = io.BytesIO()
         with zipfile.ZipFile(output, "w") as archive:
             for info in self._archive.infolist():
@@ -571,7 +639,8 @@ class OfficeDocument:
         return output.getvalue()
 
     @classmethod
-    def translate(cls, data: bytes, office: OfficeFormat, translate: Callable[[list[str]], list[str]]) -> bytes:
+    def translate(cls, data: bytes, office: OfficeFormat | EbookFormat, translate: Callable[[list[str]], list[str]]
+                  ) -> bytes:
         """``data`` (a file of format ``office``) with its text translated by ``translate``."""
         document = cls(data, office)
         texts = document.runs()

@@ -66,7 +66,7 @@ _MEDIA_TYPES = {"text file": "text/plain; charset=utf-8", "html": "text/html; ch
                 "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
                 "odt": "application/vnd.oasis.opendocument.text",
                 "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-                "odp": "application/vnd.oasis.opendocument.presentation"}
+                "odp": "application/vnd.oasis.opendocument.presentation", "epub": "application/epub+zip"}
 LANGUAGE_NAMES = {"ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
                   "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
                   "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese"}
@@ -748,7 +748,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
 
     translated_files = TranslatedFiles()
 
-    @app.post("/translate_file", summary="Translate a .txt, .html, .docx, .odt, .pptx or .odp file (LibreTranslate API): file, source, target",
+    @app.post("/translate_file", summary="Translate a .txt, .html, .docx, .odt, .pptx, .odp or .epub file (LibreTranslate API): file, source, target",
               **_documented(_FILE_BODY, _FILE_ANSWER, forms=True, json_body=False))
     async def translate_file(request: Request):
         body = await accepted_body(request, MAX_FILE_BYTES)

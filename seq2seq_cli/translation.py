@@ -33,7 +33,8 @@ from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
-from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument, has_inline_markup, html_pieces, reassemble, runs
+from seq2seq_cli.documents import (OFFICE_FORMATS, OfficeDocument, Rendering, has_inline_markup, html_pieces,
+                                    reassemble, runs)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -393,22 +394,31 @@ class Translator:
             return self.translate_html([documents])[0]
         pieces = [html_pieces(document) for document in documents]
         texts = [text for document in pieces for text in runs(document, html_entities=True)]
-        if texts and any(map(has_inline_markup, pieces)):  # its elements go where the attention puts their words
-            translator = self.with_settings(nbest=1, keep_attention=True)
-            sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
-            best = [hypotheses[0] for hypotheses in results]
-            translations = iter([[(text, translator.word_attention(source_ids, h))]
-                                 for text, source_ids, h in zip(translator.detokenize(best), sources, best)])
-        else:
-            translations = iter([[translation] for translation in self.translate(texts)] if texts else [])
+        translations = iter(self._renderings(texts, any(map(has_inline_markup, pieces))))
         return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
 
     def translate_office(self, document: bytes, file_format: str) -> bytes:
-        """An office file's bytes (``file_format``: "docx", "odt", "pptx" or "odp") with the text
-        of its paragraphs, tables, text boxes, headers, footers, notes and slides translated and
-        everything else kept (``documents.OfficeDocument``), as ``s2s serve`` translates such a
-        file. ValueError if it is not one."""
-        return OfficeDocument.translate(document, OFFICE_FORMATS[file_format], self.translate)
+        """An office file's or e-book's bytes (``file_format``: "docx", "odt", "pptx", "odp" or
+        "epub") with the text of its paragraphs, tables, text boxes, headers, footers, notes and
+        slides (an e-book's documents, table of contents and title) translated and everything
+        else kept (``documents.OfficeDocument``), as ``s2s serve`` translates such a file.
+        ValueError if it is not one."""
+        opened = OfficeDocument(document, OFFICE_FORMATS[file_format])
+        return opened.translated(iter(self._renderings(opened.runs(), opened.inline_markup)))
+
+    def _renderings(self, texts: list[str], inline_markup: bool) -> list[list[Rendering]]:
+        """The best translation of each run of a document, as ``documents.reassemble`` takes it:
+        with ``inline_markup``, with its word attention, so inline elements go where the
+        attention puts their words."""
+        if not texts:
+            return []
+        if not inline_markup:
+            return [[translation] for translation in self.translate(texts)]
+        translator = self.with_settings(nbest=1, keep_attention=True)
+        sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
+        best = [hypotheses[0] for hypotheses in results]
+        return [[(text, translator.word_attention(source_ids, h))]
+                for text, source_ids, h in zip(translator.detokenize(best), sources, best)]
 
     def translate_nbest(self, texts: Iterable[str] | str, nbest: Optional[int] = None
                         ) -> list[list[Translation]] | list[Translation]:

@@ -267,6 +267,78 @@ def test_a_presentation_has_its_slides_and_notes_translated():
         OfficeDocument(make_docx(), POWERPOINT)
 
 
+CHAPTER_XHTML = (
+    '\ufeff<?xml version="1.0" encoding="utf-8"?>\n<!DOCTYPE html>\n'
+    '<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops" lang="en" xml:lang="en">'
+    '<head><title>The dog</title><link rel="stylesheet" href="style.css"/></head>\n'
+    '<body><h1 id="c1">The man sees the dog.</h1>\n<p class="first">The woman <em>looks</em> for the ball.<br/>'
+    '<img src="images/cat.png" alt="a cat"/></p>\n<p>A small cat &amp; <a href="#c1" epub:type="noteref">it</a>.</p>'
+    '<script>var s = "The dog.";</script></body></html>')
+OPF = ('<?xml version="1.0" encoding="UTF-8"?>\n<package xmlns="http://www.idpf.org/2007/opf" version="3.0" '
+       'unique-identifier="id"><metadata xmlns:dc="http://purl.org/dc/elements/1.1/">'
+       '<dc:identifier id="id">urn:uuid:1</dc:identifier><dc:title>The bird</dc:title><dc:language>en</dc:language>'
+       '<dc:creator>A. Baker</dc:creator></metadata><manifest>'
+       '<item id="c1" href="chapter1.xhtml" media-type="application/xhtml+xml"/></manifest>'
+       '<spine toc="ncx"><itemref idref="c1"/></spine></package>')
+NCX = ('<?xml version="1.0" encoding="UTF-8"?><ncx xmlns="http://www.daisy.org/z3986/2005/ncx/" version="2005-1">'
+       '<head><meta name="dtb:uid" content="urn:uuid:1"/></head><docTitle><text>The bird</text></docTitle>'
+       '<navMap><navPoint id="n1" playOrder="1"><navLabel><text>The dog</text></navLabel>'
+       '<content src="chapter1.xhtml#c1"/></navPoint></navMap></ncx>')
+
+
+def make_epub() -> bytes:
+    """An EPUB as the format asks: "mimetype" first and stored, then the container, the package,
+    the table of contents, a chapter, a style sheet and a picture."""
+    import io
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("mimetype", "application/epub+zip", zipfile.ZIP_STORED)
+        archive.writestr("META-INF/container.xml", '<?xml version="1.0"?><container version="1.0" xmlns="urn:oasis:'
+                         'names:tc:opendocument:xmlns:container"><rootfiles><rootfile full-path="OEBPS/content.opf" '
+                         'media-type="application/oebps-package+xml"/></rootfiles></container>')
+        archive.writestr("OEBPS/content.opf", OPF)
+        archive.writestr("OEBPS/toc.ncx", NCX)
+        archive.writestr("OEBPS/chapter1.xhtml", CHAPTER_XHTML)
+        archive.writestr("OEBPS/style.css", "h1 { font-weight: bold }")
+        archive.writestr("OEBPS/images/cat.png", bytes(range(256)), zipfile.ZIP_STORED)
+    return data.getvalue()
+
+
+def test_an_ebook_has_its_chapters_contents_and_title_translated_and_everything_else_kept():
+    import io
+    import zipfile
+    from xml.dom import minidom
+
+    from seq2seq_cli.documents import EPUB, OfficeDocument
+
+    original = make_epub()
+    document = OfficeDocument(original, EPUB)
+    # The package's title, the table of contents, then the chapter: its title, heading, and
+    # paragraphs (the one with an inline element is one run), not its script.
+    assert document.runs() == ["The bird", "The bird", "The dog", "The dog", "The man sees the dog.",
+                               "The woman looks for the ball.", "A small cat & it."]
+    assert document.inline_markup
+    translated = OfficeDocument.translate(original, EPUB, lambda texts: [f"<{t.upper()}>" for t in texts])
+    before, after = zipfile.ZipFile(io.BytesIO(original)), zipfile.ZipFile(io.BytesIO(translated))
+    assert [(i.filename, i.compress_type) for i in after.infolist()] == \
+        [(i.filename, i.compress_type) for i in before.infolist()]  # "mimetype" first, stored
+    for name in ("mimetype", "META-INF/container.xml", "OEBPS/style.css", "OEBPS/images/cat.png"):
+        assert after.read(name) == before.read(name)
+    chapter = after.read("OEBPS/chapter1.xhtml").decode("utf-8")
+    minidom.parseString(chapter.encode("utf-8"))  # still well-formed XML
+    assert chapter.startswith('\ufeff<?xml version="1.0" encoding="utf-8"?>\n<!DOCTYPE html>')
+    assert "<title>&lt;THE DOG&gt;</title>" in chapter and "<h1 id=\"c1\">&lt;THE MAN SEES THE DOG.&gt;</h1>" in chapter
+    assert '<a href="#c1" epub:type="noteref">' in chapter and "<em>" in chapter and "&lt;THE WOMAN" in chapter
+    assert '<script>var s = "The dog.";</script>' in chapter
+    assert "<dc:title>&lt;THE BIRD&gt;</dc:title><dc:language>en</dc:language><dc:creator>A. Baker</dc:creator>" \
+        in after.read("OEBPS/content.opf").decode()
+    assert "<navLabel><text>&lt;THE DOG&gt;</text></navLabel>" in after.read("OEBPS/toc.ncx").decode()
+    with pytest.raises(ValueError, match=r"not an EPUB e-book \(no META-INF/container.xml\)"):
+        OfficeDocument(make_docx(), EPUB)
+
+
 def looked_at(*rows: dict[int, float], sources: int) -> list[list[float]]:
     """Word attention from each target word's {source word: weight}."""
     return [[row.get(source, 0.0) for source in range(sources)] for row in rows]
@@ -388,3 +460,25 @@ def test_inline_markup_comes_back_whole_and_well_nested_around_the_translation(c
         else:
             stack.append(name)
     assert not stack
+
+
+def test_text_all_in_spans_comes_back_all_in_spans():
+    """HTML from a word processor has every word in a span that sets its font; a translation's
+    word that no span's words drew goes to a span beside it, not outside them all."""
+    page = ('<p><span class="a">Der Bäcker </span><span class="b">bringt</span>'
+            '<span class="a"> einen Apfel zurück.</span></p>')
+    expected = '<span class="a">The baker</span> <span class="b">brings</span> <span class="a">back an apple.</span>'
+    # "The baker brings back an apple.": "back" looks at "zurück.", "an" at "Apfel".
+    assert inline(page).translated("The baker brings back an apple.", one_to_one(0, 1, 2, 5, 4, 4, sources=6)) == \
+        expected
+    # "back" looks at no span's words more than at the others': it goes to the neighbour whose
+    # words it looks at more, "bringt" or "zurück.".
+    for back, side in (({0: 0.33, 2: 0.33, 5: 0.34}, "right"), ({0: 0.3, 2: 0.36, 5: 0.34}, "left")):
+        translated = inline(page).translated("The baker brings back an apple.", looked_at(
+            {0: 1}, {1: 1}, {2: 1}, back, {4: 1}, {4: 1}, sources=6))
+        assert translated == (expected if side == "right" else expected.replace(
+            "brings</span> <span class=\"a\">back an", "brings back</span> <span class=\"a\">an"))
+    # With text outside the elements, a word no element drew stays outside them.
+    assert inline("Der <b>Bäcker</b> bringt <i>einen</i> Apfel.").translated(
+        "The baker brings an apple.", one_to_one(0, 1, 2, 3, 4, sources=5)) == \
+        "The <b>baker</b> brings <i>an</i> apple."

@@ -255,7 +255,8 @@ def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run
     assert refused("latin1.txt", "Größe".encode("latin-1")) == "latin1.txt: not UTF-8 text (byte 2 is not UTF-8)"
     assert "the limit for a file is 320000" in refused("long.txt", b"a " * 160_001)
     assert refused("big.txt", b"a" * (16 << 20), 413) == f"request body over {16 << 20} bytes"
-    assert refused("notes", b"text") == "notes: this server translates .txt, .html, .htm, .docx, .odt, .pptx, .odp files"
+    assert refused("notes", b"text") == \
+        "notes: this server translates .txt, .html, .htm, .docx, .odt, .pptx, .odp, .epub files"
     missing = httpx.get(f"{server.url}/download_file/0123.notes.txt")
     assert missing.status_code == 404 and "kept for 30 minutes" in missing.json()["error"]
     # Metrics name endpoints, not the paths clients make up; an unknown path or method is an
@@ -270,7 +271,7 @@ def test_files_are_translated_with_their_layout_and_downloaded_by_their_name(run
     assert 'endpoint="other",status="404"' in metrics and "no/such/page" not in metrics
 
 
-def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph(run, server):
+def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph(run, server, tmp_path):
     """A .docx (or .odt) keeps everything but its text; each stretch of a paragraph's text is translated
     as /translate translates a text, whatever runs Word cut it into."""
     import io
@@ -310,6 +311,18 @@ def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph
     texts = OfficeDocument(make_odt(), OPEN_DOCUMENT).runs()
     assert [text.strip() for text in OfficeDocument(download.content, OPEN_DOCUMENT).runs()] == \
         cli_translations(run, texts, "--split-sentences")  # "Page " keeps its space before the page number
+    # An e-book comes back as `s2s translate --input book.epub` writes it, byte for byte (its
+    # chapter's inline elements placed by the same attention).
+    from test_documents import make_epub
+
+    upload = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("Buch.epub", make_epub())})
+    download = httpx.get(upload.json()["translatedFileUrl"])
+    assert download.headers["content-type"] == "application/epub+zip"
+    book = tmp_path / "book.epub"
+    book.write_bytes(make_epub())
+    offline = s2s_forked("translate", "--checkpoint", run, "--device", "cpu", "--input", book, "--output", tmp_path / "de.epub")
+    assert offline.returncode == 0, offline.stderr.decode()
+    assert download.content == (tmp_path / "de.epub").read_bytes()
 
 
 def test_translated_files_are_kept_for_a_while_within_a_memory_budget():
@@ -791,12 +804,13 @@ def test_libretranslate_client_endpoints_beside_translate():
                     await client.post("/suggest", data={"q": "a", "s": "b"}),
                     await client.post("/translate_file", data={"api_key": "k"}),
                     await client.post("/translate_file", data={"api_key": "k", "target": "de"},
-                                      files={"file": ("report.epub", b"PK")})]
+                                      files={"file": ("report.pdf", b"%PDF")})]
 
     settings, detect, keyless, too_long, empty, auto, suggest, no_file, docx = asyncio.run(ask())
     assert settings.json() == {"apiKeys": True, "keyRequired": True, "charLimit": 30, "frontendTimeout": 500,
                                "suggestions": False, "filesTranslation": True,
-                               "supportedFilesFormat": [".txt", ".html", ".htm", ".docx", ".odt", ".pptx", ".odp"],
+                               "supportedFilesFormat": [".txt", ".html", ".htm", ".docx", ".odt", ".pptx", ".odp",
+                                                        ".epub"],
                                "language": {"source": {"code": "auto", "name": "Auto Detect"},
                                             "target": {"code": "de", "name": "German"}}}
     assert [d["language"] for d in detect.json()] == ["en", "de"]  # qq cannot be ranked
@@ -806,7 +820,8 @@ def test_libretranslate_client_endpoints_beside_translate():
     assert auto.status_code == 400 and "does not know qq" in auto.json()["error"]
     assert suggest.status_code == 403 and suggest.json() == {"error": "Suggestions are disabled on this server."}
     assert no_file.status_code == 400 and no_file.json()["error"].startswith("file is required")
-    assert docx.status_code == 400 and docx.json()["error"] == "report.epub: this server translates .txt, .html, .htm, .docx, .odt, .pptx, .odp files"
+    assert docx.status_code == 400 and docx.json()["error"] == \
+        "report.pdf: this server translates .txt, .html, .htm, .docx, .odt, .pptx, .odp, .epub files"
 
 
 def test_the_language_detector_ranks_the_languages_it_is_given():

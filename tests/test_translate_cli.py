@@ -69,13 +69,14 @@ def test_a_word_with_a_character_the_model_never_saw_is_translated_or_named(run_
 
 
 def test_office_documents_are_translated_into_documents(run_dir, tmp_path):
-    """--input report.docx (or .odt, .pptx, .odp): the document's text translated as
+    """--input report.docx (or .odt, .pptx, .odp, .epub): the document's text translated as
     --split-sentences translates lines, the rest kept, into --output."""
-    from test_documents import make_docx, make_odt, make_pptx
+    from test_documents import make_docx, make_epub, make_odt, make_pptx
 
     from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument
 
-    for name, data in (("report.docx", make_docx()), ("notes.odt", make_odt()), ("slides.pptx", make_pptx())):
+    for name, data in (("report.docx", make_docx()), ("notes.odt", make_odt()), ("slides.pptx", make_pptx()),
+                       ("book.epub", make_epub())):
         office = OFFICE_FORMATS[name.rsplit(".", 1)[1]]
         (tmp_path / name).write_bytes(data)
         translated = s2s_forked("translate", "--checkpoint", run_dir, "--input", tmp_path / name,
