@@ -11,6 +11,10 @@ is put back together around the translation as `s2s translate --html` does
 (`documents.Inline`). The table counts the elements that hold exactly the word's translation,
 those that hold it and more words, and those that miss it.
 
+The same words are put in a bold run of a Word paragraph (runs before and after it) and
+the translation shared out among the runs as `s2s translate --input X.docx` does
+(`documents.OfficeStretch`): the runs keep their order there.
+
 With --src and --ref (e.g. Multi30k's test2016), each source sentence becomes a paragraph
 with its second word in `<b>` and its last word in `<a href>`; the page is translated with
 `Translator.translate_html` (each sentence whole), and, as s2s did before, piece by piece
@@ -37,7 +41,7 @@ sys.path.insert(0, str(TOY))
 from generate import content_word_links  # noqa: E402
 
 from seq2seq_cli.data import read_lines  # noqa: E402
-from seq2seq_cli.documents import Inline, html_pieces  # noqa: E402
+from seq2seq_cli.documents import WORD, Inline, OfficeStretch, html_pieces, office_xml_pieces, reassemble  # noqa: E402
 from seq2seq_cli.translation import Translator  # noqa: E402
 
 _BOLD = re.compile(r"<b>(.*?)</b>")
@@ -66,7 +70,7 @@ def main() -> None:
 
     translator = Translator.load(args.checkpoint, "cpu", beam_size=args.beam_size, keep_attention=True)
     sources = read_lines(TOY / "test.en")
-    counts: collections.Counter = collections.Counter()
+    counts = {"html": collections.Counter(), "docx": collections.Counter()}
     examples: dict[str, list[str]] = collections.defaultdict(list)
     source_ids, results = translator.translate_raw([source.encode("utf-8") for source in sources])
     best = [hypotheses[0] for hypotheses in results]
@@ -74,31 +78,43 @@ def main() -> None:
         attention = translator.word_attention(ids, hypothesis)
         words, target_words = source.split(), translation.split()
         for target, source_word in content_word_links(source, translation).items():
-            word = words[source_word]
-            marked = words[:source_word] + [f"<b>{core(word)}</b>{word[len(core(word)):]}"] + words[source_word + 1:]
-            pieces = html_pieces(" ".join(marked))
-            run = next(text for markup, text in pieces if markup is None)
-            assert isinstance(run, Inline), pieces
+            word, wanted = words[source_word], core(target_words[target])
+            marked_words = [*words[:source_word], f"<b>{core(word)}</b>{word[len(core(word)):]}",
+                            *words[source_word + 1:]]
+            run = next(text for markup, text in html_pieces(" ".join(marked_words)) if markup is None)
+            assert isinstance(run, Inline)
             bold = _BOLD.search(run.translated(translation, attention))
-            held = [core(w) for w in bold.group(1).split()] if bold else []
-            outcome = ("exact" if held == [core(target_words[target])] else
-                       "more" if core(target_words[target]) in held else "missed")
-            counts[outcome] += 1
-            if len(examples[outcome]) < 3:
-                examples[outcome].append(f"{core(word)} -> {' '.join(held) or '(empty)'} "
-                                         f"(wanted {core(target_words[target])})")
-    total = sum(counts.values())
+            held = {"html": [core(w) for w in bold.group(1).split()] if bold else [],
+                    "docx": [core(w) for w in bold_run(words, source_word, translation, attention).split()]}
+            for kind in counts:
+                outcome = "exact" if held[kind] == [wanted] else "more" if wanted in held[kind] else "missed"
+                counts[kind][outcome] += 1
+                if kind == "html" and len(examples[outcome]) < 3:
+                    examples[outcome].append(f"{core(word)} -> {' '.join(held[kind]) or '(empty)'} (wanted {wanted})")
+    total = sum(counts["html"].values())
     print(f"toy test set, {len(sources)} sentences, beam {translator.decoding.beam_size}: {total} bold content words")
-    print(f"{'outcome':<40} {'elements':>9} {'share':>7}")
+    print(f"{'the bold word came back':<40} {'HTML <b>':>9} {'share':>7} {'Word run':>9} {'share':>7}")
     for outcome, label in (("exact", "around exactly its translation"), ("more", "around it and more words"),
                            ("missed", "not around its translation")):
-        print(f"{label:<40} {counts[outcome]:>9} {counts[outcome] / total:>7.1%}")
+        print(f"{label:<40} {counts['html'][outcome]:>9} {counts['html'][outcome] / total:>7.1%} "
+              f"{counts['docx'][outcome]:>9} {counts['docx'][outcome] / total:>7.1%}")
         for example in examples[outcome]:
             print(f"    e.g. {example}")
     if args.json:
         args.json.write_text(json.dumps({"beam_size": translator.decoding.beam_size, "elements": total,
-                                         **{outcome: counts[outcome] for outcome in ("exact", "more", "missed")}},
-                                        indent=2) + "\n")
+                                         **{kind: dict(counts[kind]) for kind in counts}}, indent=2) + "\n")
+
+
+def bold_run(words: list[str], bold: int, translation: str, attention) -> str:
+    """What a Word paragraph's bold run holds after translation, its word ``bold`` bold."""
+    texts = ["".join(word + " " for word in words[:bold]), words[bold],
+             "".join(" " + word for word in words[bold + 1:])]
+    xml = "".join(f'<w:r><w:t xml:space="preserve">{text}</w:t></w:r>' for text in texts)
+    pieces = office_xml_pieces(f"<w:body><w:p>{xml}</w:p></w:body>", WORD)
+    stretch = next(text for markup, text in pieces if markup is None)
+    translated = reassemble(pieces, iter([[(translation, attention)]]), 0)[0]
+    assert isinstance(stretch, OfficeStretch)
+    return re.findall(r"<w:t[^>]*>([^<]*)</w:t>", translated)[1]
 
 
 def marked(sentence: str) -> str:
@@ -126,7 +142,8 @@ def real_text(args) -> None:
     timed("plain sentences (s2s translate --split-sentences)", lambda: "\n".join(translator.translate(sources)))
     timed("each sentence whole (Inline, now)", lambda: translator.translate_html(page))
     timed("piece by piece between the tags (before)", lambda: pieces_translated(translator, page))
-    print(f"{len(sources)} sentences of {args.src.name}, two inline elements each, beam {translator.decoding.beam_size}")
+    print(f"{len(sources)} sentences of {args.src.name}, two inline elements each, "
+          f"beam {translator.decoding.beam_size}")
     print(f"{'translated':<52} {'BLEU':>6} {'seconds':>8}")
     for row in rows:
         print(f"{row['translated']:<52} {row['bleu']:>6.2f} {row['seconds']:>8.2f}")

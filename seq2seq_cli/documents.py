@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 # (markup, "") for what is kept, (None, text) for a run of text to translate; (None, Inline) for
-# a run of HTML text with inline elements in it.
-Piece = tuple[Optional[str], "str | Inline"]
+# a run of HTML text with inline elements in it, (None, OfficeStretch) for an office
+# paragraph's text that its runs cut into pieces.
+Piece = tuple[Optional[str], "str | Inline | OfficeStretch"]
 # The attention each word of a translation paid to each word of its source (one row per
 # target word, one weight per source word: ``seq2seq_cli.alignment.word_attention``).
 WordAttention = list[list[float]]
@@ -88,7 +89,7 @@ class Inline:
         word is taken to look at the word as far along the text as it is along the translation."""
         source_words = [match.span() for match in _WORD.finditer(self.text)]
         target_words = [match.span() for match in _WORD.finditer(translation)]
-        weights = _word_weights(attention, len(source_words), len(target_words))
+        weights = _articles_look_back(_word_weights(attention, len(source_words), len(target_words)))
         root = _Element("", "", 0, len(self.text), [], [], frozenset(range(len(source_words))))
         _nest(root, self.text, self.markup, source_words)
         source_of = [max(range(len(row)), key=row.__getitem__) for row in weights]  # what each word looked at most
@@ -178,6 +179,25 @@ def _word_weights(attention: Optional[WordAttention], sources: int, targets: int
     return [[float(source == target * sources // targets) for source in range(sources)] for target in range(targets)]
 
 
+def _articles_look_back(weights: list[list[float]]) -> list[list[float]]:
+    """``weights`` with each article's look moved from its noun to the word before it.
+
+    An attention decoder writing an article looks ahead at the noun it agrees with ("Der" at
+    "teacher" in "The teacher" -> "Der Lehrer"), so the source's own article draws no target
+    word. A target word is taken for such an article when it looks most at the source word the
+    next target word looks at most, and the source word before that one draws no target word:
+    it then looks at that word alone."""
+    most = [max(range(len(row)), key=row.__getitem__) for row in weights]
+    drawn = set(most)
+    refined = [list(row) for row in weights]
+    for target in range(len(weights) - 1):
+        source = most[target]
+        first_of_run = target == 0 or most[target - 1] != source
+        if first_of_run and most[target + 1] == source and source > 0 and source - 1 not in drawn:
+            refined[target] = [float(word == source - 1) for word in range(len(weights[target]))]
+    return refined
+
+
 def _place(element: _Element, low: int, high: int, weights: list[list[float]], source_of: list[int],
            source_words: list[tuple[int, int]]) -> None:
     """Place ``element``'s children, each inside its parent (target words ``low`` to ``high``)
@@ -201,13 +221,7 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], s
             element.children.remove(child)
             element.points.append((child.start, child.open + _all_markup(child) + child.close))
             continue
-        first, last = best[1]
-        before = min(child.words) - 1
-        if first < last and before >= 0 and before not in child.words and before not in source_of:
-            # The word before it has no target word: it is the stretch's first, an article
-            # looking ahead at its noun ("The <b>teacher</b>": "Der <b>Lehrer</b>").
-            first += 1
-        child.span = (first, last)
+        child.span = best[1]
         placed.append(child.span)
     if text_in_children and element.children:
         _fill(sorted(element.children, key=lambda child: child.span), low, high, weights)
@@ -420,13 +434,14 @@ def _split(text: str, markup: re.Pattern, whitespace_is_text: bool = False) -> l
 def runs(pieces: list[Piece], html_entities: bool = False) -> list[str]:
     """The runs of text to translate, in order; ``html_entities``: an entity (``&amp;``) read as
     the character it stands for, as ``reassemble(escape=True)`` writes it back."""
-    return [text.text if isinstance(text, Inline) else html.unescape(text) if html_entities else text
+    return [text.text if isinstance(text, (Inline, OfficeStretch)) else html.unescape(text) if html_entities else text
             for markup, text in pieces if markup is None]
 
 
 def has_inline_markup(pieces: list[Piece]) -> bool:
-    """Whether a run of ``pieces`` is ``Inline``: its translations need their word alignments."""
-    return any(isinstance(text, Inline) for _, text in pieces)
+    """Whether a run of ``pieces`` has markup inside it (``Inline``, ``OfficeStretch``): its
+    translations need their word attention to put the markup back."""
+    return any(isinstance(text, (Inline, OfficeStretch)) for _, text in pieces)
 
 
 def reassemble(pieces: list[Piece], translations: Iterator[list[Rendering]], alternatives: int,
@@ -445,7 +460,7 @@ def reassemble(pieces: list[Piece], translations: Iterator[list[Rendering]], alt
         texts = next(translations)
         for index, version in enumerate(versions):
             translation, attention = _with_attention(texts[min(index, len(texts) - 1)])
-            if isinstance(piece, Inline):
+            if isinstance(piece, (Inline, OfficeStretch)):
                 version.append(piece.translated(translation, attention, escape))
                 continue
             if escape:
@@ -576,21 +591,126 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
             spaces[len(pieces)] = int(count.group(1)) if count else 1
             stretches[open_paragraphs[-1]].append(len(pieces))
         pieces.append((token, ""))
-    for stretch in stretches:
+    owner = {index: number for number, stretch in enumerate(stretches) for index in stretch}
+    for number, stretch in enumerate(stretches):
         texts = [index for index in stretch if index not in spaces]
         text = "".join(" " * spaces[index] if index in spaces else pieces[index][0] for index in stretch)
         if not texts or not text.strip():
             continue
         first = texts[0]
         if office.space_preserved:  # the element holding the first text must keep its spaces
-            opening, element = pieces[first - 1][0], office.text_element
-            if "xml:space" not in opening:
-                pieces[first - 1] = (opening.replace(f"<{element}", f'<{element} xml:space="preserve"', 1), "")
+            pieces[first - 1] = (_space_preserved(pieces[first - 1][0], office), "")
+        last = stretch[-1]
+        if len(texts) > 1 and all(owner.get(index, number) == number for index in range(first, last + 1)):
+            # Its runs, and the markup between them, as one piece (no other paragraph inside).
+            parts = tuple((None, " " * spaces[index]) if index in spaces else
+                          (None, pieces[index][0]) if index in texts else (pieces[index][0], "")
+                          for index in range(first, last + 1))
+            pieces[first] = (None, OfficeStretch(parts, office.text_element if office.space_preserved else None))
+            pieces[first + 1:last + 1] = [("", "")] * (last - first)
+            continue
         pieces[first] = (None, text)
         for index in stretch:
             if index != first:
                 pieces[index] = ("", "")
     return pieces
+
+
+def _space_preserved(markup: str, office: OfficeFormat) -> str:
+    """The start tag of the element holding text (Word's w:t), told to keep its spaces."""
+    return _keeping_spaces(markup, office.text_element)
+
+
+def _keeping_spaces(markup: str, element: str) -> str:
+    if markup.startswith(f"<{element}") and _XML_TAG.match(markup).group("name") == element and \
+            "xml:space" not in markup and not markup.endswith("/>"):
+        return markup.replace(f"<{element}", f'<{element} xml:space="preserve"', 1)
+    return markup
+
+
+@dataclass(frozen=True)
+class OfficeStretch:
+    """A stretch of an office paragraph's text that its runs cut into pieces (``Der `` and
+    `` fährt.`` plain, ``Mann`` bold): translated whole, and the translation shared out among
+    the same runs in their order, each taking the words that looked most at its words (by the
+    model's attention), so bold and italic words, links and other formatting of a run carry
+    over where the translation keeps their order. Without attention, the first run takes it all."""
+
+    parts: tuple[tuple[Optional[str], str], ...]  # (None, a run's text as written), or (markup, "") kept
+    space_element: Optional[str] = None  # the element holding text, if it must be told to keep spaces (w:t)
+
+    @property
+    def text(self) -> str:
+        """The stretch's text, entities read as characters."""
+        return "".join(html.unescape(text) for markup, text in self.parts if markup is None)
+
+    def translated(self, translation: str, attention: Optional[WordAttention], escape: bool = True) -> str:
+        """The stretch's XML with ``translation`` shared out among its runs (``attention``: as ``Inline.translated``)."""
+        texts = [html.unescape(text) for markup, text in self.parts if markup is None]
+        whole = "".join(texts)
+        lead, trail = whole[:len(whole) - len(whole.lstrip())], whole[len(whole.rstrip()):]
+        shares = [""] * len(texts)
+        target_words = [match.span() for match in _WORD.finditer(translation)]
+        if attention is None or not target_words:
+            shares[0] = translation
+        else:
+            starts = [sum(map(len, texts[:run])) for run in range(len(texts))]
+            source_runs = [max(run for run, start in enumerate(starts) if start <= match.start())
+                           for match in _WORD.finditer(whole)]  # the run each source word starts in
+            weights = _articles_look_back(_word_weights(attention, len(source_runs), len(target_words)))
+            runs_of_targets = _in_order(weights, source_runs, len(texts))
+            space = ""  # before the next word, in its run
+            for target, (run, (start, stop)) in enumerate(zip(runs_of_targets, target_words)):
+                shares[run] += space + translation[start:stop]
+                space = ""
+                if target + 1 < len(target_words):
+                    between, following = translation[stop:target_words[target + 1][0]], runs_of_targets[target + 1]
+                    # The space between two runs' words goes where the source had it ("Ein " "Mann" " fährt").
+                    if following != run and not texts[run][-1:].isspace() and texts[following][:1].isspace():
+                        space = between
+                    else:
+                        shares[run] += between
+        shares[0] = lead + shares[0]
+        shares[-1] += trail
+        parts, share = [], iter(shares)
+        for markup, _ in self.parts:
+            if markup is not None:
+                parts.append(markup)
+                continue
+            text = next(share)
+            if self.space_element and parts and text != text.strip():  # its element must keep them
+                parts[-1] = _keeping_spaces(parts[-1], self.space_element)
+            parts.append(_escaped(text, escape))
+        return "".join(parts)
+
+
+def _in_order(weights: list[list[float]], source_runs: list[int], runs: int) -> list[int]:
+    """The run each target word goes to, runs in their order (a word never goes to a run
+    before the previous word's), the most attention kept: each word's look at the source
+    words of its run, added up (dynamic programming). A word that looks nowhere stays with
+    its neighbours."""
+    looks = [[0.0] * runs for _ in weights]
+    for target, row in enumerate(weights):
+        for word, weight in enumerate(row):
+            looks[target][source_runs[word]] += weight
+    best: list[list[float]] = []  # best[target][run]: the most attention with the target-th word in run
+    for target, row in enumerate(looks):
+        previous = [0.0] * runs if target == 0 else best[-1]
+        running, best_row = float("-inf"), []
+        for run in range(runs):
+            running = max(running, previous[run])
+            best_row.append(running + row[run])
+        best.append(best_row)
+    chosen = [0] * len(weights)
+    limit = runs - 1
+    for target in range(len(weights) - 1, -1, -1):
+        row = best[target]
+        top = max(row[:limit + 1])
+        # Ties: the last word stays with the one before it, the others with the one after.
+        candidates = [run for run in range(limit + 1) if row[run] == top]
+        chosen[target] = candidates[0] if target == len(weights) - 1 else candidates[-1]
+        limit = chosen[target]
+    return chosen
 
 
 class OfficeDocument:

@@ -380,9 +380,13 @@ def inline(page: str) -> Inline:
     # between the words they stood between.
     ("Klick <img src=x.png> <a id=top></a>hier <u>jetzt</s>", "Click here now",
      one_to_one(0, 1, 2, sources=3), "Click <img src=x.png><a id=top></a>here <u>now</s>"),
+    # A word that looks ahead at the source word the next one looks at, where the source word
+    # before that draws no word, is taken to be its translation (an article, or here "happy").
+    ("Er ist <b>froh</b> und ...", "He is happy and ...", one_to_one(0, 1, 3, 3, 4, sources=5),
+     "He is <b>happy</b> and ..."),
     # An element no word of the translation looked at is kept, empty, where it was.
-    ("Er ist <b>froh</b>, weil ...", "He is happy because ...", one_to_one(0, 1, 3, 3, 4, sources=5),
-     "He is <b></b>happy because ..."),
+    ("Er ist <b>froh</b> und ...", "He is so and ...", one_to_one(0, 1, 1, 3, 4, sources=5),
+     "He is so <b></b>and ..."),
     # Without attention words are linked in order, as far along one text as the other.
     (" Ein <b>Mann</b> fährt. ", "A man rides.", None, " A <b>man</b> rides. "),
     ("Ein <b>Mann</b> fährt.", "", [], "<b></b>"),
@@ -482,3 +486,48 @@ def test_text_all_in_spans_comes_back_all_in_spans():
     assert inline("Der <b>Bäcker</b> bringt <i>einen</i> Apfel.").translated(
         "The baker brings an apple.", one_to_one(0, 1, 2, 3, 4, sources=5)) == \
         "The <b>baker</b> brings <i>an</i> apple."
+
+
+def test_a_paragraphs_runs_share_its_translation_as_the_attention_says():
+    """Word cut "Ein **Mann** fährt [Fahrrad](link)." into runs: the translation goes to the same
+    runs, in order, each taking the words that looked at its words, so the bold word and the
+    link carry over; a run left without words is emptied, and every run whose text starts or
+    ends in a space is told to keep it."""
+    from seq2seq_cli.documents import OPEN_DOCUMENT, WORD, OfficeStretch, office_xml_pieces
+
+    xml = (f'<w:document {W}><w:body><w:p><w:r><w:t xml:space="preserve">Ein </w:t></w:r>'
+           '<w:r><w:rPr><w:b/></w:rPr><w:t>Mann</w:t></w:r><w:r><w:t xml:space="preserve"> fährt </w:t></w:r>'
+           '<w:hyperlink r:id="rId1"><w:r><w:t>Fahr</w:t></w:r><w:proofErr/><w:r><w:t>rad</w:t></w:r></w:hyperlink>'
+           '<w:r><w:t>.</w:t></w:r></w:p></w:body></w:document>')
+    pieces = office_xml_pieces(xml, WORD)
+    (stretch,) = [text for markup, text in pieces if markup is None]
+    assert isinstance(stretch, OfficeStretch) and stretch.text == "Ein Mann fährt Fahrrad."
+    # "A" and "man" look at "Mann" (an article looks ahead at its noun), "riding" at "fährt".
+    attention = one_to_one(1, 1, 2, 2, 3, 3, sources=4)
+    translated, _ = reassemble(pieces, iter([[("A man is riding a bicycle.", attention)]]), 0, escape=True,
+                               keep_spacing=True)
+    assert ('<w:p><w:r><w:t xml:space="preserve">A </w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t>man</w:t></w:r>'
+            '<w:r><w:t xml:space="preserve"> is riding </w:t></w:r><w:hyperlink r:id="rId1"><w:r><w:t>a bicycle.</w:t>'
+            '</w:r><w:proofErr/><w:r><w:t></w:t></w:r></w:hyperlink><w:r><w:t></w:t></w:r></w:p>') in translated
+    # Runs keep their order: a word that would go back to an earlier run stays in a later one.
+    attention = one_to_one(0, 1, 2, 3, 1, sources=4)  # "... bicycle man": "man" looks back at "Mann"
+    translated, _ = reassemble(pieces, iter([[("A man rides bicycle man", attention)]]), 0, escape=True,
+                               keep_spacing=True)
+    assert '<w:t xml:space="preserve"> rides </w:t></w:r><w:hyperlink r:id="rId1"><w:r><w:t>bicycle man</w:t>' in \
+        translated
+    # Without attention (OfficeDocument.translate with a plain function), the first run takes it all.
+    assert '<w:t xml:space="preserve">A man rides.</w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t></w:t>' in \
+        reassemble(pieces, iter([["A man rides."]]), 0, escape=True, keep_spacing=True)[0]
+    # OpenDocument: a span is a run; a spaces element is spaces of the text.
+    odf = ('<office:text><text:p>Ein<text:s/><text:span text:style-name="T1">Mann</text:span> fährt.</text:p>'
+           '<text:p>Vor <text:note><text:note-body><text:p>Note.</text:p></text:note-body></text:note>nach.</text:p>'
+           '</office:text>')
+    pieces = office_xml_pieces(odf, OPEN_DOCUMENT)
+    assert [text.text if isinstance(text, OfficeStretch) else text for markup, text in pieces if markup is None] == \
+        ["Ein Mann fährt.", "Vor nach.", "Note."]
+    translations = iter([[("A man rides.", one_to_one(1, 1, 2, sources=3))], [("Before after.", None)], [("N.", None)]])
+    translated, _ = reassemble(pieces, translations, 0, escape=True, keep_spacing=True)
+    # A paragraph with a note inside is one run of text, as before: the note's paragraph is its own.
+    assert translated == ('<office:text><text:p>A <text:span text:style-name="T1">man</text:span> rides.</text:p>'
+                          '<text:p>Before after.<text:note><text:note-body><text:p>N.</text:p></text:note-body>'
+                          '</text:note></text:p></office:text>')

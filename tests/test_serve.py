@@ -315,11 +315,11 @@ def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph
     # chapter's inline elements placed by the same attention).
     from test_documents import make_epub
 
-    upload = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("Buch.epub", make_epub())})
-    download = httpx.get(upload.json()["translatedFileUrl"])
-    assert download.headers["content-type"] == "application/epub+zip"
     book = tmp_path / "book.epub"
     book.write_bytes(make_epub())
+    upload = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("Buch.epub", book.read_bytes())})
+    download = httpx.get(upload.json()["translatedFileUrl"])
+    assert download.headers["content-type"] == "application/epub+zip"
     offline = s2s_forked("translate", "--checkpoint", run, "--device", "cpu", "--input", book, "--output", tmp_path / "de.epub")
     assert offline.returncode == 0, offline.stderr.decode()
     assert download.content == (tmp_path / "de.epub").read_bytes()
