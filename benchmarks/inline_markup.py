@@ -109,12 +109,13 @@ def bold_run(words: list[str], bold: int, translation: str, attention) -> str:
     """What a Word paragraph's bold run holds after translation, its word ``bold`` bold."""
     texts = ["".join(word + " " for word in words[:bold]), words[bold],
              "".join(" " + word for word in words[bold + 1:])]
-    xml = "".join(f'<w:r><w:t xml:space="preserve">{text}</w:t></w:r>' for text in texts)
+    xml = "".join(f'<w:r>{"<w:rPr><w:b/></w:rPr>" if run == 1 else ""}<w:t xml:space="preserve">{text}</w:t></w:r>'
+                  for run, text in enumerate(texts))
     pieces = office_xml_pieces(f"<w:body><w:p>{xml}</w:p></w:body>", WORD)
     stretch = next(text for markup, text in pieces if markup is None)
     translated = reassemble(pieces, iter([[(translation, attention)]]), 0)[0]
     assert isinstance(stretch, OfficeStretch)
-    return re.findall(r"<w:t[^>]*>([^<]*)</w:t>", translated)[1]
+    return " ".join(re.findall(r"<w:b/></w:rPr><w:t[^>]*>([^<]*)</w:t>", translated))
 
 
 def marked(sentence: str) -> str:

@@ -485,6 +485,13 @@ class OfficeFormat:
     space_preserved: bool = False  # the text element needs xml:space="preserve" to keep leading and trailing spaces
     spaces_element: Optional[str] = None  # ODF's <text:s text:c="N"/>: N spaces
     kept: frozenset[str] = frozenset()  # elements whose content is computed (fields), never translated
+    # A run holding nothing but formatting and text, from its start to its text ("<w:r><w:rPr>
+    # <w:b/></w:rPr><w:t>"), and what ends it: a stretch made of such runs alone may have its
+    # runs copied and moved (OfficeStretch), as a translation moves words.
+    simple_run: Optional[re.Pattern] = None
+    run_end: str = ""
+    between_runs: Optional[re.Pattern] = None  # markup between two runs that may be left out (spelling marks)
+    run_element: str = ""
 
     def pieces(self, part: str, xml: str) -> list[Piece]:
         """A text part of a file of this format, cut into pieces (``office_xml_pieces``)."""
@@ -527,11 +534,15 @@ def _element_text_pieces(xml: str, elements: frozenset[str]) -> list[Piece]:
 WORD = OfficeFormat(
     "a Word document", "word/document.xml",
     re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml"),
-    frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t", space_preserved=True)
+    frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t", space_preserved=True,
+    simple_run=re.compile(r"<w:r(?:\s[^>]*)?>(?:<w:rPr>(?:(?!<w:r\b|<w:t\b).)*</w:rPr>)?<w:t(?:\s[^>]*)?>", re.S),
+    run_end="</w:t></w:r>", between_runs=re.compile(r"(?:<w:proofErr\b[^>]*/>)*"), run_element="w:r")
 POWERPOINT = OfficeFormat(
     "a PowerPoint presentation", "ppt/presentation.xml",
     re.compile(r"ppt/(slides/slide|notesSlides/notesSlide)\d+\.xml"),  # not the layouts' prompts
-    frozenset({"a:p"}), frozenset({"a:br"}), text_element="a:t", kept=frozenset({"a:fld"}))  # a slide number
+    frozenset({"a:p"}), frozenset({"a:br"}), text_element="a:t", kept=frozenset({"a:fld"}),  # a slide number
+    simple_run=re.compile(r"<a:r>(?:<a:rPr\b[^>]*/>|<a:rPr\b[^>]*>(?:(?!<a:r\b|<a:t\b).)*</a:rPr>)?<a:t>", re.S),
+    run_end="</a:t></a:r>", between_runs=re.compile(""), run_element="a:r")
 OPEN_DOCUMENT = OfficeFormat(
     "an OpenDocument text", "content.xml", re.compile(r"(content|styles)\.xml"),  # styles.xml: headers, footers
     frozenset({"text:p", "text:h"}), frozenset({"text:tab", "text:line-break"}), spaces_element="text:s",
@@ -606,7 +617,8 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
             parts = tuple((None, " " * spaces[index]) if index in spaces else
                           (None, pieces[index][0]) if index in texts else (pieces[index][0], "")
                           for index in range(first, last + 1))
-            pieces[first] = (None, OfficeStretch(parts, office.text_element if office.space_preserved else None))
+            pieces[first] = (None, OfficeStretch(parts, office.text_element if office.space_preserved else None,
+                                                 _run_starts(pieces, first, last, parts, office), office.run_end))
             pieces[first + 1:last + 1] = [("", "")] * (last - first)
             continue
         pieces[first] = (None, text)
@@ -614,6 +626,34 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
             if index != first:
                 pieces[index] = ("", "")
     return pieces
+
+
+def _run_starts(pieces: list[Piece], first: int, last: int, parts: tuple[tuple[Optional[str], str], ...],
+                office: OfficeFormat) -> Optional[tuple[str, ...]]:
+    """The start of each run of a stretch (from its start tag to its text: "<w:r><w:rPr><w:b/>
+    </w:rPr><w:t>"), if the stretch (``pieces[first:last + 1]``, as ``parts``) is made of
+    ``office.simple_run`` runs alone, side by side; else None."""
+    if office.simple_run is None:
+        return None
+    start = next((index for index in range(first - 1, -1, -1) if pieces[index][0].startswith(f"<{office.run_element}")
+                  and _ANY_XML_TAG.match(pieces[index][0]).group("name") == office.run_element), None)
+    after = "".join(markup for markup, _ in pieces[last + 1:last + 3])
+    if start is None or after != office.run_end:
+        return None
+    starts = ["".join(markup for markup, _ in pieces[start:first])]
+    between = re.compile(rf"{re.escape(office.run_end)}(?:{office.between_runs.pattern})(?P<run>{office.simple_run.pattern})",
+                         re.S)
+    markup = ""
+    for kind, _ in parts[1:]:  # parts[0] is the first run's text
+        if kind is not None:
+            markup += kind
+            continue
+        found = between.fullmatch(markup)
+        if found is None:
+            return None
+        starts.append(found.group("run"))
+        markup = ""
+    return tuple(starts) if not markup and office.simple_run.fullmatch(starts[0]) else None
 
 
 def _space_preserved(markup: str, office: OfficeFormat) -> str:
@@ -632,12 +672,16 @@ def _keeping_spaces(markup: str, element: str) -> str:
 class OfficeStretch:
     """A stretch of an office paragraph's text that its runs cut into pieces (``Der `` and
     `` fährt.`` plain, ``Mann`` bold): translated whole, and the translation shared out among
-    the same runs in their order, each taking the words that looked most at its words (by the
-    model's attention), so bold and italic words, links and other formatting of a run carry
-    over where the translation keeps their order. Without attention, the first run takes it all."""
+    the runs, each word going to the run whose words it looked at most (by the model's
+    attention), so bold and italic words, links and other formatting carry over to the words
+    that translate them. Runs that hold formatting and text alone (``run_starts``) are copied
+    and moved as the words move; others keep their order, each taking the words it can. Without
+    attention, the first run takes it all."""
 
     parts: tuple[tuple[Optional[str], str], ...]  # (None, a run's text as written), or (markup, "") kept
     space_element: Optional[str] = None  # the element holding text, if it must be told to keep spaces (w:t)
+    run_starts: Optional[tuple[str, ...]] = None  # each run's start, to its text ("<w:r><w:rPr>..</w:rPr><w:t>")
+    run_end: str = ""  # what ends a run ("</w:t></w:r>")
 
     @property
     def text(self) -> str:
@@ -649,29 +693,24 @@ class OfficeStretch:
         texts = [html.unescape(text) for markup, text in self.parts if markup is None]
         whole = "".join(texts)
         lead, trail = whole[:len(whole) - len(whole.lstrip())], whole[len(whole.rstrip()):]
-        shares = [""] * len(texts)
         target_words = [match.span() for match in _WORD.finditer(translation)]
+        moved = self.run_starts is not None and attention is not None and bool(target_words)
         if attention is None or not target_words:
-            shares[0] = translation
+            groups = [[0, translation]]
         else:
             starts = [sum(map(len, texts[:run])) for run in range(len(texts))]
             source_runs = [max(run for run, start in enumerate(starts) if start <= match.start())
                            for match in _WORD.finditer(whole)]  # the run each source word starts in
             weights = _articles_look_back(_word_weights(attention, len(source_runs), len(target_words)))
-            runs_of_targets = _in_order(weights, source_runs, len(texts))
-            space = ""  # before the next word, in its run
-            for target, (run, (start, stop)) in enumerate(zip(runs_of_targets, target_words)):
-                shares[run] += space + translation[start:stop]
-                space = ""
-                if target + 1 < len(target_words):
-                    between, following = translation[stop:target_words[target + 1][0]], runs_of_targets[target + 1]
-                    # The space between two runs' words goes where the source had it ("Ein " "Mann" " fährt").
-                    if following != run and not texts[run][-1:].isspace() and texts[following][:1].isspace():
-                        space = between
-                    else:
-                        shares[run] += between
-        shares[0] = lead + shares[0]
-        shares[-1] += trail
+            runs = (_most_looked_at if moved else _in_order)(weights, source_runs, len(texts))
+            groups = _groups(translation, target_words, runs, texts)
+        groups[0][1] = lead + groups[0][1]
+        groups[-1][1] += trail
+        if moved:
+            return self._moved(groups, escape)
+        shares = [""] * len(texts)
+        for run, text in groups:  # in order: each run holds one group at most
+            shares[run] = text
         parts, share = [], iter(shares)
         for markup, _ in self.parts:
             if markup is not None:
@@ -682,6 +721,71 @@ class OfficeStretch:
                 parts[-1] = _keeping_spaces(parts[-1], self.space_element)
             parts.append(_escaped(text, escape))
         return "".join(parts)
+
+    def _moved(self, groups: list[list], escape: bool) -> str:
+        """The stretch as runs copied from its own, one for each group of words, in the
+        translation's order. The first run's start stands before the stretch and its end after
+        it, so the stretch starts in the first run (left empty if the first words go elsewhere)."""
+        if groups[0][0] != 0:
+            groups = [[0, ""]] + groups
+        parts = [_escaped(groups[0][1], escape)]
+        for run, text in groups[1:]:
+            start = self.run_starts[run]
+            if self.space_element and text != text.strip():
+                start = start[:start.rindex("<")] + _keeping_spaces(start[start.rindex("<"):], self.space_element)
+            parts += [self.run_end, start, _escaped(text, escape)]
+        return "".join(parts)
+
+
+def _groups(translation: str, target_words: list[tuple[int, int]], runs: list[int], texts: list[str]) -> list[list]:
+    """The translation's words gathered into [run, text] groups, a group for each stretch of
+    words going to one run, in the translation's order; the space between two groups goes to a
+    run that had a space at its edge in the source ("Ein " "Mann" " fährt"), the first if both did."""
+    groups: list[list] = []
+    space = ""  # before the next word, in its group
+    for target, (run, (start, stop)) in enumerate(zip(runs, target_words)):
+        if not groups or groups[-1][0] != run:
+            groups.append([run, ""])
+        groups[-1][1] += space + translation[start:stop]
+        space = ""
+        if target + 1 < len(target_words):
+            between, following = translation[stop:target_words[target + 1][0]], runs[target + 1]
+            if following != run and not texts[run][-1:].isspace() and texts[following] != texts[following].strip():
+                space = between
+            else:
+                groups[-1][1] += between
+    return groups
+
+
+def _most_looked_at(weights: list[list[float]], source_runs: list[int], runs: int) -> list[int]:
+    """The run each target word goes to: the one whose source words it looked at most. A run
+    of one source word goes to one stretch of words, the one that looked at it most; the
+    others (an article looking ahead at its noun past an adjective) go with the word before."""
+    looks = []
+    for row in weights:
+        looks.append([0.0] * runs)
+        for word, weight in enumerate(row):
+            looks[-1][source_runs[word]] += weight
+    chosen = [max(range(runs), key=row.__getitem__) for row in looks]
+    for run in range(runs):
+        if source_runs.count(run) != 1:
+            continue
+        stretches: list[list[int]] = []
+        for target, chosen_run in enumerate(chosen):
+            if chosen_run == run:
+                if stretches and stretches[-1][-1] == target - 1:
+                    stretches[-1].append(target)
+                else:
+                    stretches.append([target])
+        kept = max(stretches, key=lambda stretch: sum(looks[target][run] for target in stretch), default=[])
+        for stretch in stretches:
+            if stretch is not kept:
+                for target in stretch:
+                    others = [other for other in (chosen[target - 1] if target else None,
+                                                  chosen[stretch[-1] + 1] if stretch[-1] + 1 < len(chosen) else None)
+                              if other is not None and other != run]
+                    chosen[target] = others[0] if others else chosen[target]
+    return chosen
 
 
 def _in_order(weights: list[list[float]], source_runs: list[int], runs: int) -> list[int]:

@@ -82,8 +82,9 @@ def test_a_bold_word_comes_back_around_the_word_that_translates_it(aligned):
 
 def test_a_bold_word_in_a_word_document_stays_bold_in_translation(aligned):
     """A .docx paragraph cut into runs around a bold content word: the paragraph is translated
-    whole, all of it in the runs, and the bold run takes the word that translates its word, for
-    most of those the toy grammar makes certain."""
+    whole, all of it in the runs, and the bold run goes with the word that translates its word,
+    wherever the translation puts it, for most of those the toy grammar makes certain (the
+    bundled run: 90.5%, benchmarks/inline_markup.py)."""
     import io
     import zipfile
     from xml.sax.saxutils import escape
@@ -109,12 +110,10 @@ def test_a_bold_word_in_a_word_document_stays_bold_in_translation(aligned):
     assert len(translated) == len(wanted) > 100
     exact = 0
     for paragraph, (text, word) in zip(translated, wanted):
-        runs = re.findall(r"<w:t[^>]*>([^<]*)</w:t>", paragraph)
-        assert "".join(runs) == text  # the whole translation, in order, across the runs
-        exact += runs[1].strip(" .,") == word.strip(".,")
-    # Runs keep their order, so a word whose translation moves (German puts verbs last) cannot
-    # take it: 65% here against HTML's 93%, where elements move (benchmarks/inline_markup.py).
-    assert exact / len(wanted) > 0.55, (exact, len(wanted))
+        assert "".join(re.findall(r"<w:t[^>]*>([^<]*)</w:t>", paragraph)) == text  # all of it, in order
+        bold = re.findall(r"<w:b/></w:rPr><w:t[^>]*>([^<]*)</w:t>", paragraph)
+        exact += len(bold) == 1 and bold[0].strip(" .,") == word.strip(".,")
+    assert exact / len(wanted) > 0.8, (exact, len(wanted))  # 88% here
 
 
 def test_a_line_of_sentences_is_aligned_as_its_sentences_are_one_by_one(aligned, learned_toy_run):

@@ -531,3 +531,37 @@ def test_a_paragraphs_runs_share_its_translation_as_the_attention_says():
     assert translated == ('<office:text><text:p>A <text:span text:style-name="T1">man</text:span> rides.</text:p>'
                           '<text:p>Before after.<text:note><text:note-body><text:p>N.</text:p></text:note-body>'
                           '</text:note></text:p></office:text>')
+
+
+def test_runs_of_formatting_and_text_alone_move_with_their_words():
+    """Runs that hold nothing but formatting and text (Word's w:r with w:rPr and w:t, spelling
+    marks between them) are copied and moved as the translation moves their words: the bold
+    participle German puts last comes back bold where English puts it."""
+    from seq2seq_cli.documents import POWERPOINT, WORD, OfficeStretch, office_xml_pieces
+
+    xml = (f'<w:document {W}><w:body><w:p><w:pPr><w:jc w:val="left"/></w:pPr><w:r><w:rPr><w:sz w:val="24"/></w:rPr>'
+           '<w:t xml:space="preserve">Er hat den Hund </w:t></w:r><w:proofErr w:type="spellStart"/>'
+           '<w:r><w:rPr><w:b/><w:sz w:val="24"/></w:rPr><w:t>gesehen</w:t></w:r><w:proofErr w:type="spellEnd"/>'
+           '<w:r><w:rPr><w:sz w:val="24"/></w:rPr><w:t>.</w:t></w:r></w:p></w:body></w:document>')
+    pieces = office_xml_pieces(xml, WORD)
+    (stretch,) = [text for markup, text in pieces if markup is None]
+    assert isinstance(stretch, OfficeStretch) and stretch.run_starts is not None
+    # "He has seen the dog.": "seen" looks at "gesehen.", "the" and "dog." at "den" and "Hund".
+    translated, _ = reassemble(pieces, iter([[("He has seen the dog.", one_to_one(0, 1, 4, 2, 3, sources=5))]]), 0)
+    plain, bold = '<w:r><w:rPr><w:sz w:val="24"/></w:rPr><w:t', '<w:r><w:rPr><w:b/><w:sz w:val="24"/></w:rPr><w:t'
+    assert (f'<w:pPr><w:jc w:val="left"/></w:pPr>{plain} xml:space="preserve">He has </w:t></w:r>{bold}>seen</w:t></w:r>'
+            f'{plain} xml:space="preserve"> the dog.</w:t></w:r></w:p>') in translated
+    # Anything else between the runs (a bookmark, a field, a link) keeps them where they are.
+    for between in ('<w:bookmarkStart w:id="0" w:name="x"/>', '<w:hyperlink r:id="rId1">'):
+        other = xml.replace('<w:proofErr w:type="spellStart"/>', between)
+        if "hyperlink" in between:
+            other = other.replace('<w:proofErr w:type="spellEnd"/>', "</w:hyperlink>")
+        (stretch,) = [text for markup, text in office_xml_pieces(other, WORD) if markup is None]
+        assert stretch.run_starts is None
+    # PowerPoint's runs move the same way.
+    slide = ('<p:sld><a:p><a:r><a:rPr lang="de-DE"/><a:t>Er hat den Hund </a:t></a:r><a:r><a:rPr lang="de-DE" b="1"/>'
+             '<a:t>gesehen.</a:t></a:r></a:p></p:sld>')
+    pieces = office_xml_pieces(slide, POWERPOINT)
+    translated, _ = reassemble(pieces, iter([[("He has seen the dog.", one_to_one(0, 1, 4, 2, 3, sources=5))]]), 0)
+    assert translated == ('<p:sld><a:p><a:r><a:rPr lang="de-DE"/><a:t>He has </a:t></a:r><a:r><a:rPr lang="de-DE" b="1"/>'
+                          '<a:t>seen</a:t></a:r><a:r><a:rPr lang="de-DE"/><a:t> the dog.</a:t></a:r></a:p></p:sld>')
