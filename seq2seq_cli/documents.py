@@ -15,6 +15,7 @@ translated as HTML is.
 from __future__ import annotations
 
 import dataclasses
+import bisect
 import html
 import io
 import re
@@ -53,6 +54,10 @@ _VOID = frozenset("area base br col embed hr img input link meta param source tr
 _INLINE = frozenset("a abbr b bdi bdo big cite data del dfn em font i img ins mark q s small span strong sub sup "
                     "time tt u var wbr".split())
 _WORD = re.compile(r"\S+")
+# A run of text with markup inside (``Inline``, ``OfficeStretch``) of more words than this is
+# translated as before them, piece by piece: placing markup costs time that grows with the
+# square of a run's words, and a run's word attention takes memory that does too.
+MAX_PLACED_WORDS = 1000
 # The least attention a word of a translation pays to an element's words to be placed in it.
 _LEAST_LOOK = 0.1
 
@@ -93,7 +98,7 @@ class Inline:
         root = _Element("", "", 0, len(self.text), [], [], frozenset(range(len(source_words))))
         _nest(root, self.text, self.markup, source_words)
         source_of = [max(range(len(row)), key=row.__getitem__) for row in weights]  # what each word looked at most
-        _place(root, 0, len(target_words) - 1, weights, source_of, source_words)
+        _place(root, 0, len(target_words) - 1, weights, list(map(sum, weights)), source_of, source_words)
         parts: list[str] = []
         _render(root, 0, len(target_words) - 1, translation, target_words, escape, parts)
         lead = self.text[:len(self.text) - len(self.text.lstrip())]
@@ -141,6 +146,7 @@ def _nest(root: _Element, text: str, markup: tuple[tuple[int, str], ...], source
         elif match and name not in _VOID and not tag.endswith("/>"):
             open_elements.append((_Element(tag, "", offset, offset, [], []), index, name))
     closed = {start: (end, element) for start, end, element in tags}
+    word_starts, word_ends = [start for start, _ in source_words], [stop for _, stop in source_words]
     parents = [root]  # the innermost closed element around each tag
     ends: list[int] = []
     index = 0
@@ -151,8 +157,9 @@ def _nest(root: _Element, text: str, markup: tuple[tuple[int, str], ...], source
         offset, tag = markup[index]
         if index in closed:
             end, element = closed[index]
-            element.words = frozenset(k for k, (start, stop) in enumerate(source_words)
-                                      if start < element.end and stop > element.start)
+            # The source words it overlaps: those starting before its end and ending after its start.
+            element.words = frozenset(range(bisect.bisect_right(word_ends, element.start),
+                                            bisect.bisect_left(word_starts, element.end)))
             if element.words:
                 held = text[element.start:element.end].strip()
                 element.after_punctuation = not unicodedata.category(held[0]).startswith("P")
@@ -198,8 +205,8 @@ def _articles_look_back(weights: list[list[float]]) -> list[list[float]]:
     return refined
 
 
-def _place(element: _Element, low: int, high: int, weights: list[list[float]], source_of: list[int],
-           source_words: list[tuple[int, int]]) -> None:
+def _place(element: _Element, low: int, high: int, weights: list[list[float]], totals: list[float],
+           source_of: list[int], source_words: list[tuple[int, int]]) -> None:
     """Place ``element``'s children, each inside its parent (target words ``low`` to ``high``)
     and beside its siblings, around the stretch of target words that looked at its words more
     than at all others together, the most so (``_best_stretch``); a child no target word looked
@@ -215,7 +222,7 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], s
             position = last + 1
         gaps.append((position, high))
         held = [sum(row[word] for word in child.words) for row in weights]  # each target word's look at it
-        stretches = [_best_stretch(held, weights, first, last) for first, last in gaps if first <= last]
+        stretches = [_best_stretch(held, totals, first, last) for first, last in gaps if first <= last]
         best = max(stretches, key=lambda stretch: stretch[0], default=None)
         if best is None or best[0] < _LEAST_LOOK - 1:  # no target word looked at its words
             element.children.remove(child)
@@ -226,7 +233,7 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], s
     if text_in_children and element.children:
         _fill(sorted(element.children, key=lambda child: child.span), low, high, weights)
     for child in element.children:
-        _place(child, *child.span, weights, source_of, source_words)
+        _place(child, *child.span, weights, totals, source_of, source_words)
     points = [(_point_position(offset, low, high, source_of, source_words), tag)
               for offset, tag in sorted(element.points, key=lambda point: point[0])]
     element.points = sorted(points, key=lambda point: point[0])  # stable: in the text's order where tied
@@ -252,15 +259,14 @@ def _fill(children: list[_Element], low: int, high: int, weights: list[list[floa
         left.span, right.span = (left.span[0], split), (split + 1, right.span[1])
 
 
-def _best_stretch(held: list[float], weights: list[list[float]], first: int, last: int
-                  ) -> tuple[float, tuple[int, int]]:
+def _best_stretch(held: list[float], totals: list[float], first: int, last: int) -> tuple[float, tuple[int, int]]:
     """The stretch of target words ``first`` to ``last`` whose look at an element's words
     (``held``) beats their look elsewhere by the most, added up (a maximum subarray); if none
     does, the one word that looked at them the most. (score, (first word, last word))."""
     best, best_span = float("-inf"), (first, first)
     total, start = 0.0, first
     for target in range(first, last + 1):
-        gain = 2 * held[target] - sum(weights[target])  # at the element's words minus elsewhere
+        gain = 2 * held[target] - totals[target]  # at the element's words minus elsewhere
         if total <= 0:
             total, start = 0.0, target
         total += gain
@@ -396,7 +402,8 @@ def _runs_of(tokens: list[tuple[str, str]]) -> list[Piece]:
             start += 1
             continue
         stretch = tokens[start:end]
-        if sum(kind == "text" and bool(token.strip()) for kind, token in stretch) > 1:
+        words = sum(len(token.split()) for kind, token in stretch if kind == "text")
+        if sum(kind == "text" and bool(token.strip()) for kind, token in stretch) > 1 and words <= MAX_PLACED_WORDS:
             pieces.append((None, Inline.of(stretch)))
         else:
             pieces.extend((token, "") if kind == "inline" or not token.strip() else (None, token)
@@ -612,7 +619,8 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
         if office.space_preserved:  # the element holding the first text must keep its spaces
             pieces[first - 1] = (_space_preserved(pieces[first - 1][0], office), "")
         last = stretch[-1]
-        if len(texts) > 1 and all(owner.get(index, number) == number for index in range(first, last + 1)):
+        if 1 < len(texts) and len(text.split()) <= MAX_PLACED_WORDS and \
+                all(owner.get(index, number) == number for index in range(first, last + 1)):
             # Its runs, and the markup between them, as one piece (no other paragraph inside).
             parts = tuple((None, " " * spaces[index]) if index in spaces else
                           (None, pieces[index][0]) if index in texts else (pieces[index][0], "")

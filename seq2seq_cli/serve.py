@@ -677,10 +677,15 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             if model_lines:
                 submitted[model.name] = model.worker.submit(model_lines, search)
         outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
-        results = [(text, []) if model is None else
-                   reassemble(text_pieces, (d.renderings() for d in outputs.get(model.name, iter(()))), alternatives,
-                              escape=text_format == "html", keep_spacing=text_format == "html")
-                   for text, text_pieces, model in zip(texts, pieces, chosen)]
+
+        def reassembled() -> list[tuple[str, list[str]]]:
+            return [(text, []) if model is None else
+                    reassemble(text_pieces, (d.renderings() for d in outputs.get(model.name, iter(()))), alternatives,
+                               escape=text_format == "html", keep_spacing=text_format == "html")
+                    for text, text_pieces, model in zip(texts, pieces, chosen)]
+
+        # Placing inline markup takes CPU time: off the event loop, as translating is.
+        results = await asyncio.to_thread(reassembled) if text_format == "html" else reassembled()
         answer: dict[str, Any] = {"translatedText": results[0][0] if single else [r[0] for r in results]}
         if alternatives:
             answer["alternatives"] = results[0][1] if single else [r[1] for r in results]
@@ -777,7 +782,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences,
                             word_attention=document.inline_markup)
             decoded = await _search_in_chunks(model.worker, texts, search)
-            translated = document.translated(d.renderings() for d in decoded)
+            translated = await asyncio.to_thread(document.translated, (d.renderings() for d in decoded))
         download = translated_files.add(name, translated, _MEDIA_TYPES[kind])
         # url_for takes the path as it is: quoted here, read back unquoted.
         url = request.url_for("download_file", download=quote(download, safe=""))

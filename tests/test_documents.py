@@ -565,3 +565,16 @@ def test_runs_of_formatting_and_text_alone_move_with_their_words():
     translated, _ = reassemble(pieces, iter([[("He has seen the dog.", one_to_one(0, 1, 4, 2, 3, sources=5))]]), 0)
     assert translated == ('<p:sld><a:p><a:r><a:rPr lang="de-DE"/><a:t>He has </a:t></a:r><a:r><a:rPr lang="de-DE" b="1"/>'
                           '<a:t>seen</a:t></a:r><a:r><a:rPr lang="de-DE"/><a:t> the dog.</a:t></a:r></a:p></p:sld>')
+
+
+def test_a_run_of_more_words_than_markup_is_placed_in_is_translated_piece_by_piece():
+    """Placing markup costs time and memory growing with the square of a run's words: a
+    paragraph of more than MAX_PLACED_WORDS words with inline elements is cut at them, as
+    before, and so is an office paragraph's stretch left to its first run."""
+    from seq2seq_cli.documents import MAX_PLACED_WORDS, WORD, OfficeStretch, office_xml_pieces
+
+    words = " ".join(["word"] * MAX_PLACED_WORDS)
+    assert [type(text) for markup, text in html_pieces(f"<p>{words} <b>x</b></p>") if markup is None] == [str, str]
+    assert [type(text) for markup, text in html_pieces(f"<p>{words[5:]} <b>x</b></p>") if markup is None] == [Inline]
+    xml = f'<w:body><w:p><w:r><w:t>{words} </w:t></w:r><w:r><w:t>x</w:t></w:r></w:p></w:body>'
+    assert not any(isinstance(text, OfficeStretch) for _, text in office_xml_pieces(xml, WORD))
