@@ -499,6 +499,8 @@ class OfficeFormat:
     run_end: str = ""
     between_runs: Optional[re.Pattern] = None  # markup between two runs that may be left out (spelling marks)
     run_element: str = ""
+    # The parts that may declare the language of text (styles' defaults, runs, metadata).
+    language_parts: re.Pattern = re.compile("")
 
     def pieces(self, part: str, xml: str) -> list[Piece]:
         """A text part of a file of this format, cut into pieces (``office_xml_pieces``)."""
@@ -514,6 +516,7 @@ class EbookFormat:
     name: str = "an EPUB e-book"
     main_part: str = "META-INF/container.xml"
     text_parts: re.Pattern = re.compile(r"(?i).*\.(xhtml|html|htm|ncx|opf)")
+    language_parts: re.Pattern = re.compile(r"(?i).*\.(xhtml|html|htm|opf)")
 
     def pieces(self, part: str, xml: str) -> list[Piece]:
         if part.lower().endswith(".ncx"):
@@ -543,13 +546,15 @@ WORD = OfficeFormat(
     re.compile(r"word/(document|header\d*|footer\d*|footnotes|endnotes)\.xml"),
     frozenset({"w:p"}), frozenset({"w:tab", "w:br", "w:cr", "w:ptab"}), text_element="w:t", space_preserved=True,
     simple_run=re.compile(r"<w:r(?:\s[^>]*)?>(?:<w:rPr>(?:(?!<w:r\b|<w:t\b).)*</w:rPr>)?<w:t(?:\s[^>]*)?>", re.S),
-    run_end="</w:t></w:r>", between_runs=re.compile(r"(?:<w:proofErr\b[^>]*/>)*"), run_element="w:r")
+    run_end="</w:t></w:r>", between_runs=re.compile(r"(?:<w:proofErr\b[^>]*/>)*"), run_element="w:r",
+    language_parts=re.compile(r"word/[^/]+\.xml|docProps/core\.xml"))
 POWERPOINT = OfficeFormat(
     "a PowerPoint presentation", "ppt/presentation.xml",
     re.compile(r"ppt/(slides/slide|notesSlides/notesSlide)\d+\.xml"),  # not the layouts' prompts
     frozenset({"a:p"}), frozenset({"a:br"}), text_element="a:t", kept=frozenset({"a:fld"}),  # a slide number
     simple_run=re.compile(r"<a:r>(?:<a:rPr\b[^>]*/>|<a:rPr\b[^>]*>(?:(?!<a:r\b|<a:t\b).)*</a:rPr>)?<a:t>", re.S),
-    run_end="</a:t></a:r>", between_runs=re.compile(""), run_element="a:r")
+    run_end="</a:t></a:r>", between_runs=re.compile(""), run_element="a:r",
+    language_parts=re.compile(r"ppt/.+\.xml|docProps/core\.xml"))
 OPEN_DOCUMENT = OfficeFormat(
     "an OpenDocument text", "content.xml", re.compile(r"(content|styles)\.xml"),  # styles.xml: headers, footers
     frozenset({"text:p", "text:h"}), frozenset({"text:tab", "text:line-break"}), spaces_element="text:s",
@@ -559,6 +564,9 @@ OPEN_DOCUMENT = OfficeFormat(
         "subject word-count character-count paragraph-count").split()))
 OPEN_DOCUMENT_PRESENTATION = dataclasses.replace(
     OPEN_DOCUMENT, name="an OpenDocument presentation", text_parts=re.compile(r"content\.xml"))
+OPEN_DOCUMENT = dataclasses.replace(OPEN_DOCUMENT, language_parts=re.compile(r"(content|styles|meta)\.xml"))
+OPEN_DOCUMENT_PRESENTATION = dataclasses.replace(OPEN_DOCUMENT_PRESENTATION,
+                                                 language_parts=re.compile(r"(content|styles|meta)\.xml"))
 EPUB = EbookFormat()
 # The formats whose files are zips of parts, some of whose text is translated (OfficeDocument).
 OFFICE_FORMATS: dict[str, OfficeFormat | EbookFormat] = {
@@ -649,8 +657,8 @@ def _run_starts(pieces: list[Piece], first: int, last: int, parts: tuple[tuple[O
     if start is None or after != office.run_end:
         return None
     starts = ["".join(markup for markup, _ in pieces[start:first])]
-    between = re.compile(rf"{re.escape(office.run_end)}(?:{office.between_runs.pattern})(?P<run>{office.simple_run.pattern})",
-                         re.S)
+    between = re.compile(
+        rf"{re.escape(office.run_end)}(?:{office.between_runs.pattern})(?P<run>{office.simple_run.pattern})", re.S)
     markup = ""
     for kind, _ in parts[1:]:  # parts[0] is the first run's text
         if kind is not None:
@@ -697,7 +705,8 @@ class OfficeStretch:
         return "".join(html.unescape(text) for markup, text in self.parts if markup is None)
 
     def translated(self, translation: str, attention: Optional[WordAttention], escape: bool = True) -> str:
-        """The stretch's XML with ``translation`` shared out among its runs (``attention``: as ``Inline.translated``)."""
+        """The stretch's XML with ``translation`` shared out among its runs (``attention``: as
+        ``Inline.translated``)."""
         texts = [html.unescape(text) for markup, text in self.parts if markup is None]
         whole = "".join(texts)
         lead, trail = whole[:len(whole) - len(whole.lstrip())], whole[len(whole.rstrip()):]
@@ -835,6 +844,7 @@ class OfficeDocument:
         part is never unpacked past the size its entry states)."""
         try:
             self._archive = zipfile.ZipFile(io.BytesIO(data))
+            self._office = office
             members = self._archive.infolist()
             parts = [info for info in members if office.text_parts.fullmatch(info.filename)]
             if not any(info.filename == office.main_part for info in members):
@@ -856,18 +866,26 @@ class OfficeDocument:
         """How long the file is, as a limit counts it: its text alone."""
         return sum(map(len, self.runs()))
 
-    def translated(self, translations: Iterator[list[Rendering]]) -> bytes:
+    def translated(self, translations: Iterator[list[Rendering]], languages: Optional[tuple[str, str]] = None
+                   ) -> bytes:
         """The document with each stretch replaced by the next of ``translations`` (n-best
         lists, the first taken; with its word attention where ``inline_markup``), as a file of
-        its format."""
+        its format; with ``languages`` (source, target), what declared the source language
+        declares the target's (``relabel_languages``)."""
         output = io.BytesIO()
         with zipfile.ZipFile(output, "w") as archive:
             for info in self._archive.infolist():
+                data = self._archive.read(info)
                 if info.filename in self._pieces:
                     xml, _ = reassemble(self._pieces[info.filename], translations, 0, escape=True, keep_spacing=True)
-                    archive.writestr(info, xml.encode("utf-8"))
-                else:
-                    archive.writestr(info, self._archive.read(info))
+                    is_html = isinstance(self._office, EbookFormat) and \
+                        not info.filename.lower().endswith((".opf", ".ncx"))
+                    data = (relabel_languages(xml, *languages, is_html=is_html) if languages else xml).encode("utf-8")
+                elif languages and self._office.language_parts.fullmatch(info.filename):
+                    xml = data.decode("utf-8")
+                    relabeled = relabel_languages(xml, *languages, is_html=isinstance(self._office, EbookFormat))
+                    data = data if relabeled == xml else relabeled.encode("utf-8")
+                archive.writestr(info, data)
         return output.getvalue()
 
     @classmethod
@@ -893,8 +911,72 @@ class TextFile:
     def runs(self) -> list[str]:
         return runs(self._pieces, html_entities=self._html)
 
-    def translated(self, translations: Iterator[list[Rendering]]) -> bytes:
-        return reassemble(self._pieces, translations, 0, escape=self._html, keep_spacing=True)[0].encode("utf-8")
+    def translated(self, translations: Iterator[list[Rendering]], languages: Optional[tuple[str, str]] = None
+                   ) -> bytes:
+        text = reassemble(self._pieces, translations, 0, escape=self._html, keep_spacing=True)[0]
+        return (relabel_languages(text, *languages, is_html=True) if languages and self._html else text).encode("utf-8")
+
+
+# The region a language is written for, where a format asks for one (Word's w:val="en-US",
+# ODF's fo:country): a source's region says nothing of the target's.
+_USUAL_REGION = {"ar": "SA", "cs": "CZ", "da": "DK", "de": "DE", "el": "GR", "en": "US", "es": "ES", "fi": "FI",
+                 "fr": "FR", "he": "IL", "hi": "IN", "hu": "HU", "it": "IT", "ja": "JP", "ko": "KR", "nl": "NL",
+                 "nb": "NO", "pl": "PL", "pt": "PT", "ro": "RO", "ru": "RU", "sv": "SE", "tr": "TR", "uk": "UA",
+                 "zh": "CN"}
+_ANY_TAG = re.compile(r"<[A-Za-z][^>]*>")
+_LANGUAGE_ATTRIBUTE = re.compile(r"""(?P<name>\s(?:xml:lang|lang|w:val|fo:language))(?P<equals>\s*=\s*)"""
+                                 r"""(?P<quote>["'])(?P<value>[^"']*)(?P=quote)""")
+_COUNTRY = re.compile(r"""(\sfo:country\s*=\s*)(["'])[^"']*\2""")
+_DC_LANGUAGE = re.compile(r"(<dc:language\b[^>]*>)([^<]*)(</dc:language>)")
+
+
+def relabel_languages(markup: str, source: str, target: str, is_html: bool = False) -> str:
+    """``markup`` with each declaration of the source language made the target's: HTML's and
+    XML's ``lang``/``xml:lang`` (and PowerPoint's ``lang``), Word's ``<w:lang w:val>``,
+    OpenDocument's ``fo:language`` (with its ``fo:country``) and ``<dc:language>``, so spelling,
+    hyphenation and screen readers take the translation for what it is. Other languages'
+    declarations are kept, and so is the declaration of an element marked ``translate="no"``
+    (its text was not translated). A value with a region gets the target's usual one ("de-DE"
+    to "en-US"). ``is_html``: comments, CDATA and code (a script) are left as they are."""
+
+    def relabeled(value: str) -> Optional[str]:
+        parts = re.split(r"[-_]", value.strip())
+        if parts[0].lower() != source.lower():
+            return None
+        region = _USUAL_REGION.get(target.lower())
+        return f"{target}-{region}" if len(parts) > 1 and region else target
+
+    def tag(match: re.Match) -> str:
+        text = match.group()
+        if not text[1:2].isalpha() or is_html and _CODE.fullmatch(text):
+            return text
+        if _TRANSLATE.search(text) and _TRANSLATE.search(text).group("value").lower() == "no" or \
+                _NO_TRANSLATE_CLASS.search(text):
+            return text
+        is_word_lang = text.startswith(("<w:lang", "<w:themeFontLang"))
+        changed = False
+
+        def attribute(found: re.Match) -> str:
+            nonlocal changed
+            if found.group("name").strip() == "w:val" and not is_word_lang:
+                return found.group()
+            value = relabeled(found.group("value"))
+            if value is None:
+                return found.group()
+            changed = True
+            if found.group("name").strip() == "fo:language":
+                value = target
+            return f'{found.group("name")}{found.group("equals")}{found.group("quote")}{value}{found.group("quote")}'
+
+        text = _LANGUAGE_ATTRIBUTE.sub(attribute, text)
+        if changed and "fo:country" in text:
+            text = _COUNTRY.sub(lambda found: f'{found.group(1)}{found.group(2)}'
+                                f'{_USUAL_REGION.get(target.lower(), "none")}{found.group(2)}', text)
+        return text
+
+    markup = (_MARKUP if is_html else _ANY_TAG).sub(tag, markup)
+    return _DC_LANGUAGE.sub(lambda found: found.group(1) + (relabeled(found.group(2)) or found.group(2))
+                            + found.group(3), markup)
 
 
 def read_file(kind: str, data: bytes, max_unpacked: Optional[int] = None) -> TextFile | OfficeDocument:

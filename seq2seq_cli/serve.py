@@ -47,7 +47,7 @@ import torch
 
 from seq2seq_cli.device import select_device
 from seq2seq_cli.documents import (FILE_FORMATS, OFFICE_FORMATS, has_inline_markup, html_pieces, read_file, reassemble,
-                                   runs, text_lines)
+                                   relabel_languages, runs, text_lines)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.precision import check_decoding_format
@@ -679,10 +679,19 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         outputs = {name: iter(await asyncio.wrap_future(future)) for name, future in submitted.items()}
 
         def reassembled() -> list[tuple[str, list[str]]]:
-            return [(text, []) if model is None else
-                    reassemble(text_pieces, (d.renderings() for d in outputs.get(model.name, iter(()))), alternatives,
-                               escape=text_format == "html", keep_spacing=text_format == "html")
-                    for text, text_pieces, model in zip(texts, pieces, chosen)]
+            results = []
+            for text, text_pieces, model in zip(texts, pieces, chosen):
+                if model is None:
+                    results.append((text, []))
+                    continue
+                renderings = (d.renderings() for d in outputs.get(model.name, iter(())))
+                best, others = reassemble(text_pieces, renderings, alternatives, escape=text_format == "html",
+                                          keep_spacing=text_format == "html")
+                if text_format == "html":  # what declared the source language declares the target's
+                    best, *others = [relabel_languages(version, model.source, model.target, is_html=True)
+                                     for version in (best, *others)]
+                results.append((best, others))
+            return results
 
         # Placing inline markup takes CPU time: off the event loop, as translating is.
         results = await asyncio.to_thread(reassembled) if text_format == "html" else reassembled()
@@ -782,7 +791,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             search = Search(beam_size=model.translator.decoding.beam_size, split_sentences=settings.split_sentences,
                             word_attention=document.inline_markup)
             decoded = await _search_in_chunks(model.worker, texts, search)
-            translated = await asyncio.to_thread(document.translated, (d.renderings() for d in decoded))
+            translated = await asyncio.to_thread(document.translated, (d.renderings() for d in decoded),
+                                                 (model.source, model.target))
         download = translated_files.add(name, translated, _MEDIA_TYPES[kind])
         # url_for takes the path as it is: quoted here, read back unquoted.
         url = request.url_for("download_file", download=quote(download, safe=""))

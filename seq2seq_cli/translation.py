@@ -34,7 +34,7 @@ from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, 
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.documents import (OFFICE_FORMATS, OfficeDocument, Rendering, has_inline_markup, html_pieces,
-                                    reassemble, runs)
+                                    reassemble, relabel_languages, runs)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -395,7 +395,10 @@ class Translator:
         pieces = [html_pieces(document) for document in documents]
         texts = [text for document in pieces for text in runs(document, html_entities=True)]
         translations = iter(self._renderings(texts, any(map(has_inline_markup, pieces))))
-        return [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
+        translated = [reassemble(document, translations, 0, escape=True, keep_spacing=True)[0] for document in pieces]
+        languages = self._languages()
+        return [relabel_languages(document, *languages, is_html=True) for document in translated] if languages \
+            else translated
 
     def translate_office(self, document: bytes, file_format: str) -> bytes:
         """An office file's or e-book's bytes (``file_format``: "docx", "odt", "pptx", "odp" or
@@ -404,7 +407,14 @@ class Translator:
         else kept (``documents.OfficeDocument``), as ``s2s serve`` translates such a file.
         ValueError if it is not one."""
         opened = OfficeDocument(document, OFFICE_FORMATS[file_format])
-        return opened.translated(iter(self._renderings(opened.runs(), opened.inline_markup)))
+        return opened.translated(iter(self._renderings(opened.runs(), opened.inline_markup)), self._languages())
+
+    def _languages(self) -> Optional[tuple[str, str]]:
+        """(source, target) language codes, when the run names both: a document's declaration
+        of the one becomes the other's (``documents.relabel_languages``)."""
+        if self.source_language and self.target_language:
+            return self.source_language, self.target_language
+        return None
 
     def _renderings(self, texts: list[str], inline_markup: bool) -> list[list[Rendering]]:
         """The best translation of each run of a document, as ``documents.reassemble`` takes it:

@@ -99,7 +99,9 @@ def make_docx() -> bytes:
         archive.writestr("_rels/.rels", '<?xml version="1.0"?><Relationships/>')
         archive.writestr("word/document.xml", DOCUMENT_XML)
         archive.writestr("word/header1.xml", HEADER_XML)
-        archive.writestr("word/styles.xml", f'<w:styles {W}><w:t>not text to translate</w:t></w:styles>')
+        archive.writestr("word/styles.xml", f'<w:styles {W}><w:docDefaults><w:rPrDefault><w:rPr><w:lang w:val="en-US" '
+                         'w:eastAsia="zh-CN"/></w:rPr></w:rPrDefault></w:docDefaults><w:t>not text to translate</w:t>'
+                         '</w:styles>')
         archive.writestr("word/media/image1.png", bytes(range(256)) * 4, zipfile.ZIP_STORED)
     return data.getvalue()
 
@@ -578,3 +580,35 @@ def test_a_run_of_more_words_than_markup_is_placed_in_is_translated_piece_by_pie
     assert [type(text) for markup, text in html_pieces(f"<p>{words[5:]} <b>x</b></p>") if markup is None] == [Inline]
     xml = f'<w:body><w:p><w:r><w:t>{words} </w:t></w:r><w:r><w:t>x</w:t></w:r></w:p></w:body>'
     assert not any(isinstance(text, OfficeStretch) for _, text in office_xml_pieces(xml, WORD))
+
+
+def test_what_declared_the_source_language_declares_the_target_language():
+    """A translated document says it is in the target language wherever it said it was in the
+    source language (spelling, hyphenation and screen readers read by it); other languages, and
+    text kept untranslated, keep theirs."""
+    import io
+    import zipfile
+
+    from seq2seq_cli.documents import EPUB, WORD, OfficeDocument, relabel_languages
+
+    page = ('<html lang="en"><!-- <p lang="en"> --><script>var p = "<p lang=\'en\'>";</script>'
+            '<p lang="en-GB">x</p><q lang="fr">y</q><span lang="en" translate="no">z</span><p xml:lang="EN">w</p></html>')
+    assert relabel_languages(page, "en", "de", is_html=True) == (
+        '<html lang="de"><!-- <p lang="en"> --><script>var p = "<p lang=\'en\'>";</script>'
+        '<p lang="de-DE">x</p><q lang="fr">y</q><span lang="en" translate="no">z</span><p xml:lang="de">w</p></html>')
+    assert relabel_languages('<w:lang w:val="en-US" w:eastAsia="zh-CN"/><w:jc w:val="en"/><a:rPr lang="en-US" b="1"/>'
+                             '<style:text-properties fo:language="en" fo:country="GB" style:language-asian="zh"/>'
+                             '<dc:language>en-US</dc:language><dc:language>fr</dc:language>', "en", "de") == (
+        '<w:lang w:val="de-DE" w:eastAsia="zh-CN"/><w:jc w:val="en"/><a:rPr lang="de-DE" b="1"/>'
+        '<style:text-properties fo:language="de" fo:country="DE" style:language-asian="zh"/>'
+        '<dc:language>de-DE</dc:language><dc:language>fr</dc:language>')
+    # In a Word document the styles' default language too.
+    original = make_docx()
+    document = OfficeDocument(original, WORD)
+    translated = zipfile.ZipFile(io.BytesIO(document.translated(iter([[text] for text in document.runs()]),
+                                                                ("en", "de"))))
+    assert '<w:lang w:val="de-DE" w:eastAsia="zh-CN"/>' in translated.read("word/styles.xml").decode()
+    book = OfficeDocument(make_epub(), EPUB)
+    translated = zipfile.ZipFile(io.BytesIO(book.translated(iter([[text] for text in book.runs()]), ("en", "de"))))
+    assert "<dc:language>de</dc:language>" in translated.read("OEBPS/content.opf").decode()
+    assert 'lang="de" xml:lang="de"' in translated.read("OEBPS/chapter1.xhtml").decode()

@@ -193,7 +193,7 @@ def test_a_sentence_with_inline_elements_is_translated_whole_by_the_server_and_o
     first, second = toy_lines("test", 2)[0]
     words = first.split()
     marked = " ".join([f'<a href="/x?a=1&amp;b=2">{words[0]}</a>', *words[1:-2], f"<b>{words[-2]}</b>", words[-1]])
-    page = f"<div><p>{marked}</p>\n<p>{second}</p></div>"
+    page = f'<div lang="en"><p>{marked}</p>\n<p>{second}</p></div>'
     answer = httpx.post(f"{server.url}/translate", json={"q": page, "source": "en", "target": "de", "format": "html",
                                                          "alternatives": 1}).json()
     strip = lambda text: re.sub(r"<[^>]*>", "", text)  # noqa: E731
@@ -209,6 +209,7 @@ def test_a_sentence_with_inline_elements_is_translated_whole_by_the_server_and_o
     answer = httpx.post(f"{server.url}/translate", json={"q": page, "source": "en", "target": "de",
                                                          "format": "html"}).json()["translatedText"]
     assert strip(answer) == strip(page).replace(first, escape(a1, quote=False)).replace(second, escape(b1, quote=False))
+    assert answer.startswith('<div lang="de">')  # the language it declared is the target's now
     result = s2s_forked("translate", "--checkpoint", run, "--html", stdin=page)
     assert result.returncode == 0 and result.stdout.decode() == answer
     assert Translator.load(run, "cpu", split_sentences=True).translate_html(page) == answer

@@ -87,6 +87,11 @@ def test_office_documents_are_translated_into_documents(run_dir, tmp_path):
         # A stretch keeps the spaces around it (the odt's "Page " before its page number field).
         assert [text.strip() for text in OfficeDocument((tmp_path / f"de-{name}").read_bytes(), office).runs()] \
             == lines.stdout.decode().splitlines(), name
+    # The documents now say they are German where they said English (the run is en -> de).
+    import zipfile
+
+    assert '<w:lang w:val="de-DE"' in zipfile.ZipFile(tmp_path / "de-report.docx").read("word/styles.xml").decode()
+    assert "<dc:language>de</dc:language>" in zipfile.ZipFile(tmp_path / "de-book.epub").read("OEBPS/content.opf").decode()
     (tmp_path / "notes.docx").write_text("The dog.\n")
     assert_user_errors(
         (("translate", "--checkpoint", run_dir, "--nbest", "2", "--input", tmp_path / "report.docx"),
