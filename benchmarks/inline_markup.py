@@ -13,7 +13,7 @@ those that hold it and more words, and those that miss it.
 
 The same words are put in a bold run of a Word paragraph (runs before and after it) and
 the translation shared out among the runs as `s2s translate --input X.docx` does
-(`documents.OfficeStretch`): the runs keep their order there.
+(`office.OfficeStretch`): the runs keep their order there.
 
 With --src and --ref (e.g. Multi30k's test2016), each source sentence becomes a paragraph
 with its second word in `<b>` and its last word in `<a href>`; the page is translated with
@@ -41,7 +41,8 @@ sys.path.insert(0, str(TOY))
 from generate import content_word_links  # noqa: E402
 
 from seq2seq_cli.data import read_lines  # noqa: E402
-from seq2seq_cli.documents import WORD, Inline, OfficeStretch, html_pieces, office_xml_pieces, reassemble  # noqa: E402
+from seq2seq_cli.documents import Inline, html_pieces, reassemble  # noqa: E402
+from seq2seq_cli.office import WORD, OfficeStretch, office_xml_pieces  # noqa: E402
 from seq2seq_cli.translation import Translator  # noqa: E402
 
 _BOLD = re.compile(r"<b>(.*?)</b>")

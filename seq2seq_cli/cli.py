@@ -258,7 +258,7 @@ def translate(
     """
     from seq2seq_cli.data import count_lines
     from seq2seq_cli.decoding import Sampling
-    from seq2seq_cli.documents import OFFICE_FORMATS
+    from seq2seq_cli.office import OFFICE_FORMATS
     from seq2seq_cli.translation import Translator
 
     sampling_options = {"--sample-topk": sample_topk, "--temperature": temperature, "--seed": seed}

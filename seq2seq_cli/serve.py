@@ -46,10 +46,10 @@ from urllib.parse import parse_qs, quote
 import torch
 
 from seq2seq_cli.device import select_device
-from seq2seq_cli.documents import (FILE_FORMATS, OFFICE_FORMATS, has_inline_markup, html_pieces, read_file, reassemble,
-                                   relabel_languages, runs, text_lines)
+from seq2seq_cli.documents import has_inline_markup, html_pieces, reassemble, relabel_languages, runs, text_lines
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.language_id import LanguageDetector
+from seq2seq_cli.office import FILE_FORMATS, OFFICE_FORMATS, read_file
 from seq2seq_cli.precision import check_decoding_format
 from seq2seq_cli.progress import log_to_stderr
 from seq2seq_cli.segmentation import split_sentences

@@ -10,7 +10,7 @@ sentence by sentence (``seq2seq_cli.segmentation``), a sentence over the model's
 pieces that fit rather than truncated, and the translations are joined back into one line.
 An HTML document is translated run of text by run of text, a sentence with inline elements
 whole (``translate_html``), a Word or OpenDocument file stretch of text by stretch of text
-(``translate_office``; ``seq2seq_cli.documents``).
+(``translate_office``; ``seq2seq_cli.documents``, ``seq2seq_cli.office``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
-from seq2seq_cli.documents import (OFFICE_FORMATS, OfficeDocument, Rendering, has_inline_markup, html_pieces,
-                                    reassemble, relabel_languages, runs)
+from seq2seq_cli.documents import Rendering, has_inline_markup, html_pieces, reassemble, relabel_languages, runs
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
+from seq2seq_cli.office import OFFICE_FORMATS, OfficeDocument
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
 from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids, score_ids_with_attention
 from seq2seq_cli.search_graphs import SearchGraphs
@@ -404,7 +404,7 @@ class Translator:
         """An office file's or e-book's bytes (``file_format``: "docx", "odt", "pptx", "odp" or
         "epub") with the text of its paragraphs, tables, text boxes, headers, footers, notes and
         slides (an e-book's documents, table of contents and title) translated and everything
-        else kept (``documents.OfficeDocument``), as ``s2s serve`` translates such a file.
+        else kept (``office.OfficeDocument``), as ``s2s serve`` translates such a file.
         ValueError if it is not one."""
         opened = OfficeDocument(document, OFFICE_FORMATS[file_format])
         return opened.translated(iter(self._renderings(opened.runs(), opened.inline_markup)), self._languages())

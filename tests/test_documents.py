@@ -111,7 +111,7 @@ def test_a_word_document_has_its_paragraphs_translated_and_everything_else_kept(
     import zipfile
     from xml.dom import minidom
 
-    from seq2seq_cli.documents import WORD, OfficeDocument
+    from seq2seq_cli.office import WORD, OfficeDocument
 
     original = make_docx()
     document = OfficeDocument(original, WORD)
@@ -146,7 +146,7 @@ def test_what_is_not_a_word_document_is_a_value_error(data, fragment):
     import io
     import zipfile
 
-    from seq2seq_cli.documents import WORD, OfficeDocument
+    from seq2seq_cli.office import WORD, OfficeDocument
 
     with pytest.raises(ValueError, match=fragment):
         OfficeDocument(data, WORD)
@@ -199,7 +199,7 @@ def test_an_opendocument_text_has_its_paragraphs_translated_and_its_fields_kept(
     import io
     import zipfile
 
-    from seq2seq_cli.documents import OPEN_DOCUMENT, OfficeDocument
+    from seq2seq_cli.office import OPEN_DOCUMENT, OfficeDocument
 
     original = make_odt()
     assert OfficeDocument(original, OPEN_DOCUMENT).runs() == [
@@ -250,7 +250,7 @@ def test_a_presentation_has_its_slides_and_notes_translated():
     import io
     import zipfile
 
-    from seq2seq_cli.documents import OPEN_DOCUMENT_PRESENTATION, POWERPOINT, OfficeDocument
+    from seq2seq_cli.office import OPEN_DOCUMENT_PRESENTATION, POWERPOINT, OfficeDocument
 
     original = make_pptx()
     assert OfficeDocument(original, POWERPOINT).runs() == ["The man sees the dog.", "A small cat.", "It is good."]
@@ -313,7 +313,7 @@ def test_an_ebook_has_its_chapters_contents_and_title_translated_and_everything_
     import zipfile
     from xml.dom import minidom
 
-    from seq2seq_cli.documents import EPUB, OfficeDocument
+    from seq2seq_cli.office import EPUB, OfficeDocument
 
     original = make_epub()
     document = OfficeDocument(original, EPUB)
@@ -495,7 +495,7 @@ def test_a_paragraphs_runs_share_its_translation_as_the_attention_says():
     runs, in order, each taking the words that looked at its words, so the bold word and the
     link carry over; a run left without words is emptied, and every run whose text starts or
     ends in a space is told to keep it."""
-    from seq2seq_cli.documents import OPEN_DOCUMENT, WORD, OfficeStretch, office_xml_pieces
+    from seq2seq_cli.office import OPEN_DOCUMENT, WORD, OfficeStretch, office_xml_pieces
 
     xml = (f'<w:document {W}><w:body><w:p><w:r><w:t xml:space="preserve">Ein </w:t></w:r>'
            '<w:r><w:rPr><w:b/></w:rPr><w:t>Mann</w:t></w:r><w:r><w:t xml:space="preserve"> fährt </w:t></w:r>'
@@ -539,7 +539,7 @@ def test_runs_of_formatting_and_text_alone_move_with_their_words():
     """Runs that hold nothing but formatting and text (Word's w:r with w:rPr and w:t, spelling
     marks between them) are copied and moved as the translation moves their words: the bold
     participle German puts last comes back bold where English puts it."""
-    from seq2seq_cli.documents import POWERPOINT, WORD, OfficeStretch, office_xml_pieces
+    from seq2seq_cli.office import POWERPOINT, WORD, OfficeStretch, office_xml_pieces
 
     xml = (f'<w:document {W}><w:body><w:p><w:pPr><w:jc w:val="left"/></w:pPr><w:r><w:rPr><w:sz w:val="24"/></w:rPr>'
            '<w:t xml:space="preserve">Er hat den Hund </w:t></w:r><w:proofErr w:type="spellStart"/>'
@@ -573,7 +573,8 @@ def test_a_run_of_more_words_than_markup_is_placed_in_is_translated_piece_by_pie
     """Placing markup costs time and memory growing with the square of a run's words: a
     paragraph of more than MAX_PLACED_WORDS words with inline elements is cut at them, as
     before, and so is an office paragraph's stretch left to its first run."""
-    from seq2seq_cli.documents import MAX_PLACED_WORDS, WORD, OfficeStretch, office_xml_pieces
+    from seq2seq_cli.documents import MAX_PLACED_WORDS
+    from seq2seq_cli.office import WORD, OfficeStretch, office_xml_pieces
 
     words = " ".join(["word"] * MAX_PLACED_WORDS)
     assert [type(text) for markup, text in html_pieces(f"<p>{words} <b>x</b></p>") if markup is None] == [str, str]
@@ -589,7 +590,8 @@ def test_what_declared_the_source_language_declares_the_target_language():
     import io
     import zipfile
 
-    from seq2seq_cli.documents import EPUB, WORD, OfficeDocument, relabel_languages
+    from seq2seq_cli.documents import relabel_languages
+    from seq2seq_cli.office import EPUB, WORD, OfficeDocument
 
     page = ('<html lang="en"><!-- <p lang="en"> --><script>var p = "<p lang=\'en\'>";</script>'
             '<p lang="en-GB">x</p><q lang="fr">y</q><span lang="en" translate="no">z</span><p xml:lang="EN">w</p></html>')

@@ -280,7 +280,7 @@ def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph
 
     from test_documents import make_docx
 
-    from seq2seq_cli.documents import WORD, OfficeDocument
+    from seq2seq_cli.office import WORD, OfficeDocument
 
     original = make_docx()
     upload = httpx.post(f"{server.url}/translate_file", data={"source": "en", "target": "de"},
@@ -304,7 +304,7 @@ def test_word_and_opendocument_files_come_back_translated_paragraph_by_paragraph
     # An OpenDocument text the same way.
     from test_documents import make_odt
 
-    from seq2seq_cli.documents import OPEN_DOCUMENT
+    from seq2seq_cli.office import OPEN_DOCUMENT
 
     upload = httpx.post(f"{server.url}/translate_file", data={"target": "de"}, files={"file": ("b.odt", make_odt())})
     download = httpx.get(upload.json()["translatedFileUrl"])

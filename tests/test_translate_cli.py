@@ -73,7 +73,7 @@ def test_office_documents_are_translated_into_documents(run_dir, tmp_path):
     --split-sentences translates lines, the rest kept, into --output."""
     from test_documents import make_docx, make_epub, make_odt, make_pptx
 
-    from seq2seq_cli.documents import OFFICE_FORMATS, OfficeDocument
+    from seq2seq_cli.office import OFFICE_FORMATS, OfficeDocument
 
     for name, data in (("report.docx", make_docx()), ("notes.odt", make_odt()), ("slides.pptx", make_pptx()),
                        ("book.epub", make_epub())):
