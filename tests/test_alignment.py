@@ -59,6 +59,14 @@ def test_an_alignment_has_one_link_per_printed_word_and_finds_content_words(alig
     assert total > 300 and right / total > 0.85, (right, total)
 
 
+def certain_content_words(sources, translations):
+    """(source words, a content word's index, the translation, the word that translates it)
+    for each link the toy grammar makes certain."""
+    for source, translation in zip(sources, translations):
+        for target, source_word in content_word_links(source, translation.text).items():
+            yield source.split(), source_word, translation.text, translation.text.split()[target].strip(".,")
+
+
 def test_a_bold_word_comes_back_around_the_word_that_translates_it(aligned):
     """HTML with a content word in <b> inside a sentence (`s2s translate --html`, `s2s serve`):
     the sentence is translated whole, exactly as without the markup, and <b> comes back around
@@ -66,13 +74,10 @@ def test_a_bold_word_comes_back_around_the_word_that_translates_it(aligned):
     bundled run: 91.5%, benchmarks/inline_markup.py)."""
     translator, sources, translations = aligned
     pages, wanted = [], []
-    for source, translation in zip(sources, translations):
-        words = source.split()
-        for target, source_word in content_word_links(source, translation.text).items():
-            word = words[source_word]
-            core = word.strip(".,")
-            pages.append(" ".join([*words[:source_word], f"<b>{core}</b>{word[len(core):]}", *words[source_word + 1:]]))
-            wanted.append((translation.text, translation.text.split()[target].strip(".,")))
+    for words, bold, text, word in certain_content_words(sources, translations):
+        core = words[bold].strip(".,")
+        pages.append(" ".join([*words[:bold], f"<b>{core}</b>{words[bold][len(core):]}", *words[bold + 1:]]))
+        wanted.append((text, word))
     exact = 0
     for page, (text, word) in zip(translator.translate_html(pages), wanted):
         assert re.sub(r"<[^>]*>", "", page) == text and page.count("<b>") == page.count("</b>") == 1
@@ -93,15 +98,13 @@ def test_a_bold_word_in_a_word_document_stays_bold_in_translation(aligned):
 
     translator, sources, translations = aligned
     paragraphs, wanted = [], []
-    for source, translation in zip(sources, translations):
-        words = source.split()
-        for target, source_word in content_word_links(source, translation.text).items():
-            before = "".join(word + " " for word in words[:source_word])
-            after = "".join(" " + word for word in words[source_word + 1:])
-            paragraphs.append(f'<w:p><w:r><w:t xml:space="preserve">{escape(before)}</w:t></w:r>'
-                              f'<w:r><w:rPr><w:b/></w:rPr><w:t>{escape(words[source_word])}</w:t></w:r>'
-                              f'<w:r><w:t xml:space="preserve">{escape(after)}</w:t></w:r></w:p>')
-            wanted.append((translation.text, translation.text.split()[target]))
+    for words, bold, text, word in certain_content_words(sources, translations):
+        before = "".join(word + " " for word in words[:bold])
+        after = "".join(" " + word for word in words[bold + 1:])
+        paragraphs.append(f'<w:p><w:r><w:t xml:space="preserve">{escape(before)}</w:t></w:r>'
+                          f'<w:r><w:rPr><w:b/></w:rPr><w:t>{escape(words[bold])}</w:t></w:r>'
+                          f'<w:r><w:t xml:space="preserve">{escape(after)}</w:t></w:r></w:p>')
+        wanted.append((text, word))
     data = io.BytesIO()
     with zipfile.ZipFile(data, "w") as archive:
         archive.writestr("word/document.xml", f'<w:document {W}><w:body>{"".join(paragraphs)}</w:body></w:document>')
