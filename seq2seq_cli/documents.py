@@ -47,6 +47,9 @@ _VOID = frozenset("area base br col embed hr img input link meta param source tr
 _INLINE = frozenset("a abbr b bdi bdo big cite data del dfn em font i img ins mark q s small span strong sub sup "
                     "time tt u var wbr".split())
 _WORD = re.compile(r"\S+")
+# Code inside a sentence ("Run <code>ls -l</code> now."): kept whole, in the run.
+_INLINE_CODE = frozenset({"code", "kbd", "samp"})
+_MARKUP_ONLY = re.compile(r"<!--.*?-->|<[^>]*>", re.S)
 # A run of text with markup inside (a ``PlacedRun``) of more words than this is
 # translated as before them, piece by piece: placing markup costs time that grows with the
 # square of a run's words, and a run's word attention takes memory that does too.
@@ -75,21 +78,27 @@ class Inline:
     (``A <b>man</b> rides a <a href=x>bike</a>.``), so elements move as their words move. An
     element whose words no word of the translation looked at is kept, empty, where its words
     were; markup that is not an element around words (``<img>``, a tag not closed inside the
-    run) stays between the words it stood between."""
+    run) stays between the words it stood between. Code and kept text (``translate="no"``) are
+    read as part of the text and come back whole in place of the words that translate them."""
 
     original: str  # the HTML it was read from
     text: str  # its text to translate: the markup left out, entities read as characters
-    markup: tuple[tuple[int, str], ...]  # each tag, and where in ``text`` it stood
+    # Each tag, where in ``text`` it stood, and for an element kept whole (code, translate="no")
+    # where its text ends (else -1).
+    markup: tuple[tuple[int, str, int], ...]
 
     @classmethod
     def of(cls, tokens: list[tuple[str, str]]) -> "Inline":
-        """From ``html_pieces``' ("text", text) and ("inline", tag) tokens."""
+        """From ``html_pieces``' ("text", text), ("inline", tag) and ("kept", element) tokens."""
         text, markup = "", []
         for kind, token in tokens:
             if kind == "text":
                 text += html.unescape(token)
+            elif kind == "kept":
+                markup.append((len(text), token, len(text) + len(_kept_text(token))))
+                text += _kept_text(token)
             else:
-                markup.append((len(text), token))
+                markup.append((len(text), token, -1))
         return cls("".join(token for _, token in tokens), text, tuple(markup))
 
     def translated(self, translation: str, attention: Optional[WordAttention], escape: bool = True) -> str:
@@ -124,21 +133,24 @@ class _Element:
     points: list[tuple[int, str]]  # markup that stands between words: (where in the text, markup)
     words: frozenset[int] = frozenset()
     span: Optional[tuple[int, int]] = None  # the target words it is placed around
+    # Kept whole (its ``open``): it stands in for the target words it is placed around, which
+    # translate text that was not to be translated.
+    kept: bool = False
     # Whether it holds no punctuation at its start or at its end (``"<b>Hallo</b>",``): then the
     # punctuation its translation's first or last word starts or ends with stays outside it.
     after_punctuation: bool = False
     before_punctuation: bool = False
 
 
-def _nest(root: _Element, text: str, markup: tuple[tuple[int, str], ...], source_words: list[tuple[int, int]]
+def _nest(root: _Element, text: str, markup: tuple[tuple[int, str, int], ...], source_words: list[tuple[int, int]]
           ) -> None:
     """The elements of ``markup`` as a tree under ``root``: a start tag with its end tag is an
     element; the rest (a tag without an end, an end tag without a start) stands between words,
     and so does an element around no word, with everything inside it."""
     open_elements: list[tuple[_Element, int, str]] = [(root, -1, "")]  # (element, index of its start tag, name)
     tags = []  # (index of its start tag, index of its end tag, element) for each closed element
-    for index, (offset, tag) in enumerate(markup):
-        match = _TAG.match(tag)
+    for index, (offset, tag, kept_end) in enumerate(markup):
+        match = _TAG.match(tag) if kept_end < 0 else None  # an element kept whole is no tag to pair
         name = match.group("name").lower() if match else ""
         if match and match.group("end"):
             if any(open_name == name for _, _, open_name in open_elements[1:]):
@@ -159,27 +171,42 @@ def _nest(root: _Element, text: str, markup: tuple[tuple[int, str], ...], source
         while ends and index > ends[-1]:
             ends.pop()
             parents.pop()
-        offset, tag = markup[index]
+        offset, tag, kept_end = markup[index]
+        if kept_end >= 0:  # an element kept whole: around its words, or between words if it has none
+            kept = _Element(tag, "", offset, kept_end, [], [], kept=True)
+            kept.words = frozenset(range(bisect.bisect_right(word_ends, offset),
+                                         bisect.bisect_left(word_starts, kept_end)))
+            if kept.words:
+                _set_punctuation(kept, text)
+                parents[-1].children.append(kept)
+            else:
+                parents[-1].points.append((offset, tag))
+            index += 1
+            continue
         if index in closed:
             end, element = closed[index]
             # The source words it overlaps: those starting before its end and ending after its start.
             element.words = frozenset(range(bisect.bisect_right(word_ends, element.start),
                                             bisect.bisect_left(word_starts, element.end)))
             if element.words:
-                held = text[element.start:element.end].strip()
-                element.after_punctuation = not unicodedata.category(held[0]).startswith("P")
-                element.before_punctuation = not unicodedata.category(held[-1]).startswith("P")
+                _set_punctuation(element, text)
                 parents[-1].children.append(element)
                 parents.append(element)
                 ends.append(end)
                 index += 1
                 continue
-            parents[-1].points.append((offset, "".join(tag for _, tag in markup[index:end + 1])))
+            parents[-1].points.append((offset, "".join(tag for _, tag, _ in markup[index:end + 1])))
             index = end + 1
             continue
         if not (ends and index == ends[-1]):  # an end tag of an element is its element's
             parents[-1].points.append((offset, tag))
         index += 1
+
+
+def _set_punctuation(element: _Element, text: str) -> None:
+    held = text[element.start:element.end].strip()
+    element.after_punctuation = not unicodedata.category(held[0]).startswith("P")
+    element.before_punctuation = not unicodedata.category(held[-1]).startswith("P")
 
 
 def word_weights(attention: Optional[WordAttention], sources: int, targets: int) -> list[list[float]]:
@@ -229,13 +256,15 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], t
         held = [sum(row[word] for word in child.words) for row in weights]  # each target word's look at it
         stretches = [_best_stretch(held, totals, first, last) for first, last in gaps if first <= last]
         best = max(stretches, key=lambda stretch: stretch[0], default=None)
-        if best is None or best[0] < _LEAST_LOOK - 1:  # no target word looked at its words
+        # No target word looked at its words; or an element kept whole, which would replace
+        # the words it is placed around, without a stretch looking mostly at its words.
+        if best is None or best[0] < (0 if child.kept else _LEAST_LOOK - 1):
             element.children.remove(child)
             element.points.append((child.start, child.open + _all_markup(child) + child.close))
             continue
         child.span = best[1]
         placed.append(child.span)
-    if text_in_children and element.children:
+    if text_in_children and element.children and not any(child.kept for child in element.children):
         _fill(sorted(element.children, key=lambda child: child.span), low, high, weights)
     for child in element.children:
         _place(child, *child.span, weights, totals, source_of, source_words)
@@ -307,22 +336,24 @@ def _render(element: _Element, low: int, high: int, translation: str, target_wor
     target = low
     while target <= high:
         while point[0] <= target:
-            parts.append(point[1])
+            # Text kept whole that no word took the place of stands between words: spaced.
+            parts.append(point[1] + (" " if _kept_text(point[1]).strip() else ""))
             point = next(points)
         child = children.get(target)
         if child is not None:
             first, last = child.span
-            kept = target_words[first], target_words[last]
-            start, stop = kept[0][0], kept[1][1]
-            lead = _punctuation(translation[slice(*kept[0])]) if child.after_punctuation else 0
-            trail = _punctuation(translation[slice(*kept[1])][::-1]) if child.before_punctuation else 0
+            edges = target_words[first], target_words[last]
+            start, stop = edges[0][0], edges[1][1]
+            lead = _punctuation(translation[slice(*edges[0])]) if child.after_punctuation else 0
+            trail = _punctuation(translation[slice(*edges[1])][::-1]) if child.before_punctuation else 0
             if first == last and lead + trail >= stop - start:  # the word is punctuation: all of it inside
                 lead = trail = 0
             parts.append(_escaped(translation[start:start + lead], escape) + child.open)
             target_words[first] = (start + lead, target_words[first][1])
             target_words[last] = (target_words[last][0], stop - trail)
-            _render(child, *child.span, translation, target_words, escape, parts)
-            target_words[first], target_words[last] = kept
+            if not child.kept:  # an element kept whole stands in for its words' translation
+                _render(child, *child.span, translation, target_words, escape, parts)
+            target_words[first], target_words[last] = edges
             parts.append(child.close + _escaped(translation[stop - trail:stop], escape))
             target = last
         else:
@@ -331,7 +362,7 @@ def _render(element: _Element, low: int, high: int, translation: str, target_wor
             parts.append(translation[target_words[target][1]:target_words[target + 1][0]])
         target += 1
     while point[0] <= high + 1:
-        parts.append(point[1])
+        parts.append((" " if _kept_text(point[1]).strip() and parts else "") + point[1])
         point = next(points)
 
 
@@ -362,7 +393,8 @@ def html_pieces(text: str) -> list[Piece]:
     ``translate="no"`` (HTML's attribute) or ``class="notranslate"`` is kept too, to the end of
     the element, unless an element inside it says ``translate="yes"``. Text with inline elements
     in it (``Ein <b>Mann</b> fährt <a href=..>Rad</a>.``) is one run, an ``Inline``: a sentence
-    is translated whole, not word group by word group."""
+    is translated whole, not word group by word group; code or kept text inside a sentence
+    (``Run <code>ls</code> now.``) is part of it too, read with it and kept as it is."""
     tokens: list[tuple[str, str]] = []  # ("text", text to translate), ("inline", tag) or ("markup", kept)
     open_elements: list[tuple[str, bool]] = []  # (name, whether its text is kept as it is), outermost first
     for markup, piece in _split(text, _MARKUP, whitespace_is_text=True):
@@ -372,7 +404,8 @@ def html_pieces(text: str) -> list[Piece]:
             continue
         tag = _TAG.match(markup)
         if tag is None or _CODE.fullmatch(markup):  # a comment, a declaration, or code kept whole
-            tokens.append(("markup", markup))
+            code_in_text = tag is not None and tag.group("name").lower() in _INLINE_CODE and not kept
+            tokens.append(("kept" if code_in_text else "markup", markup))
             continue
         name, kept_after = tag.group("name").lower(), kept
         if tag.group("end"):
@@ -387,15 +420,45 @@ def html_pieces(text: str) -> list[Piece]:
             elif _NO_TRANSLATE_CLASS.search(markup):
                 kept_after = True
             open_elements.append((name, kept_after))
-        # An element that starts or ends text kept as it is ends the run of text, as a block does.
-        inline = name in _INLINE and not kept and not kept_after
-        tokens.append(("inline" if inline else "markup", markup))
-    return _runs_of(tokens)
+        # An inline element that starts or ends text kept as it is is kept whole inside a run
+        # (_kept_elements); any other ends the run of text, as a block does.
+        if name not in _INLINE or kept == kept_after:
+            kind = "inline" if name in _INLINE and not kept else "markup"
+        elif kept_after and not tag.group("end"):
+            kind = "kept-start"  # <span translate="no">
+        elif kept and tag.group("end"):
+            kind = "kept-end"  # its </span>
+        else:
+            kind = "markup"  # <b translate="yes"> inside kept text
+        tokens.append((kind, markup))
+    return _runs_of(_kept_elements(tokens))
+
+
+def _kept_elements(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``tokens`` with each inline element whose text is kept (``<span translate="no">Brand
+    X</span>``) made one ("kept", element) token, its markup and text as they are; one that is
+    not closed where it started (so no run can hold it) stays markup."""
+    merged: list[tuple[str, str]] = []
+    start: Optional[int] = None
+    for kind, token in tokens:
+        if kind == "kept-start":
+            start = len(merged)
+        elif kind == "kept-end" and start is not None and all(k == "markup" for k, _ in merged[start + 1:]):
+            merged[start:] = [("kept", "".join(t for _, t in merged[start:]) + token)]
+            start = None
+            continue
+        merged.append((kind, token))
+    return [("markup", token) if kind in ("kept-start", "kept-end") else (kind, token) for kind, token in merged]
+
+
+def _kept_text(element: str) -> str:
+    """The text of a kept element, as the model reads it: its markup left out, entities read."""
+    return html.unescape(_MARKUP_ONLY.sub("", element))
 
 
 def _runs_of(tokens: list[tuple[str, str]]) -> list[Piece]:
-    """Pieces from ``html_pieces``' tokens: text and inline tags between markup are one
-    ``Inline`` run when two or more stretches of text make it up, else as they are."""
+    """Pieces from ``html_pieces``' tokens: text, inline tags and kept inline elements between
+    markup are one ``Inline`` run when two or more stretches of text make it up, else as they are."""
     pieces: list[Piece] = []
     start = 0
     while start < len(tokens):
@@ -407,11 +470,13 @@ def _runs_of(tokens: list[tuple[str, str]]) -> list[Piece]:
             start += 1
             continue
         stretch = tokens[start:end]
-        words = sum(len(token.split()) for kind, token in stretch if kind == "text")
-        if sum(kind == "text" and bool(token.strip()) for kind, token in stretch) > 1 and words <= MAX_PLACED_WORDS:
+        texts = [token if kind == "text" else _kept_text(token) for kind, token in stretch if kind in ("text", "kept")]
+        words = sum(len(text.split()) for text in texts)
+        translatable = any(kind == "text" and token.strip() for kind, token in stretch)
+        if translatable and sum(bool(text.strip()) for text in texts) > 1 and words <= MAX_PLACED_WORDS:
             pieces.append((None, Inline.of(stretch)))
         else:
-            pieces.extend((token, "") if kind == "inline" or not token.strip() else (None, token)
+            pieces.extend((token, "") if kind != "text" or not token.strip() else (None, token)
                           for kind, token in stretch)
         start = end
     return pieces

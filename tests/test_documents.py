@@ -21,20 +21,22 @@ def joined(pieces) -> str:
 
 @pytest.mark.parametrize("page, translated", [
     ('<p class="intro">The dog.</p>\n<b>A &amp; B</b><!-- a <p>note</p> -->', ["The dog.", "A &amp; B"]),
-    # Code is not text: a script, a style sheet, code, keyboard input, sample output, CDATA.
+    # Code is not text: a script, a style sheet, code, keyboard input, sample output, CDATA;
+    # code inside a sentence is read with it (and kept: Inline).
     ('<script type="module">const s = "<p>The dog.</p>";</script><STYLE>p { color: red }</Style>'
-     '<p>Run <code>ls -l</code> now.</p><kbd>Ctrl</kbd><samp>ok</samp><![CDATA[x < y]]>', ["Run ", " now."]),
+     '<p>Run <code>ls -l</code> now.</p><kbd>Ctrl</kbd><samp>ok</samp><![CDATA[x < y]]>', ["Run ls -l now."]),
     # HTML's translate attribute, and Google's notranslate class, to the end of the element.
-    ('<p>A <span translate="no">Brand X</span> is good.</p>', ["A ", " is good."]),
+    ('<p>A <span translate="no">Brand X</span> is good.</p>', ["A Brand X is good."]),
     ('<div class="a notranslate b"><p>keep <b>this</b></p><p translate="yes">but this</p> and keep</div><p>this</p>',
      ["but this", "this"]),
     ("<p translate='NO'>kept<br>still kept<img src=x> kept</p>after", ["after"]),
     ('<div translate=no><p>kept<li>kept</div>free', ["free"]),  # unclosed elements end with their parent
     ('<p>x</b>y</p><span translate="no"/>free', ["xy", "free"]),  # a stray end tag, a self-closed element
-    # Inline elements are inside a run; a block, a break, code or kept text ends it.
+    # Inline elements are inside a run, and so are code and kept text (read with it, kept as
+    # they are); a block or a break ends it.
     ('<p>The <b>big</b> dog <a href="/x" title="a &lt; b">runs</a> &amp; <img src=y.png>jumps.</p>'
      '<p>Two<br>runs <span class="notranslate">kept</span> here <em>and</em> <code>x</code> here.</p>',
-     ["The big dog runs & jumps.", "Two", "runs ", " here and ", " here."]),
+     ["The big dog runs & jumps.", "Two", "runs kept here and x here."]),
     ('<li><a href="/">Home</a></li>\n<li> <b>One</b> </li>', ["Home", "One"]),  # one stretch of text: as before
     ('<p data-translate="no">one</p><p classification="notranslate">two</p>', ["one", "two"]),
 ])
@@ -389,6 +391,18 @@ def inline(page: str) -> Inline:
     # An element no word of the translation looked at is kept, empty, where it was.
     ("Er ist <b>froh</b> und ...", "He is so and ...", one_to_one(0, 1, 1, 3, 4, sources=5),
      "He is so <b></b>and ..."),
+    # Code and text marked translate="no" are read with the sentence and come back as they
+    # were, in place of the words that translate them ...
+    ("Run <code>ls -l</code> now.", "Führen Sie jetzt ls -l aus.", one_to_one(0, 0, 3, 1, 2, 0, sources=4),
+     "Führen Sie jetzt <code>ls -l</code> aus."),
+    ('Ein <span translate="no">Brand X</span> ist gut.', "A Marke Iks is good.", one_to_one(0, 1, 2, 3, 4, sources=5),
+     'A <span translate="no">Brand X</span> is good.'),
+    # ... or, where no stretch of words looked mostly at them, between the words, spaced, the
+    # translation kept whole.
+    ('Ein <span translate="no">Brand X</span> Auto.', "A car.", one_to_one(0, 3, sources=4),
+     'A <span translate="no">Brand X</span> car.'),
+    ('Ein Auto von <span translate="no">Brand X</span>', "A car from Marke", looked_at(
+        {0: 1}, {1: 1}, {2: 1}, {3: 0.3, 2: 0.7}, sources=5), 'A car from Marke <span translate="no">Brand X</span>'),
     # Without attention words are linked in order, as far along one text as the other.
     (" Ein <b>Mann</b> fährt. ", "A man rides.", None, " A <b>man</b> rides. "),
     ("Ein <b>Mann</b> fährt.", "", [], "<b></b>"),
