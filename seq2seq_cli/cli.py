@@ -231,7 +231,7 @@ def _input_batches(input_file: Optional[Path], batch_size: int):
 def translate(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", metavar="RUN", help="Run directory (its best checkpoint) or checkpoint file; repeat for an ensemble."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="W1,W2,..", help="Ensemble weights, one per --checkpoint (default: equal)."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin); a .docx, .odt, .pptx or .odp file is translated into one."),
+    input_file: Optional[Path] = typer.Option(None, "--input", "-i", metavar="FILE", help="Source text, one sentence per line (default: stdin); a .docx, .odt, .pptx, .odp or .epub file is translated into one."),
     output_file: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Where to write translations, complete or not at all (default: stdout)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, metavar="K", help="Beam size; 1 is greedy search (default: the config's)."),
     nbest: int = typer.Option(1, "--nbest", min=1, metavar="N", help="Hypotheses per sentence, as INDEX ||| HYPOTHESIS ||| SCORE lines."),

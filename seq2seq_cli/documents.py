@@ -111,7 +111,7 @@ class Inline:
         weights = articles_look_back(word_weights(attention, len(source_words), len(target_words)))
         root = _Element("", "", 0, len(self.text), [], [], frozenset(range(len(source_words))))
         _nest(root, self.text, self.markup, source_words)
-        source_of = [max(range(len(row)), key=row.__getitem__) for row in weights]  # what each word looked at most
+        source_of = looked_at_most(weights)
         _place(root, 0, len(target_words) - 1, weights, list(map(sum, weights)), source_of, source_words)
         parts: list[str] = []
         _render(root, 0, len(target_words) - 1, translation, target_words, escape, parts)
@@ -218,6 +218,11 @@ def word_weights(attention: Optional[WordAttention], sources: int, targets: int)
     return [[float(source == target * sources // targets) for source in range(sources)] for target in range(targets)]
 
 
+def looked_at_most(weights: list[list[float]]) -> list[int]:
+    """The source word each target word looked at most."""
+    return [max(range(len(row)), key=row.__getitem__) for row in weights]
+
+
 def articles_look_back(weights: list[list[float]]) -> list[list[float]]:
     """``weights`` with each article's look moved from its noun to the word before it.
 
@@ -226,7 +231,7 @@ def articles_look_back(weights: list[list[float]]) -> list[list[float]]:
     word. A target word is taken for such an article when it looks most at the source word the
     next target word looks at most, and the source word before that one draws no target word:
     it then looks at that word alone."""
-    most = [max(range(len(row)), key=row.__getitem__) for row in weights]
+    most = looked_at_most(weights)
     drawn = set(most)
     refined = [list(row) for row in weights]
     for target in range(len(weights) - 1):
@@ -348,16 +353,16 @@ def _render(element: _Element, low: int, high: int, translation: str, target_wor
             trail = _punctuation(translation[slice(*edges[1])][::-1]) if child.before_punctuation else 0
             if first == last and lead + trail >= stop - start:  # the word is punctuation: all of it inside
                 lead = trail = 0
-            parts.append(_escaped(translation[start:start + lead], escape) + child.open)
+            parts.append(escaped(translation[start:start + lead], escape) + child.open)
             target_words[first] = (start + lead, target_words[first][1])
             target_words[last] = (target_words[last][0], stop - trail)
             if not child.kept:  # an element kept whole stands in for its words' translation
                 _render(child, *child.span, translation, target_words, escape, parts)
             target_words[first], target_words[last] = edges
-            parts.append(child.close + _escaped(translation[stop - trail:stop], escape))
+            parts.append(child.close + escaped(translation[stop - trail:stop], escape))
             target = last
         else:
-            parts.append(_escaped(translation[slice(*target_words[target])], escape))
+            parts.append(escaped(translation[slice(*target_words[target])], escape))
         if target < high:
             parts.append(translation[target_words[target][1]:target_words[target + 1][0]])
         target += 1
@@ -366,7 +371,8 @@ def _render(element: _Element, low: int, high: int, translation: str, target_wor
         point = next(points)
 
 
-def _escaped(text: str, escape: bool) -> str:
+def escaped(text: str, escape: bool) -> str:
+    """``text`` HTML-escaped (quotes left as they are), if ``escape``."""
     return html.escape(text, quote=False) if escape else text
 
 
@@ -414,11 +420,8 @@ def html_pieces(text: str) -> list[Piece]:
                     pass
                 kept_after = bool(open_elements) and open_elements[-1][1]
         elif name not in _VOID and not markup.endswith("/>"):
-            says = _TRANSLATE.search(markup)
-            if says:
-                kept_after = says.group("value").lower() == "no"
-            elif _NO_TRANSLATE_CLASS.search(markup):
-                kept_after = True
+            says = _says_kept(markup)
+            kept_after = kept if says is None else says
             open_elements.append((name, kept_after))
         # An inline element that starts or ends text kept as it is is kept whole inside a run
         # (_kept_elements); any other ends the run of text, as a block does.
@@ -432,6 +435,15 @@ def html_pieces(text: str) -> list[Piece]:
             kind = "markup"  # <b translate="yes"> inside kept text
         tokens.append((kind, markup))
     return _runs_of(_kept_elements(tokens))
+
+
+def _says_kept(tag: str) -> Optional[bool]:
+    """Whether a start tag says its element's text is kept as it is (``translate="no"``, the
+    ``notranslate`` class) or translated (``translate="yes"``); None if it says neither."""
+    says = _TRANSLATE.search(tag)
+    if says:
+        return says.group("value").lower() == "no"
+    return True if _NO_TRANSLATE_CLASS.search(tag) else None
 
 
 def _kept_elements(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -525,7 +537,7 @@ def reassemble(pieces: list[Piece], translations: Iterator[list[Rendering]], alt
                escape: bool = False, keep_spacing: bool = False) -> tuple[str, list[str]]:
     """The text translated, and ``alternatives`` other versions of it: each run replaced by the
     next of ``translations`` (a run's n-best list, best first; its last stands in where it is
-    shorter; a translation of an ``Inline`` run with its word alignment, ``(text, alignment)``),
+    shorter; a translation of a ``PlacedRun`` with its word attention, ``(text, attention)``),
     with the markup between. ``escape``: translations are HTML-escaped; ``keep_spacing``: the
     whitespace around a run is kept around its translation."""
     versions: list[list[str]] = [[] for _ in range(alternatives + 1)]
@@ -557,7 +569,7 @@ class TextFile:
         self.characters = len(text := decode_text_file(data))  # how long it is, as a limit counts it
         self._html = is_html
         self._pieces = html_pieces(text) if is_html else text_file_pieces(text)
-        self.inline_markup = has_inline_markup(self._pieces)  # its translations need their word alignments
+        self.inline_markup = has_inline_markup(self._pieces)  # its translations need their word attention
 
     def runs(self) -> list[str]:
         return runs(self._pieces, html_entities=self._html)
@@ -601,8 +613,7 @@ def relabel_languages(markup: str, source: str, target: str, is_html: bool = Fal
         text = match.group()
         if not text[1:2].isalpha() or is_html and _CODE.fullmatch(text):
             return text
-        if _TRANSLATE.search(text) and _TRANSLATE.search(text).group("value").lower() == "no" or \
-                _NO_TRANSLATE_CLASS.search(text):
+        if _says_kept(text):
             return text
         is_word_lang = text.startswith(("<w:lang", "<w:themeFontLang"))
         changed = False
@@ -628,7 +639,6 @@ def relabel_languages(markup: str, source: str, target: str, is_html: bool = Fal
     markup = (_MARKUP if is_html else _ANY_TAG).sub(tag, markup)
     return _DC_LANGUAGE.sub(lambda found: found.group(1) + (relabeled(found.group(2)) or found.group(2))
                             + found.group(3), markup)
-
 
 
 def decode_text_file(data: bytes) -> str:

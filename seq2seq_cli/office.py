@@ -11,16 +11,19 @@ attention (``OfficeStretch``), so bold words, italics and links carry over.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import html
 import io
+import itertools
 import re
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 from seq2seq_cli.documents import (MAX_PLACED_WORDS, Piece, Rendering, TextFile, WordAttention, articles_look_back,
-                                   has_inline_markup, html_pieces, reassemble, relabel_languages, runs, word_weights)
+                                   escaped, has_inline_markup, html_pieces, looked_at_most, reassemble,
+                                   relabel_languages, runs, word_weights)
 
 # What a file's name says it holds, for the file formats translated.
 FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt", ".pptx": "pptx",
@@ -52,6 +55,9 @@ class OfficeFormat:
     # The parts that may declare the language of text (styles' defaults, runs, metadata).
     language_parts: re.Pattern = re.compile("")
 
+    def is_html(self, part: str) -> bool:
+        return False
+
     def pieces(self, part: str, xml: str) -> list[Piece]:
         """A text part of a file of this format, cut into pieces (``office_xml_pieces``)."""
         return office_xml_pieces(xml, self)
@@ -68,13 +74,17 @@ class EbookFormat:
     text_parts: re.Pattern = re.compile(r"(?i).*\.(xhtml|html|htm|ncx|opf)")
     language_parts: re.Pattern = re.compile(r"(?i).*\.(xhtml|html|htm|opf)")
 
+    def is_html(self, part: str) -> bool:
+        """Whether a part is an (X)HTML document, read as HTML is."""
+        return part.lower().endswith((".xhtml", ".html", ".htm"))
+
     def pieces(self, part: str, xml: str) -> list[Piece]:
+        if self.is_html(part):
+            bom = "\ufeff" if xml.startswith("\ufeff") else ""  # kept as it was, not text
+            return ([(bom, "")] if bom else []) + html_pieces(xml[len(bom):])
         if part.lower().endswith(".ncx"):
             return _element_text_pieces(xml, frozenset({"text"}))
-        if part.lower().endswith(".opf"):
-            return _element_text_pieces(xml, frozenset({"dc:title", "dc:description"}))
-        bom = "\ufeff" if xml.startswith("\ufeff") else ""  # kept as it was, not text
-        return ([(bom, "")] if bom else []) + html_pieces(xml[len(bom):])
+        return _element_text_pieces(xml, frozenset({"dc:title", "dc:description"}))  # the package (.opf)
 
 
 def _element_text_pieces(xml: str, elements: frozenset[str]) -> list[Piece]:
@@ -129,10 +139,11 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
     """An office document's XML part: everything kept but the text of its paragraphs. Word and
     LibreOffice cut a paragraph's text into runs wherever formatting, spelling marks or
     revisions change, often mid-word, so a paragraph's stretch of text (up to a tab or line
-    break) is translated whole: its translation goes where the stretch's first text was (with
-    that run's formatting) and the stretch's other text is emptied. A paragraph inside another
-    (a text box, a note) is a paragraph of its own; fields (a page number, a note's mark) are
-    kept as they are."""
+    break) is translated whole: a stretch of several runs is an ``OfficeStretch`` (its runs
+    share the translation); one with another paragraph inside (a text box, a note), or of more
+    than ``MAX_PLACED_WORDS`` words, has its translation where its first text was (with that
+    run's formatting) and its other text emptied. A paragraph inside another is a paragraph of
+    its own; fields (a page number, a note's mark) are kept as they are."""
     pieces: list[Piece] = []
     stretches: list[list[int]] = []  # indices into pieces of each stretch's texts
     spaces: dict[int, int] = {}  # index of a spaces element in a stretch: how many spaces it stands for
@@ -173,7 +184,7 @@ def office_xml_pieces(xml: str, office: OfficeFormat) -> list[Piece]:
             continue
         first = texts[0]
         if office.space_preserved:  # the element holding the first text must keep its spaces
-            pieces[first - 1] = (_space_preserved(pieces[first - 1][0], office), "")
+            pieces[first - 1] = (_keeping_spaces(pieces[first - 1][0], office.text_element), "")
         last = stretch[-1]
         if 1 < len(texts) and len(text.split()) <= MAX_PLACED_WORDS and \
                 all(owner.get(index, number) == number for index in range(first, last + 1)):
@@ -220,12 +231,8 @@ def _run_starts(pieces: list[Piece], first: int, last: int, parts: tuple[tuple[O
     return tuple(starts) if not markup and office.simple_run.fullmatch(starts[0]) else None
 
 
-def _space_preserved(markup: str, office: OfficeFormat) -> str:
-    """The start tag of the element holding text (Word's w:t), told to keep its spaces."""
-    return _keeping_spaces(markup, office.text_element)
-
-
 def _keeping_spaces(markup: str, element: str) -> str:
+    """``markup``, if it is the start tag of ``element`` (Word's w:t), told to keep its spaces."""
     if markup.startswith(f"<{element}") and _XML_TAG.match(markup).group("name") == element and \
             "xml:space" not in markup and not markup.endswith("/>"):
         return markup.replace(f"<{element}", f'<{element} xml:space="preserve"', 1)
@@ -263,11 +270,15 @@ class OfficeStretch:
         if attention is None or not target_words:
             groups = [[0, translation]]
         else:
-            starts = [sum(map(len, texts[:run])) for run in range(len(texts))]
-            source_runs = [max(run for run, start in enumerate(starts) if start <= match.start())
+            starts = list(itertools.accumulate(map(len, texts[:-1]), initial=0))
+            source_runs = [bisect.bisect_right(starts, match.start()) - 1
                            for match in _WORD.finditer(whole)]  # the run each source word starts in
             weights = articles_look_back(word_weights(attention, len(source_runs), len(target_words)))
-            runs = (_most_looked_at if moved else _in_order)(weights, source_runs, len(texts))
+            looks = [[0.0] * len(texts) for _ in weights]  # each target word's look at each run's source words
+            for target, row in enumerate(weights):
+                for word, weight in enumerate(row):
+                    looks[target][source_runs[word]] += weight
+            runs = _most_looked_at(looks, source_runs) if moved else _in_order(looks)
             groups = _groups(translation, target_words, runs, texts)
         groups[0][1] = lead + groups[0][1]
         groups[-1][1] += trail
@@ -284,7 +295,7 @@ class OfficeStretch:
             text = next(share)
             if self.space_element and parts and text != text.strip():  # its element must keep them
                 parts[-1] = _keeping_spaces(parts[-1], self.space_element)
-            parts.append(_escaped(text, escape))
+            parts.append(escaped(text, escape))
         return "".join(parts)
 
     def _moved(self, groups: list[list], escape: bool) -> str:
@@ -293,12 +304,12 @@ class OfficeStretch:
         it, so the stretch starts in the first run (left empty if the first words go elsewhere)."""
         if groups[0][0] != 0:
             groups = [[0, ""]] + groups
-        parts = [_escaped(groups[0][1], escape)]
+        parts = [escaped(groups[0][1], escape)]
         for run, text in groups[1:]:
             start = self.run_starts[run]
             if self.space_element and text != text.strip():
                 start = start[:start.rindex("<")] + _keeping_spaces(start[start.rindex("<"):], self.space_element)
-            parts += [self.run_end, start, _escaped(text, escape)]
+            parts += [self.run_end, start, escaped(text, escape)]
         return "".join(parts)
 
 
@@ -322,17 +333,13 @@ def _groups(translation: str, target_words: list[tuple[int, int]], runs: list[in
     return groups
 
 
-def _most_looked_at(weights: list[list[float]], source_runs: list[int], runs: int) -> list[int]:
-    """The run each target word goes to: the one whose source words it looked at most. A run
-    of one source word goes to one stretch of words, the one that looked at it most; the
-    others (an article looking ahead at its noun past an adjective) go with the word before."""
-    looks = []
-    for row in weights:
-        looks.append([0.0] * runs)
-        for word, weight in enumerate(row):
-            looks[-1][source_runs[word]] += weight
-    chosen = [max(range(runs), key=row.__getitem__) for row in looks]
-    for run in range(runs):
+def _most_looked_at(looks: list[list[float]], source_runs: list[int]) -> list[int]:
+    """The run each target word goes to: the one whose source words it looked at most
+    (``looks``: each target word's look at each run). A run of one source word goes to one
+    stretch of words, the one that looked at it most; the others (an article looking ahead at
+    its noun past an adjective) go with the word before."""
+    chosen = looked_at_most(looks)
+    for run in range(len(looks[0])):
         if source_runs.count(run) != 1:
             continue
         stretches: list[list[int]] = []
@@ -353,15 +360,12 @@ def _most_looked_at(weights: list[list[float]], source_runs: list[int], runs: in
     return chosen
 
 
-def _in_order(weights: list[list[float]], source_runs: list[int], runs: int) -> list[int]:
+def _in_order(looks: list[list[float]]) -> list[int]:
     """The run each target word goes to, runs in their order (a word never goes to a run
     before the previous word's), the most attention kept: each word's look at the source
-    words of its run, added up (dynamic programming). A word that looks nowhere stays with
-    its neighbours."""
-    looks = [[0.0] * runs for _ in weights]
-    for target, row in enumerate(weights):
-        for word, weight in enumerate(row):
-            looks[target][source_runs[word]] += weight
+    words of its run (``looks``), added up (dynamic programming). A word that looks nowhere
+    stays with its neighbours."""
+    runs = len(looks[0])
     best: list[list[float]] = []  # best[target][run]: the most attention with the target-th word in run
     for target, row in enumerate(looks):
         previous = [0.0] * runs if target == 0 else best[-1]
@@ -370,14 +374,14 @@ def _in_order(weights: list[list[float]], source_runs: list[int], runs: int) -> 
             running = max(running, previous[run])
             best_row.append(running + row[run])
         best.append(best_row)
-    chosen = [0] * len(weights)
+    chosen = [0] * len(looks)
     limit = runs - 1
-    for target in range(len(weights) - 1, -1, -1):
+    for target in range(len(looks) - 1, -1, -1):
         row = best[target]
         top = max(row[:limit + 1])
         # Ties: the last word stays with the one before it, the others with the one after.
         candidates = [run for run in range(limit + 1) if row[run] == top]
-        chosen[target] = candidates[0] if target == len(weights) - 1 else candidates[-1]
+        chosen[target] = candidates[0] if target == len(looks) - 1 else candidates[-1]
         limit = chosen[target]
     return chosen
 
@@ -427,12 +431,11 @@ class OfficeDocument:
                 data = self._archive.read(info)
                 if info.filename in self._pieces:
                     xml, _ = reassemble(self._pieces[info.filename], translations, 0, escape=True, keep_spacing=True)
-                    is_html = isinstance(self._office, EbookFormat) and \
-                        not info.filename.lower().endswith((".opf", ".ncx"))
-                    data = (relabel_languages(xml, *languages, is_html=is_html) if languages else xml).encode("utf-8")
+                    data = (relabel_languages(xml, *languages, is_html=self._office.is_html(info.filename))
+                            if languages else xml).encode("utf-8")
                 elif languages and self._office.language_parts.fullmatch(info.filename):
                     xml = data.decode("utf-8")
-                    relabeled = relabel_languages(xml, *languages, is_html=isinstance(self._office, EbookFormat))
+                    relabeled = relabel_languages(xml, *languages, is_html=self._office.is_html(info.filename))
                     data = data if relabeled == xml else relabeled.encode("utf-8")
                 archive.writestr(info, data)
         return output.getvalue()
@@ -447,15 +450,9 @@ class OfficeDocument:
 
 
 
-
 def read_file(kind: str, data: bytes, max_unpacked: Optional[int] = None) -> TextFile | OfficeDocument:
     """A file of a ``FILE_FORMATS`` kind, read to be translated; ValueError if it cannot be
     (``max_unpacked``: what an office file may unpack to)."""
     if kind in OFFICE_FORMATS:
         return OfficeDocument(data, OFFICE_FORMATS[kind], max_unpacked)
     return TextFile(data, is_html=kind == "html")
-
-
-
-def _escaped(text: str, escape: bool) -> str:
-    return html.escape(text, quote=False) if escape else text
