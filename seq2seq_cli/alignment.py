@@ -15,12 +15,16 @@ better on real text; this costs nothing beyond the translation.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Callable, Optional, Sequence
 
 import torch
 
 # A token's word index, or None for a separator between sentences.
 WordIndices = list[Optional[int]]
+# The attention each word of a translation paid to each word of its source (one row per
+# target word, one weight per source word: ``word_attention``'s rows as lists).
+WordAttention = list[list[float]]
 
 
 def word_alignment(attention: torch.Tensor, source_words: Sequence[Optional[int]],
@@ -82,3 +86,63 @@ def words_of_sentences(ids: list[int], separator: int, words_of: Callable[[list[
 def format_alignment(pairs: list[tuple[int, int]]) -> str:
     """Marian's and fast_align's notation: ``SOURCE-TARGET`` pairs separated by spaces."""
     return " ".join(f"{source}-{target}" for source, target in pairs)
+
+
+def word_weights(attention: Optional[WordAttention], sources: int, targets: int) -> list[list[float]]:
+    """``attention`` as (target words, source words), if it has a row for each target word and
+    no more source words than there are; else as if each target word looked at the source
+    word as far along the source as it is along the translation."""
+    if attention is not None and len(attention) == targets and all(len(row) <= sources for row in attention):
+        return [list(row) + [0.0] * (sources - len(row)) for row in attention]
+    return [[float(source == target * sources // targets) for source in range(sources)] for target in range(targets)]
+
+
+def looked_at_most(weights: list[list[float]]) -> list[int]:
+    """The source word each target word looked at most."""
+    return [max(range(len(row)), key=row.__getitem__) for row in weights]
+
+
+def articles_look_back(weights: list[list[float]]) -> list[list[float]]:
+    """``weights`` with each article's look moved from its noun to the word before it.
+
+    An attention decoder writing an article looks ahead at the noun it agrees with ("Der" at
+    "teacher" in "The teacher" -> "Der Lehrer"), so the source's own article draws no target
+    word. A target word is taken for such an article when it looks most at the source word the
+    next target word looks at most, and the source word before that one draws no target word:
+    it then looks at that word alone."""
+    most = looked_at_most(weights)
+    drawn = set(most)
+    refined = [list(row) for row in weights]
+    for target in range(len(weights) - 1):
+        source = most[target]
+        first_of_run = target == 0 or most[target - 1] != source
+        if first_of_run and most[target + 1] == source and source > 0 and source - 1 not in drawn:
+            refined[target] = [float(word == source - 1) for word in range(len(weights[target]))]
+    return refined
+
+
+def best_stretch(held: list[float], totals: list[float], first: int, last: int) -> tuple[float, tuple[int, int]]:
+    """The stretch of target words ``first`` to ``last`` whose look at an element's words
+    (``held``) beats their look elsewhere by the most, added up (a maximum subarray); if none
+    does, the one word that looked at them the most. (score, (first word, last word))."""
+    best, best_span = float("-inf"), (first, first)
+    total, start = 0.0, first
+    for target in range(first, last + 1):
+        gain = 2 * held[target] - totals[target]  # at the element's words minus elsewhere
+        if total <= 0:
+            total, start = 0.0, target
+        total += gain
+        if total > best:
+            best, best_span = total, (start, target)
+    if best > 0:
+        return best, best_span
+    most = max(range(first, last + 1), key=held.__getitem__)
+    return held[most] - 1, (most, most)  # below any stretch that wins, above nothing looked at: > -1
+
+
+def leading_punctuation(word: str) -> int:
+    """How many punctuation marks ``word`` starts with, short of all of it."""
+    count = 0
+    while count < len(word) - 1 and unicodedata.category(word[count]).startswith("P"):
+        count += 1
+    return count

@@ -20,13 +20,13 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol
 
+from seq2seq_cli.alignment import (WordAttention, articles_look_back, best_stretch, leading_punctuation, looked_at_most,
+                                    word_weights)
+
 # (markup, "") for what is kept, (None, text) for a run of text to translate; (None, PlacedRun)
 # for a run with markup inside it: HTML text with inline elements (Inline), an office
 # paragraph's text that its runs cut into pieces (office.OfficeStretch).
 Piece = tuple[Optional[str], "str | PlacedRun"]
-# The attention each word of a translation paid to each word of its source (one row per
-# target word, one weight per source word: ``seq2seq_cli.alignment.word_attention``).
-WordAttention = list[list[float]]
 # A run's translation, with its word attention where the run is an Inline one.
 Rendering = str | tuple[str, Optional[WordAttention]]
 
@@ -209,44 +209,11 @@ def _set_punctuation(element: _Element, text: str) -> None:
     element.before_punctuation = not unicodedata.category(held[-1]).startswith("P")
 
 
-def word_weights(attention: Optional[WordAttention], sources: int, targets: int) -> list[list[float]]:
-    """``attention`` as (target words, source words), if it has a row for each target word and
-    no more source words than there are; else as if each target word looked at the source
-    word as far along the source as it is along the translation."""
-    if attention is not None and len(attention) == targets and all(len(row) <= sources for row in attention):
-        return [list(row) + [0.0] * (sources - len(row)) for row in attention]
-    return [[float(source == target * sources // targets) for source in range(sources)] for target in range(targets)]
-
-
-def looked_at_most(weights: list[list[float]]) -> list[int]:
-    """The source word each target word looked at most."""
-    return [max(range(len(row)), key=row.__getitem__) for row in weights]
-
-
-def articles_look_back(weights: list[list[float]]) -> list[list[float]]:
-    """``weights`` with each article's look moved from its noun to the word before it.
-
-    An attention decoder writing an article looks ahead at the noun it agrees with ("Der" at
-    "teacher" in "The teacher" -> "Der Lehrer"), so the source's own article draws no target
-    word. A target word is taken for such an article when it looks most at the source word the
-    next target word looks at most, and the source word before that one draws no target word:
-    it then looks at that word alone."""
-    most = looked_at_most(weights)
-    drawn = set(most)
-    refined = [list(row) for row in weights]
-    for target in range(len(weights) - 1):
-        source = most[target]
-        first_of_run = target == 0 or most[target - 1] != source
-        if first_of_run and most[target + 1] == source and source > 0 and source - 1 not in drawn:
-            refined[target] = [float(word == source - 1) for word in range(len(weights[target]))]
-    return refined
-
-
 def _place(element: _Element, low: int, high: int, weights: list[list[float]], totals: list[float],
            source_of: list[int], source_words: list[tuple[int, int]]) -> None:
     """Place ``element``'s children, each inside its parent (target words ``low`` to ``high``)
     and beside its siblings, around the stretch of target words that looked at its words more
-    than at all others together, the most so (``_best_stretch``); a child no target word looked
+    than at all others together, the most so (``best_stretch``); a child no target word looked
     at is a point. When all of the element's text is in its children (``<span class=a>Der
     Bäcker </span><span class=b>bringt</span>``, as word processors write HTML), so is all of
     its translation: a word no child took goes to a child beside it."""
@@ -259,7 +226,7 @@ def _place(element: _Element, low: int, high: int, weights: list[list[float]], t
             position = last + 1
         gaps.append((position, high))
         held = [sum(row[word] for word in child.words) for row in weights]  # each target word's look at it
-        stretches = [_best_stretch(held, totals, first, last) for first, last in gaps if first <= last]
+        stretches = [best_stretch(held, totals, first, last) for first, last in gaps if first <= last]
         best = max(stretches, key=lambda stretch: stretch[0], default=None)
         # No target word looked at its words; or an element kept whole, which would replace
         # the words it is placed around, without a stretch looking mostly at its words.
@@ -298,25 +265,6 @@ def _fill(children: list[_Element], low: int, high: int, weights: list[list[floa
         left.span, right.span = (left.span[0], split), (split + 1, right.span[1])
 
 
-def _best_stretch(held: list[float], totals: list[float], first: int, last: int) -> tuple[float, tuple[int, int]]:
-    """The stretch of target words ``first`` to ``last`` whose look at an element's words
-    (``held``) beats their look elsewhere by the most, added up (a maximum subarray); if none
-    does, the one word that looked at them the most. (score, (first word, last word))."""
-    best, best_span = float("-inf"), (first, first)
-    total, start = 0.0, first
-    for target in range(first, last + 1):
-        gain = 2 * held[target] - totals[target]  # at the element's words minus elsewhere
-        if total <= 0:
-            total, start = 0.0, target
-        total += gain
-        if total > best:
-            best, best_span = total, (start, target)
-    if best > 0:
-        return best, best_span
-    most = max(range(first, last + 1), key=held.__getitem__)
-    return held[most] - 1, (most, most)  # below any stretch that wins, above nothing looked at: > -1
-
-
 def _all_markup(element: _Element) -> str:
     """The markup inside an element, in order (its children's and its points'), for one kept whole."""
     inner = [(child.start, child.open + _all_markup(child) + child.close) for child in element.children]
@@ -349,8 +297,8 @@ def _render(element: _Element, low: int, high: int, translation: str, target_wor
             first, last = child.span
             edges = target_words[first], target_words[last]
             start, stop = edges[0][0], edges[1][1]
-            lead = _punctuation(translation[slice(*edges[0])]) if child.after_punctuation else 0
-            trail = _punctuation(translation[slice(*edges[1])][::-1]) if child.before_punctuation else 0
+            lead = leading_punctuation(translation[slice(*edges[0])]) if child.after_punctuation else 0
+            trail = leading_punctuation(translation[slice(*edges[1])][::-1]) if child.before_punctuation else 0
             if first == last and lead + trail >= stop - start:  # the word is punctuation: all of it inside
                 lead = trail = 0
             parts.append(escaped(translation[start:start + lead], escape) + child.open)
@@ -374,14 +322,6 @@ def _render(element: _Element, low: int, high: int, translation: str, target_wor
 def escaped(text: str, escape: bool) -> str:
     """``text`` HTML-escaped (quotes left as they are), if ``escape``."""
     return html.escape(text, quote=False) if escape else text
-
-
-def _punctuation(word: str) -> int:
-    """How many punctuation marks ``word`` starts with, short of all of it."""
-    count = 0
-    while count < len(word) - 1 and unicodedata.category(word[count]).startswith("P"):
-        count += 1
-    return count
 
 
 def text_lines(text: str) -> list[Piece]:

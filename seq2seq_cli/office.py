@@ -21,9 +21,9 @@ import zipfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from seq2seq_cli.documents import (MAX_PLACED_WORDS, Piece, Rendering, TextFile, WordAttention, articles_look_back,
-                                   escaped, has_inline_markup, html_pieces, looked_at_most, reassemble,
-                                   relabel_languages, runs, word_weights)
+from seq2seq_cli.alignment import WordAttention, articles_look_back, looked_at_most, word_weights
+from seq2seq_cli.documents import (MAX_PLACED_WORDS, Piece, Rendering, TextFile, escaped, has_inline_markup, html_pieces,
+                                   reassemble, relabel_languages, runs)
 
 # What a file's name says it holds, for the file formats translated.
 FILE_FORMATS = {".txt": "text file", ".html": "html", ".htm": "html", ".docx": "docx", ".odt": "odt", ".pptx": "pptx",
