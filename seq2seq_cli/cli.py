@@ -247,6 +247,7 @@ def translate(
     plot_attention: Optional[Path] = typer.Option(None, "--plot-attention", metavar="DIR", help="Write one attention heatmap PNG per sentence here."),
     alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and its word alignment from the attention: SOURCE-TARGET word pairs (0-0 1-2 ...)."),
     as_html: bool = typer.Option(False, "--html", help="The input is one HTML document (UTF-8): translate its text, keep its markup and code."),
+    copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -290,7 +291,7 @@ def translate(
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
                                  split_sentences=split_sentences or as_html or office is not None,  # paragraphs
-                                 alignment=alignment)
+                                 alignment=alignment, copy_unknown=copy_unknown)
     if as_html:
         document = _read_document(input_file)
         _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),
@@ -381,6 +382,7 @@ def evaluate(
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0, metavar="ALPHA", help="GNMT length penalty alpha."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
+    copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
     sentences_file: Optional[Path] = typer.Option(None, "--sentences", metavar="FILE", help="Also write each sentence's BLEU and chrF here, tab-separated, a column pair per system (for finding where systems differ)."),
     paired: Optional[str] = typer.Option(None, "--paired", metavar="TEST", help="With several --hyp: bs (paired bootstrap resampling, the default) or ar (approximate randomization), sacreBLEU's tests."),
@@ -416,7 +418,7 @@ def evaluate(
                             "--no-repeat-ngram-size": no_repeat_ngram_size is not None,
                             "--device": device != "auto", "--dtype": dtype != "auto",
                             "--quantize": quantize != "none", "--cuda-graphs": cuda_graphs is not None,
-                            "--split-sentences": split_sentences}
+                            "--split-sentences": split_sentences, "--no-copy-unknown": not copy_unknown}
         given = [name for name, is_given in decoding_options.items() if is_given]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
@@ -462,7 +464,7 @@ def evaluate(
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                      dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs,
-                                     split_sentences=split_sentences)
+                                     split_sentences=split_sentences, copy_unknown=copy_unknown)
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
@@ -623,6 +625,7 @@ def serve(
     req_limit: int = typer.Option(0, "--req-limit", metavar="N", min=0, help="Requests a minute one client address may send to translate or detect (0: no limit), as LibreTranslate's --req-limit."),
     cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
     split_sentences: bool = typer.Option(True, "--split-sentences/--no-split-sentences", help="Translate each text sentence by sentence, as LibreTranslate does (default), or each line whole."),
+    copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -638,7 +641,7 @@ def serve(
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
     from seq2seq_cli.serve import LoadOptions, ServeSettings, create_app, server_models
 
-    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs)
+    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs, copy_unknown)
     models = server_models([str(path) for path in checkpoint], options, ensemble)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin, decoders, split_sentences, req_limit)

@@ -54,6 +54,11 @@ class DataConfig:
     # files' suffix when it is such a code (train.de -> de).
     src_lang: Optional[str] = None
     tgt_lang: Optional[str] = None
+    # The share of training pairs whose shared names and numbers (a capitalised word or one
+    # with a digit, written the same on both sides: "London", "2012") are read as [UNK] on
+    # both sides, so the model learns to write [UNK] where its input has one, and s2s copies
+    # the unknown source word there when translating ("Москва", "北京"). 0: none.
+    unknown_placeholders: float = 0.0
 
 
 SPLITS = ("train", "dev", "test")
@@ -280,6 +285,7 @@ DEV_METRICS = {"bleu": "BLEU", "chrf": "chrF", "loss": "loss"}
 # Each entry: key path, a test the value must pass, what it must be.
 _RULES: list[tuple[str, Any, str]] = [
     ("data.max_len", lambda v: v >= 1, "a positive number of tokens"),
+    ("data.unknown_placeholders", lambda v: 0.0 <= v <= 1.0, "a share of the training pairs, in [0, 1]"),
     ("tokenizer.vocab_size", lambda v: v >= 10, "at least 10"),
     ("tokenizer.min_frequency", lambda v: v >= 1, "at least 1"),
     ("model.embed_dim", lambda v: v >= 1, "positive"),

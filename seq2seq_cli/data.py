@@ -15,6 +15,7 @@ import itertools
 import logging
 import lzma
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from seq2seq_cli.tokenization import Tokenizers
 log = logging.getLogger(__name__)
 
 BOM = b"\xef\xbb\xbf"
+# A word as its punctuation before, its core, and its punctuation after.
+_WORD_EDGES = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
 
 # Training corpora get each line's ids exactly up to this many tokens (or data.max_len, when
 # larger): a longer line may get only the first of its ids, still too many for training to
@@ -221,20 +224,23 @@ def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
 
 
 def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_dir: Optional[str] = None,
-                    lines: Optional[tuple[list[str], list[str]]] = None, max_len: Optional[int] = None
-                    ) -> ParallelCorpus:
+                    lines: Optional[tuple[list[str], list[str]]] = None, max_len: Optional[int] = None,
+                    unknown_placeholders: float = 0.0) -> ParallelCorpus:
     """Read and tokenize a parallel corpus, reusing a cached result for the same files and
     tokenizer (and ``exact_tokens(max_len)``).
 
     ``lines`` are the files' lines when the caller has already read them. With ``max_len``, a
     line's ids are exact up to ``exact_tokens(max_len)`` tokens; a longer line may get only the
-    first of its ids (``Tokenizers.encode_src``), and ``filter_pairs`` drops its pair all the same."""
+    first of its ids (``Tokenizers.encode_src``), and ``filter_pairs`` drops its pair all the same.
+    ``unknown_placeholders``: see ``with_unknown_placeholders`` (training pairs only)."""
     src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
     limit = None if max_len is None else exact_tokens(max_len)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
     # "folded": ids read through CharacterFolding; a cache written before it is not reused.
-    key = hashlib.sha256(f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:"
-                         f"{limit}:folded".encode()).hexdigest()[:32]
+    recipe = f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:{limit}:folded"
+    if unknown_placeholders:  # absent when 0, so caches written before it are still read
+        recipe += f":placeholders={unknown_placeholders}"
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:32]
     cache_file = cache_folder / f"corpus-{key}.pt"
     if cache_file.is_file():
         try:
@@ -246,9 +252,53 @@ def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_
                 return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable corpus cache %s (%s)", cache_file, err)
-    src_ids, tgt_ids = tokenizers.encode_src(src_lines, limit), tokenizers.encode_tgt(tgt_lines, limit)
+    src_read, tgt_read = with_unknown_placeholders(src_lines, tgt_lines, unknown_placeholders,
+                                                   tokenizers.unspellable_character() if unknown_placeholders else "")
+    src_ids, tgt_ids = tokenizers.encode_src(src_read, limit), tokenizers.encode_tgt(tgt_read, limit)
     _write_cache(cache_file, src_ids, tgt_ids)
     return ParallelCorpus(src_ids, tgt_ids, src_lines, tgt_lines)
+
+
+def with_unknown_placeholders(src_lines: Sequence[str], tgt_lines: Sequence[str], share: float,
+                              placeholder: str = "", first_line: int = 1) -> tuple[list[str], list[str]]:
+    """The pairs with, in ``share`` of those that have any, each name or number written the
+    same in source and target (``data.unknown_placeholders``) written as ``placeholder``, a
+    character the vocabularies lack (``Tokenizers.unspellable_character``), on both sides: the
+    tokenizers read it as they read a word they cannot spell, [UNK] (with the punctuation on
+    it, when they split at spaces only).
+
+    Which pairs is fixed by their line numbers (``first_line`` is the first's), so shards
+    tokenized apart and a corpus tokenized whole agree, and every run of a config trains on
+    the same ids."""
+    src_out, tgt_out = list(src_lines), list(tgt_lines)
+    if share <= 0:
+        return src_out, tgt_out
+    for index, (source, target) in enumerate(zip(src_lines, tgt_lines)):
+        # A multiplicative hash of the line number spreads the chosen pairs through the corpus.
+        if ((first_line + index) * 2654435761) % 2 ** 32 >= share * 2 ** 32:
+            continue
+        shared = _copyable_words(source) & _copyable_words(target)
+        if shared:
+            src_out[index], tgt_out[index] = (_placeholders(source, shared, placeholder),
+                                              _placeholders(target, shared, placeholder))
+    return src_out, tgt_out
+
+
+def _copyable_words(line: str) -> set[str]:
+    """The words of ``line`` (punctuation at their ends left out) a translation copies: those
+    starting with a capital letter or holding a digit."""
+    cores = (_WORD_EDGES.match(word).group(2) for word in line.split())
+    return {core for core in cores if core and (core[0].isupper() or any(c.isdigit() for c in core))}
+
+
+def _placeholders(line: str, words: set[str], placeholder: str) -> str:
+    """``line`` with each of ``words`` written as ``placeholder``, the punctuation around it and
+    the spacing kept."""
+    def written(match: re.Match) -> str:
+        lead, core, trail = _WORD_EDGES.match(match.group()).groups()
+        return f"{lead}{placeholder}{trail}" if core in words else match.group()
+
+    return re.sub(r"\S+", written, line)
 
 
 def _write_cache(cache_file: Path, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:

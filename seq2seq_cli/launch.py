@@ -316,16 +316,17 @@ def _tokenize(config: Config, run: RunDir, tokenizers: Tokenizers, sharded: Opti
         train_corpus = sharded
     else:
         train_corpus = tokenize_corpus(tokenizers, *split_files(data, "train"), data.cache_dir, texts.train,
-                                       data.max_len)
+                                       data.max_len, data.unknown_placeholders)
     dev = tokenize_corpus(tokenizers, *split_files(data, "dev"), data.cache_dir, texts.dev, data.max_len)
     test = (tokenize_corpus(tokenizers, *split_files(data, "test"), data.cache_dir, texts.test, data.max_len)
             if texts.test else None)
     return _Corpora(tokenizers, train_corpus, dev, test)
 
 
-def _log_unknown_tokens(corpus: ParallelCorpus, tokenizers: Tokenizers) -> None:
+def _log_unknown_tokens(corpus: ParallelCorpus, tokenizers: Tokenizers, placeholders: float = 0.0) -> None:
     """Say how much of the training corpus the vocabulary reads as [UNK] (as fairseq-preprocess
-    does), when any: words in another script, say, which translations cannot spell either."""
+    does), when any: words in another script, say, which translations cannot spell either, and
+    the names and numbers ``data.unknown_placeholders`` writes as [UNK]."""
     counts = []
     for sequences, unk in ((corpus.src_ids, tokenizers.src_unk_id), (corpus.tgt_ids, tokenizers.tgt_unk_id)):
         total = sum(map(len, sequences))
@@ -333,9 +334,10 @@ def _log_unknown_tokens(corpus: ParallelCorpus, tokenizers: Tokenizers) -> None:
     if any(unknown for unknown, _ in counts):
         (src_unk, src_total), (tgt_unk, tgt_total) = counts
         log.info("training pairs: %d of %d source tokens (%.2f%%) and %d of %d target tokens (%.2f%%) are [UNK]: "
-                 "words with a character the vocabulary lacks (see README, Tokenization)",
+                 "words with a character the vocabulary lacks%s (see README, Tokenization)",
                  src_unk, src_total, 100 * src_unk / max(src_total, 1), tgt_unk, tgt_total,
-                 100 * tgt_unk / max(tgt_total, 1))
+                 100 * tgt_unk / max(tgt_total, 1),
+                 " and the shared names and numbers of data.unknown_placeholders" if placeholders else "")
 
 
 def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.device, world: World,
@@ -348,7 +350,7 @@ def _make_trainer(config: Config, run: RunDir, corpora: _Corpora, device: torch.
         raise UserError(f"{split_files(config.data, 'train')[0]}: no training pairs left after filtering; "
                         f"check the files or raise data.max_len")
     if isinstance(train_corpus, ParallelCorpus):  # shards are not read whole for a log line
-        _log_unknown_tokens(train_corpus, tokenizers)
+        _log_unknown_tokens(train_corpus, tokenizers, config.data.unknown_placeholders)
     _set_seed(config.training.seed)
     if resume_from is not None:
         model = Seq2Seq(config.model, **resume_from["model_args"])

@@ -143,6 +143,7 @@ class LoadOptions:
     dtype: str = "auto"
     quantize: str = "none"
     cuda_graphs: Optional[str] = None  # None: each run's decoding.cuda_graphs
+    copy_unknown: bool = True  # a source word read as [UNK] copied into the translation (seq2seq_cli.copying)
 
 
 class DecoderProcess:
@@ -450,7 +451,8 @@ def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = F
     groups: dict[tuple[str, str], list[Translator]] = {}
     for checkpoint in checkpoints:
         translator = Translator.load(checkpoint, options.device, beam_size=options.beam_size, dtype=options.dtype,
-                                     quantize=options.quantize, cuda_graphs=options.cuda_graphs)
+                                     quantize=options.quantize, cuda_graphs=options.cuda_graphs,
+                                     copy_unknown=options.copy_unknown)
         source, target = language_pair(translator.config.data)
         if source is None or target is None:
             raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "
@@ -470,7 +472,8 @@ def server_models(checkpoints: list[str], options: LoadOptions, ensemble: bool =
     can load them as ``options`` say (they load their own copies, so a GPU serves without a
     second copy and CUDA context in the process that answers HTTP)."""
     check_decoding_format(select_device(options.device), options.dtype, options.quantize)
-    return load_models(checkpoints, LoadOptions("cpu", options.beam_size, cuda_graphs=options.cuda_graphs), ensemble)
+    return load_models(checkpoints, LoadOptions("cpu", options.beam_size, cuda_graphs=options.cuda_graphs,
+                                                copy_unknown=options.copy_unknown), ensemble)
 
 
 def create_app(models: list[ServedModel], settings: ServeSettings, options: LoadOptions):

@@ -39,7 +39,7 @@ import numpy as np
 from seq2seq_cli.files import FolderLock, atomic_write, remedy, save_atomically
 from seq2seq_cli.config import COMPRESSED_SUFFIXES, Config, check_training_files, split_files
 from seq2seq_cli.data import (BOM, EXACT_TOKENS, corpus_errors, decode_lines, exact_tokens, open_corpus, split_tsv_line,
-                              stream_lines)
+                              stream_lines, with_unknown_placeholders)
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.rundir import RunDir
 from seq2seq_cli.tokenization import LineStream, Tokenizers, build_tokenizers
@@ -148,9 +148,12 @@ def _recipe(config: Config) -> dict[str, Any]:
     """Everything the shards' contents depend on; a prepared folder is reused only when it matches."""
     check_training_files(config, ("train_src", "train_tgt", "train_tsv"))
     src, tgt = split_files(config.data, "train")
-    return {"format": FORMAT_VERSION, "src": _file_identity(src), "tgt": _file_identity(tgt),
-            "tsv": config.data.train_tsv is not None, "tokenizer": dataclasses.asdict(config.tokenizer),
-            "exact_tokens": exact_tokens(config.data.max_len)}  # shards hold ids exact up to this
+    recipe = {"format": FORMAT_VERSION, "src": _file_identity(src), "tgt": _file_identity(tgt),
+              "tsv": config.data.train_tsv is not None, "tokenizer": dataclasses.asdict(config.tokenizer),
+              "exact_tokens": exact_tokens(config.data.max_len)}  # shards hold ids exact up to this
+    if config.data.unknown_placeholders:  # absent when 0, so folders prepared before it still match
+        recipe["unknown_placeholders"] = config.data.unknown_placeholders
+    return recipe
 
 
 def _plain_training_files(config: Config, data_dir: Path) -> tuple[str, str]:
@@ -261,7 +264,8 @@ def _tokenize_shards(config: Config, data_dir: Path, plan: dict[str, Any], worke
     src_path, tgt_path = _plain_training_files(config, data_dir)
     limit = plan["recipe"].get("exact_tokens")  # None in a plan from before it: whole lines
     tasks = [dict(shard, data_dir=str(data_dir), src_path=src_path, tgt_path=tgt_path, id_dtype=plan["id_dtype"],
-                  exact_tokens=limit) for shard in plan["shards"] if shard["name"] not in done]
+                  exact_tokens=limit, unknown_placeholders=plan["recipe"].get("unknown_placeholders", 0.0))
+             for shard in plan["shards"] if shard["name"] not in done]
     if done:
         log.info("%s: %d of %d shards already done", data_dir, len(done), len(plan["shards"]))
     progress = tqdm(total=plan["lines"], initial=sum(r["pairs"] for r in done.values()), unit="pair",
@@ -303,6 +307,10 @@ def tokenize_shard(task: dict[str, Any]) -> dict[str, Any]:
     tgt_lines = _read_range(task["tgt_path"], task["tgt_bytes"], task["first_line"])
     if len(src_lines) != len(tgt_lines):  # only if a file changed while we read it
         raise UserError(f"{task['src_path']} and {task['tgt_path']} changed during prepare; run it again")
+    share = task.get("unknown_placeholders", 0.0)
+    src_lines, tgt_lines = with_unknown_placeholders(src_lines, tgt_lines, share,
+                                                     tokenizers.unspellable_character() if share else "",
+                                                     task["first_line"])
     dtype = np.dtype(task["id_dtype"])
     name = task["name"]
     index = np.zeros((len(src_lines), 4), dtype=np.int64)

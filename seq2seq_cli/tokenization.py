@@ -37,6 +37,9 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
 # How many characters of a line are read per token that can be used: far more than a token
 # ever needs (Multi30k averages 4.6 characters per token), so only absurd lines are cut.
 HEAD_CHARACTERS_PER_TOKEN = 64
+# Symbols that no vocabulary learned from text is likely to hold: one of them stands for a name
+# that data.unknown_placeholders hides (Tokenizers.unspellable_character).
+UNSPELLABLE_CANDIDATES = "\u2603\u2604\u2646\u2698\u26c7\u2bd1"
 # The tokens of a line a vocabulary is learned from, at most: a longer line is no sentence (a
 # document without newlines, a binary file), and whole it would cost the trainer gigabytes.
 TRAINING_LINE_TOKENS = 1024
@@ -295,10 +298,29 @@ class Tokenizers:
         unknown = self.src_unk_id
         if unknown is None:
             return []
-        encoding = self.src.backend_tokenizer.encode(self.src_folding([line])[0], add_special_tokens=False)
-        starts = [start for id_, (start, _) in zip(encoding.ids, encoding.offsets) if id_ == unknown]
+        ids, offsets = self.src_offsets(line)
+        starts = [start for id_, (start, _) in zip(ids, offsets) if id_ == unknown]
         words = [match for match in re.finditer(r"\S+", line) if any(match.start() <= s < match.end() for s in starts)]
         return list(dict.fromkeys(match.group() for match in words))
+
+    def unspellable_character(self) -> str:
+        """A character that the source and the target vocabulary each read as [UNK], alone and
+        in a word: what ``data.unknown_placeholders`` writes a name as. UserError if there is
+        none (a vocabulary that spells anything, such as byte-level BPE, has no [UNK])."""
+        src_unk, tgt_unk = self.src_unk_id, self.tgt_unk_id
+        for character in UNSPELLABLE_CANDIDATES:
+            if src_unk is not None and tgt_unk is not None and \
+                    self.encode_src([character, f"a{character}"]) == [[src_unk]] * 2 and \
+                    self.encode_tgt([character, f"a{character}"]) == [[tgt_unk]] * 2:
+                return character
+        raise UserError("data.unknown_placeholders needs vocabularies that read a character they lack as [UNK] "
+                        "(WordPiece, as s2s trains); this tokenizer spells everything: set it to 0")
+
+    def src_offsets(self, line: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of ``line`` as ``encode_src`` reads it, and each token's characters in it
+        (first, past the end): ``CharacterFolding`` changes one character for one."""
+        encoding = self.src.backend_tokenizer.encode(self.src_folding([line])[0], add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.batch_decode([list(s) for s in sequences], skip_special_tokens=True)

@@ -2,8 +2,9 @@
 
 Input is read as bytes and never stops the stream: invalid UTF-8 is replaced (with a
 warning), an empty line gives an empty translation, a word the vocabulary cannot spell is
-named (with a warning), an over-long line is truncated to the model's limit (with a warning),
-or with ``fit_long_lines`` translated in pieces that fit.
+named (with a warning) and copied into the translation (``seq2seq_cli.copying``), an over-long
+line is truncated to the model's limit (with a warning), or with ``fit_long_lines`` translated
+in pieces that fit.
 Lines that are already available are translated together; a line typed at a terminal is
 answered without waiting for more input. With ``split_sentences`` a line is translated
 sentence by sentence (``seq2seq_cli.segmentation``), a sentence over the model's limit in
@@ -31,6 +32,7 @@ import torch
 from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
+from seq2seq_cli.copying import Copied, UnknownSpan, copy_unknown, unknown_spans
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.documents import Rendering, has_inline_markup, html_pieces, reassemble, relabel_languages, runs
@@ -104,6 +106,14 @@ class Translation:
     log_prob: float  # the model's log-probability of the translation, the final [SEP] included
     # With ``alignment``: (source word, target word) for each word of ``text`` (seq2seq_cli.alignment).
     alignment: Optional[list[tuple[int, int]]] = None
+
+
+@dataclass
+class CopiedHypothesis(Hypothesis):
+    """A hypothesis printed with the source's unknown words copied in (``seq2seq_cli.copying``):
+    its tokens, scores and attention are the model's, its text and words ``copied``'s."""
+
+    copied: Optional[Copied] = None
 
 
 @dataclass
@@ -294,6 +304,8 @@ class Translator:
         self.lines_read = 0
         self.sentences_read = 0
         self.unknown_word_lines = 0  # input lines with a word read as [UNK]: the first few are named
+        # A source word read as [UNK] is copied into the translation (seq2seq_cli.copying).
+        self.copy_unknown = True
         # The CUDA graphs of this model's searches, shared with the translators ``with_settings``
         # makes (a graph is made per batch shape and kept).
         self._graphs: list[SearchGraphs] = []
@@ -305,7 +317,7 @@ class Translator:
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
              cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None,
-             split_sentences: bool = False, alignment: bool = False) -> "Translator":
+             split_sentences: bool = False, alignment: bool = False, copy_unknown: bool = True) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
@@ -314,7 +326,9 @@ class Translator:
         ``Sampling(topk=10, seed=1)``; ``nbest`` is then the samples per text);
         ``split_sentences``: translate each text sentence by sentence (a sentence over the model's
         ``data.max_len`` in pieces that fit) and join the translations; ``alignment``: each
-        Translation comes with its word alignment (``seq2seq_cli.alignment``)."""
+        Translation comes with its word alignment (``seq2seq_cli.alignment``); ``copy_unknown``:
+        a source word the vocabulary cannot spell (read as [UNK]) is copied into the translation
+        where the words that translate it would be (``seq2seq_cli.copying``)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
@@ -337,7 +351,7 @@ class Translator:
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
                                         cuda_graphs=cuda_graphs, sampling=sampling, split_sentences=split_sentences,
-                                        alignment=alignment)
+                                        alignment=alignment, copy_unknown=copy_unknown)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -357,7 +371,7 @@ class Translator:
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
                       sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
                       fit_long_lines: Optional[bool] = None, alignment: Optional[bool] = None,
-                      **decoding_overrides) -> "Translator":
+                      copy_unknown: Optional[bool] = None, **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
@@ -369,6 +383,8 @@ class Translator:
             sibling.fit_long_lines = bool(fit_long_lines)
         if alignment is not None:
             sibling.alignment = bool(alignment)
+        if copy_unknown is not None:
+            sibling.copy_unknown = bool(copy_unknown)
         sibling.keep_attention = sibling.keep_attention or sibling.alignment  # alignments are read from it
         if sampling is not None:
             _check_sampling(sampling)
@@ -533,12 +549,73 @@ class Translator:
         split = len(sentences) != len(counts)  # some line holds several sentences
         if progress is not None and split:
             progress = _in_lines(progress, len(sentences), len(counts))
+        unknown = self.tokenizers.src_unk_id if self.copy_unknown else None
+        copies = unknown is not None and any(unknown in source for source in sources)
         results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
-                                   self.keep_attention, self.precision, self._search_graphs(), self.sampling,
+                                   self.keep_attention or copies,  # a copy is placed by the attention
+                                   self.precision, self._search_graphs(), self.sampling,
                                    first_index=lines.first_sentence, progress=progress)
-        if not split:
-            return sources, results
-        return _join_sentences(sources, results, counts, self.tokenizers.eos_id)
+        if split:
+            sources, results = _join_sentences(sources, results, counts, self.tokenizers.eos_id)
+        if copies:
+            results = [self._with_unknown_copied(line, source_ids, hypotheses)
+                       for line, source_ids, hypotheses in zip(lines.sentences, sources, results)]
+        return sources, results
+
+    def _with_unknown_copied(self, sentences: list[str], source_ids: list[int], hypotheses: list[Hypothesis]
+                             ) -> list[Hypothesis]:
+        """A line's hypotheses with the source words read as [UNK] copied in (``seq2seq_cli.copying``)."""
+        spans = self._unknown_spans(sentences, source_ids)
+        if not spans:
+            return hypotheses
+        return [CopiedHypothesis(h.tokens, h.score, h.log_prob, h.attention,
+                                 copy_unknown(text, self._word_attention(source_ids, h), spans,
+                                              self._written_unknown(source_ids, h, spans)))
+                for text, h in zip(self.detokenize(hypotheses), hypotheses)]
+
+    def _written_unknown(self, source_ids: list[int], hypothesis: Hypothesis, spans: list[UnknownSpan]
+                         ) -> dict[int, int]:
+        """The spans the model wrote as [UNK] (a model trained with ``data.unknown_placeholders``
+        learned to): each [UNK] of the translation stands for the span whose [UNK] tokens it
+        looked at most, and goes before the word of the translation that follows it. A span
+        -> before which word."""
+        unknown = self.tokenizers.tgt_unk_id
+        if unknown is None or unknown not in hypothesis.tokens:
+            return {}
+        target_words = self._words(source_ids, hypothesis.tokens)[1]
+        written: dict[int, int] = {}
+        for position, token in enumerate(hypothesis.tokens):
+            if token != unknown:
+                continue
+            looks = hypothesis.attention[position].tolist()
+            span = max(range(len(spans)), key=lambda index: sum(looks[k] for k in spans[index].tokens))
+            # [UNK] adds no text: it goes after the words of the tokens before it.
+            before = [word for word in target_words[:position] if word is not None]
+            written.setdefault(span, max(before) + 1 if before else 0)
+        return written
+
+    def _unknown_spans(self, sentences: list[str], source_ids: list[int]) -> list[UnknownSpan]:
+        """The stretches of a line's text read as [UNK], found by reading each sentence again
+        with character offsets; a sentence that does not read as the ids searched is left out."""
+        unknown, eos = self.tokenizers.src_unk_id, self.tokenizers.eos_id
+        parts = _split_at(source_ids, eos)
+        if unknown is None or len(parts) != len(sentences):
+            return []
+        source_words = words_of_sentences(source_ids, eos, self.tokenizers.src_token_words)
+        spans, start = [], 0
+        for sentence, part in zip(sentences, parts):
+            if unknown in part:
+                # As ``encode_up_to`` read it: the head, unless it holds too few tokens (a 20 MB
+                # line is not read whole again).
+                head = line_head(sentence, len(part))
+                ids, offsets = self.tokenizers.src_offsets(head)
+                if len(ids) < len(part) < len(sentence):
+                    ids, offsets = self.tokenizers.src_offsets(sentence)
+                if ids[:len(part)] == part:
+                    spans += unknown_spans(sentence, offsets[:len(part)], [id_ == unknown for id_ in part],
+                                           source_words[start:start + len(part)], start)
+            start += len(part) + 1
+        return spans
 
     def _encode_sources(self, texts: list[str], line_numbers: Sequence[int]) -> list[list[int]]:
         """Source ids, each cut to the longest source the model was trained on (with a warning
@@ -594,7 +671,8 @@ class Translator:
         parts = [_split_at(h.tokens, eos) for h in hypotheses]
         texts = iter(self.tokenizers.decode_tgt([part for sentences in parts for part in sentences]))
         joiner = sentence_joiner(self.target_language)
-        return [joiner.join(next(texts).replace("\n", " ") for _ in sentences) for sentences in parts]
+        decoded = [joiner.join(next(texts).replace("\n", " ") for _ in sentences) for sentences in parts]
+        return [h.copied.text if isinstance(h, CopiedHypothesis) else text for text, h in zip(decoded, hypotheses)]
 
     def output_lines(self, index: int, hypotheses: list[Hypothesis], source_ids: Optional[list[int]] = None) -> str:
         """What ``s2s translate`` prints for input line ``index``: the translation, or with
@@ -612,7 +690,8 @@ class Translator:
         """(source word, target word) for each word of the hypothesis as printed, from its
         attention (``seq2seq_cli.alignment``); a line of several sentences counts its words
         through all of them."""
-        return self._alignment(source_ids, hypothesis.tokens, hypothesis.attention)
+        pairs = self._alignment(source_ids, hypothesis.tokens, hypothesis.attention)
+        return hypothesis.copied.alignment(pairs) if isinstance(hypothesis, CopiedHypothesis) else pairs
 
     def _alignment(self, source_ids: list[int], target_ids: list[int], attention: torch.Tensor
                    ) -> list[tuple[int, int]]:
@@ -622,6 +701,13 @@ class Translator:
         """The attention each word of the hypothesis as printed paid to each source word
         (``seq2seq_cli.alignment.word_attention``): a row per target word, as ``word_alignment``
         counts them, a weight per source word."""
+        rows = self._word_attention(source_ids, hypothesis)
+        if isinstance(hypothesis, CopiedHypothesis):
+            return hypothesis.copied.word_attention(rows, len(rows[0]) if rows else 0)
+        return rows
+
+    def _word_attention(self, source_ids: list[int], hypothesis: Hypothesis) -> list[list[float]]:
+        """The word attention of the model's own translation, before any copy."""
         rows = word_attention(hypothesis.attention, *self._words(source_ids, hypothesis.tokens))
         return [weights.tolist() for _, weights in rows]
 

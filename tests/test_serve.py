@@ -146,6 +146,12 @@ def test_libretranslate_requests_and_answers(run, server):
                                    json={"q": line, "source": "en", "target": "de", "alternatives": 2}).json()
     assert [with_alternatives["translatedText"], *with_alternatives["alternatives"]] == \
         [row.split(" ||| ")[1] for row in nbest]
+    # A name the vocabulary cannot spell comes back copied into the translation, as the CLI copies it.
+    unknown = "The baker sees Ωμέγα."
+    (copied,) = cli_translations(run, [unknown], "--split-sentences")
+    assert copied.count("Ωμέγα") == 1
+    assert httpx.post(f"{server.url}/translate", json={"q": unknown, "source": "en", "target": "de"}).json() == \
+        {"translatedText": copied}
     assert httpx.get(f"{server.url}/languages").json() == [{"code": "en", "name": "English", "targets": ["de"]}]
     assert httpx.get(f"{server.url}/docs").status_code == 200
     # The bodies parsed by hand are described in the OpenAPI schema, and its examples work.
