@@ -310,6 +310,8 @@ def test_every_other_user_error_is_one_line_and_exit_2(trained_run, tmp_path):
          "--beam-size only applies to translating with --checkpoint"),
         (("evaluate", "--hyp", src, "--ref", ref, "--device", "cpu", "--quantize", "int8", "--weights", "1"),
          "--weights, --device, --quantize only apply"),
+        (("evaluate", "--hyp", src, "--ref", ref, "--no-copy-unknown"),
+         "--no-copy-unknown only applies to translating with --checkpoint"),
         (("evaluate", "--hyp", tmp_path / "empty", "--ref", tmp_path / "empty"), "is empty: there is nothing to score"),
         (("train",), "give --config FILE to start a run, or --resume RUN_DIR"),
         (("translate", "--bogus"), "No such option: --bogus (see python -m seq2seq_cli translate --help)"),

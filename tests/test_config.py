@@ -37,6 +37,7 @@ def test_relative_paths_resolve_against_working_directory(tmp_path, monkeypatch)
     (MINIMAL + "model: {hidden_size: big}\n", [], "model.hidden_size"),
     (MINIMAL + "model: {hidden_size: -4}\n", [], "model.hidden_size must be positive"),
     (MINIMAL + "model: {dropout: 1.0}\n", [], "model.dropout must be in [0, 1)"),
+    (MINIMAL, ["data.unknown_placeholders=1.5"], "data.unknown_placeholders must be a share of the training pairs"),
     (MINIMAL, ["training.batch_tokens=0"], "command-line override training.batch_tokens=0: training.batch_tokens must"),
     (MINIMAL + "training: {batch_tokens: 0}\n", ["training.max_steps=5"], "c.yaml: training.batch_tokens must"),
     (MINIMAL, ["training.device=gpu"], "c.yaml (with command-line overrides): training.device must be"),
