@@ -59,7 +59,7 @@ def test_each_of_several_unknown_spans_is_copied_once():
     assert copied.origins == (0, -2, -3, 3, 4, 5, -6)
 
 
-PLACES = ["Anna", "Paul", "Maria", "Tom", "Lena", "Jonas", "Clara", "Felix", "Emma", "Oskar", "Mila", "Karl",
+KNOWN_NAMES = ["Anna", "Paul", "Maria", "Tom", "Lena", "Jonas", "Clara", "Felix", "Emma", "Oskar", "Mila", "Karl",
           "Sofia", "Ben", "Ida", "Max", "Greta", "Leo", "Nora", "Hugo"]
 UNKNOWN_NAMES = ["Иван", "Ωμέγα", "Наташа", "Σοφία", "Дмитрий", "Νίκος", "Ольга", "Борис"]
 
@@ -73,7 +73,7 @@ def named_pairs(split: str, limit: int = None) -> tuple[list[str], list[str]]:
     for en, de in zip(en_lines, de_lines):
         en_words, de_words = en.split(), de.split()
         if en_words[0] in ("The", "A") and en_words[1].islower() and de_words[1][0].isupper():
-            name = PLACES[len(pairs) % len(PLACES)]
+            name = KNOWN_NAMES[len(pairs) % len(KNOWN_NAMES)]
             pairs.append((" ".join([name] + en_words[2:]), " ".join([name] + de_words[2:])))
     pairs = pairs[:limit]
     return [en for en, _ in pairs], [de for _, de in pairs]
