@@ -172,6 +172,11 @@ def _joined(parts: list[list[int]], separator: int) -> list[int]:
     return joined
 
 
+def _word_rows(attention: torch.Tensor, source_words: WordIndices, target_words: WordIndices) -> list[list[float]]:
+    """``alignment.word_attention`` as lists: a row per target word, a weight per source word."""
+    return [weights.tolist() for _, weights in word_attention(attention, source_words, target_words)]
+
+
 def _split_at(tokens: list[int], separator: int) -> list[list[int]]:
     """``tokens`` cut at each ``separator``: the sentences ``_joined`` put together."""
     if separator not in tokens:
@@ -565,24 +570,27 @@ class Translator:
     def _with_unknown_copied(self, sentences: list[str], source_ids: list[int], hypotheses: list[Hypothesis]
                              ) -> list[Hypothesis]:
         """A line's hypotheses with the source words read as [UNK] copied in (``seq2seq_cli.copying``)."""
-        spans = self._unknown_spans(sentences, source_ids)
+        source_words = self._source_words(source_ids)  # read once for the line, not per hypothesis
+        spans = self._unknown_spans(sentences, source_ids, source_words)
         if not spans:
             return hypotheses
-        return [CopiedHypothesis(h.tokens, h.score, h.log_prob, h.attention,
-                                 copy_unknown(text, self._word_attention(source_ids, h), spans,
-                                              self._written_unknown(source_ids, h, spans)))
-                for text, h in zip(self.detokenize(hypotheses), hypotheses)]
+        copied = []
+        for text, h in zip(self.detokenize(hypotheses), hypotheses):
+            target_words = self._target_words(h.tokens)
+            rows = _word_rows(h.attention, source_words, target_words)  # the model's own words
+            copied.append(CopiedHypothesis(h.tokens, h.score, h.log_prob, h.attention, copy_unknown(
+                text, rows, spans, self._written_unknown(h, spans, target_words))))
+        return copied
 
-    def _written_unknown(self, source_ids: list[int], hypothesis: Hypothesis, spans: list[UnknownSpan]
+    def _written_unknown(self, hypothesis: Hypothesis, spans: list[UnknownSpan], target_words: WordIndices
                          ) -> dict[int, int]:
         """The spans the model wrote as [UNK] (a model trained with ``data.unknown_placeholders``
         learned to): each [UNK] of the translation stands for the span whose [UNK] tokens it
         looked at most, and goes before the word of the translation that follows it. A span
-        -> before which word."""
+        -> before which word; ``target_words``: each of its tokens' word."""
         unknown = self.tokenizers.tgt_unk_id
         if unknown is None or unknown not in hypothesis.tokens:
             return {}
-        target_words = self._words(source_ids, hypothesis.tokens)[1]
         written: dict[int, int] = {}
         for position, token in enumerate(hypothesis.tokens):
             if token != unknown:
@@ -594,14 +602,15 @@ class Translator:
             written.setdefault(span, max(before) + 1 if before else 0)
         return written
 
-    def _unknown_spans(self, sentences: list[str], source_ids: list[int]) -> list[UnknownSpan]:
+    def _unknown_spans(self, sentences: list[str], source_ids: list[int], source_words: WordIndices
+                       ) -> list[UnknownSpan]:
         """The stretches of a line's text read as [UNK], found by reading each sentence again
-        with character offsets; a sentence that does not read as the ids searched is left out."""
+        with character offsets; a sentence that does not read as the ids searched is left out.
+        ``source_words``: each source token's word."""
         unknown, eos = self.tokenizers.src_unk_id, self.tokenizers.eos_id
         parts = _split_at(source_ids, eos)
         if unknown is None or len(parts) != len(sentences):
             return []
-        source_words = words_of_sentences(source_ids, eos, self.tokenizers.src_token_words)
         spans, start = [], 0
         for sentence, part in zip(sentences, parts):
             if unknown in part:
@@ -701,23 +710,21 @@ class Translator:
         """The attention each word of the hypothesis as printed paid to each source word
         (``seq2seq_cli.alignment.word_attention``): a row per target word, as ``word_alignment``
         counts them, a weight per source word."""
-        rows = self._word_attention(source_ids, hypothesis)
+        rows = _word_rows(hypothesis.attention, *self._words(source_ids, hypothesis.tokens))
         if isinstance(hypothesis, CopiedHypothesis):
             return hypothesis.copied.word_attention(rows, len(rows[0]) if rows else 0)
         return rows
 
-    def _word_attention(self, source_ids: list[int], hypothesis: Hypothesis) -> list[list[float]]:
-        """The word attention of the model's own translation, before any copy."""
-        rows = word_attention(hypothesis.attention, *self._words(source_ids, hypothesis.tokens))
-        return [weights.tolist() for _, weights in rows]
-
     def _words(self, source_ids: list[int], target_ids: list[int]) -> tuple[WordIndices, WordIndices]:
         """Each source and target token's word, a line's sentences counted through."""
-        eos, tokenizers = self.tokenizers.eos_id, self.tokenizers
-        source_words = words_of_sentences(source_ids, eos, tokenizers.src_token_words)
-        target_words = words_of_sentences(target_ids, eos, tokenizers.tgt_token_words,
-                                          spaced=sentence_joiner(self.target_language) == " ")
-        return source_words, target_words
+        return self._source_words(source_ids), self._target_words(target_ids)
+
+    def _source_words(self, source_ids: list[int]) -> WordIndices:
+        return words_of_sentences(source_ids, self.tokenizers.eos_id, self.tokenizers.src_token_words)
+
+    def _target_words(self, target_ids: list[int]) -> WordIndices:
+        return words_of_sentences(target_ids, self.tokenizers.eos_id, self.tokenizers.tgt_token_words,
+                                  spaced=sentence_joiner(self.target_language) == " ")
 
     def attention_labels(self, source_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str]]:
         """The subwords along the two axes of ``hypothesis.attention``: source and target, each
