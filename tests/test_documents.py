@@ -358,6 +358,16 @@ def inline(page: str) -> Inline:
     return run
 
 
+def word_stretch(xml: str):
+    """A Word paragraph's pieces, and its one stretch of text (an ``office.OfficeStretch``)."""
+    from seq2seq_cli.office import WORD, OfficeStretch, office_xml_pieces
+
+    pieces = office_xml_pieces(xml, WORD)
+    (stretch,) = [text for markup, text in pieces if markup is None]
+    assert isinstance(stretch, OfficeStretch)
+    return pieces, stretch
+
+
 @pytest.mark.parametrize("page, translation, attention, expected", [
     # An element moves with its words: French puts the adjective after the noun.
     ("a <b>red</b> car", "une voiture rouge", one_to_one(0, 2, 1, sources=3), "une voiture <b>rouge</b>"),
@@ -509,15 +519,14 @@ def test_a_paragraphs_runs_share_its_translation_as_the_attention_says():
     runs, in order, each taking the words that looked at its words, so the bold word and the
     link carry over; a run left without words is emptied, and every run whose text starts or
     ends in a space is told to keep it."""
-    from seq2seq_cli.office import OPEN_DOCUMENT, WORD, OfficeStretch, office_xml_pieces
+    from seq2seq_cli.office import OPEN_DOCUMENT, OfficeStretch, office_xml_pieces
 
     xml = (f'<w:document {W}><w:body><w:p><w:r><w:t xml:space="preserve">Ein </w:t></w:r>'
            '<w:r><w:rPr><w:b/></w:rPr><w:t>Mann</w:t></w:r><w:r><w:t xml:space="preserve"> fährt </w:t></w:r>'
            '<w:hyperlink r:id="rId1"><w:r><w:t>Fahr</w:t></w:r><w:proofErr/><w:r><w:t>rad</w:t></w:r></w:hyperlink>'
            '<w:r><w:t>.</w:t></w:r></w:p></w:body></w:document>')
-    pieces = office_xml_pieces(xml, WORD)
-    (stretch,) = [text for markup, text in pieces if markup is None]
-    assert isinstance(stretch, OfficeStretch) and stretch.text == "Ein Mann fährt Fahrrad."
+    pieces, stretch = word_stretch(xml)
+    assert stretch.text == "Ein Mann fährt Fahrrad."
     # "A" and "man" look at "Mann" (an article looks ahead at its noun), "riding" at "fährt".
     attention = one_to_one(1, 1, 2, 2, 3, 3, sources=4)
     translated, _ = reassemble(pieces, iter([[("A man is riding a bicycle.", attention)]]), 0, escape=True,
@@ -553,15 +562,14 @@ def test_runs_of_formatting_and_text_alone_move_with_their_words():
     """Runs that hold nothing but formatting and text (Word's w:r with w:rPr and w:t, spelling
     marks between them) are copied and moved as the translation moves their words: the bold
     participle German puts last comes back bold where English puts it."""
-    from seq2seq_cli.office import POWERPOINT, WORD, OfficeStretch, office_xml_pieces
+    from seq2seq_cli.office import POWERPOINT, office_xml_pieces
 
     xml = (f'<w:document {W}><w:body><w:p><w:pPr><w:jc w:val="left"/></w:pPr><w:r><w:rPr><w:sz w:val="24"/></w:rPr>'
            '<w:t xml:space="preserve">Er hat den Hund </w:t></w:r><w:proofErr w:type="spellStart"/>'
            '<w:r><w:rPr><w:b/><w:sz w:val="24"/></w:rPr><w:t>gesehen</w:t></w:r><w:proofErr w:type="spellEnd"/>'
            '<w:r><w:rPr><w:sz w:val="24"/></w:rPr><w:t>.</w:t></w:r></w:p></w:body></w:document>')
-    pieces = office_xml_pieces(xml, WORD)
-    (stretch,) = [text for markup, text in pieces if markup is None]
-    assert isinstance(stretch, OfficeStretch) and stretch.run_starts is not None
+    pieces, stretch = word_stretch(xml)
+    assert stretch.run_starts is not None
     # "He has seen the dog.": "seen" looks at "gesehen.", "the" and "dog." at "den" and "Hund".
     translated, _ = reassemble(pieces, iter([[("He has seen the dog.", one_to_one(0, 1, 4, 2, 3, sources=5))]]), 0)
     plain, bold = '<w:r><w:rPr><w:sz w:val="24"/></w:rPr><w:t', '<w:r><w:rPr><w:b/><w:sz w:val="24"/></w:rPr><w:t'
@@ -572,7 +580,7 @@ def test_runs_of_formatting_and_text_alone_move_with_their_words():
         other = xml.replace('<w:proofErr w:type="spellStart"/>', between)
         if "hyperlink" in between:
             other = other.replace('<w:proofErr w:type="spellEnd"/>', "</w:hyperlink>")
-        (stretch,) = [text for markup, text in office_xml_pieces(other, WORD) if markup is None]
+        _, stretch = word_stretch(other)
         assert stretch.run_starts is None
     # PowerPoint's runs move the same way.
     slide = ('<p:sld><a:p><a:r><a:rPr lang="de-DE"/><a:t>Er hat den Hund </a:t></a:r><a:r><a:rPr lang="de-DE" b="1"/>'
