@@ -3,6 +3,7 @@ or where a model trained with data.unknown_placeholders wrote [UNK]; never lost,
 alignment and markup of a translation follow its copied words."""
 
 import pytest
+from transformers import BertTokenizer
 
 from seq2seq_cli.config import load_config
 from seq2seq_cli.copying import UnknownSpan, copy_unknown, unknown_spans
@@ -184,3 +185,21 @@ def test_unknown_spans_are_read_from_the_tokenizer_with_neighbours_joined(learne
     assert [span.words for span in spans] == [(3, 4), (8,)]
     assert [span.tokens for span in spans] == [tuple(5 + k for k, is_unk in enumerate(unknown) if is_unk)[:2],
                                                (5 + len(ids) - 1,)]
+
+
+def test_an_uncased_pretrained_tokenizer_gets_the_word_copied_as_written(tmp_path):
+    """BERT's uncased tokenizers lowercase, strip accents and cut punctuation off before they
+    look a word up: the copy is still the text of the line, accents, case and all, without the
+    full stop after it."""
+    en, de = toy_lines("train", 200)
+    words = sorted({word for line in en + de for word in line.lower().replace(".", " .").replace(",", " ,").split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}).save_pretrained(str(tmp_path / "bert"))
+    config = tiny_config(tmp_path, tokenizer={"pretrained": str(tmp_path / "bert")})
+    train(load_config(config))
+    translator = Translator.load(tmp_path / "run", device="cpu")
+    line = "The baker sees Zoë in Москва."
+    ids, _ = translator.tokenizers.src_offsets(line)
+    assert ids.count(translator.tokenizers.src_unk_id) == 2  # "zoe" and "москва" are not in it
+    translation = translator.translate([line])[0]
+    assert translation.split().count("Zoë") == 1 and translation.split().count("Москва") == 1, translation
