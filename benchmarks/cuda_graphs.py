@@ -133,7 +133,7 @@ def main() -> None:
                "last_loss_finite": all(loss is not None and math.isfinite(loss) for loss in losses)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del graphed, model, optimizer
+        graphed = model = optimizer = None  # frees this size's memory; rebound, not deleted: the closures above read them
         torch.cuda.empty_cache()
 
     print(f"\n{torch.cuda.get_device_name(device)}, torch {torch.__version__}; model emb 256 / hidden 256 / "
