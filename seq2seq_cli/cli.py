@@ -639,7 +639,8 @@ def serve(
         import uvicorn
     except ImportError:
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
-    from seq2seq_cli.serve import LoadOptions, ServeSettings, create_app, server_models
+    from seq2seq_cli.batching import LoadOptions
+    from seq2seq_cli.serve import ServeSettings, create_app, server_models
 
     options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs, copy_unknown)
     models = server_models([str(path) for path in checkpoint], options, ensemble)

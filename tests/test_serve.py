@@ -551,7 +551,8 @@ def test_req_limit_refuses_a_client_over_its_requests_a_minute(run):
 
 
 def test_request_limit_is_a_token_bucket_per_client():
-    from seq2seq_cli.serve import ClientError, RequestLimit
+    from seq2seq_cli.errors import ClientError
+    from seq2seq_cli.serve import RequestLimit
 
     now = [100.0]
     limit = RequestLimit(6, clock=lambda: now[0], max_clients=2)  # one request back each 10 s
@@ -795,7 +796,8 @@ def test_the_page_detects_the_language_where_two_go_to_one_target(three_pairs):
 def test_libretranslate_client_endpoints_beside_translate():
     """/detect, /frontend/settings and LibreTranslate's answers for what is off; a served
     language the detector does not know is never guessed."""
-    from seq2seq_cli.serve import LoadOptions, ServedModel, ServeSettings, create_app
+    from seq2seq_cli.batching import LoadOptions, ServedModel
+    from seq2seq_cli.serve import ServeSettings, create_app
 
     models = [ServedModel("a", ["a"], "en", "de", translator=None), ServedModel("b", ["b"], "qq", "de", None)]
     app = create_app(models, ServeSettings(char_limit=30, api_key="k"), LoadOptions("cpu"))
@@ -857,7 +859,7 @@ def test_several_languages_without_py3langid_is_a_clear_error(monkeypatch):
 
 def test_runs_of_one_pair_are_served_as_an_ensemble_with_ensemble(run):
     """--ensemble: runs that translate the same pair become one model; a model with itself is the model."""
-    from seq2seq_cli.serve import LoadOptions, load_models
+    from seq2seq_cli.batching import LoadOptions, load_models
 
     single, = load_models([str(run)], LoadOptions("cpu"))
     twice, = load_models([str(run), str(run)], LoadOptions("cpu"), ensemble=True)
