@@ -248,6 +248,7 @@ def translate(
     alignment: bool = typer.Option(False, "--alignment", help="End each line with ' ||| ' and its word alignment from the attention: SOURCE-TARGET word pairs (0-0 1-2 ...)."),
     as_html: bool = typer.Option(False, "--html", help="The input is one HTML document (UTF-8): translate its text, keep its markup and code."),
     copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
+    constraints: bool = typer.Option(False, "--constraints", help="Each line is SOURCE<TAB>PHRASE<TAB>PHRASE...: the translation must hold each phrase (terminology; fairseq's format). Needs --beam-size 2 or more."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -278,7 +279,8 @@ def translate(
                         f"give --output FILE.{office}")
     if as_html or office:
         _check_document_options(f"--input {input_file}" if office else "--html", nbest=nbest > 1, sample=sample,
-                                alignment=alignment, plot_attention=plot_attention, html=as_html and bool(office))
+                                alignment=alignment, plot_attention=plot_attention, html=as_html and bool(office),
+                                constraints=constraints)
     if output_file is not None and is_same_file(output_file, input_file or _stdin_descriptor()):
         raise UserError(f"--output {output_file} is the file being translated: its translation would replace it; "
                         "write to another file")
@@ -291,7 +293,7 @@ def translate(
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
                                  split_sentences=split_sentences or as_html or office is not None,  # paragraphs
-                                 alignment=alignment, copy_unknown=copy_unknown)
+                                 alignment=alignment, copy_unknown=copy_unknown, constraints=constraints)
     if as_html:
         document = _read_document(input_file)
         _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),
@@ -331,7 +333,7 @@ def _check_document_options(what: str, **given) -> None:
     """--html and office documents translate a whole document into one: options about lines
     and lists do not apply."""
     names = {"nbest": "--nbest", "sample": "--sample", "alignment": "--alignment", "plot_attention": "--plot-attention",
-             "html": "--html"}
+             "html": "--html", "constraints": "--constraints"}
     clashing = [names[name] for name, value in given.items() if value]
     if clashing:
         one = len(clashing) == 1

@@ -16,6 +16,9 @@ log-probabilities of what it drew, as a search's are.
 
 An ``Ensemble`` of models searches like one model, batched the same way: each step's
 log-probabilities are those of the weighted mean of the models' distributions.
+
+``constrained_beam_search`` is beam search whose translations must hold given phrases
+(``seq2seq_cli.constraints``), its beams shared out by how far each is with them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seq2seq_cli.config import DecodingConfig
+from seq2seq_cli.constraints import Constraints, ConstraintState, allocate, holds
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.device import fill_in_batches
 from seq2seq_cli.precision import autocast
@@ -416,6 +420,112 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
                       keep_attention) for row in range(batch_size)]
 
 
+@torch.inference_mode()
+def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor,
+                            ids: SpecialIds, limits: torch.Tensor, beam_size: int, constraints: Sequence[Constraints],
+                            length_penalty: float = 1.0, nbest: int = 1, keep_attention: bool = False
+                            ) -> list[list[Hypothesis]]:
+    """``beam_search`` whose translations contain each sentence's ``constraints`` (phrases of
+    target ids), by dynamic beam allocation (``seq2seq_cli.constraints``).
+
+    Each step ranks, per sentence, every beam's 2K best tokens and the tokens that advance its
+    constraints, and keeps 2K of them taken in turn from the banks of how many constraint
+    tokens they have met. Of those, the ones ending in [SEP] among the first K finish if they
+    have met every constraint; the first K others live on. A sentence that cannot meet them all
+    before its length limit gets its best endings that do not (the caller can tell by looking)."""
+    device = src_ids.device
+    batch_size, k = src_ids.size(0), beam_size
+    limits = limits.to(device)
+    state = model.encode(src_ids, src_lengths)
+    beam_state = state.select(torch.arange(batch_size, device=device).repeat_interleave(k))  # (B*K, ...)
+    hidden = beam_state.hidden  # (B*K, H)
+    beam_limits = limits.repeat_interleave(k)  # (B*K,)
+    tokens = torch.full((batch_size * k,), ids.bos, dtype=torch.long, device=device)
+    scores = [[0.0] + [float("-inf")] * (k - 1) for _ in range(batch_size)]  # of the active sentences' beams
+    states = [[ConstraintState()] * k for _ in range(batch_size)]
+    best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()
+    active = list(range(batch_size))
+    history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
+    finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]
+    unmet: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]  # endings short of them
+    for t in range(int(limits.max()) + 1):
+        n = len(active)
+        log_probs, hidden, weights = step_log_probs(model, tokens, hidden, beam_state, ids)
+        restrict_next_tokens(log_probs, ids, beam_limits <= t)
+        best_log_probs, best_tokens = top_by_blocks(log_probs, min(2 * k, log_probs.size(1)))  # (n*K, 2K)
+        offered = [(position * k + beam, token) for position, row in enumerate(active) for beam in range(k)
+                   if scores[position][beam] > float("-inf")
+                   for token in states[position][beam].advancing(constraints[row])]
+        offered_log_probs = (log_probs[[r for r, _ in offered], [c for _, c in offered]].tolist() if offered else [])
+        extensions: list[dict[tuple[int, int], float]] = [{} for _ in range(n)]  # (beam, token) -> log P
+        for (beam_row, token), log_prob in zip(offered, offered_log_probs):
+            extensions[beam_row // k][beam_row % k, token] = log_prob
+        for beam_row, (row_log_probs, row_tokens) in enumerate(zip(best_log_probs.tolist(), best_tokens.tolist())):
+            for log_prob, token in zip(row_log_probs, row_tokens):
+                extensions[beam_row // k][beam_row % k, token] = log_prob
+
+        parents, chosen_tokens, next_scores, next_states = [], [], [], []
+        penalty = gnmt_penalty(t + 1, length_penalty)
+        for position, row in enumerate(active):
+            wanted = constraints[row]
+            candidates = [(beam, token, scores[position][beam] + log_prob)
+                          for (beam, token), log_prob in extensions[position].items()
+                          if scores[position][beam] > float("-inf") and log_prob > float("-inf")]
+            after = [states[position][beam].ended() if token == ids.eos else states[position][beam].after(token, wanted)
+                     for beam, token, _ in candidates]
+            kept = []
+            for candidate, reached in zip(candidates, after):
+                beam, token, score = candidate
+                if token == ids.eos and not reached.done(wanted):
+                    unmet[row].append((score / penalty, score, t, beam))
+                else:
+                    kept.append((candidate, reached))
+            order = allocate([reached.tokens_met(wanted) for _, reached in kept],
+                             [candidate[2] for candidate, _ in kept], 2 * k)
+            for index in order[:k]:
+                (beam, token, score), _ = kept[index]
+                if token == ids.eos:
+                    finished[row].append((score / penalty, score, t, beam))
+            live = [kept[index] for index in order if kept[index][0][1] != ids.eos][:k]
+            live += [((0, ids.eos, float("-inf")), ConstraintState())] * (k - len(live))
+            parents.append([beam for (beam, _, _), _ in live])
+            chosen_tokens.append([token for (_, token, _), _ in live])
+            next_scores.append([score for (_, _, score), _ in live])
+            next_states.append([reached for _, reached in live])
+
+        parent = torch.tensor(parents, dtype=torch.long)  # (n, K)
+        next_tokens = torch.tensor(chosen_tokens, dtype=torch.long)
+        attention = weights.view(n, k, -1).float().cpu() if keep_attention else None
+        history.append(({row: i for i, row in enumerate(active)}, parent, next_tokens, attention))
+        scores, states = next_scores, next_states
+        parent_rows = (parent + (torch.arange(n) * k).unsqueeze(1)).view(-1).to(device)
+        hidden = hidden.index_select(0, parent_rows)
+        tokens = next_tokens.view(-1).to(device)
+
+        keep = still_searching(active, finished, [max(row_scores) for row_scores in scores], best_bound, k, nbest)
+        if not keep:
+            break
+        if len(keep) < n:
+            rows = torch.tensor(keep, device=device)
+            beams = (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            active = [active[p] for p in keep]
+            scores, states = [scores[p] for p in keep], [states[p] for p in keep]
+            beam_state, hidden, tokens, beam_limits = beam_state.select(beams), hidden[beams], tokens[beams], beam_limits[beams]
+
+    chosen = [(sorted(finished[row], reverse=True) + sorted(unmet[row], reverse=True))[:nbest]
+              for row in range(batch_size)]
+    return [backtrack(history, row, chosen[row], int(src_lengths[row]), keep_attention) for row in range(batch_size)]
+
+
+def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int) -> list[Hypothesis]:
+    """The ``nbest`` best of ``hypotheses`` that hold every phrase (the others after them, for a
+    sentence that cannot hold them all), each translation once."""
+    unique = {tuple(h.tokens): h for h in reversed(hypotheses)}.values()  # the first of each
+    return sorted(unique, key=lambda h: (all(holds(h.tokens, phrase, constraints.continuation)
+                                             for phrase in constraints.phrases), h.score),
+                  reverse=True)[:nbest]
+
+
 def still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
                     best_bound: list[float], k: int, nbest: int) -> list[int]:
     """Positions in ``active`` of the sentences not done: fewer than K finished hypotheses, and
@@ -458,7 +568,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                   decoding: DecodingConfig, nbest: int = 1, keep_attention: bool = False,
                   precision: str = "auto", graphs: Optional["SearchGraphs"] = None,
                   sampling: Optional[Sampling] = None, first_index: int = 0,
-                  progress: Optional[Callable[[int], object]] = None) -> list[list[Hypothesis]]:
+                  progress: Optional[Callable[[int], object]] = None,
+                  constraints: Optional[Sequence[Constraints]] = None) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
     searched as ``decoding`` says (beam size, length penalty and limits, batch size), computing
     in ``precision`` (see ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU).
@@ -469,6 +580,10 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     loop, ``decoding.beam_size`` unused), highest log-probability first; ``first_index`` is the
     position of ``sources[0]`` in the whole input, which seeds each sentence's draws.
 
+    With ``constraints`` (one list of target-id phrases per source) beam search puts each
+    source's phrases into its translations (``constrained_beam_search``), the length limit
+    raised by their tokens.
+
     An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
     without a search: training never shows the model one (empty pairs are dropped).
 
@@ -478,7 +593,9 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     each finished batch held (a progress bar's ``update``)."""
     if nbest > decoding.beam_size and sampling is None:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({decoding.beam_size})")
-    if keep_attention or decoding.no_repeat_ngram_size or sampling is not None:
+    if constraints is not None and (sampling is not None or decoding.beam_size < 2 or decoding.no_repeat_ngram_size):
+        raise ValueError("constraints need beam search (beam size 2 or more), without sampling or no_repeat_ngram_size")
+    if keep_attention or decoding.no_repeat_ngram_size or sampling is not None or constraints is not None:
         graphs = None
 
     def search(chunk: list[int]) -> list[list[Hypothesis]]:
@@ -498,6 +615,23 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                 if decoding.beam_size == 1:
                     return [[h] for h in graphs.greedy(src_ids, src_lengths, limits)]
                 return graphs.beam(src_ids, src_lengths, limits, decoding.beam_size, decoding.length_penalty, nbest)
+            if constraints is not None:
+                wanted = [constraints[i] for i, _ in rows]
+                room = torch.tensor([sum(max(map(len, phrase)) for phrase in sentence.phrases) for sentence in wanted])
+                # Each bank (constraint tokens in place: 0 to all of them) keeps two beams at least:
+                # with fewer, the words around a phrase of many tokens are left to one beam each.
+                beam = max(decoding.beam_size, 2 * (int(room.max()) + 1))
+                forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, beam,
+                                                 wanted, decoding.length_penalty, nbest, keep_attention)
+                if not any(sentence.phrases for sentence in wanted):
+                    return forced
+                # Beams shared out over banks leave fewer to the words before a phrase, so the
+                # translation that plain beam search finds, when it holds the phrases already, can
+                # score better than any found under constraints: the better of both is kept.
+                plain = beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
+                                    decoding.length_penalty, nbest, keep_attention)
+                return [_best_holding(found + searched, sentence, nbest)
+                        for found, searched, sentence in zip(forced, plain, wanted)]
             if decoding.beam_size == 1:
                 return [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
                                                    decoding.no_repeat_ngram_size)]
@@ -521,8 +655,8 @@ def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources:
                      decoding: DecodingConfig, device: torch.device, nbest: int = 1,
                      keep_attention: bool = False, precision: str = "auto",
                      graphs: Optional["SearchGraphs"] = None, sampling: Optional[Sampling] = None,
-                     first_index: int = 0, progress: Optional[Callable[[int], object]] = None
-                     ) -> list[list[Hypothesis]]:
+                     first_index: int = 0, progress: Optional[Callable[[int], object]] = None,
+                     constraints: Optional[Sequence[Constraints]] = None) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids."""
     return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision,
-                         graphs, sampling, first_index, progress)
+                         graphs, sampling, first_index, progress, constraints)

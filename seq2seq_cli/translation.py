@@ -32,6 +32,7 @@ import torch
 from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
+from seq2seq_cli.constraints import TRAILING_PUNCTUATION, Constraints, holds, ways_of_writing
 from seq2seq_cli.copying import Copied, UnknownSpan, copy_unknown, unknown_spans
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
@@ -140,6 +141,7 @@ class _Lines:
     first_line: int  # the input line number of the first line, for warnings
     sentences: list[list[str]]  # one list per line
     first_sentence: int  # the position of sentences[0][0] among all sentences read, for sampling seeds
+    phrases: Optional[list[list[str]]] = None  # with constraints: the phrases each line's translation must hold
 
 
 def _join_sentences(sources: list[list[int]], results: list[list[Hypothesis]], counts: list[int],
@@ -255,6 +257,20 @@ def _check_sampling(sampling: Sampling) -> None:
             raise UserError(f"{name} {value!r}: must be {expected}")
 
 
+def _check_constraints(translator: "Translator") -> None:
+    """Constraints are met by beam search, for a line as a whole."""
+    clashing = [name for name, given in (("--split-sentences", translator.split_sentences),
+                                         ("--sample", translator.sampling is not None),
+                                         ("--no-repeat-ngram-size", translator.decoding.no_repeat_ngram_size > 0))
+                if given]
+    if clashing:
+        raise UserError(f"--constraints cannot be used with {', '.join(clashing)}: a line's phrases are met by beam "
+                        "search over the whole line; drop " + ("it" if len(clashing) == 1 else "them"))
+    if translator.decoding.beam_size < 2:
+        raise UserError("--constraints needs beam search: add --beam-size 5 (or any size of 2 or more); with one "
+                        "beam a phrase would be put in first, wherever it belongs")
+
+
 def _check_same_tokenizer(path: str | Path, tokenizers: Tokenizers, other_path: str | Path,
                           other: Tokenizers) -> None:
     """Models in an ensemble must read and write the same tokens: one tokenizer, one vocabulary."""
@@ -311,6 +327,9 @@ class Translator:
         self.unknown_word_lines = 0  # input lines with a word read as [UNK]: the first few are named
         # A source word read as [UNK] is copied into the translation (seq2seq_cli.copying).
         self.copy_unknown = True
+        # Each line is a source, then tab-separated phrases its translation must hold
+        # (seq2seq_cli.constraints; fairseq's --constraints format).
+        self.constraints = False
         # The CUDA graphs of this model's searches, shared with the translators ``with_settings``
         # makes (a graph is made per batch shape and kept).
         self._graphs: list[SearchGraphs] = []
@@ -322,7 +341,8 @@ class Translator:
              no_repeat_ngram_size: Optional[int] = None, batch_size: Optional[int] = None, nbest: int = 1,
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
              cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None,
-             split_sentences: bool = False, alignment: bool = False, copy_unknown: bool = True) -> "Translator":
+             split_sentences: bool = False, alignment: bool = False, copy_unknown: bool = True,
+             constraints: bool = False) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
@@ -333,7 +353,10 @@ class Translator:
         ``data.max_len`` in pieces that fit) and join the translations; ``alignment``: each
         Translation comes with its word alignment (``seq2seq_cli.alignment``); ``copy_unknown``:
         a source word the vocabulary cannot spell (read as [UNK]) is copied into the translation
-        where the words that translate it would be (``seq2seq_cli.copying``)."""
+        where the words that translate it would be (``seq2seq_cli.copying``); ``constraints``: each
+        text is a source followed by tab-separated phrases of the target language that its
+        translations must hold, e.g. ``"Ein Mann fährt Fahrrad.\tbicycle"`` (beam search of
+        ``beam_size`` 2 or more; ``seq2seq_cli.constraints``)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
@@ -356,7 +379,7 @@ class Translator:
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
                                         cuda_graphs=cuda_graphs, sampling=sampling, split_sentences=split_sentences,
-                                        alignment=alignment, copy_unknown=copy_unknown)
+                                        alignment=alignment, copy_unknown=copy_unknown, constraints=constraints)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -376,7 +399,8 @@ class Translator:
     def with_settings(self, nbest: Optional[int] = None, keep_attention: Optional[bool] = None,
                       sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
                       fit_long_lines: Optional[bool] = None, alignment: Optional[bool] = None,
-                      copy_unknown: Optional[bool] = None, **decoding_overrides) -> "Translator":
+                      copy_unknown: Optional[bool] = None, constraints: Optional[bool] = None,
+                      **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
@@ -390,11 +414,15 @@ class Translator:
             sibling.alignment = bool(alignment)
         if copy_unknown is not None:
             sibling.copy_unknown = bool(copy_unknown)
+        if constraints is not None:
+            sibling.constraints = bool(constraints)
         sibling.keep_attention = sibling.keep_attention or sibling.alignment  # alignments are read from it
         if sampling is not None:
             _check_sampling(sampling)
             sibling.sampling = sampling
         sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides, sibling.sampling)
+        if sibling.constraints:
+            _check_constraints(sibling)
         return sibling
 
     def translate(self, texts: Iterable[str] | str) -> list[str] | str:
@@ -521,6 +549,11 @@ class Translator:
         """The next raw input lines as text, numbered, and split into sentences if asked to."""
         first_line = self._number_lines(len(raw_lines))
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
+        phrases = None
+        if self.constraints:  # SOURCE<TAB>PHRASE<TAB>PHRASE...
+            fields = [text.split("\t") for text in texts]
+            texts = [line[0] for line in fields]
+            phrases = [[phrase.strip() for phrase in line[1:] if phrase.strip()] for line in fields]
         if self.split_sentences:
             sentences = [self._fit(split_sentences(text, self.source_language), first_line + offset)
                          for offset, text in enumerate(texts)]
@@ -530,7 +563,7 @@ class Translator:
             sentences = [[text] for text in texts]
         first_sentence = self.sentences_read
         self.sentences_read += sum(len(line) for line in sentences)
-        return _Lines(first_line, sentences, first_sentence)
+        return _Lines(first_line, sentences, first_sentence, phrases)
 
     def _fit(self, sentences: list[str], line_number: int) -> list[str]:
         """A line's sentences, one longer than the model's limit cut into pieces that fit (with
@@ -556,16 +589,50 @@ class Translator:
             progress = _in_lines(progress, len(sentences), len(counts))
         unknown = self.tokenizers.src_unk_id if self.copy_unknown else None
         copies = unknown is not None and any(unknown in source for source in sources)
+        constraints = None if lines.phrases is None else self._encode_phrases(lines)
         results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
                                    self.keep_attention or copies,  # a copy is placed by the attention
                                    self.precision, self._search_graphs(), self.sampling,
-                                   first_index=lines.first_sentence, progress=progress)
+                                   first_index=lines.first_sentence, progress=progress, constraints=constraints)
+        if constraints is not None:
+            self._name_unmet_phrases(lines, constraints, results)
         if split:
             sources, results = _join_sentences(sources, results, counts, self.tokenizers.eos_id)
         if copies:
             results = [self._with_unknown_copied(line, source_ids, hypotheses)
                        for line, source_ids, hypotheses in zip(lines.sentences, sources, results)]
         return sources, results
+
+    def _encode_phrases(self, lines: _Lines) -> list[Constraints]:
+        """Each line's phrases as their ways of being written in target tokens
+        (``constraints.ways_of_writing``); one with a word the target vocabulary cannot spell is
+        left out, with a warning (its [UNK] would say nothing of the word)."""
+        # Pieces that go on a word: "##en", not "##." (a full stop after a phrase ends its word).
+        continuation = frozenset(token for piece, token in self.tokenizers.tgt.get_vocab().items()
+                                 if piece.startswith("##") and piece[2:3].isalnum())
+        encoded = []
+        for offset, phrases in enumerate(lines.phrases):
+            line = []
+            for phrase in phrases:
+                own, *marked = self.tokenizers.encode_tgt([phrase] + [phrase + mark for mark in TRAILING_PUNCTUATION])
+                if self.tokenizers.tgt_unk_id in own:
+                    log.warning("input line %d: the target vocabulary cannot spell the constraint %r; left out",
+                                lines.first_line + offset, phrase)
+                elif own:
+                    line.append(ways_of_writing(own, [ids for ids in marked if self.tokenizers.tgt_unk_id not in ids]))
+            encoded.append(Constraints(line, continuation))
+        return encoded
+
+    def _name_unmet_phrases(self, lines: _Lines, constraints: list[Constraints],
+                            results: list[list[Hypothesis]]) -> None:
+        """Warn of a line whose best translation could not hold its phrases within the length
+        limit (the search then gives its best translations without them)."""
+        for offset, (wanted, hypotheses) in enumerate(zip(constraints, results)):
+            missing = [phrase for phrase in wanted.phrases if not holds(hypotheses[0].tokens, phrase, wanted.continuation)]
+            if missing:
+                log.warning("input line %d: no translation within the length limit holds %s",
+                            lines.first_line + offset, ", ".join(repr(self.tokenizers.decode_tgt([phrase[0]])[0])
+                                                                 for phrase in missing))
 
     def _with_unknown_copied(self, sentences: list[str], source_ids: list[int], hypotheses: list[Hypothesis]
                              ) -> list[Hypothesis]:

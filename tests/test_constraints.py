@@ -1,0 +1,134 @@
+"""Lexically constrained beam search (``s2s translate --constraints``): every translation holds
+its phrases, the search is exact where it can be checked exhaustively, and without phrases it
+is beam search, result for result."""
+
+import itertools
+
+import pytest
+import torch
+
+from seq2seq_cli.constraints import Constraints, ConstraintState, allocate, holds, ways_of_writing
+from seq2seq_cli.data import pad_sources
+from seq2seq_cli.decoding import beam_search, constrained_beam_search, gnmt_penalty
+from seq2seq_cli.translation import Translator
+
+from conftest import IDS, SOURCES, assert_user_errors, make_batch, s2s_forked, tiny_model, toy_lines
+
+from test_decoding import sequence_log_prob
+
+
+def test_a_state_counts_the_constraint_tokens_in_place_and_drops_a_phrase_broken_off():
+    phrases = Constraints([[[7, 8, 9], [7, 10]], [[8]]])  # the first written 7 8 9 or 7 10 ("bicycle" or "bicycle.")
+    state = ConstraintState()
+    assert sorted(state.advancing(phrases)) == [7, 8] and state.tokens_met(phrases) == 0
+    state = state.after(7, phrases)  # 7 begins both ways of the first phrase
+    assert state.advancing(phrases) == [8, 10] and state.tokens_met(phrases) == 1
+    broken = state.after(5, phrases)  # neither way's next token: the phrase begun is dropped
+    assert broken == ConstraintState() and broken.tokens_met(phrases) == 0
+    assert state.after(10, phrases).ended().met == {0}  # its other way
+    state = state.after(8, phrases).after(9, phrases)
+    assert state.pending == 0 and state.tokens_met(phrases) == 3 and not state.ended().done(phrases)
+    state = state.after(8, phrases)
+    assert state.met == {0} and state.pending == 1 and state.advancing(phrases) == [] and state.tokens_met(phrases) == 4
+    assert state.ended().done(phrases)
+    # Restarted by the token that breaks it off: 7 7 8 9 holds the phrase.
+    assert ConstraintState().after(7, phrases).after(7, phrases).partial == {(0, 0, 1), (0, 1, 1)}
+    first = phrases.phrases[0]
+    assert holds([1, 7, 10, 2], first) and holds([7, 8, 9], first) and not holds([7, 8, 10], first)
+
+
+def test_a_phrase_is_met_only_where_its_last_word_ends():
+    """ "Bruder" is not in "Brudern": a token that goes on the word ("##n") undoes the phrase."""
+    bruder, n, der = 7, 30, 8
+    wanted = Constraints([[[bruder]]], continuation=frozenset({n}))
+    state = ConstraintState().after(bruder, wanted)
+    assert state.pending == 0 and not state.done(wanted)
+    assert not state.after(n, wanted).ended().done(wanted)  # "Brudern"
+    assert state.after(der, wanted).done(wanted) and state.ended().done(wanted)  # "Bruder der", "Bruder" at the end
+    assert not ConstraintState().after(n, Constraints([[[n, der]]], frozenset({n}))).partial  # no phrase starts mid-word
+    assert holds([der, bruder], wanted.phrases[0], wanted.continuation)
+    assert holds([bruder, der], wanted.phrases[0], wanted.continuation)
+    assert not holds([der, bruder, n], wanted.phrases[0], wanted.continuation)
+
+
+def test_a_phrase_is_also_written_with_a_mark_its_last_word_takes_in():
+    """A vocabulary that splits at spaces reads "bicycle." as one token: that is a way to write
+    "bicycle" too; "bicycle," read as "bicycle" "##," starts with the phrase and adds nothing."""
+    bicycle, with_stop, with_comma = [40], [41], [40, 12]
+    assert ways_of_writing(bicycle, [with_stop, with_comma, with_stop]) == [[40], [41]]
+
+
+def test_allocation_takes_the_banks_in_turn_fullest_first_best_first():
+    banks = [0, 0, 0, 0, 1, 2, 2]
+    scores = [-1.0, -2.0, -3.0, -4.0, -9.0, -8.0, -5.0]
+    assert allocate(banks, scores, 5) == [6, 4, 0, 5, 1]
+    assert allocate(banks, scores, 10) == [6, 4, 0, 5, 1, 2, 3]  # a bank run dry gives its turn away
+    assert allocate([0, 0], [-2.0, -1.0], 1) == [1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("phrases", [[[[5, 4]]], [[[1]], [[5]]], [[[4, 4, 4]]], [[[1, 1], [5, 1, 4]]]])
+def test_a_wide_constrained_beam_finds_the_best_translation_that_holds_the_phrases(seed, phrases):
+    """Exhaustive search over every translation of up to 4 tokens that holds the phrases: a beam
+    wider than all of them must find the best, with the model's own score."""
+    model = tiny_model(seed, sharpness=3.0)
+    source, limit, alpha = [4, 5, 1], 4, 1.0
+    holding = [seq for n in range(limit + 1) for seq in itertools.product([1, 4, 5], repeat=n)
+               if all(holds(seq, phrase) for phrase in phrases)]
+    best = max((sequence_log_prob(model, source, seq, limit) / gnmt_penalty(len(seq) + 1, alpha), seq)
+               for seq in holding)
+    src_ids, src_lengths = pad_sources([source], IDS.pad, IDS.eos)
+    found = constrained_beam_search(model, src_ids, src_lengths, IDS, torch.tensor([limit]), 128, [Constraints(phrases)],
+                                    length_penalty=alpha)[0][0]
+    assert tuple(found.tokens) == best[1]
+    assert found.score == pytest.approx(best[0], abs=1e-4)
+    assert found.log_prob == pytest.approx(sequence_log_prob(model, source, found.tokens, limit), abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [2, 5])
+def test_without_phrases_it_is_beam_search(beam):
+    model = tiny_model(1, vocab=12, sharpness=2.0)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    plain = beam_search(model, src_ids, src_lengths, IDS, limits, beam, 1.0, nbest=beam)
+    constrained = constrained_beam_search(model, src_ids, src_lengths, IDS, limits, beam, [Constraints([]) for _ in SOURCES],
+                                          1.0, nbest=beam)
+    for expected, found in zip(plain, constrained):
+        assert [h.tokens for h in found] == [h.tokens for h in expected]
+        assert [h.score for h in found] == pytest.approx([h.score for h in expected], abs=1e-5)
+
+
+def test_every_translation_holds_its_phrases_and_the_rest_stays_the_models(learned_toy_run):
+    """On the toy model: a phrase its translation already holds, the last word included (its
+    full stop a token of its own with it), changes nothing but for a translation the model
+    scores higher; a word from another sentence's translation is put into each, in every
+    n-best entry."""
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=5)
+    english, _ = toy_lines("dev", 30)
+    plain = [nbest[0] for nbest in translator.translate_nbest(english)]
+    own = [max(t.text.rstrip(".").split()[1:], key=len) for t in plain]  # a word of its own translation
+    same = [nbest[0] for nbest in translator.with_settings(constraints=True).translate_nbest(
+        [f"{e}\t{w}" for e, w in zip(english, own)])]
+    changed = [(a.text, b.text) for a, b in zip(plain, same) if a.text != b.text]
+    assert all(b.score > a.score for a, b in zip(plain, same) if a.text != b.text) and len(changed) <= 3, changed
+    foreign = [own[(k + 7) % len(own)] for k in range(len(own))]
+    nbest = translator.with_settings(constraints=True, nbest=3).translate_nbest(
+        [f"{e}\t{w}\t{w2}" for e, w, w2 in zip(english[:12], foreign, own)])
+    for words, hypotheses in zip(zip(foreign, own), nbest):
+        for hypothesis in hypotheses:
+            assert all(word in hypothesis.text.split() or word + "." in hypothesis.text.split()
+                       for word in words), (words, hypothesis.text)
+
+
+def test_s2s_translate_constraints(learned_toy_run):
+    lines = "The man sees the dog.\tKatze\nThe man sees the dog.\t\u041c\u043e\u0441\u043a\u0432\u0430\n\n"
+    result = s2s_forked("translate", "--checkpoint", learned_toy_run, "--constraints", "--beam-size", "4", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    first, second, empty = result.stdout.decode().split("\n")[:3]
+    assert "Katze" in first.replace(".", " ").split() and "Katze" not in second and empty == ""
+    assert "input line 2: the target vocabulary cannot spell the constraint 'Москва'; left out" in result.stderr.decode()
+    run = learned_toy_run
+    assert_user_errors(
+        (("translate", "--checkpoint", run, "--constraints", "--beam-size", "1"), "--constraints needs beam search"),
+        (("translate", "--checkpoint", run, "--constraints", "--beam-size", "3", "--split-sentences"),
+         "--constraints cannot be used with --split-sentences"),
+        (("translate", "--checkpoint", run, "--constraints", "--beam-size", "3", "--html"), "--constraints does not apply"))
