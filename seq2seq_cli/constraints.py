@@ -17,7 +17,7 @@ This module is the bookkeeping, in plain Python over token ids; ``decoding`` run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 Phrase = Sequence[Sequence[int]]  # one constraint: its ways of being written, each a list of token ids
@@ -30,6 +30,10 @@ class Constraints:
 
     phrases: Sequence[Phrase]
     continuation: frozenset[int] = frozenset()
+    starts: frozenset[int] = field(init=False)  # the first tokens of the phrases' ways
+
+    def __post_init__(self):
+        object.__setattr__(self, "starts", frozenset(way[0] for phrase in self.phrases for way in phrase))
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class ConstraintState:
         """The state once ``token`` is appended. A phrase begun and not continued is dropped
         (its tokens stay in the translation, as ordinary words), and so is one just put in
         whose last word the token goes on; the token may begin another."""
+        if self.pending is None and not self.partial and token not in constraints.starts:
+            return self  # most tokens: nothing begun, nothing begins
         phrases = constraints.phrases
         starts_word = token not in constraints.continuation
         met = self.met | ({self.pending} if self.pending is not None and starts_word else set())

@@ -480,8 +480,11 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
                     unmet[row].append((score / penalty, score, t, beam))
                 else:
                     kept.append((candidate, reached))
-            order = allocate([reached.tokens_met(wanted) for _, reached in kept],
-                             [candidate[2] for candidate, _ in kept], 2 * k)
+            bank_of: dict[int, int] = {}  # most candidates share their beam's state, and its bank
+            for _, reached in kept:
+                if id(reached) not in bank_of:
+                    bank_of[id(reached)] = reached.tokens_met(wanted)
+            order = allocate([bank_of[id(reached)] for _, reached in kept], [candidate[2] for candidate, _ in kept], 2 * k)
             for index in order[:k]:
                 (beam, token, score), _ = kept[index]
                 if token == ids.eos:
