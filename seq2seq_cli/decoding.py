@@ -343,6 +343,19 @@ def greedy_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths:
     return hypotheses
 
 
+def _first_beams(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
+                 limits: torch.Tensor, k: int) -> tuple[EncoderState | EnsembleState, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor]:
+    """The K beams of each sentence before the first step: their encoder state (B*K, ...),
+    decoder state (B*K, H), length limits (B*K,) and first tokens ([CLS], (B*K,))."""
+    batch_size = src_ids.size(0)
+    state = model.encode(src_ids, src_lengths)
+    # Every beam of a sentence reads the same encoder state: expanded once, never reordered.
+    beam_state = state.select(torch.arange(batch_size, device=src_ids.device).repeat_interleave(k))
+    tokens = torch.full((batch_size * k,), ids.bos, dtype=torch.long, device=src_ids.device)
+    return beam_state, beam_state.hidden, limits.repeat_interleave(k), tokens
+
+
 @torch.inference_mode()
 def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: torch.Tensor, ids: SpecialIds,
                 limits: torch.Tensor, beam_size: int, length_penalty: float = 1.0, nbest: int = 1,
@@ -358,12 +371,7 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
     device = src_ids.device
     batch_size, k = src_ids.size(0), beam_size
     limits = limits.to(device)
-    state = model.encode(src_ids, src_lengths)
-    # Every beam of a sentence reads the same encoder state: expanded once, never reordered.
-    beam_state = state.select(torch.arange(batch_size, device=device).repeat_interleave(k))  # (B*K, ...)
-    hidden = beam_state.hidden  # (B*K, H)
-    beam_limits = limits.repeat_interleave(k)  # (B*K,)
-    tokens = torch.full((batch_size * k,), ids.bos, dtype=torch.long, device=device)
+    beam_state, hidden, beam_limits, tokens = _first_beams(model, src_ids, src_lengths, ids, limits, k)
     generated = torch.zeros(batch_size * k, 0, dtype=torch.long, device=device)  # for no_repeat_ngram_size
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam to start with
@@ -410,8 +418,7 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
         if not keep:
             break
         if len(keep) < n:
-            rows = torch.tensor(keep, device=device)
-            beams = (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            rows, beams = _kept_rows(keep, k, device)
             active = [active[p] for p in keep]
             scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
             tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
@@ -436,11 +443,7 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
     device = src_ids.device
     batch_size, k = src_ids.size(0), beam_size
     limits = limits.to(device)
-    state = model.encode(src_ids, src_lengths)
-    beam_state = state.select(torch.arange(batch_size, device=device).repeat_interleave(k))  # (B*K, ...)
-    hidden = beam_state.hidden  # (B*K, H)
-    beam_limits = limits.repeat_interleave(k)  # (B*K,)
-    tokens = torch.full((batch_size * k,), ids.bos, dtype=torch.long, device=device)
+    beam_state, hidden, beam_limits, tokens = _first_beams(model, src_ids, src_lengths, ids, limits, k)
     scores = [[0.0] + [float("-inf")] * (k - 1) for _ in range(batch_size)]  # of the active sentences' beams
     states = [[ConstraintState()] * k for _ in range(batch_size)]
     best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()
@@ -509,8 +512,7 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
         if not keep:
             break
         if len(keep) < n:
-            rows = torch.tensor(keep, device=device)
-            beams = (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            _, beams = _kept_rows(keep, k, device)
             active = [active[p] for p in keep]
             scores, states = [scores[p] for p in keep], [states[p] for p in keep]
             beam_state, hidden, tokens, beam_limits = beam_state.select(beams), hidden[beams], tokens[beams], beam_limits[beams]
@@ -527,6 +529,12 @@ def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest:
     return sorted(unique, key=lambda h: (all(holds(h.tokens, phrase, constraints.continuation)
                                              for phrase in constraints.phrases), h.score),
                   reverse=True)[:nbest]
+
+
+def _kept_rows(keep: list[int], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of the sentences still searching, and the rows of all their beams."""
+    rows = torch.tensor(keep, device=device)
+    return rows, (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
 
 
 def still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
