@@ -260,6 +260,7 @@ def _check_sampling(sampling: Sampling) -> None:
 def _check_constraints(translator: "Translator") -> None:
     """Constraints are met by beam search, for a line as a whole."""
     clashing = [name for name, given in (("--split-sentences", translator.split_sentences),
+                                         ("fit_long_lines", translator.fit_long_lines),  # pieces of a line
                                          ("--sample", translator.sampling is not None),
                                          ("--no-repeat-ngram-size", translator.decoding.no_repeat_ngram_size > 0))
                 if given]
