@@ -46,6 +46,7 @@ class Search:
     split_sentences: bool = False  # each text translated sentence by sentence
     alignment: bool = False  # the best translation's word alignment (seq2seq_cli.alignment)
     word_attention: bool = False  # each translation's word attention, to put inline HTML elements back
+    constraints: bool = False  # each text is SOURCE<TAB>PHRASE...: its translations hold the phrases
 
 
 @dataclass
@@ -70,8 +71,10 @@ def decode_batch(translator: Translator, texts: list[str], search: Search) -> li
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
     translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention or search.word_attention,
                                           beam_size=search.beam_size, split_sentences=search.split_sentences,
-                                          alignment=search.alignment,
-                                          fit_long_lines=True)  # a client sees no warning: cut nothing off
+                                          alignment=search.alignment, constraints=search.constraints,
+                                          # A client sees no warning: cut nothing off (with
+                                          # constraints the server has checked that each text fits).
+                                          fit_long_lines=not search.constraints)
     sources, results = translator.translate_raw([text.encode("utf-8") for text in texts])
     decoded = []
     for source_ids, hypotheses in zip(sources, results):

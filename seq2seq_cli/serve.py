@@ -374,6 +374,18 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             answer["detectedLanguage"] = detected[0] if single else list(detected)
         return JSONResponse(answer)  # already JSON types: FastAPI's encoder pass would only cost time
 
+    def check_constrained(model: ServedModel, texts: list[str], beam: int, split: bool) -> None:
+        """What constraints need: beam search, and each text searched whole, within the model's limit."""
+        if beam < 2:
+            raise ClientError("constraints need beam search: set beam_size to 2 or more (5 is a good start)")
+        if split:
+            raise ClientError("constraints are met over a whole text: set split_sentences to false")
+        limit = model.translator.max_source_tokens
+        for index, source in enumerate(model.translator.tokenizers.encode_src(texts, limit + 1)):
+            if len(source) > limit:
+                raise ClientError(f"texts[{index}] is over the model's limit of {limit} tokens, and constraints are "
+                                  "met over a whole text: send it in pieces")
+
     @app.post("/v1/translate", summary="Translate with scores, n-best lists and attention",
               **_documented(_NATIVE_BODY, _NATIVE_ANSWER, forms=False))
     async def translate_native(request: Request):
@@ -383,12 +395,19 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
         nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
         attention, alignment = body.get("attention", False), body.get("alignment", False)
-        split = body.get("split_sentences", settings.split_sentences)
+        phrases = _phrases(body.get("constraints"), len(texts))
+        # A text's phrases are met over the whole text: it is not split unless asked to (and then refused).
+        split = body.get("split_sentences", settings.split_sentences and phrases is None)
         for name, value in (("attention", attention), ("split_sentences", split), ("alignment", alignment)):
             if not isinstance(value, bool):
                 raise ClientError(f"{name} must be true or false")
-        search = Search(beam_size=beam, nbest=nbest, attention=attention, split_sentences=split, alignment=alignment)
-        outputs = await asyncio.wrap_future(model.worker.submit([t.replace("\n", " ") for t in texts], search))
+        texts = [t.replace("\n", " ") for t in texts]
+        if phrases is not None:
+            check_constrained(model, texts, beam, split)
+            texts = [t.replace("\t", " ") + "".join("\t" + p for p in wanted) for t, wanted in zip(texts, phrases)]
+        search = Search(beam_size=beam, nbest=nbest, attention=attention, split_sentences=split, alignment=alignment,
+                        constraints=phrases is not None)
+        outputs = await asyncio.wrap_future(model.worker.submit(texts, search))
         answer = []
         for sentence in outputs:
             item = {"translation": sentence.translations[0], "score": sentence.scores[0],
@@ -583,7 +602,10 @@ _NATIVE_BODY = {
         "alignment": {"type": "boolean", "default": False,
                       "description": "the best translation's word alignment, from the attention"},
         "split_sentences": {"type": "boolean", "description": "translate each text sentence by sentence (default: "
-                            "the server's, on unless started with --no-split-sentences)"},
+                            "the server's, on unless started with --no-split-sentences; off with constraints)"},
+        "constraints": {"type": "array", "items": {"type": "array", "items": {"type": "string"}},
+                        "description": "one list per text: phrases its translations must hold (terminology), "
+                                       "as s2s translate --constraints; needs beam_size 2 or more"},
         "api_key": {"type": "string"},
     },
     "example": {"texts": ["Ein Mann fährt Fahrrad."], "beam_size": 5, "nbest": 2, "attention": True},
@@ -687,6 +709,26 @@ def _replayed(request, body: bytes):
 def _fields(fields: dict[str, list]) -> dict[str, Any]:
     """Form fields by name: the last value given, but every ``q`` when there are several (a list of texts)."""
     return {key: values if key == "q" and len(values) > 1 else values[-1] for key, values in fields.items()}
+
+
+MAX_PHRASES = 16  # per text, each of at most MAX_PHRASE_CHARS
+MAX_PHRASE_CHARS = 200
+
+
+def _phrases(value: Any, texts: int) -> Optional[list[list[str]]]:
+    """``/v1/translate``'s ``constraints``: a list of phrases for each text, or None."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != texts
+            or not all(isinstance(phrases, list) and all(isinstance(p, str) for p in phrases) for phrases in value)):
+        raise ClientError(f"constraints must be a list of {texts} list(s) of phrases, one per text")
+    for phrases in value:
+        if len(phrases) > MAX_PHRASES or any(len(p) > MAX_PHRASE_CHARS for p in phrases):
+            raise ClientError(f"constraints: at most {MAX_PHRASES} phrases per text, of at most {MAX_PHRASE_CHARS} "
+                              "characters each")
+        if any(not p.strip() or "\t" in p or "\n" in p for p in phrases):
+            raise ClientError("constraints: a phrase must hold a word, and no tab or line break")
+    return value
 
 
 def _sentence_count(language: str, texts: list[str], search: Search) -> int:

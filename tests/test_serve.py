@@ -437,6 +437,26 @@ def test_native_endpoint_gives_scores_nbest_and_attention(run, server):
     assert bad.status_code == 400 and bad.json()["error"] == "alignment must be true or false"
 
 
+def test_native_endpoint_puts_constraints_in_as_the_cli_does(run, server):
+    """/v1/translate's constraints: each text's phrases in its translations, what s2s translate
+    --constraints prints for SOURCE<TAB>PHRASE lines; what they need is said in a 400."""
+    lines = [line for line in toy_lines("test", 3)[0]]
+    phrases = [["Katze"], ["Katze", "sehr"], []]
+    printed = cli_translations(run, [f"{line}\t" + "\t".join(wanted) for line, wanted in zip(lines, phrases)],
+                               "--constraints", "--beam-size", "4")
+    answer = httpx.post(f"{server.url}/v1/translate",
+                        json={"texts": lines, "beam_size": 4, "constraints": phrases}).json()
+    assert [item["translation"] for item in answer["translations"]] == printed
+    assert all(phrase in item["translation"] for item, wanted in zip(answer["translations"], phrases) for phrase in wanted)
+    for body, fragment in (({"beam_size": 1}, "constraints need beam search"),
+                           ({"beam_size": 4, "split_sentences": True}, "set split_sentences to false"),
+                           ({"beam_size": 4, "constraints": [["Katze"]]}, "a list of 3 list(s) of phrases"),
+                           ({"beam_size": 4, "constraints": [["a\tb"], [], []]}, "no tab or line break"),
+                           ({"beam_size": 4, "texts": [" ".join(lines) * 20] * 3}, "over the model's limit")):
+        bad = httpx.post(f"{server.url}/v1/translate", json={"texts": lines, "constraints": phrases, **body})
+        assert bad.status_code == 400 and fragment in bad.json()["error"], bad.text
+
+
 @pytest.mark.parametrize("body, content_type, status, fragment", [
     (b'{"q": "Hello", "target": ', "application/json", 400, "malformed JSON"),
     (b'{"q": 5, "target": "de"}', "application/json", 400, "q must be a string or a list of strings"),
