@@ -23,6 +23,7 @@ import itertools
 import json
 import re
 import unicodedata
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -264,6 +265,17 @@ class Tokenizers:
     @property
     def tgt_unk_id(self) -> Optional[int]:
         return _unk_id(self.tgt)
+
+    @cached_property
+    def tgt_word_continuations(self) -> frozenset[int]:
+        """The target pieces that go on a word, a letter or digit after the WordPiece prefix
+        ("##en", not "##."): none for a vocabulary without such pieces (byte-level BPE)."""
+        model = self.tgt.backend_tokenizer.model
+        if not isinstance(model, models.WordPiece):
+            return frozenset()
+        prefix = model.continuing_subword_prefix
+        return frozenset(token for piece, token in self.tgt.backend_tokenizer.get_vocab(with_added_tokens=False).items()
+                         if piece.startswith(prefix) and piece[len(prefix):len(prefix) + 1].isalnum())
 
     @property
     def src_size(self) -> int:

@@ -608,9 +608,7 @@ class Translator:
         """Each line's phrases as their ways of being written in target tokens
         (``constraints.ways_of_writing``); one with a word the target vocabulary cannot spell is
         left out, with a warning (its [UNK] would say nothing of the word)."""
-        # Pieces that go on a word: "##en", not "##." (a full stop after a phrase ends its word).
-        continuation = frozenset(token for piece, token in self.tokenizers.tgt.get_vocab().items()
-                                 if piece.startswith("##") and piece[2:3].isalnum())
+        continuation = self.tokenizers.tgt_word_continuations  # a full stop after a phrase ends its word
         encoded = []
         for offset, phrases in enumerate(lines.phrases):
             line = []
