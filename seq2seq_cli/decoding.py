@@ -626,16 +626,14 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                 if decoding.beam_size == 1:
                     return [[h] for h in graphs.greedy(src_ids, src_lengths, limits)]
                 return graphs.beam(src_ids, src_lengths, limits, decoding.beam_size, decoding.length_penalty, nbest)
-            if constraints is not None:
-                wanted = [constraints[i] for i, _ in rows]
+            wanted = [constraints[i] for i, _ in rows] if constraints is not None else []
+            if any(sentence.phrases for sentence in wanted):  # a batch without phrases is plain beam search
                 room = torch.tensor([sum(max(map(len, phrase)) for phrase in sentence.phrases) for sentence in wanted])
                 # Each bank (constraint tokens in place: 0 to all of them) keeps two beams at least:
                 # with fewer, the words around a phrase of many tokens are left to one beam each.
                 beam = max(decoding.beam_size, 2 * (int(room.max()) + 1))
                 forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, beam,
                                                  wanted, decoding.length_penalty, nbest, keep_attention)
-                if not any(sentence.phrases for sentence in wanted):
-                    return forced
                 # Beams shared out over banks leave fewer to the words before a phrase, so the
                 # translation that plain beam search finds, when it holds the phrases already, can
                 # score better than any found under constraints: the better of both is kept.
