@@ -12,13 +12,17 @@ constraint tokens they have in place, so a hypothesis that has just put a phrase
 crowded out by ones that have not, which score better until they too must. A hypothesis may
 end only once it has met every constraint.
 
-This module is the bookkeeping, in plain Python over token ids; ``decoding`` runs the search.
+This module is the bookkeeping: a hypothesis's state in plain Python over token ids, worked out
+once per distinct state of a sentence (``StateTable``), and the allocation over tensors of all
+the sentences' candidates at once; ``decoding`` runs the search.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
+
+import torch
 
 Phrase = Sequence[Sequence[int]]  # one constraint: its ways of being written, each a list of token ids
 
@@ -88,24 +92,81 @@ class ConstraintState:
         return ConstraintState(met, frozenset(going))
 
 
-def allocate(banks: Sequence[int], scores: Sequence[float], count: int) -> list[int]:
-    """Dynamic beam allocation: the indices of ``count`` candidates (of which ``banks[i]`` is how
-    many constraint tokens candidate i has in place and ``scores[i]`` its log-probability), taken
-    in turn from each bank, the fullest first, best score first within a bank: so the beams kept
-    spread over every stage of meeting the constraints. A bank with no candidates left gives its
-    turn to the next."""
-    by_bank: dict[int, list[int]] = {}
-    for index in sorted(range(len(scores)), key=lambda i: -scores[i]):
-        by_bank.setdefault(banks[index], []).append(index)
-    queues = [by_bank[bank] for bank in sorted(by_bank, reverse=True)]
-    chosen: list[int] = []
-    turn = 0
-    while len(chosen) < count and any(queues):
-        queue = queues[turn % len(queues)]
-        if queue:
-            chosen.append(queue.pop(0))
-        turn += 1
-    return chosen
+@dataclass(frozen=True)
+class StateSummary:
+    """What one state means for the search, for every token at once: most tokens (those that are
+    neither a phrase's first nor the next of the phrase begun) lead to one of two banks, by
+    whether they start a word or go on one; ``special`` are the others, whose state ``after``
+    works out. ``advancing`` are the tokens each beam in this state is offered."""
+
+    bank_starting_word: int
+    bank_going_on: int
+    bank_ended: int  # the bank of the translation ending here
+    may_end: bool
+    advancing: list[int]
+    special: list[int]
+
+
+class StateTable:
+    """One sentence's constraints, and what each of its hypotheses' states leads to, each worked
+    out once: a search step asks about every beam and every candidate token, and most share a
+    handful of states (a token that touches no phrase leaves the state as it was)."""
+
+    def __init__(self, constraints: Constraints):
+        self.constraints = constraints
+        self._summaries: dict[ConstraintState, StateSummary] = {}
+        self._after: dict[tuple[ConstraintState, int], tuple[ConstraintState, int]] = {}
+
+    def summary(self, state: ConstraintState) -> StateSummary:
+        found = self._summaries.get(state)
+        if found is None:
+            phrases = self.constraints.phrases
+            met = sum(len(phrases[c][0]) for c in state.met)
+            ended = state.ended()
+            # A token that is no phrase's next drops a phrase begun, and ends the word of one
+            # just put in (met) unless it goes on that word (dropped): see ``after``.
+            found = StateSummary(
+                bank_starting_word=met + (len(phrases[state.pending][0]) if state.pending is not None else 0),
+                bank_going_on=met, bank_ended=ended.tokens_met(self.constraints),
+                may_end=ended.done(self.constraints), advancing=state.advancing(self.constraints),
+                special=sorted(self.constraints.starts | {phrases[c][way][done] for c, way, done in state.partial}))
+            self._summaries[state] = found
+        return found
+
+    def after(self, state: ConstraintState, token: int) -> tuple[ConstraintState, int]:
+        """``state.after(token)`` and its bank."""
+        found = self._after.get((state, token))
+        if found is None:
+            reached = state.after(token, self.constraints)
+            found = self._after[state, token] = (reached, reached.tokens_met(self.constraints))
+        return found
+
+
+def allocate(banks: torch.Tensor, scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic beam allocation for each row of candidates: of the candidates in row r,
+    ``banks[r, i]`` is how many constraint tokens candidate i has in place and ``scores[r, i]``
+    its log-probability (-inf: no candidate). The ``count`` taken are taken in turn from each
+    bank, the fullest first, best score first within a bank, so the beams kept spread over
+    every stage of meeting the constraints; a bank with none left gives its turn to the next.
+
+    Returns their indices (R, count), in the order taken, and whether each is a candidate (a row
+    with fewer than ``count`` fills up with others). Taking in turn is ordering by (place in its
+    bank, fullness of the bank), which a sort does for all rows at once."""
+    rows, width = scores.shape
+    count = min(count, width)
+    by_score = scores.argsort(dim=1, descending=True, stable=True)  # (R, M)
+    sorted_banks = banks.gather(1, by_score)
+    # Each candidate's place in its bank: its position once grouped by bank (best first within
+    # one), less where its bank's group begins.
+    grouped_banks, grouped = (sorted_banks * width + torch.arange(width, device=scores.device)).sort(dim=1)
+    grouped_banks = grouped_banks // width
+    places = torch.arange(width, device=scores.device) - torch.searchsorted(grouped_banks, grouped_banks)
+    place = torch.empty_like(places).scatter_(1, grouped, places)  # back in score order
+    fullest = int(banks.max()) if banks.numel() else 0
+    is_candidate = scores.gather(1, by_score) > float("-inf")
+    turn = (place * (fullest + 1) + (fullest - sorted_banks)).masked_fill(~is_candidate, (width + 1) * (fullest + 1))
+    taken = turn.topk(count, dim=1, largest=False).indices  # ascending: the order taken
+    return by_score.gather(1, taken), is_candidate.gather(1, taken)
 
 
 def holds(tokens: Sequence[int], phrase: Phrase, continuation: frozenset[int] = frozenset()) -> bool:

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seq2seq_cli.config import DecodingConfig
-from seq2seq_cli.constraints import Constraints, ConstraintState, allocate, holds
+from seq2seq_cli.constraints import Constraints, ConstraintState, StateTable, allocate, holds
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.device import fill_in_batches
 from seq2seq_cli.precision import autocast
@@ -439,13 +439,18 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
     constraints, and keeps 2K of them taken in turn from the banks of how many constraint
     tokens they have met. Of those, the ones ending in [SEP] among the first K finish if they
     have met every constraint; the first K others live on. A sentence that cannot meet them all
-    before its length limit gets its best endings that do not (the caller can tell by looking)."""
+    before its length limit gets its best endings that do not (the caller can tell by looking).
+
+    The candidates are tensors, as in ``beam_search``; Python sees one state per beam (and the
+    few candidates that touch a phrase), looked up in each sentence's ``StateTable``."""
     device = src_ids.device
     batch_size, k = src_ids.size(0), beam_size
     limits = limits.to(device)
     beam_state, hidden, beam_limits, tokens = _first_beams(model, src_ids, src_lengths, ids, limits, k)
-    scores = [[0.0] + [float("-inf")] * (k - 1) for _ in range(batch_size)]  # of the active sentences' beams
-    states = [[ConstraintState()] * k for _ in range(batch_size)]
+    scores = torch.full((batch_size, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    tables = [StateTable(sentence) for sentence in constraints]
+    states = [[ConstraintState()] * k for _ in range(batch_size)]  # of the active sentences' beams
     best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()
     active = list(range(batch_size))
     history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
@@ -454,67 +459,75 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
     for t in range(int(limits.max()) + 1):
         n = len(active)
         log_probs, hidden, weights = step_log_probs(model, tokens, hidden, beam_state, ids)
+        if t == 0:
+            goes_on, group = _word_continuations(constraints, log_probs.size(1), device)
         restrict_next_tokens(log_probs, ids, beam_limits <= t)
         best_log_probs, best_tokens = top_by_blocks(log_probs, min(2 * k, log_probs.size(1)))  # (n*K, 2K)
-        offered = [(position * k + beam, token) for position, row in enumerate(active) for beam in range(k)
-                   if scores[position][beam] > float("-inf")
-                   for token in states[position][beam].advancing(constraints[row])]
-        offered_log_probs = (log_probs[[r for r, _ in offered], [c for _, c in offered]].tolist() if offered else [])
-        extensions: list[dict[tuple[int, int], float]] = [{} for _ in range(n)]  # (beam, token) -> log P
-        for (beam_row, token), log_prob in zip(offered, offered_log_probs):
-            extensions[beam_row // k][beam_row % k, token] = log_prob
-        for beam_row, (row_log_probs, row_tokens) in enumerate(zip(best_log_probs.tolist(), best_tokens.tolist())):
-            for log_prob, token in zip(row_log_probs, row_tokens):
-                extensions[beam_row // k][beam_row % k, token] = log_prob
+        summaries = [tables[row].summary(state) for position, row in enumerate(active) for state in states[position]]
+        offered = _padded([summary.advancing for summary in summaries], device)  # (n*K, A), -1 for none
+        offered_log_probs = log_probs.gather(1, offered.clamp(min=0)).masked_fill(offered < 0, float("-inf"))
+        # A token among a beam's best is a candidate once.
+        offered_log_probs.masked_fill_((offered.unsqueeze(2) == best_tokens.unsqueeze(1)).any(2), float("-inf"))
+        candidate_tokens = torch.cat([best_tokens, offered.clamp(min=0)], dim=1)  # (n*K, C)
+        candidate_scores = scores.view(-1, 1) + torch.cat([best_log_probs, offered_log_probs], dim=1)
+        per_beam = candidate_tokens.size(1)
 
-        parents, chosen_tokens, next_scores, next_states = [], [], [], []
+        beam_banks = torch.tensor([[s.bank_starting_word, s.bank_going_on, s.bank_ended, s.may_end] for s in summaries],
+                                  device=device)  # (n*K, 4)
+        is_eos = candidate_tokens == ids.eos
+        going_on = goes_on[group[active].repeat_interleave(k).unsqueeze(1), candidate_tokens]
+        banks = torch.where(going_on, beam_banks[:, 1:2], beam_banks[:, 0:1])
+        banks = torch.where(is_eos, beam_banks[:, 2:3], banks)
+        is_candidate = candidate_scores > float("-inf")
+        ending_unmet = is_candidate & is_eos & (beam_banks[:, 3:4] == 0)
         penalty = gnmt_penalty(t + 1, length_penalty)
-        for position, row in enumerate(active):
-            wanted = constraints[row]
-            candidates = [(beam, token, scores[position][beam] + log_prob)
-                          for (beam, token), log_prob in extensions[position].items()
-                          if scores[position][beam] > float("-inf") and log_prob > float("-inf")]
-            after = [states[position][beam].ended() if token == ids.eos else states[position][beam].after(token, wanted)
-                     for beam, token, _ in candidates]
-            kept = []
-            for candidate, reached in zip(candidates, after):
-                beam, token, score = candidate
-                if token == ids.eos and not reached.done(wanted):
-                    unmet[row].append((score / penalty, score, t, beam))
-                else:
-                    kept.append((candidate, reached))
-            bank_of: dict[int, int] = {}  # most candidates share their beam's state, and its bank
-            for _, reached in kept:
-                if id(reached) not in bank_of:
-                    bank_of[id(reached)] = reached.tokens_met(wanted)
-            order = allocate([bank_of[id(reached)] for _, reached in kept], [candidate[2] for candidate, _ in kept], 2 * k)
-            for index in order[:k]:
-                (beam, token, score), _ = kept[index]
-                if token == ids.eos:
-                    finished[row].append((score / penalty, score, t, beam))
-            live = [kept[index] for index in order if kept[index][0][1] != ids.eos][:k]
-            live += [((0, ids.eos, float("-inf")), ConstraintState())] * (k - len(live))
-            parents.append([beam for (beam, _, _), _ in live])
-            chosen_tokens.append([token for (_, token, _), _ in live])
-            next_scores.append([score for (_, _, score), _ in live])
-            next_states.append([reached for _, reached in live])
+        if bool(ending_unmet.any()):
+            for beam_row, raw in zip(ending_unmet.nonzero()[:, 0].tolist(), candidate_scores[ending_unmet].tolist()):
+                unmet[active[beam_row // k]].append((raw / penalty, raw, t, beam_row % k))
+            candidate_scores = candidate_scores.masked_fill(ending_unmet, float("-inf"))
+        special = _padded([summary.special for summary in summaries], device)  # (n*K, S)
+        touching = (candidate_tokens.unsqueeze(2) == special.unsqueeze(1)).any(2) & is_candidate & ~is_eos
+        if bool(touching.any()):  # the candidates that begin or go on a phrase: their banks one by one
+            where = touching.nonzero()[:, 0].tolist()
+            banks[touching] = torch.tensor(
+                [tables[active[beam_row // k]].after(states[beam_row // k][beam_row % k], token)[1]
+                 for beam_row, token in zip(where, candidate_tokens[touching].tolist())], device=device)
 
-        parent = torch.tensor(parents, dtype=torch.long)  # (n, K)
-        next_tokens = torch.tensor(chosen_tokens, dtype=torch.long)
+        taken, is_taken = allocate(banks.view(n, -1), candidate_scores.view(n, -1), 2 * k)  # (n, 2K), in turn
+        taken_scores = candidate_scores.view(n, -1).gather(1, taken)
+        taken_tokens = candidate_tokens.view(n, -1).gather(1, taken)
+        taken_beams = taken // per_beam
+        taken_eos = is_taken & (taken_tokens == ids.eos)
+        ending = taken_eos.clone()
+        ending[:, k:] = False
+        if bool(ending.any()):
+            for (position, _), raw, beam in zip(ending.nonzero().tolist(), taken_scores[ending].tolist(),
+                                                taken_beams[ending].tolist()):
+                finished[active[position]].append((raw / penalty, raw, t, beam))
+        living = is_taken & ~taken_eos
+        live = (~living).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # the first K that live on, in turn
+        live_ones = living.gather(1, live)
+        parent = taken_beams.gather(1, live).masked_fill(~live_ones, 0)  # (n, K)
+        next_tokens = taken_tokens.gather(1, live).masked_fill(~live_ones, ids.eos)
+        scores = taken_scores.gather(1, live).masked_fill(~live_ones, float("-inf"))
+        states = [[tables[row].after(states[position][beam], token)[0] if alive else ConstraintState()
+                   for beam, token, alive in zip(beams, chosen, alives)]
+                  for position, (row, beams, chosen, alives) in enumerate(
+                      zip(active, parent.tolist(), next_tokens.tolist(), live_ones.tolist()))]
+
         attention = weights.view(n, k, -1).float().cpu() if keep_attention else None
-        history.append(({row: i for i, row in enumerate(active)}, parent, next_tokens, attention))
-        scores, states = next_scores, next_states
-        parent_rows = (parent + (torch.arange(n) * k).unsqueeze(1)).view(-1).to(device)
+        history.append(({row: i for i, row in enumerate(active)}, parent.cpu(), next_tokens.cpu(), attention))
+        parent_rows = (parent + (torch.arange(n, device=device) * k).unsqueeze(1)).view(-1)
         hidden = hidden.index_select(0, parent_rows)
-        tokens = next_tokens.view(-1).to(device)
+        tokens = next_tokens.view(-1)
 
-        keep = still_searching(active, finished, [max(row_scores) for row_scores in scores], best_bound, k, nbest)
+        keep = still_searching(active, finished, scores.max(dim=1).values.tolist(), best_bound, k, nbest)
         if not keep:
             break
         if len(keep) < n:
-            _, beams = _kept_rows(keep, k, device)
+            rows, beams = _kept_rows(keep, k, device)
             active = [active[p] for p in keep]
-            scores, states = [scores[p] for p in keep], [states[p] for p in keep]
+            scores, states = scores[rows], [states[p] for p in keep]
             beam_state, hidden, tokens, beam_limits = beam_state.select(beams), hidden[beams], tokens[beams], beam_limits[beams]
 
     chosen = [(sorted(finished[row], reverse=True) + sorted(unmet[row], reverse=True))[:nbest]
@@ -522,6 +535,22 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
     return [backtrack(history, row, chosen[row], int(src_lengths[row]), keep_attention) for row in range(batch_size)]
 
 
+def _word_continuations(constraints: Sequence[Constraints], vocab_size: int,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which tokens go on a word, as a table (G, V) of each distinct set of the sentences'
+    ``continuation`` and each sentence's row in it (B,): one vocabulary gives one row."""
+    distinct: dict[frozenset[int], int] = {}
+    group = [distinct.setdefault(sentence.continuation, len(distinct)) for sentence in constraints]
+    table = torch.zeros(len(distinct), vocab_size, dtype=torch.bool)
+    for row, continuation in enumerate(distinct):
+        table[row, sorted(continuation)] = True
+    return table.to(device), torch.tensor(group, device=device)
+
+
+def _padded(lists: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """Lists of token ids as rows of one tensor, -1 after each list's end (one column at least)."""
+    width = max(1, max(map(len, lists), default=0))
+    return torch.tensor([list(row) + [-1] * (width - len(row)) for row in lists], dtype=torch.long, device=device)
 def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int) -> list[Hypothesis]:
     """The ``nbest`` best of ``hypotheses`` that hold every phrase (the others after them, for a
     sentence that cannot hold them all), each translation once."""

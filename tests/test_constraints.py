@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from seq2seq_cli.constraints import Constraints, ConstraintState, allocate, holds, ways_of_writing
+from seq2seq_cli.constraints import Constraints, ConstraintState, StateTable, allocate, holds, ways_of_writing
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import beam_search, constrained_beam_search, gnmt_penalty
 from seq2seq_cli.translation import Translator
@@ -58,12 +58,65 @@ def test_a_phrase_is_also_written_with_a_mark_its_last_word_takes_in():
     assert ways_of_writing(bicycle, [with_stop, with_comma, with_stop]) == [[40], [41]]
 
 
+def taken_in_turn(banks: list[int], scores: list[float], count: int) -> list[int]:
+    """Dynamic beam allocation as Post & Vilar describe it: a queue per bank, best first, and
+    the banks take turns, the fullest first, a queue run dry giving its turn away."""
+    queues: dict[int, list[int]] = {}
+    for index in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if scores[index] > float("-inf"):
+            queues.setdefault(banks[index], []).append(index)
+    turns = [queues[bank] for bank in sorted(queues, reverse=True)]
+    taken, turn = [], 0
+    while len(taken) < count and any(turns):
+        if turns[turn % len(turns)]:
+            taken.append(turns[turn % len(turns)].pop(0))
+        turn += 1
+    return taken
+
+
+def allocated(banks: list[list[int]], scores: list[list[float]], count: int) -> list[list[int]]:
+    taken, is_candidate = allocate(torch.tensor(banks), torch.tensor(scores), count)
+    return [[i for i, real in zip(row, reals) if real] for row, reals in zip(taken.tolist(), is_candidate.tolist())]
+
+
 def test_allocation_takes_the_banks_in_turn_fullest_first_best_first():
     banks = [0, 0, 0, 0, 1, 2, 2]
     scores = [-1.0, -2.0, -3.0, -4.0, -9.0, -8.0, -5.0]
-    assert allocate(banks, scores, 5) == [6, 4, 0, 5, 1]
-    assert allocate(banks, scores, 10) == [6, 4, 0, 5, 1, 2, 3]  # a bank run dry gives its turn away
-    assert allocate([0, 0], [-2.0, -1.0], 1) == [1]
+    assert allocated([banks], [scores], 5) == [[6, 4, 0, 5, 1]]
+    assert allocated([banks], [scores], 10) == [[6, 4, 0, 5, 1, 2, 3]]  # a bank run dry gives its turn away
+    assert allocated([[0, 0], [3, 0]], [[-2.0, -1.0], [-1.0, float("-inf")]], 1) == [[1], [0]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):  # rows of every shape against the queues taking turns
+        rows, width = torch.randint(1, 4, (2,), generator=generator).tolist()
+        width *= 9
+        banks = torch.randint(0, 6, (rows, width), generator=generator)
+        scores = torch.randn(rows, width, generator=generator)
+        scores[torch.rand(rows, width, generator=generator) < 0.2] = float("-inf")  # not candidates
+        count = int(torch.randint(1, width + 3, (1,), generator=generator))
+        assert allocated(banks.tolist(), scores.tolist(), count) == [
+            taken_in_turn(b, s, count) for b, s in zip(banks.tolist(), scores.tolist())]
+
+
+def test_a_state_table_knows_every_tokens_bank_as_after_does():
+    """The search reads most candidates' banks from their beam's summary, computing ``after``
+    only for its special tokens: for every state reachable in a few tokens and every token,
+    that gives ``after``'s own bank."""
+    wanted = Constraints([[[7, 8, 9], [7, 10]], [[8]], [[11, 7]]], continuation=frozenset({30, 9}))
+    table, vocabulary = StateTable(wanted), [2, 7, 8, 9, 10, 11, 30, 31]
+    states = {ConstraintState()}
+    for _ in range(4):
+        states |= {state.after(token, wanted) for state in states for token in vocabulary}
+    assert len(states) > 10
+    for state in states:
+        summary = table.summary(state)
+        assert summary.may_end == state.ended().done(wanted)
+        assert summary.bank_ended == state.ended().tokens_met(wanted)
+        assert summary.advancing == state.advancing(wanted)
+        for token in vocabulary:
+            reached, bank = table.after(state, token)
+            assert reached == state.after(token, wanted) and bank == reached.tokens_met(wanted)
+            if token not in summary.special:
+                assert bank == (summary.bank_going_on if token in wanted.continuation else summary.bank_starting_word)
 
 
 @pytest.mark.parametrize("seed", range(4))
