@@ -23,6 +23,7 @@ log-probabilities are those of the weighted mean of the models' distributions.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from seq2seq_cli.config import DecodingConfig
 from seq2seq_cli.constraints import Constraints, ConstraintState, StateTable, allocate, holds
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.device import fill_in_batches
+from seq2seq_cli.device import cut_into_batches, fill_in_batches
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.tokenization import Tokenizers
@@ -551,6 +552,21 @@ def _padded(lists: Sequence[Sequence[int]], device: torch.device) -> torch.Tenso
     """Lists of token ids as rows of one tensor, -1 after each list's end (one column at least)."""
     width = max(1, max(map(len, lists), default=0))
     return torch.tensor([list(row) + [-1] * (width - len(row)) for row in lists], dtype=torch.long, device=device)
+def phrase_tokens(constraints: Constraints) -> int:
+    """The most tokens a sentence's phrases put into its translation (each written its longest way)."""
+    return sum(max(map(len, phrase)) for phrase in constraints.phrases)
+
+
+def constrained_beam_width(beam_size: int, constraints: Constraints, nbest: int = 1) -> int:
+    """The beam that meets a sentence's constraints: each bank (constraint tokens in place, 0 to
+    all of them) keeps two beams at least, and ``nbest`` when more: with fewer, the words around
+    a phrase of many tokens are left to one beam each, and the last bank has too few to finish
+    ``nbest`` translations. A sentence without phrases keeps ``beam_size``."""
+    if not constraints.phrases:
+        return beam_size
+    return max(beam_size, max(2, nbest) * (phrase_tokens(constraints) + 1))
+
+
 def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int) -> list[Hypothesis]:
     """The ``nbest`` best of ``hypotheses`` that hold every phrase (the others after them, for a
     sentence that cannot hold them all), each translation once."""
@@ -622,7 +638,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 
     With ``constraints`` (one list of target-id phrases per source) beam search puts each
     source's phrases into its translations (``constrained_beam_search``), the length limit
-    raised by their tokens.
+    raised by their tokens and the beam widened as they need (``constrained_beam_width``); a
+    batch holds sentences of one width, so that a translation never depends on its neighbours.
 
     An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
     without a search: training never shows the model one (empty pairs are dropped).
@@ -657,11 +674,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                 return graphs.beam(src_ids, src_lengths, limits, decoding.beam_size, decoding.length_penalty, nbest)
             wanted = [constraints[i] for i, _ in rows] if constraints is not None else []
             if any(sentence.phrases for sentence in wanted):  # a batch without phrases is plain beam search
-                room = torch.tensor([sum(max(map(len, phrase)) for phrase in sentence.phrases) for sentence in wanted])
-                # Each bank (constraint tokens in place: 0 to all of them) keeps two beams at least:
-                # with fewer, the words around a phrase of many tokens are left to one beam each.
-                beam = max(decoding.beam_size, 2 * (int(room.max()) + 1))
-                forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, beam,
+                room = torch.tensor([phrase_tokens(sentence) for sentence in wanted])
+                forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, widths[chunk[0]],
                                                  wanted, decoding.length_penalty, nbest, keep_attention)
                 # Beams shared out over banks leave fewer to the words before a phrase, so the
                 # translation that plain beam search finds, when it holds the phrases already, can
@@ -678,12 +692,18 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
 
     was_training = model.training
     model.eval()
-    order = sorted((i for i, source in enumerate(sources) if source), key=lambda i: len(sources[i]), reverse=True)
+    widths = [decoding.beam_size] * len(sources)
+    if constraints is not None:
+        widths = [constrained_beam_width(decoding.beam_size, sentence, nbest) for sentence in constraints]
+    order = sorted((i for i, source in enumerate(sources) if source), key=lambda i: (widths[i], len(sources[i])),
+                   reverse=True)
+    batches = [batch for _, same_width in itertools.groupby(order, key=widths.__getitem__)
+               for batch in cut_into_batches(list(same_width), decoding.batch_size)]
     results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
     if progress is not None:
         progress(len(sources) - len(order))  # the empty ones, done already
     try:
-        fill_in_batches(results, order, decoding.batch_size, search, device, progress)
+        fill_in_batches(results, batches, search, device, progress)
     finally:
         model.train(was_training)
     return results

@@ -81,14 +81,17 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def fill_in_batches(results: list, order: Sequence[int], batch_size: int, function: Callable[[list[int]], list],
+def cut_into_batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``order`` in pieces of ``batch_size``, the last one shorter."""
+    return [list(order[start: start + batch_size]) for start in range(0, len(order), batch_size)]
+
+
+def fill_in_batches(results: list, batches: Sequence[list[int]], function: Callable[[list[int]], list],
                     device: torch.device, progress: Optional[Callable[[int], object]] = None) -> None:
-    """Cut ``order`` (indices into ``results``, sorted as batches should hold them) into
-    batches of ``batch_size`` and set ``results[i]`` from ``function(batch)``, which gives one
-    result per index of its batch. On the CPU as many batches are computed at once as torch
-    has threads, each on one thread (``decoding_threads``); ``progress`` is told the size of
-    each batch done, in order."""
-    batches = [list(order[start: start + batch_size]) for start in range(0, len(order), batch_size)]
+    """Set ``results[i]`` for each index i of ``batches`` (lists of indices into ``results``)
+    from ``function(batch)``, which gives one result per index of its batch. On the CPU as many
+    batches are computed at once as torch has threads, each on one thread
+    (``decoding_threads``); ``progress`` is told the size of each batch done, in order."""
     with decoding_threads(device) as threads:
         for batch, found in zip(batches, map_in_order(function, batches, min(threads, len(batches)))):
             for index, result in zip(batch, found):

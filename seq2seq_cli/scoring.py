@@ -20,7 +20,7 @@ import torch
 
 from seq2seq_cli.data import pad_sources, stream_lines
 from seq2seq_cli.decoding import Ensemble, SpecialIds, step_log_probs
-from seq2seq_cli.device import fill_in_batches
+from seq2seq_cli.device import cut_into_batches, fill_in_batches
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.precision import autocast
@@ -97,7 +97,7 @@ def _score(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets:
     order = sorted(range(len(sources)), key=lambda i: (len(targets[i]), len(sources[i])), reverse=True)
     results: list = [None for _ in sources]
     try:
-        fill_in_batches(results, order, batch_size, score, device, progress)
+        fill_in_batches(results, cut_into_batches(order, batch_size), score, device, progress)
     finally:
         model.train(was_training)
     return results

@@ -172,6 +172,20 @@ def test_every_translation_holds_its_phrases_and_the_rest_stays_the_models(learn
                        for word in words), (words, hypothesis.text)
 
 
+def test_a_lines_translation_does_not_depend_on_the_lines_beside_it(learned_toy_run):
+    """Each line's beam is as wide as its own phrases need (a phrase of six tokens widens it to
+    14): translated in a file among lines with longer and shorter phrases, and without phrases,
+    a line gives what it gives alone."""
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=5).with_settings(constraints=True)
+    english, german = toy_lines("dev", 16)
+    words = sorted({word for line in german for word in line.rstrip(".").split()[1:]}, key=len)
+    pieces = [len(translator.tokenizers.encode_tgt([word])[0]) for word in words]
+    assert max(pieces) >= 4 and min(pieces) == 1
+    lines = [english[k] if k % 5 == 4 else f"{english[k]}\t{words[(k * 7) % len(words)]}" for k in range(16)]
+    together = translator.translate(lines)
+    assert [translator.translate([line])[0] for line in lines] == together
+
+
 def test_s2s_translate_constraints(learned_toy_run):
     lines = "The man sees the dog.\tKatze\nThe man sees the dog.\t\u041c\u043e\u0441\u043a\u0432\u0430\n\n"
     result = s2s_forked("translate", "--checkpoint", learned_toy_run, "--constraints", "--beam-size", "4", stdin=lines)
