@@ -385,6 +385,7 @@ def evaluate(
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", min=0, metavar="N", help="Never repeat an n-gram of this size (0 = off)."),
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
+    constraints: bool = typer.Option(False, "--constraints", help="Each --src line is SOURCE<TAB>PHRASE<TAB>...: put its phrases into the translation (as translate --constraints), or with --hyp read them from --src; report how many phrases the translations hold."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
     sentences_file: Optional[Path] = typer.Option(None, "--sentences", metavar="FILE", help="Also write each sentence's BLEU and chrF here, tab-separated, a column pair per system (for finding where systems differ)."),
     paired: Optional[str] = typer.Option(None, "--paired", metavar="TEST", help="With several --hyp: bs (paired bootstrap resampling, the default) or ar (approximate randomization), sacreBLEU's tests."),
@@ -400,20 +401,29 @@ def evaluate(
     Example: s2s evaluate --checkpoint runs/toy --src data/toy/test.en --ref data/toy/test.de
 
     Compare systems: s2s evaluate --hyp base.de --hyp new.de --ref data/toy/test.de
+
+    Terminology (lines SOURCE<TAB>PHRASE...): s2s evaluate --checkpoint runs/toy --src terms.en
+    --ref data/toy/test.de --constraints --beam-size 5
     """
     import json
 
+    from seq2seq_cli.constraints import split_line
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, format_paired_report, format_report,
-                                        paired_report, run_bleu_metric, score_report, sentence_table)
+                                        paired_report, phrase_report, run_bleu_metric, score_report, sentence_table)
 
     if paired is not None and paired not in PAIRED_TESTS:
         raise UserError(f"--paired {paired!r}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
     if len(hyp or []) < 2 and (paired is not None or paired_n):
         raise UserError("--paired and --paired-n compare systems: give --hyp twice or more (the first is the baseline)")
-    if hyp and (checkpoint or src is not None):  # which would be scored?
+    if hyp and checkpoint:  # which would be scored?
         raise UserError("give --hyp FILE (translations to score) or --checkpoint RUN with --src FILE "
                         "(a model to translate them), not both")
+    if hyp and src is not None and not constraints:
+        raise UserError(f"--src {src} would be translated with --checkpoint; --hyp {hyp[0]} is scored as it is, "
+                        "reading --src only for --constraints' phrases: drop --src, or add --constraints")
+    if constraints and src is None:
+        raise UserError("--constraints reads each line's phrases from --src (SOURCE<TAB>PHRASE<TAB>...): give --src FILE")
     if hyp:  # a decoding option would be silently ignored: the file is scored as it is
         decoding_options = {"--weights": weights is not None, "--beam-size": beam_size is not None,
                             "--length-penalty": length_penalty is not None,
@@ -442,6 +452,11 @@ def evaluate(
     references = reference_sets[0]
     if not references:  # sacreBLEU has no score for no sentences
         raise UserError(f"--ref {ref[0]} is empty: there is nothing to score; give a file with one reference per line")
+    sources = read_lines(src) if src is not None else None
+    if sources is not None and len(sources) != len(references):
+        raise UserError(f"{src} has {len(sources)} lines but {ref[0]} has {len(references)}; "
+                        "source and reference must be line-aligned")
+    phrases = [split_line(line)[1] for line in sources] if constraints else None
     speed = None
     if hyp:
         systems = [(str(path), read_lines(path)) for path in hyp]
@@ -451,6 +466,9 @@ def evaluate(
                                 "they must be line-aligned")
         if len(systems) > 1:
             report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
+            if phrases is not None:
+                for row, (_, hypotheses) in zip(report["systems"], systems):
+                    row["phrases"] = phrase_report(hypotheses, phrases)
             typer.echo(format_paired_report(report))
             _write_text(json_file, json.dumps(report, indent=2) + "\n")
             _write_text(sentences_file, sentence_table(systems, reference_sets, bleu))
@@ -459,20 +477,19 @@ def evaluate(
     elif checkpoint and src is not None:
         from seq2seq_cli.translation import Translator
 
-        sources = read_lines(src)
-        if len(sources) != len(references):
-            raise UserError(f"{src} has {len(sources)} lines but {ref[0]} has {len(references)}; "
-                            "source and reference must be line-aligned")
         translator = Translator.load(checkpoint, device, weights=_weights(weights), beam_size=beam_size,
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                      dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs,
-                                     split_sentences=split_sentences, copy_unknown=copy_unknown)
+                                     split_sentences=split_sentences, copy_unknown=copy_unknown,
+                                     constraints=constraints)
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
     report = score_report(hypotheses, reference_sets, bleu)
+    if phrases is not None:
+        report["phrases"] = phrase_report(hypotheses, phrases)
     if speed:
         report["decoding"] = speed
     typer.echo(format_report(report))

@@ -19,6 +19,7 @@ the sentences' candidates at once; ``decoding`` runs the search.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -194,3 +195,16 @@ def ways_of_writing(phrase_ids: list[int], with_marks: Sequence[list[int]]) -> l
         if marked[:len(phrase_ids)] != phrase_ids and marked not in ways:
             ways.append(marked)
     return ways
+
+
+def split_line(line: str) -> tuple[str, list[str]]:
+    """A line of constrained input, ``SOURCE<TAB>PHRASE<TAB>PHRASE...`` (fairseq's format): the
+    source and its phrases, each without spaces at its ends, empty ones dropped."""
+    source, *phrases = line.split("\t")
+    return source, [phrase.strip() for phrase in phrases if phrase.strip()]
+
+
+def held_in(text: str, phrase: str) -> bool:
+    """Whether a translation holds ``phrase`` as written, whole words: no letter or digit goes
+    on at either end ("Bruder" is not in "Brudern"; "bicycle" is in "a bicycle.")."""
+    return re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", text) is not None

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from seq2seq_cli.config import Config, language_pair
+from seq2seq_cli.constraints import held_in
 from seq2seq_cli.errors import UserError
 
 
@@ -98,6 +99,19 @@ def sentence_table(systems: Sequence[tuple[str, Sequence[str]]], references: Seq
     return "\n".join(rows) + "\n"
 
 
+def phrase_report(translations: Sequence[str], phrases: Sequence[Sequence[str]]) -> dict[str, int]:
+    """How many of each line's ``phrases`` (``--constraints``) its translation holds, as written
+    and as whole words (``constraints.held_in``): the exact-match count of WMT's terminology
+    task, case and accents counting as BLEU counts them."""
+    return {"lines": sum(1 for wanted in phrases if wanted), "phrases": sum(map(len, phrases)),
+            "held": sum(held_in(text, phrase) for text, wanted in zip(translations, phrases) for phrase in wanted)}
+
+
+def format_phrases(counts: dict[str, int]) -> str:
+    held = f" ({100 * counts['held'] / counts['phrases']:.1f}%)" if counts["phrases"] else ""
+    return f"{counts['held']} of {counts['phrases']} phrases held{held}, in {counts['lines']} lines"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as a small table for people."""
     lines = [f"{report[key]['name']:<6} {report[key]['score']:7.2f}   {report[key]['signature']}"
@@ -105,6 +119,8 @@ def format_report(report: dict[str, Any]) -> str:
     several = f", {report['references']} references each" if report.get("references", 1) > 1 else ""
     lines.append(f"length ratio {report['length_ratio']:.3f} (hyp {report['hyp_length']} / ref "
                  f"{report['ref_length']} tokens), {report['sentences']} sentences{several}")
+    if "phrases" in report:
+        lines.append(f"constraints: {format_phrases(report['phrases'])}")
     speed = report.get("decoding")
     if speed:
         lines.append(f"decoding: beam {speed['beam_size']}, {speed['seconds']:.1f} s, "
@@ -188,5 +204,7 @@ def format_paired_report(report: dict[str, Any], threshold: float = 0.05) -> str
              f"{report['sentences']} sentences"]
     lines += ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in [header] + rows]
     lines.append(f"* p < {threshold}: a difference this large is unlikely to be chance")
+    lines += [f"constraints, {row['name']}: {format_phrases(row['phrases'])}" for row in report["systems"]
+              if "phrases" in row]
     lines += [f"{report[key]['name']:<6} {report[key]['signature']}" for key in keys]
     return "\n".join(lines)

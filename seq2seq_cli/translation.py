@@ -32,7 +32,7 @@ import torch
 from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
-from seq2seq_cli.constraints import TRAILING_PUNCTUATION, Constraints, holds, ways_of_writing
+from seq2seq_cli.constraints import TRAILING_PUNCTUATION, Constraints, holds, split_line, ways_of_writing
 from seq2seq_cli.copying import Copied, UnknownSpan, copy_unknown, unknown_spans
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
@@ -552,9 +552,8 @@ class Translator:
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         phrases = None
         if self.constraints:  # SOURCE<TAB>PHRASE<TAB>PHRASE...
-            fields = [text.split("\t") for text in texts]
-            texts = [line[0] for line in fields]
-            phrases = [[phrase.strip() for phrase in line[1:] if phrase.strip()] for line in fields]
+            fields = [split_line(text) for text in texts]
+            texts, phrases = [source for source, _ in fields], [wanted for _, wanted in fields]
         if self.split_sentences:
             sentences = [self._fit(split_sentences(text, self.source_language), first_line + offset)
                          for offset, text in enumerate(texts)]

@@ -3,11 +3,13 @@ its phrases, the search is exact where it can be checked exhaustively, and witho
 is beam search, result for result."""
 
 import itertools
+import json
 
 import pytest
 import torch
 
-from seq2seq_cli.constraints import Constraints, ConstraintState, StateTable, allocate, holds, ways_of_writing
+from seq2seq_cli.constraints import (Constraints, ConstraintState, StateTable, allocate, held_in, holds, split_line,
+                                     ways_of_writing)
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.decoding import beam_search, constrained_beam_search, gnmt_penalty
 from seq2seq_cli.translation import Translator
@@ -199,3 +201,55 @@ def test_s2s_translate_constraints(learned_toy_run):
         (("translate", "--checkpoint", run, "--constraints", "--beam-size", "3", "--split-sentences"),
          "--constraints cannot be used with --split-sentences"),
         (("translate", "--checkpoint", run, "--constraints", "--beam-size", "3", "--html"), "--constraints does not apply"))
+
+
+def test_a_phrase_is_held_as_written_and_as_whole_words():
+    assert held_in("A man rides a bicycle.", "bicycle") and held_in("the red car, and", "red car")
+    assert not held_in("Der Brudern", "Bruder") and not held_in("a bored car", "red car")
+    assert not held_in("a Bicycle", "bicycle") and held_in("Zoë's bike", "Zoë")
+    assert split_line("Ein Mann.\t cyclist \t\tred car") == ("Ein Mann.", ["cyclist", "red car"])
+
+
+def test_s2s_evaluate_constraints_counts_the_phrases_each_system_holds(learned_toy_run, tmp_path):
+    """``evaluate --constraints`` translates as ``translate --constraints`` does and scores that;
+    with --hyp it reads the phrases from --src, for each system: a word of another sentence's
+    reference is in every constrained translation and in few plain ones."""
+    english, german = toy_lines("test", 24)
+    words = [max(line.replace(".", "").replace(",", "").split(), key=len) for line in german]
+    terms = [f"{e}\t{words[(k + 5) % len(words)]}" if k % 4 else e for k, e in enumerate(english)]
+    (tmp_path / "terms.en").write_text("\n".join(terms) + "\n")
+    (tmp_path / "plain.en").write_text("\n".join(english) + "\n")
+    (tmp_path / "ref.de").write_text("\n".join(german) + "\n")
+    run, beam = learned_toy_run, ("--beam-size", "4")
+    translated = s2s_forked("translate", "--checkpoint", run, "--constraints", *beam, "--input", tmp_path / "terms.en",
+                            "--output", tmp_path / "constrained.de")
+    assert translated.returncode == 0, translated.stderr
+    s2s_forked("translate", "--checkpoint", run, *beam, "--input", tmp_path / "plain.en", "--output", tmp_path / "plain.de")
+    evaluated = s2s_forked("evaluate", "--checkpoint", run, "--src", tmp_path / "terms.en", "--ref", tmp_path / "ref.de",
+                           "--constraints", *beam, "--json", tmp_path / "report.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    scored = s2s_forked("evaluate", "--hyp", tmp_path / "constrained.de", "--src", tmp_path / "terms.en",
+                        "--ref", tmp_path / "ref.de", "--constraints", "--json", tmp_path / "scored.json")
+    assert scored.returncode == 0, scored.stderr
+    again = json.loads((tmp_path / "scored.json").read_text())
+    assert report["bleu"]["score"] == again["bleu"]["score"] and report["phrases"] == again["phrases"]
+    constrained = (tmp_path / "constrained.de").read_text().splitlines()
+    wanted = [line.split("\t")[1:] for line in terms]
+    held = sum(word in text.replace(".", " ").replace(",", " ").split() for text, line in zip(constrained, wanted)
+               for word in line)
+    assert report["phrases"] == {"lines": 18, "phrases": 18, "held": held} and held == 18
+    assert "constraints: 18 of 18 phrases held (100.0%), in 18 lines" in evaluated.stdout.decode()
+    compared = s2s_forked("evaluate", "--hyp", tmp_path / "plain.de", "--hyp", tmp_path / "constrained.de",
+                          "--src", tmp_path / "terms.en", "--ref", tmp_path / "ref.de", "--constraints",
+                          "--json", tmp_path / "compared.json")
+    assert compared.returncode == 0, compared.stderr
+    plain, forced = json.loads((tmp_path / "compared.json").read_text())["systems"]
+    assert forced["phrases"] == report["phrases"] and plain["phrases"]["held"] < 9
+    assert_user_errors(
+        (("evaluate", "--hyp", tmp_path / "plain.de", "--ref", tmp_path / "ref.de", "--constraints"),
+         "--constraints reads each line's phrases from --src"),
+        (("evaluate", "--hyp", tmp_path / "plain.de", "--src", tmp_path / "terms.en", "--ref", tmp_path / "ref.de"),
+         "drop --src, or add --constraints"),
+        (("evaluate", "--checkpoint", run, "--src", tmp_path / "terms.en", "--ref", tmp_path / "ref.de",
+          "--constraints", "--beam-size", "1"), "--constraints needs beam search"))
