@@ -44,14 +44,17 @@ class UnknownSpan:
 class Copied:
     """A translation with the unknown source words copied in, and where each of its words
     comes from: a word of the model's translation (its index, from 0), or a copied one
-    (``-1 - source word``)."""
+    (``-1 - source word``). Origins None: the model's words one for one, only their letters
+    rewritten (a constraint's phrase written as given, ``seq2seq_cli.constraints.as_written``)."""
 
     text: str
-    origins: tuple[int, ...]
+    origins: Optional[tuple[int, ...]] = None
 
     def alignment(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The word alignment of ``text`` from ``pairs``, the model's translation's: each word
         linked as the word of the translation it is, a copied word to its source word."""
+        if self.origins is None:
+            return pairs
         source_of = {target: source for source, target in pairs}
         return [(-1 - origin if origin < 0 else source_of[origin], word)
                 for word, origin in enumerate(self.origins) if origin < 0 or origin in source_of]
@@ -59,6 +62,8 @@ class Copied:
     def word_attention(self, rows: WordAttention, sources: int) -> WordAttention:
         """The word attention of ``text`` from ``rows``, the model's translation's: a copied
         word looks at its source word alone."""
+        if self.origins is None:
+            return rows
         return [(rows[origin] if origin < len(rows) else [0.0] * sources) if origin >= 0
                 else [float(word == -1 - origin) for word in range(sources)] for origin in self.origins]
 

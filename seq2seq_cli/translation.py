@@ -32,7 +32,7 @@ import torch
 from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
-from seq2seq_cli.constraints import TRAILING_PUNCTUATION, Constraints, holds, split_line, ways_of_writing
+from seq2seq_cli.constraints import TRAILING_PUNCTUATION, Constraints, as_written, holds, split_line, ways_of_writing
 from seq2seq_cli.copying import Copied, UnknownSpan, copy_unknown, unknown_spans
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
@@ -589,7 +589,7 @@ class Translator:
             progress = _in_lines(progress, len(sentences), len(counts))
         unknown = self.tokenizers.src_unk_id if self.copy_unknown else None
         copies = unknown is not None and any(unknown in source for source in sources)
-        constraints = None if lines.phrases is None else self._encode_phrases(lines)
+        constraints, renderings = self._encode_phrases(lines) if lines.phrases is not None else (None, None)
         results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
                                    self.keep_attention or copies,  # a copy is placed by the attention
                                    self.precision, self._search_graphs(), self.sampling,
@@ -601,16 +601,21 @@ class Translator:
         if copies:
             results = [self._with_unknown_copied(line, source_ids, hypotheses)
                        for line, source_ids, hypotheses in zip(lines.sentences, sources, results)]
+        if renderings is not None and any(renderings):
+            results = [self._with_phrases_as_written(hypotheses, line) if line else hypotheses
+                       for hypotheses, line in zip(results, renderings)]
         return sources, results
 
-    def _encode_phrases(self, lines: _Lines) -> list[Constraints]:
+    def _encode_phrases(self, lines: _Lines) -> tuple[list[Constraints], list[list[tuple[str, str]]]]:
         """Each line's phrases as their ways of being written in target tokens
-        (``constraints.ways_of_writing``); one with a word the target vocabulary cannot spell is
-        left out, with a warning (its [UNK] would say nothing of the word)."""
+        (``constraints.ways_of_writing``), and the (rendering, phrase) pairs of those the
+        vocabulary writes otherwise than given (a look-alike letter, lower case), which
+        ``_with_phrases_as_written`` puts right. A phrase with a word the target vocabulary
+        cannot spell is left out, with a warning (its [UNK] would say nothing of the word)."""
         continuation = self.tokenizers.tgt_word_continuations  # a full stop after a phrase ends its word
-        encoded = []
+        encoded, renderings = [], []
         for offset, phrases in enumerate(lines.phrases):
-            line = []
+            line, rewritten = [], []
             for phrase in phrases:
                 own, *marked = self.tokenizers.encode_tgt([phrase] + [phrase + mark for mark in TRAILING_PUNCTUATION])
                 if self.tokenizers.tgt_unk_id in own:
@@ -618,8 +623,21 @@ class Translator:
                                 lines.first_line + offset, phrase)
                 elif own:
                     line.append(ways_of_writing(own, [ids for ids in marked if self.tokenizers.tgt_unk_id not in ids]))
+                    rendered = self.tokenizers.decode_tgt([own])[0]
+                    if rendered != phrase and len(rendered.split()) == len(phrase.split()):
+                        rewritten.append((rendered, phrase))
             encoded.append(Constraints(line, continuation))
-        return encoded
+            renderings.append(rewritten)
+        return encoded, renderings
+
+    def _with_phrases_as_written(self, hypotheses: list[Hypothesis], renderings: list[tuple[str, str]]
+                                 ) -> list[Hypothesis]:
+        """A line's hypotheses with its phrases written as given where the vocabulary wrote them
+        otherwise ("Zoe" for "Zoë"): the words are the model's, one for one."""
+        return [CopiedHypothesis(h.tokens, h.score, h.log_prob, h.attention,
+                                 Copied(as_written(text, renderings), h.copied.origins if isinstance(
+                                     h, CopiedHypothesis) else None))
+                for text, h in zip(self.detokenize(hypotheses), hypotheses)]
 
     def _name_unmet_phrases(self, lines: _Lines, constraints: list[Constraints],
                             results: list[list[Hypothesis]]) -> None:

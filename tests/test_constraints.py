@@ -203,6 +203,25 @@ def test_s2s_translate_constraints(learned_toy_run):
         (("translate", "--checkpoint", run, "--constraints", "--beam-size", "3", "--html"), "--constraints does not apply"))
 
 
+def test_a_phrase_the_vocabulary_spells_with_a_look_alike_comes_out_as_written(learned_toy_run):
+    """The toy vocabulary has no "ë": "Zoë" is encoded as "Zoe" (README, Tokenization) and the
+    search puts those tokens in; the translation shows the name as the user wrote it, in every
+    n-best entry, its words (and alignment) the model's one for one."""
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=4)
+    assert translator.tokenizers.decode_tgt(translator.tokenizers.encode_tgt(["Zoë"]))[0] == "Zoe"
+    constrained = translator.with_settings(constraints=True, nbest=3, alignment=True)
+    for hypotheses in constrained.translate_nbest(["The man sees the dog.\tZoë", "The man sees the dog.\tZoë ist"]):
+        for hypothesis in hypotheses:
+            assert held_in(hypothesis.text, "Zoë") and "Zoe" not in hypothesis.text, hypothesis.text
+    line = "The man sees the dog.\tZoë"
+    _, (hypotheses,) = constrained.translate_raw([line.encode()])
+    source_ids = translator.tokenizers.encode_src(["The man sees the dog."])[0]
+    best = hypotheses[0]
+    words = constrained.detokenize([best])[0].split()
+    links = constrained.word_alignment(source_ids, best)
+    assert sorted(target for _, target in links) == list(range(len(words)))
+
+
 def test_a_phrase_is_held_as_written_and_as_whole_words():
     assert held_in("A man rides a bicycle.", "bicycle") and held_in("the red car, and", "red car")
     assert not held_in("Der Brudern", "Bruder") and not held_in("a bored car", "red car")

@@ -6,6 +6,7 @@ import pytest
 from transformers import BertTokenizer
 
 from seq2seq_cli.config import load_config
+from seq2seq_cli.constraints import held_in
 from seq2seq_cli.copying import UnknownSpan, copy_unknown, unknown_spans
 from seq2seq_cli.data import tokenize_corpus, with_unknown_placeholders
 from seq2seq_cli.launch import train
@@ -203,3 +204,7 @@ def test_an_uncased_pretrained_tokenizer_gets_the_word_copied_as_written(tmp_pat
     assert ids.count(translator.tokenizers.src_unk_id) == 2  # "zoe" and "москва" are not in it
     translation = translator.translate([line])[0]
     assert translation.split().count("Zoë") == 1 and translation.split().count("Москва") == 1, translation
+    # A constraint comes out as written too, not as the vocabulary writes it ("mann").
+    assert translator.tokenizers.decode_tgt(translator.tokenizers.encode_tgt(["Mann"]))[0] == "mann"
+    constrained = translator.with_settings(constraints=True, beam_size=3).translate([f"{line}\tMann"])[0]
+    assert held_in(constrained, "Mann") and not held_in(constrained, "mann"), constrained
