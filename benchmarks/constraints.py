@@ -8,7 +8,8 @@ reference, words the plain translation lacks. For each line, its reference's wor
 letters or more (punctuation off) that the plain beam translation does not hold and the target
 vocabulary spells; "1 word" constrains the longest of them, "2 words" the two longest. Reported
 for plain beam search and for each: the lines constrained, how many of their translations hold
-every phrase as a word, BLEU and chrF of the whole set (sacreBLEU, 13a), and seconds.
+every phrase as written and as whole words (``constraints.held_in``, as ``s2s evaluate
+--constraints`` counts them), BLEU and chrF of the whole set (sacreBLEU, 13a), and seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import sacrebleu
 
+from seq2seq_cli.constraints import held_in
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.translation import Translator
 
@@ -63,7 +65,7 @@ def main() -> None:
         started = time.perf_counter()
         translations = constrained.translate(lines)
         seconds = time.perf_counter() - started
-        held = sum(bool(wanted) and all(phrase in words(text) for phrase in wanted)
+        held = sum(bool(wanted) and all(held_in(text, phrase) for phrase in wanted)
                    for text, wanted in zip(translations, phrases))
         rows.append({"variant": f"{count} reference word{'s' if count > 1 else ''}",
                      "lines": sum(map(bool, phrases)), "held": held, "seconds": seconds,
