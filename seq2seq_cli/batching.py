@@ -30,6 +30,7 @@ import torch
 
 from seq2seq_cli.config import language_pair
 from seq2seq_cli.errors import ClientError, UserError
+from seq2seq_cli.glossary import Glossary
 from seq2seq_cli.progress import log_to_stderr
 from seq2seq_cli.translation import Translator
 
@@ -102,6 +103,7 @@ class LoadOptions:
     quantize: str = "none"
     cuda_graphs: Optional[str] = None  # None: each run's decoding.cuda_graphs
     copy_unknown: bool = True  # a source word read as [UNK] copied into the translation (seq2seq_cli.copying)
+    glossary: Optional[Glossary] = None  # terms put into every translation (seq2seq_cli.glossary)
 
 
 class DecoderProcess:
@@ -332,7 +334,7 @@ def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = F
     for checkpoint in checkpoints:
         translator = Translator.load(checkpoint, options.device, beam_size=options.beam_size, dtype=options.dtype,
                                      quantize=options.quantize, cuda_graphs=options.cuda_graphs,
-                                     copy_unknown=options.copy_unknown)
+                                     copy_unknown=options.copy_unknown, glossary=options.glossary)
         source, target = language_pair(translator.config.data)
         if source is None or target is None:
             raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import stat
@@ -249,6 +250,7 @@ def translate(
     as_html: bool = typer.Option(False, "--html", help="The input is one HTML document (UTF-8): translate its text, keep its markup and code."),
     copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
     constraints: bool = typer.Option(False, "--constraints", help="Each line is SOURCE<TAB>PHRASE<TAB>PHRASE...: the translation must hold each phrase (terminology; fairseq's format). Needs --beam-size 2 or more."),
+    glossary: Optional[Path] = typer.Option(None, "--glossary", metavar="FILE", help="Lines SOURCE TERM<TAB>TARGET TERM: each sentence that holds a source term gets its target term in its translation. Needs --beam-size 2 or more."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -293,7 +295,8 @@ def translate(
                                  sampling=Sampling(sample_topk or 0, 1.0 if temperature is None else temperature,
                                                    seed or 0) if sample else None,
                                  split_sentences=split_sentences or as_html or office is not None,  # paragraphs
-                                 alignment=alignment, copy_unknown=copy_unknown, constraints=constraints)
+                                 alignment=alignment, copy_unknown=copy_unknown, constraints=constraints,
+                                 glossary=glossary)
     if as_html:
         document = _read_document(input_file)
         _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),
@@ -386,6 +389,7 @@ def evaluate(
     split_sentences: bool = typer.Option(False, "--split-sentences", help="Translate each line sentence by sentence (a paragraph per line) and join the translations on one line."),
     copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
     constraints: bool = typer.Option(False, "--constraints", help="Each --src line is SOURCE<TAB>PHRASE<TAB>...: put its phrases into the translation (as translate --constraints), or with --hyp read them from --src; report how many phrases the translations hold."),
+    glossary: Optional[Path] = typer.Option(None, "--glossary", metavar="FILE", help="Lines SOURCE TERM<TAB>TARGET TERM: translate with it (as translate --glossary), or with --hyp look its source terms up in --src; report how many target terms the translations hold."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the report as JSON here."),
     sentences_file: Optional[Path] = typer.Option(None, "--sentences", metavar="FILE", help="Also write each sentence's BLEU and chrF here, tab-separated, a column pair per system (for finding where systems differ)."),
     paired: Optional[str] = typer.Option(None, "--paired", metavar="TEST", help="With several --hyp: bs (paired bootstrap resampling, the default) or ar (approximate randomization), sacreBLEU's tests."),
@@ -409,6 +413,7 @@ def evaluate(
 
     from seq2seq_cli.constraints import split_line
     from seq2seq_cli.data import read_lines
+    from seq2seq_cli.glossary import Glossary
     from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, format_paired_report, format_report,
                                         paired_report, phrase_report, run_bleu_metric, score_report, sentence_table)
 
@@ -419,11 +424,14 @@ def evaluate(
     if hyp and checkpoint:  # which would be scored?
         raise UserError("give --hyp FILE (translations to score) or --checkpoint RUN with --src FILE "
                         "(a model to translate them), not both")
-    if hyp and src is not None and not constraints:
+    if hyp and src is not None and not (constraints or glossary):
         raise UserError(f"--src {src} would be translated with --checkpoint; --hyp {hyp[0]} is scored as it is, "
-                        "reading --src only for --constraints' phrases: drop --src, or add --constraints")
+                        "reading --src only for --constraints' phrases or --glossary's terms: drop --src, or add "
+                        "--constraints or --glossary")
     if constraints and src is None:
         raise UserError("--constraints reads each line's phrases from --src (SOURCE<TAB>PHRASE<TAB>...): give --src FILE")
+    if glossary is not None and src is None:
+        raise UserError("--glossary looks its source terms up in --src: give --src FILE")
     if hyp:  # a decoding option would be silently ignored: the file is scored as it is
         decoding_options = {"--weights": weights is not None, "--beam-size": beam_size is not None,
                             "--length-penalty": length_penalty is not None,
@@ -456,7 +464,12 @@ def evaluate(
     if sources is not None and len(sources) != len(references):
         raise UserError(f"{src} has {len(sources)} lines but {ref[0]} has {len(references)}; "
                         "source and reference must be line-aligned")
-    phrases = [split_line(line)[1] for line in sources] if constraints else None
+    terms = Glossary.read(glossary) if glossary is not None else None
+    phrases = None  # what each line's translation must hold: its own phrases, then its glossary terms
+    if constraints or terms is not None:
+        fields = [split_line(line) if constraints else (line, []) for line in sources]
+        phrases = [wanted + [term for term in (terms.targets(text) if terms else []) if term not in wanted]
+                   for text, wanted in fields]
     speed = None
     if hyp:
         systems = [(str(path), read_lines(path)) for path in hyp]
@@ -481,7 +494,7 @@ def evaluate(
                                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                      dtype=dtype, quantize=quantize, cuda_graphs=cuda_graphs,
                                      split_sentences=split_sentences, copy_unknown=copy_unknown,
-                                     constraints=constraints)
+                                     constraints=constraints, glossary=terms)
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
@@ -645,6 +658,7 @@ def serve(
     cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
     split_sentences: bool = typer.Option(True, "--split-sentences/--no-split-sentences", help="Translate each text sentence by sentence, as LibreTranslate does (default), or each line whole."),
     copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
+    glossary: Optional[Path] = typer.Option(None, "--glossary", metavar="FILE", help="Lines SOURCE TERM<TAB>TARGET TERM: every sentence served that holds a source term gets its target term in its translation (one language pair; needs a beam of 2 or more)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -659,10 +673,18 @@ def serve(
     except ImportError:
         raise UserError('s2s serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
     from seq2seq_cli.batching import LoadOptions
+    from seq2seq_cli.glossary import Glossary
     from seq2seq_cli.serve import ServeSettings, create_app, server_models
 
-    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs, copy_unknown)
+    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs, copy_unknown,
+                          Glossary.read(glossary) if glossary is not None else None)
     models = server_models([str(path) for path in checkpoint], options, ensemble)
+    if glossary is not None:
+        if len(models) > 1:
+            raise UserError(f"--glossary {glossary} holds the terms of one language pair, and this server would "
+                            f"serve {', '.join(f'{m.source}->{m.target}' for m in models)}: serve that pair alone")
+        # The decoder processes take the terms the vocabulary spells, without naming the others again.
+        options = dataclasses.replace(options, glossary=models[0].translator.glossary)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin, decoders, split_sentences, req_limit)
     _check_port_free(host, port)

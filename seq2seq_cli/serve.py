@@ -142,7 +142,7 @@ def server_models(checkpoints: list[str], options: LoadOptions, ensemble: bool =
     second copy and CUDA context in the process that answers HTTP)."""
     check_decoding_format(select_device(options.device), options.dtype, options.quantize)
     return load_models(checkpoints, LoadOptions("cpu", options.beam_size, cuda_graphs=options.cuda_graphs,
-                                                copy_unknown=options.copy_unknown), ensemble)
+                                                copy_unknown=options.copy_unknown, glossary=options.glossary), ensemble)
 
 
 def create_app(models: list[ServedModel], settings: ServeSettings, options: LoadOptions):
@@ -393,6 +393,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         texts = check_texts(body.get("texts"), "texts")
         model = model_for(body.get("source"), body.get("target"))
         beam = _integer(body.get("beam_size", model.translator.decoding.beam_size), "beam_size", 1, 64)
+        if beam < 2 and model.translator.glossary is not None:
+            raise ClientError("this server puts a glossary's terms in, which needs beam search: set beam_size to 2 "
+                              "or more")
         nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
         attention, alignment = body.get("attention", False), body.get("alignment", False)
         phrases = _phrases(body.get("constraints"), len(texts))

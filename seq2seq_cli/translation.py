@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import itertools
 import logging
 import os
 import select
@@ -38,6 +39,7 @@ from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, tra
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.documents import Rendering, has_inline_markup, html_pieces, reassemble, relabel_languages, runs
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.glossary import Glossary
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.office import OFFICE_FORMATS, OfficeDocument
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
@@ -141,7 +143,8 @@ class _Lines:
     first_line: int  # the input line number of the first line, for warnings
     sentences: list[list[str]]  # one list per line
     first_sentence: int  # the position of sentences[0][0] among all sentences read, for sampling seeds
-    phrases: Optional[list[list[str]]] = None  # with constraints: the phrases each line's translation must hold
+    # With constraints or a glossary: the phrases each sentence's translation must hold.
+    phrases: Optional[list[list[str]]] = None
 
 
 def _join_sentences(sources: list[list[int]], results: list[list[Hypothesis]], counts: list[int],
@@ -258,17 +261,20 @@ def _check_sampling(sampling: Sampling) -> None:
 
 
 def _check_constraints(translator: "Translator") -> None:
-    """Constraints are met by beam search, for a line as a whole."""
-    clashing = [name for name, given in (("--split-sentences", translator.split_sentences),
-                                         ("fit_long_lines", translator.fit_long_lines),  # pieces of a line
-                                         ("--sample", translator.sampling is not None),
-                                         ("--no-repeat-ngram-size", translator.decoding.no_repeat_ngram_size > 0))
-                if given]
+    """Constraints are met by beam search; phrases given per line (not a glossary's, found per
+    sentence), for a line as a whole."""
+    name = "--constraints" if translator.constraints else "--glossary"
+    clashing = [option for option, given in (
+        ("--split-sentences", translator.constraints and translator.split_sentences),
+        ("fit_long_lines", translator.constraints and translator.fit_long_lines),  # pieces of a line
+        ("--sample", translator.sampling is not None),
+        ("--no-repeat-ngram-size", translator.decoding.no_repeat_ngram_size > 0)) if given]
     if clashing:
-        raise UserError(f"--constraints cannot be used with {', '.join(clashing)}: a line's phrases are met by beam "
-                        "search over the whole line; drop " + ("it" if len(clashing) == 1 else "them"))
+        raise UserError(f"{name} cannot be used with {', '.join(clashing)}: phrases are met by beam search"
+                        f"{' over the whole line' if translator.constraints else ''}; drop "
+                        + ("it" if len(clashing) == 1 else "them"))
     if translator.decoding.beam_size < 2:
-        raise UserError("--constraints needs beam search: add --beam-size 5 (or any size of 2 or more); with one "
+        raise UserError(f"{name} needs beam search: add --beam-size 5 (or any size of 2 or more); with one "
                         "beam a phrase would be put in first, wherever it belongs")
 
 
@@ -331,6 +337,8 @@ class Translator:
         # Each line is a source, then tab-separated phrases its translation must hold
         # (seq2seq_cli.constraints; fairseq's --constraints format).
         self.constraints = False
+        # Each sentence holding a source term gets its target term as a constraint (seq2seq_cli.glossary).
+        self.glossary: Optional[Glossary] = None
         # The CUDA graphs of this model's searches, shared with the translators ``with_settings``
         # makes (a graph is made per batch shape and kept).
         self._graphs: list[SearchGraphs] = []
@@ -343,7 +351,7 @@ class Translator:
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
              cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None,
              split_sentences: bool = False, alignment: bool = False, copy_unknown: bool = True,
-             constraints: bool = False) -> "Translator":
+             constraints: bool = False, glossary: Optional[Glossary | str | Path] = None) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
@@ -357,7 +365,9 @@ class Translator:
         where the words that translate it would be (``seq2seq_cli.copying``); ``constraints``: each
         text is a source followed by tab-separated phrases of the target language that its
         translations must hold, e.g. ``"Ein Mann fährt Fahrrad.\tbicycle"`` (beam search of
-        ``beam_size`` 2 or more; ``seq2seq_cli.constraints``)."""
+        ``beam_size`` 2 or more; ``seq2seq_cli.constraints``); ``glossary``: a ``Glossary`` or
+        the path of its file, whose target terms are put into the translation of each sentence
+        that holds their source terms (``seq2seq_cli.glossary``; beam search too)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
@@ -380,7 +390,8 @@ class Translator:
                                         length_penalty=length_penalty, max_length_ratio=max_length_ratio,
                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
                                         cuda_graphs=cuda_graphs, sampling=sampling, split_sentences=split_sentences,
-                                        alignment=alignment, copy_unknown=copy_unknown, constraints=constraints)
+                                        alignment=alignment, copy_unknown=copy_unknown, constraints=constraints,
+                                        glossary=glossary)
 
     @classmethod
     def ensemble(cls, members: Sequence["Translator"], weights: Optional[Sequence[float]] = None) -> "Translator":
@@ -401,7 +412,7 @@ class Translator:
                       sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
                       fit_long_lines: Optional[bool] = None, alignment: Optional[bool] = None,
                       copy_unknown: Optional[bool] = None, constraints: Optional[bool] = None,
-                      **decoding_overrides) -> "Translator":
+                      glossary: Optional[Glossary | str | Path] = None, **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
@@ -417,14 +428,26 @@ class Translator:
             sibling.copy_unknown = bool(copy_unknown)
         if constraints is not None:
             sibling.constraints = bool(constraints)
+        if glossary is not None:
+            sibling.glossary = self._spelled(glossary if isinstance(glossary, Glossary) else Glossary.read(glossary))
         sibling.keep_attention = sibling.keep_attention or sibling.alignment  # alignments are read from it
         if sampling is not None:
             _check_sampling(sampling)
             sibling.sampling = sampling
         sibling.decoding = _decoding_with(self.decoding, sibling.nbest, decoding_overrides, sibling.sampling)
-        if sibling.constraints:
+        if sibling.constraints or sibling.glossary is not None:
             _check_constraints(sibling)
         return sibling
+
+    def _spelled(self, glossary: Glossary) -> Glossary:
+        """``glossary`` less the target terms the target vocabulary cannot spell, each named once."""
+        unknown = self.tokenizers.tgt_unk_id
+        unspelled = {target for target, ids in zip(glossary.terms.values(),
+                                                    self.tokenizers.encode_tgt(list(glossary.terms.values())))
+                     if unknown in ids}
+        for target in sorted(unspelled):
+            log.warning("glossary: the target vocabulary cannot spell %r; its entries are left out", target)
+        return glossary.without(unspelled) if unspelled else glossary
 
     def translate(self, texts: Iterable[str] | str) -> list[str] | str:
         """The best translation of each text (a text is one line; an empty text gives ""); a
@@ -551,7 +574,7 @@ class Translator:
         first_line = self._number_lines(len(raw_lines))
         texts = [decode_line(raw, first_line + offset) for offset, raw in enumerate(raw_lines)]
         phrases = None
-        if self.constraints:  # SOURCE<TAB>PHRASE<TAB>PHRASE...
+        if self.constraints:  # SOURCE<TAB>PHRASE<TAB>PHRASE...: a line is one sentence
             fields = [split_line(text) for text in texts]
             texts, phrases = [source for source, _ in fields], [wanted for _, wanted in fields]
         if self.split_sentences:
@@ -561,6 +584,10 @@ class Translator:
             sentences = [self._fit([text], first_line + offset) for offset, text in enumerate(texts)]
         else:
             sentences = [[text] for text in texts]
+        if self.glossary is not None:  # each sentence's terms, after a line's own phrases
+            terms = [self.glossary.targets(sentence) for line in sentences for sentence in line]
+            phrases = terms if phrases is None else [
+                wanted + [term for term in found if term not in wanted] for wanted, found in zip(phrases, terms)]
         first_sentence = self.sentences_read
         self.sentences_read += sum(len(line) for line in sentences)
         return _Lines(first_line, sentences, first_sentence, phrases)
@@ -589,15 +616,19 @@ class Translator:
             progress = _in_lines(progress, len(sentences), len(counts))
         unknown = self.tokenizers.src_unk_id if self.copy_unknown else None
         copies = unknown is not None and any(unknown in source for source in sources)
-        constraints, renderings = self._encode_phrases(lines) if lines.phrases is not None else (None, None)
+        constraints, renderings = (None, None) if lines.phrases is None else self._encode_phrases(lines.phrases,
+                                                                                                  line_numbers)
         results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
                                    self.keep_attention or copies,  # a copy is placed by the attention
                                    self.precision, self._search_graphs(), self.sampling,
                                    first_index=lines.first_sentence, progress=progress, constraints=constraints)
         if constraints is not None:
-            self._name_unmet_phrases(lines, constraints, results)
+            self._name_unmet_phrases(constraints, results, line_numbers)
         if split:
             sources, results = _join_sentences(sources, results, counts, self.tokenizers.eos_id)
+            if renderings is not None:  # a line's phrases are its sentences'
+                starts = list(itertools.accumulate(counts, initial=0))
+                renderings = [sum(renderings[start:end], []) for start, end in zip(starts, starts[1:])]
         if copies:
             results = [self._with_unknown_copied(line, source_ids, hypotheses)
                        for line, source_ids, hypotheses in zip(lines.sentences, sources, results)]
@@ -606,21 +637,22 @@ class Translator:
                        for hypotheses, line in zip(results, renderings)]
         return sources, results
 
-    def _encode_phrases(self, lines: _Lines) -> tuple[list[Constraints], list[list[tuple[str, str]]]]:
-        """Each line's phrases as their ways of being written in target tokens
+    def _encode_phrases(self, phrases: list[list[str]], line_numbers: list[int]
+                        ) -> tuple[list[Constraints], list[list[tuple[str, str]]]]:
+        """Each sentence's phrases as their ways of being written in target tokens
         (``constraints.ways_of_writing``), and the (rendering, phrase) pairs of those the
         vocabulary writes otherwise than given (a look-alike letter, lower case), which
         ``_with_phrases_as_written`` puts right. A phrase with a word the target vocabulary
         cannot spell is left out, with a warning (its [UNK] would say nothing of the word)."""
         continuation = self.tokenizers.tgt_word_continuations  # a full stop after a phrase ends its word
         encoded, renderings = [], []
-        for offset, phrases in enumerate(lines.phrases):
+        for line_number, wanted in zip(line_numbers, phrases):
             line, rewritten = [], []
-            for phrase in phrases:
+            for phrase in wanted:
                 own, *marked = self.tokenizers.encode_tgt([phrase] + [phrase + mark for mark in TRAILING_PUNCTUATION])
                 if self.tokenizers.tgt_unk_id in own:
                     log.warning("input line %d: the target vocabulary cannot spell the constraint %r; left out",
-                                lines.first_line + offset, phrase)
+                                line_number, phrase)
                 elif own:
                     line.append(ways_of_writing(own, [ids for ids in marked if self.tokenizers.tgt_unk_id not in ids]))
                     rendered = self.tokenizers.decode_tgt([own])[0]
@@ -639,16 +671,16 @@ class Translator:
                                      h, CopiedHypothesis) else None))
                 for text, h in zip(self.detokenize(hypotheses), hypotheses)]
 
-    def _name_unmet_phrases(self, lines: _Lines, constraints: list[Constraints],
-                            results: list[list[Hypothesis]]) -> None:
-        """Warn of a line whose best translation could not hold its phrases within the length
+    def _name_unmet_phrases(self, constraints: list[Constraints], results: list[list[Hypothesis]],
+                            line_numbers: list[int]) -> None:
+        """Warn of a sentence whose best translation could not hold its phrases within the length
         limit (the search then gives its best translations without them)."""
-        for offset, (wanted, hypotheses) in enumerate(zip(constraints, results)):
+        for line_number, wanted, hypotheses in zip(line_numbers, constraints, results):
             missing = [phrase for phrase in wanted.phrases if not holds(hypotheses[0].tokens, phrase, wanted.continuation)]
             if missing:
                 log.warning("input line %d: no translation within the length limit holds %s",
-                            lines.first_line + offset, ", ".join(repr(self.tokenizers.decode_tgt([phrase[0]])[0])
-                                                                 for phrase in missing))
+                            line_number, ", ".join(repr(self.tokenizers.decode_tgt([phrase[0]])[0])
+                                                   for phrase in missing))
 
     def _with_unknown_copied(self, sentences: list[str], source_ids: list[int], hypotheses: list[Hypothesis]
                              ) -> list[Hypothesis]:

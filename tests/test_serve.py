@@ -32,6 +32,7 @@ from conftest import (  # noqa: E402
 )
 
 from seq2seq_cli.config import load_config  # noqa: E402
+from seq2seq_cli.constraints import held_in  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
 from seq2seq_cli.tokenization import Tokenizers  # noqa: E402
 from seq2seq_cli.translation import Translator  # noqa: E402
@@ -455,6 +456,30 @@ def test_native_endpoint_puts_constraints_in_as_the_cli_does(run, server):
                            ({"beam_size": 4, "texts": [" ".join(lines) * 20] * 3}, "over the model's limit")):
         bad = httpx.post(f"{server.url}/v1/translate", json={"texts": lines, "constraints": phrases, **body})
         assert bad.status_code == 400 and fragment in bad.json()["error"], bad.text
+
+
+def test_a_glossary_goes_into_every_translation_served_as_the_cli_puts_it_in(run, three_pairs, tmp_path):
+    """``serve --glossary``: LibreTranslate's /translate (sentence by sentence) gives what s2s
+    translate --glossary --split-sentences prints, each sentence with its terms; a search that
+    cannot put them in is refused, and so is a glossary for a server of several pairs."""
+    (tmp_path / "terms.tsv").write_text("bird\tArzt\nsister\tVater\n")
+    english = toy_lines("dev", 12)[0]
+    texts = [f"{a} {b}" for a, b in zip(english[::2], english[1::2])]
+    printed = cli_translations(run, texts, "--glossary", tmp_path / "terms.tsv", "--beam-size", "4", "--split-sentences")
+    served = Server(run, "--glossary", tmp_path / "terms.tsv", "--beam-size", "4", "--decoders", "1")
+    try:
+        answer = httpx.post(f"{served.url}/translate", json={"q": texts, "source": "en", "target": "de"}, timeout=60)
+        assert answer.json()["translatedText"] == printed
+        with_term = [translated for text, translated in zip(texts, printed) if held_in(text, "bird")]  # not "birds"
+        assert len(with_term) == 3 and all(held_in(translated, "Arzt") for translated in with_term)
+        refused = httpx.post(f"{served.url}/v1/translate", json={"texts": texts, "beam_size": 1})
+        assert refused.status_code == 400 and "set beam_size to 2 or more" in refused.json()["error"]
+    finally:
+        code, log = served.stop()
+    assert code == 0, log
+    _, runs = three_pairs
+    assert_user_errors((("serve", "--checkpoint", run, "--checkpoint", runs["de", "en"], "--device", "cpu",
+                         "--glossary", tmp_path / "terms.tsv", "--beam-size", "2"), "holds the terms of one language pair"))
 
 
 @pytest.mark.parametrize("body, content_type, status, fragment", [

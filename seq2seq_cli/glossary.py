@@ -1,0 +1,64 @@
+"""Glossaries: terms that must be translated a given way (DeepL's and ModernMT's glossaries).
+
+A glossary is a text file of ``SOURCE TERM<TAB>TARGET TERM`` lines (blank lines and lines
+starting with ``#`` are skipped). Every sentence that holds a source term, as written and as
+whole words, gets its target term as a constraint (``seq2seq_cli.constraints``): its
+translation holds that term at least once. Where source terms overlap ("New York" and
+"York"), the one that starts first wins, and of those the longest.
+
+A glossary works sentence by sentence, so unlike phrases given per line (``--constraints``)
+it goes with translating a line sentence by sentence: a term goes to the sentence that holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class Glossary:
+    """Source terms and their target terms."""
+
+    terms: dict[str, str]  # source term -> target term
+    _pattern: re.Pattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # One alternation, longest term first: at each place the longest term that starts there.
+        longest_first = sorted(self.terms, key=len, reverse=True)
+        alternatives = "|".join(map(re.escape, longest_first)) or r"(?!)"
+        object.__setattr__(self, "_pattern", re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)"))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Glossary":
+        """The glossary in ``path``; a line that is not two terms, or a source term given two
+        translations, is refused with its line number."""
+        terms: dict[str, str] = {}
+        first_given: dict[str, int] = {}
+        for number, line in enumerate(read_lines(path), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = [term.strip() for term in line.split("\t")]
+            if len(fields) != 2 or not all(fields):
+                raise UserError(f"glossary {path} line {number}: {line!r} is not SOURCE TERM<TAB>TARGET TERM; "
+                                "write one term pair per line, separated by a tab")
+            source, target = fields
+            if terms.get(source, target) != target:
+                raise UserError(f"glossary {path} line {number}: {source!r} is given as {terms[source]!r} on line "
+                                f"{first_given[source]} and as {target!r} here; keep one")
+            terms[source] = target
+            first_given.setdefault(source, number)
+        return cls(terms)
+
+    def targets(self, text: str) -> list[str]:
+        """The target terms of the source terms ``text`` holds, in the order they first occur,
+        each once."""
+        return list(dict.fromkeys(self.terms[match.group()] for match in self._pattern.finditer(text)))
+
+    def without(self, targets: set[str]) -> "Glossary":
+        """The glossary less the entries whose target term is one of ``targets``."""
+        return Glossary({source: target for source, target in self.terms.items() if target not in targets})

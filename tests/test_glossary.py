@@ -1,0 +1,95 @@
+"""Glossaries (``--glossary``): each sentence that holds a source term gets its target term in
+its translation, and a sentence without one is translated as without a glossary."""
+
+import json
+
+import pytest
+
+from seq2seq_cli.constraints import held_in
+from seq2seq_cli.errors import UserError
+from seq2seq_cli.glossary import Glossary
+from seq2seq_cli.translation import Translator
+
+from conftest import assert_user_errors, s2s_forked, toy_lines
+
+
+def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they_overlap(tmp_path):
+    path = tmp_path / "terms.tsv"
+    path.write_text("# a comment\nNew York\tNY\nYork\tYK\n\nbird\tVogel\nbirds\tVögel\n York City \t NYC \n")
+    glossary = Glossary.read(path)
+    assert glossary.terms == {"New York": "NY", "York": "YK", "bird": "Vogel", "birds": "Vögel", "York City": "NYC"}
+    assert glossary.targets("A bird flies to New York City, then to York.") == ["Vogel", "NY", "YK"]
+    assert glossary.targets("Two birds and a bird; no Bird, no birdsong.") == ["Vögel", "Vogel"]
+    assert glossary.targets("York City") == ["NYC"] and glossary.targets("Yorkshire") == []
+    assert glossary.without({"NY", "Vogel"}).targets("A bird in New York.") == ["YK"]
+    for text, fragment in (("bird\n", "line 1: 'bird' is not SOURCE TERM<TAB>TARGET TERM"),
+                           ("bird\tVogel\tx\n", "line 1"), ("\tVogel\n", "line 1"),
+                           ("bird\tVogel\nsun\tSonne\nbird\tSpatz\n",
+                            "line 3: 'bird' is given as 'Vogel' on line 1 and as 'Spatz' here; keep one")):
+        path.write_text(text)
+        with pytest.raises(UserError, match=fragment):
+            Glossary.read(path)
+
+
+def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_toy_run, tmp_path):
+    """Lines of two sentences, translated sentence by sentence: a sentence holding a source term
+    holds its target term, in every n-best entry; one holding none is the plain translation."""
+    glossary = {"bird": "Telefon", "the doctor": "die Schwester", "sad": "glücklich,"}
+    (tmp_path / "terms.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in glossary.items()))
+    english, _ = toy_lines("dev", 24)
+    lines = [f"{a} {b}" for a, b in zip(english[::2], english[1::2])]
+    plain = Translator.load(learned_toy_run, device="cpu", beam_size=4)
+    with_terms = plain.with_settings(glossary=tmp_path / "terms.tsv")
+    split = with_terms.with_settings(split_sentences=True)
+    joined = split.translate(lines)
+    assert joined == [" ".join(pair) for pair in zip(with_terms.translate(english[::2]),
+                                                       with_terms.translate(english[1::2]))]
+    found = untouched = 0
+    for sentence, translated, alone, nbest in zip(english, with_terms.translate(english), plain.translate(english),
+                                                  with_terms.with_settings(nbest=3).translate_nbest(english)):
+        wanted = [target for source, target in glossary.items() if held_in(sentence, source)]
+        if wanted:
+            found += 1
+            assert all(held_in(h.text, term) for h in nbest for term in wanted), (sentence, wanted, nbest)
+        else:
+            untouched += 1
+            assert translated == alone
+    assert found >= 5 and untouched >= 10
+    document = with_terms.translate_html(f"<p>{english[3]} <b>{english[2]}</b></p>")  # as --html, sentence by sentence
+    assert document.startswith("<p>") and held_in(document, "Telefon") and held_in(document, "die Schwester")
+
+
+def test_s2s_translate_evaluate_and_their_errors_with_a_glossary(learned_toy_run, tmp_path):
+    (tmp_path / "terms.tsv").write_text("bird\tTelefon\nsister\tMutter\n")
+    english, german = toy_lines("dev", 20)
+    (tmp_path / "dev.en").write_text("\n".join(english) + "\n")
+    (tmp_path / "dev.de").write_text("\n".join(german) + "\n")
+    run, glossary = learned_toy_run, ("--glossary", tmp_path / "terms.tsv", "--beam-size", "4")
+    printed = s2s_forked("translate", "--checkpoint", run, *glossary, "--input", tmp_path / "dev.en",
+                         "--output", tmp_path / "out.de")
+    assert printed.returncode == 0, printed.stderr
+    translations = (tmp_path / "out.de").read_text().splitlines()
+    assert translations == Translator.load(run, device="cpu", beam_size=4, glossary=tmp_path / "terms.tsv").translate(
+        english)
+    wanted = [[t for s, t in (("bird", "Telefon"), ("sister", "Mutter")) if held_in(line, s)] for line in english]
+    evaluated = s2s_forked("evaluate", "--checkpoint", run, *glossary, "--src", tmp_path / "dev.en",
+                           "--ref", tmp_path / "dev.de", "--json", tmp_path / "report.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    terms = sum(map(len, wanted))
+    assert json.loads((tmp_path / "report.json").read_text())["phrases"] == {
+        "lines": sum(map(bool, wanted)), "phrases": terms, "held": terms} and terms >= 6
+    plain = s2s_forked("translate", "--checkpoint", run, "--beam-size", "4", "--input", tmp_path / "dev.en",
+                       "--output", tmp_path / "plain.de")
+    assert plain.returncode == 0, plain.stderr
+    compared = s2s_forked("evaluate", "--hyp", tmp_path / "plain.de", "--src", tmp_path / "dev.en", "--ref",
+                          tmp_path / "dev.de", "--glossary", tmp_path / "terms.tsv", "--json", tmp_path / "plain.json")
+    assert compared.returncode == 0, compared.stderr
+    assert json.loads((tmp_path / "plain.json").read_text())["phrases"]["held"] < terms / 2
+    (tmp_path / "bad.tsv").write_text("bird Vogel\n")
+    assert_user_errors(
+        (("translate", "--checkpoint", run, "--glossary", tmp_path / "terms.tsv", "--beam-size", "1"),
+         "--glossary needs beam search"),
+        (("translate", "--checkpoint", run, "--glossary", tmp_path / "bad.tsv", "--beam-size", "4"),
+         "bad.tsv line 1: 'bird Vogel' is not SOURCE TERM<TAB>TARGET TERM"),
+        (("evaluate", "--hyp", tmp_path / "plain.de", "--ref", tmp_path / "dev.de", "--glossary", tmp_path / "terms.tsv"),
+         "--glossary looks its source terms up in --src"))
