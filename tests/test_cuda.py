@@ -16,7 +16,9 @@ from conftest import (IDS, SOURCES, final_weights, make_batch, tiny_config, tiny
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import DecodingConfig, ModelConfig, TrainingConfig, load_config
 from seq2seq_cli.data import pad_sources
-from seq2seq_cli.decoding import Sampling, beam_search, greedy_search, translate_corpus, translate_ids
+from seq2seq_cli.constraints import Constraints
+from seq2seq_cli.decoding import (Sampling, beam_search, constrained_beam_search, greedy_search, translate_corpus,
+                                  translate_ids)
 from seq2seq_cli.precision import autocast
 from seq2seq_cli.model import build_model
 from seq2seq_cli.launch import train
@@ -79,6 +81,22 @@ def test_bf16_autocast_stays_close_to_full_precision():
     assert logits.dtype == torch.bfloat16  # autocast is really on
     assert mixed.dtype == torch.float32  # the loss is summed in full precision
     assert abs(mixed.item() - full.item()) < 0.02 * full.item()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_constrained_search_on_cuda_equals_cpu(seed):
+    """The candidates, banks and allocation are tensors on the model's device; the states stay
+    in Python: the same translations, holding the same phrases, as on the CPU."""
+    model = tiny_model(seed, vocab=12, sharpness=2.0)
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    phrases = [[[[5, 4]]], [[[1]], [[5]]], [], [[[4, 4], [6]]]]
+    wanted = [Constraints(phrases[i % len(phrases)], continuation=frozenset({7})) for i in range(len(SOURCES))]
+    found = [constrained_beam_search(net, src_ids.to(device), src_lengths.to(device), IDS, limits.to(device) + 3, 6,
+                                     wanted, 1.0, nbest=2) for net, device in ((model, CPU), (on_gpu, CUDA))]
+    for on_cpu, on_cuda in zip(*found):
+        assert [h.tokens for h in on_cuda] == [h.tokens for h in on_cpu]
+        assert on_cuda[0].score == pytest.approx(on_cpu[0].score, abs=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(3))
