@@ -567,13 +567,15 @@ def constrained_beam_width(beam_size: int, constraints: Constraints, nbest: int 
     return max(beam_size, max(2, nbest) * (phrase_tokens(constraints) + 1))
 
 
+def _holds_all(hypothesis: Hypothesis, constraints: Constraints) -> bool:
+    return all(holds(hypothesis.tokens, phrase, constraints.continuation) for phrase in constraints.phrases)
+
+
 def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int) -> list[Hypothesis]:
     """The ``nbest`` best of ``hypotheses`` that hold every phrase (the others after them, for a
     sentence that cannot hold them all), each translation once."""
     unique = {tuple(h.tokens): h for h in reversed(hypotheses)}.values()  # the first of each
-    return sorted(unique, key=lambda h: (all(holds(h.tokens, phrase, constraints.continuation)
-                                             for phrase in constraints.phrases), h.score),
-                  reverse=True)[:nbest]
+    return sorted(unique, key=lambda h: (_holds_all(h, constraints), h.score), reverse=True)[:nbest]
 
 
 def _kept_rows(keep: list[int], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -640,6 +642,7 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     source's phrases into its translations (``constrained_beam_search``), the length limit
     raised by their tokens and the beam widened as they need (``constrained_beam_width``); a
     batch holds sentences of one width, so that a translation never depends on its neighbours.
+    A sentence whose plain beam search translations hold its phrases already keeps them.
 
     An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
     without a search: training never shows the model one (empty pairs are dropped).
@@ -655,12 +658,16 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     if keep_attention or decoding.no_repeat_ngram_size or sampling is not None or constraints is not None:
         graphs = None
 
+    def batch(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The padded sources (on the device), their lengths and length limits."""
+        src_ids, src_lengths = pad_sources([sources[i] for i in indices], ids.pad, ids.eos)
+        limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
+        return src_ids.to(device), src_lengths, limits
+
     def search(chunk: list[int]) -> list[list[Hypothesis]]:
         # Sampling draws each of a sentence's samples in a row of its own.
         rows = [(i, k) for i in chunk for k in range(nbest)] if sampling is not None else [(i, 0) for i in chunk]
-        src_ids, src_lengths = pad_sources([sources[i] for i, _ in rows], ids.pad, ids.eos)
-        limits = max_lengths(src_lengths - 1, decoding.max_length_ratio, decoding.max_length_offset)
-        src_ids = src_ids.to(device)
+        src_ids, src_lengths, limits = batch([i for i, _ in rows])
         with autocast(device, precision):  # per thread: autocast is a thread's own state
             if sampling is not None:
                 sampler = TokenSampler(sampling, [sampling.generator(first_index + i, k, device) for i, k in rows])
@@ -672,23 +679,35 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                 if decoding.beam_size == 1:
                     return [[h] for h in graphs.greedy(src_ids, src_lengths, limits)]
                 return graphs.beam(src_ids, src_lengths, limits, decoding.beam_size, decoding.length_penalty, nbest)
-            wanted = [constraints[i] for i, _ in rows] if constraints is not None else []
-            if any(sentence.phrases for sentence in wanted):  # a batch without phrases is plain beam search
-                room = torch.tensor([phrase_tokens(sentence) for sentence in wanted])
-                forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, widths[chunk[0]],
-                                                 wanted, decoding.length_penalty, nbest, keep_attention)
-                # Beams shared out over banks leave fewer to the words before a phrase, so the
-                # translation that plain beam search finds, when it holds the phrases already, can
-                # score better than any found under constraints: the better of both is kept.
-                plain = beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
-                                    decoding.length_penalty, nbest, keep_attention)
-                return [_best_holding(found + searched, sentence, nbest)
-                        for found, searched, sentence in zip(forced, plain, wanted)]
+            if constraints is not None:
+                return constrained(chunk, beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
+                                                      decoding.length_penalty, nbest, keep_attention))
             if decoding.beam_size == 1:
                 return [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
                                                    decoding.no_repeat_ngram_size)]
             return beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
                                decoding.length_penalty, nbest, keep_attention, decoding.no_repeat_ngram_size)
+
+    def constrained(chunk: list[int], plain: list[list[Hypothesis]]) -> list[list[Hypothesis]]:
+        """The plain translations ``plain`` of ``chunk``, but for the sentences whose n-best
+        entries do not all hold their phrases: the best of those searched under constraints
+        and plain ones that hold them. A phrase changes no translation that has it already."""
+        lacking = [position for position, (i, found) in enumerate(zip(chunk, plain))
+                   if not all(_holds_all(h, constraints[i]) for h in found)]
+        if not lacking:
+            return plain
+        indices = [chunk[position] for position in lacking]
+        wanted = [constraints[i] for i in indices]
+        src_ids, src_lengths, limits = batch(indices)
+        room = torch.tensor([phrase_tokens(sentence) for sentence in wanted])
+        forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, widths[indices[0]], wanted,
+                                         decoding.length_penalty, nbest, keep_attention)
+        # Beams shared out over banks leave fewer to the words before a phrase, so a plain
+        # translation that holds the phrases (a lower n-best entry) can score better than any
+        # found under constraints: the better of both is kept.
+        for position, found, sentence in zip(lacking, forced, wanted):
+            plain[position] = _best_holding(found + plain[position], sentence, nbest)
+        return plain
 
     was_training = model.training
     model.eval()

@@ -154,17 +154,16 @@ def test_without_phrases_it_is_beam_search(beam):
 
 def test_every_translation_holds_its_phrases_and_the_rest_stays_the_models(learned_toy_run):
     """On the toy model: a phrase its translation already holds, the last word included (its
-    full stop a token of its own with it), changes nothing but for a translation the model
-    scores higher; a word from another sentence's translation is put into each, in every
-    n-best entry."""
+    full stop a token of its own with it), changes nothing; a word from another sentence's
+    translation is put into each, in every n-best entry."""
     translator = Translator.load(learned_toy_run, device="cpu", beam_size=5)
     english, _ = toy_lines("dev", 30)
     plain = [nbest[0] for nbest in translator.translate_nbest(english)]
     own = [max(t.text.rstrip(".").split()[1:], key=len) for t in plain]  # a word of its own translation
     same = [nbest[0] for nbest in translator.with_settings(constraints=True).translate_nbest(
         [f"{e}\t{w}" for e, w in zip(english, own)])]
-    changed = [(a.text, b.text) for a, b in zip(plain, same) if a.text != b.text]
-    assert all(b.score > a.score for a, b in zip(plain, same) if a.text != b.text) and len(changed) <= 3, changed
+    assert [t.text for t in same] == [t.text for t in plain]
+    assert [t.score for t in same] == pytest.approx([t.score for t in plain], abs=1e-5)  # batched otherwise
     foreign = [own[(k + 7) % len(own)] for k in range(len(own))]
     nbest = translator.with_settings(constraints=True, nbest=3).translate_nbest(
         [f"{e}\t{w}\t{w2}" for e, w, w2 in zip(english[:12], foreign, own)])
