@@ -93,3 +93,17 @@ def test_s2s_translate_evaluate_and_their_errors_with_a_glossary(learned_toy_run
          "bad.tsv line 1: 'bird Vogel' is not SOURCE TERM<TAB>TARGET TERM"),
         (("evaluate", "--hyp", tmp_path / "plain.de", "--ref", tmp_path / "dev.de", "--glossary", tmp_path / "terms.tsv"),
          "--glossary looks its source terms up in --src"))
+
+
+def test_a_target_term_the_vocabulary_cannot_spell_is_named_once_and_left_out(learned_toy_run, tmp_path, caplog):
+    (tmp_path / "terms.tsv").write_text("bird\t\u041c\u043e\u0441\u043a\u0432\u0430\nsister\tVater\n")
+    english, _ = toy_lines("dev", 12)
+    plain = Translator.load(learned_toy_run, device="cpu", beam_size=4)
+    with caplog.at_level("WARNING"):
+        with_terms = plain.with_settings(glossary=tmp_path / "terms.tsv")
+        translations = with_terms.translate(english)
+    named = [record.getMessage() for record in caplog.records if "cannot spell" in record.getMessage()]
+    assert named == ["glossary: the target vocabulary cannot spell 'Москва'; its entries are left out"]
+    assert with_terms.glossary.terms == {"sister": "Vater"}
+    for sentence, translated, alone in zip(english, translations, plain.translate(english)):
+        assert translated == alone or held_in(sentence, "sister")
