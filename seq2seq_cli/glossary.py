@@ -20,12 +20,12 @@ from seq2seq_cli.data import read_lines
 from seq2seq_cli.errors import UserError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashable as itself (a dict is not), so settings holding it are too
 class Glossary:
     """Source terms and their target terms."""
 
     terms: dict[str, str]  # source term -> target term
-    _pattern: re.Pattern = field(init=False, repr=False, compare=False)
+    _pattern: re.Pattern = field(init=False, repr=False)
 
     def __post_init__(self):
         # One alternation, longest term first: at each place the longest term that starts there.
