@@ -411,11 +411,11 @@ def evaluate(
     """
     import json
 
-    from seq2seq_cli.constraints import split_line
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.glossary import Glossary
     from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, format_paired_report, format_report,
-                                        paired_report, phrase_report, run_bleu_metric, score_report, sentence_table)
+                                        paired_report, phrase_report, run_bleu_metric, score_report, sentence_table,
+                                        wanted_phrases)
 
     if paired is not None and paired not in PAIRED_TESTS:
         raise UserError(f"--paired {paired!r}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
@@ -465,11 +465,7 @@ def evaluate(
         raise UserError(f"{src} has {len(sources)} lines but {ref[0]} has {len(references)}; "
                         "source and reference must be line-aligned")
     terms = Glossary.read(glossary) if glossary is not None else None
-    phrases = None  # what each line's translation must hold: its own phrases, then its glossary terms
-    if constraints or terms is not None:
-        fields = [split_line(line) if constraints else (line, []) for line in sources]
-        phrases = [wanted + [term for term in (terms.targets(text) if terms else []) if term not in wanted]
-                   for text, wanted in fields]
+    phrases = wanted_phrases(sources, constraints, terms) if constraints or terms is not None else None
     speed = None
     if hyp:
         systems = [(str(path), read_lines(path)) for path in hyp]

@@ -16,8 +16,9 @@ from typing import Any, Optional, Sequence
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from seq2seq_cli.config import Config, language_pair
-from seq2seq_cli.constraints import held_in
+from seq2seq_cli.constraints import held_in, split_line
 from seq2seq_cli.errors import UserError
+from seq2seq_cli.glossary import Glossary
 
 
 def bleu_tokenizer(tgt_lang: Optional[str] = None, tokenize: Optional[str] = None) -> str:
@@ -97,6 +98,15 @@ def sentence_table(systems: Sequence[tuple[str, Sequence[str]]], references: Seq
     rows += ["\t".join([str(index + 1)] + [f"{column[index]:.4f}" for column in columns])
              for index in range(len(systems[0][1]))]
     return "\n".join(rows) + "\n"
+
+
+def wanted_phrases(sources: Sequence[str], constraints: bool, glossary: Optional[Glossary]) -> list[list[str]]:
+    """What each source line's translation must hold, as the translator reads it: with
+    ``constraints`` the line's own phrases (``SOURCE<TAB>PHRASE...``), then the target terms of
+    the ``glossary``'s source terms the line holds."""
+    fields = [split_line(line) if constraints else (line, []) for line in sources]
+    return [wanted + [term for term in (glossary.targets(text) if glossary else []) if term not in wanted]
+            for text, wanted in fields]
 
 
 def phrase_report(translations: Sequence[str], phrases: Sequence[Sequence[str]]) -> dict[str, int]:
