@@ -15,6 +15,7 @@ interpreter lock, and on two cores the server then decoded at about half the off
 (benchmarks/README.md). Only texts and finished translations cross between the two processes.
 """
 
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -103,7 +104,16 @@ class LoadOptions:
     quantize: str = "none"
     cuda_graphs: Optional[str] = None  # None: each run's decoding.cuda_graphs
     copy_unknown: bool = True  # a source word read as [UNK] copied into the translation (seq2seq_cli.copying)
-    glossary: Optional[Glossary] = None  # terms put into every translation (seq2seq_cli.glossary)
+    # Terms put into a language pair's translations (seq2seq_cli.glossary): (the --glossary
+    # option as given, (source, target) or None for the only pair served, the glossary).
+    glossaries: tuple[tuple[str, Optional[tuple[str, str]], Glossary], ...] = ()
+
+    def for_model(self, model: "ServedModel") -> "LoadOptions":
+        """These options as one model's decoder processes load it: with the glossary the server
+        gave it (the terms its vocabulary spells), under its pair."""
+        glossary = model.translator.glossary
+        pair = (model.source, model.target)
+        return dataclasses.replace(self, glossaries=((f"{pair[0]}:{pair[1]}", pair, glossary),) if glossary else ())
 
 
 class DecoderProcess:
@@ -334,7 +344,7 @@ def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = F
     for checkpoint in checkpoints:
         translator = Translator.load(checkpoint, options.device, beam_size=options.beam_size, dtype=options.dtype,
                                      quantize=options.quantize, cuda_graphs=options.cuda_graphs,
-                                     copy_unknown=options.copy_unknown, glossary=options.glossary)
+                                     copy_unknown=options.copy_unknown)
         source, target = language_pair(translator.config.data)
         if source is None or target is None:
             raise UserError(f"{checkpoint}: its language pair is unknown (the training files' suffixes are not "
@@ -343,6 +353,32 @@ def load_models(checkpoints: list[str], options: LoadOptions, ensemble: bool = F
             raise UserError(f"{checkpoint} and {groups[(source, target)][0].checkpoint} both translate {source} -> "
                             f"{target}; serve one model per language pair, or add --ensemble to serve them as one")
         groups.setdefault((source, target), []).append(translator)
-    return [ServedModel(" + ".join(t.checkpoint for t in members), [t.checkpoint for t in members], source, target,
-                        members[0] if len(members) == 1 else Translator.ensemble(members))
-            for (source, target), members in groups.items()]
+    models = [ServedModel(" + ".join(t.checkpoint for t in members), [t.checkpoint for t in members], source, target,
+                          members[0] if len(members) == 1 else Translator.ensemble(members))
+              for (source, target), members in groups.items()]
+    _put_glossaries(models, options.glossaries)
+    return models
+
+
+def _put_glossaries(models: list[ServedModel], glossaries) -> None:
+    """Each glossary on the model of its language pair; one without a pair on the only model."""
+    by_pair = {(model.source, model.target): model for model in models}
+    given: dict[tuple[str, str], str] = {}
+    for option, pair, glossary in glossaries:
+        if pair is None:
+            if len(models) > 1:
+                raise UserError(f"--glossary {option}: this server serves {_pairs(models)}; name the pair the "
+                                f"glossary is for, e.g. --glossary {models[0].source}:{models[0].target}={option}")
+            pair = (models[0].source, models[0].target)
+        if pair not in by_pair:
+            raise UserError(f"--glossary {option}: no run served translates {pair[0]} -> {pair[1]} "
+                            f"(this server serves {_pairs(models)})")
+        if pair in given:
+            raise UserError(f"--glossary {option} and --glossary {given[pair]} are both for {pair[0]} -> {pair[1]}; "
+                            "put their terms in one file")
+        given[pair] = option
+        by_pair[pair].translator = by_pair[pair].translator.with_settings(glossary=glossary)
+
+
+def _pairs(models: list[ServedModel]) -> str:
+    return ", ".join(f"{model.source}:{model.target}" for model in models)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 import signal
 import stat
 import sys
@@ -654,7 +654,7 @@ def serve(
     cors_origin: Optional[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser pages from this origin."),
     split_sentences: bool = typer.Option(True, "--split-sentences/--no-split-sentences", help="Translate each text sentence by sentence, as LibreTranslate does (default), or each line whole."),
     copy_unknown: bool = typer.Option(True, "--copy-unknown/--no-copy-unknown", help="Copy a source word the vocabulary cannot spell (read as [UNK]: a name in another script) into the translation where its translation would be (default), or leave it to the model."),
-    glossary: Optional[Path] = typer.Option(None, "--glossary", metavar="FILE", help="Lines SOURCE TERM<TAB>TARGET TERM: every sentence served that holds a source term gets its target term in its translation (one language pair; needs a beam of 2 or more)."),
+    glossary: Optional[List[str]] = typer.Option(None, "--glossary", metavar="[SRC:TGT=]FILE", help="Lines SOURCE TERM<TAB>TARGET TERM: every sentence of that language pair that holds a source term gets its target term in its translation (needs a beam of 2 or more); name the pair when serving several, and repeat for several pairs."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16."),
     quantize: str = typer.Option("none", "--quantize", metavar="Q", help="none, or int8: int8 weights (CPU only)."),
@@ -672,15 +672,13 @@ def serve(
     from seq2seq_cli.glossary import Glossary
     from seq2seq_cli.serve import ServeSettings, create_app, server_models
 
-    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs, copy_unknown,
-                          Glossary.read(glossary) if glossary is not None else None)
+    glossaries = []
+    for given in glossary or []:  # SRC:TGT=FILE, or FILE for the only pair served
+        named = re.fullmatch(r"([\w-]+):([\w-]+)=(.+)", given)
+        pair, path = ((named[1], named[2]), named[3]) if named else (None, given)
+        glossaries.append((given, pair, Glossary.read(path)))
+    options = LoadOptions(device, beam_size, dtype, quantize, cuda_graphs, copy_unknown, tuple(glossaries))
     models = server_models([str(path) for path in checkpoint], options, ensemble)
-    if glossary is not None:
-        if len(models) > 1:
-            raise UserError(f"--glossary {glossary} holds the terms of one language pair, and this server would "
-                            f"serve {', '.join(f'{m.source}->{m.target}' for m in models)}: serve that pair alone")
-        # The decoder processes take the terms the vocabulary spells, without naming the others again.
-        options = dataclasses.replace(options, glossary=models[0].translator.glossary)
     settings = ServeSettings(max_batch_sentences, max_wait_ms, max_queue, char_limit, batch_limit, api_key,
                              cors_origin, decoders, split_sentences, req_limit)
     _check_port_free(host, port)

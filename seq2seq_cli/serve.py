@@ -142,7 +142,8 @@ def server_models(checkpoints: list[str], options: LoadOptions, ensemble: bool =
     second copy and CUDA context in the process that answers HTTP)."""
     check_decoding_format(select_device(options.device), options.dtype, options.quantize)
     return load_models(checkpoints, LoadOptions("cpu", options.beam_size, cuda_graphs=options.cuda_graphs,
-                                                copy_unknown=options.copy_unknown, glossary=options.glossary), ensemble)
+                                                copy_unknown=options.copy_unknown, glossaries=options.glossaries),
+                       ensemble)
 
 
 def create_app(models: list[ServedModel], settings: ServeSettings, options: LoadOptions):
@@ -181,7 +182,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
     async def lifespan(app):
         # Each decoder searches on one thread: one per thread PyTorch would use, or one per GPU.
         count = settings.decoders or (torch.get_num_threads() if select_device(options.device).type == "cpu" else 1)
-        decoders = {model.name: [DecoderProcess(model.checkpoints, options) for _ in range(count)]
+        decoders = {model.name: [DecoderProcess(model.checkpoints, options.for_model(model)) for _ in range(count)]
                     for model in models}  # they load in parallel
         for model in models:
             for decoder in decoders[model.name]:

@@ -31,9 +31,12 @@ from conftest import (  # noqa: E402
     toy_lines,
 )
 
+from seq2seq_cli.batching import LoadOptions  # noqa: E402
 from seq2seq_cli.config import load_config  # noqa: E402
 from seq2seq_cli.constraints import held_in  # noqa: E402
+from seq2seq_cli.glossary import Glossary  # noqa: E402
 from seq2seq_cli.launch import train  # noqa: E402
+from seq2seq_cli.serve import server_models  # noqa: E402
 from seq2seq_cli.tokenization import Tokenizers  # noqa: E402
 from seq2seq_cli.translation import Translator  # noqa: E402
 
@@ -459,27 +462,40 @@ def test_native_endpoint_puts_constraints_in_as_the_cli_does(run, server):
 
 
 def test_a_glossary_goes_into_every_translation_served_as_the_cli_puts_it_in(run, three_pairs, tmp_path):
-    """``serve --glossary``: LibreTranslate's /translate (sentence by sentence) gives what s2s
-    translate --glossary --split-sentences prints, each sentence with its terms; a search that
-    cannot put them in is refused, and so is a glossary for a server of several pairs."""
-    (tmp_path / "terms.tsv").write_text("bird\tArzt\nsister\tVater\n")
-    english = toy_lines("dev", 12)[0]
+    """``serve --glossary en:de=FILE`` beside a de->en run: LibreTranslate's /translate (sentence
+    by sentence) gives what s2s translate --glossary --split-sentences prints, each en->de
+    sentence with its terms, and de->en as without it; a search that cannot put them in is
+    refused, and so is a glossary whose pair is not served or not named where several are."""
+    terms = tmp_path / "terms.tsv"
+    terms.write_text("bird\tArzt\nsister\tVater\n")
+    english, german = toy_lines("dev", 12)
     texts = [f"{a} {b}" for a, b in zip(english[::2], english[1::2])]
-    printed = cli_translations(run, texts, "--glossary", tmp_path / "terms.tsv", "--beam-size", "4", "--split-sentences")
-    served = Server(run, "--glossary", tmp_path / "terms.tsv", "--beam-size", "4", "--decoders", "1")
+    _, runs = three_pairs
+    printed = cli_translations(run, texts, "--glossary", terms, "--beam-size", "4", "--split-sentences")
+    untouched = cli_translations(runs["de", "en"], german, "--beam-size", "4", "--split-sentences")
+    served = Server(run, "--checkpoint", runs["de", "en"], "--glossary", f"en:de={terms}", "--beam-size", "4",
+                    "--decoders", "1")
     try:
         answer = httpx.post(f"{served.url}/translate", json={"q": texts, "source": "en", "target": "de"}, timeout=60)
         assert answer.json()["translatedText"] == printed
         with_term = [translated for text, translated in zip(texts, printed) if held_in(text, "bird")]  # not "birds"
         assert len(with_term) == 3 and all(held_in(translated, "Arzt") for translated in with_term)
-        refused = httpx.post(f"{served.url}/v1/translate", json={"texts": texts, "beam_size": 1})
+        other = httpx.post(f"{served.url}/translate", json={"q": german, "source": "de", "target": "en"}, timeout=60)
+        assert other.json()["translatedText"] == untouched
+        refused = httpx.post(f"{served.url}/v1/translate", json={"texts": texts, "beam_size": 1, "target": "de"})
         assert refused.status_code == 400 and "set beam_size to 2 or more" in refused.json()["error"]
+        greedy = httpx.post(f"{served.url}/v1/translate", json={"texts": german, "beam_size": 1, "target": "en"})
+        assert greedy.status_code == 200  # the pair without a glossary searches as it is asked
     finally:
         code, log = served.stop()
     assert code == 0, log
-    _, runs = three_pairs
-    assert_user_errors((("serve", "--checkpoint", run, "--checkpoint", runs["de", "en"], "--device", "cpu",
-                         "--glossary", tmp_path / "terms.tsv", "--beam-size", "2"), "holds the terms of one language pair"))
+    both = ("serve", "--checkpoint", run, "--checkpoint", runs["de", "en"], "--device", "cpu", "--beam-size", "2")
+    assert_user_errors(
+        ((*both, "--glossary", terms), f"--glossary {terms}: this server serves en:de, de:en; name the pair"),
+        ((*both, "--glossary", f"fr:de={terms}"), "no run served translates fr -> de"),
+        ((*both, "--glossary", f"en:de={terms}", "--glossary", f"en:de={terms}"), "are both for en -> de"))
+    alone = server_models([str(run)], LoadOptions(beam_size=2, glossaries=((str(terms), None, Glossary.read(terms)),)))
+    assert alone[0].translator.glossary.terms == {"bird": "Arzt", "sister": "Vater"}  # the only pair needs no name
 
 
 @pytest.mark.parametrize("body, content_type, status, fragment", [
