@@ -204,17 +204,22 @@ def split_line(line: str) -> tuple[str, list[str]]:
     return source, [phrase.strip() for phrase in phrases if phrase.strip()]
 
 
+def whole_words(alternatives: str) -> re.Pattern:
+    """``alternatives`` (a regular expression) matched only as whole words: no letter or digit
+    goes on at either end ("Bruder" is not in "Brudern"; "bicycle" is in "a bicycle.")."""
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)")
+
+
 def as_written(text: str, renderings: Sequence[tuple[str, str]]) -> str:
     """``text`` with each phrase that the vocabulary writes otherwise written as given: for each
     (rendering, phrase), the rendering ("Zoe" for "Zoë", the vocabulary spelling it with a
     look-alike letter; "cyclist" for "Cyclist", a lowercasing one) wherever it stands as whole
     words. Both have the same words, so the translation's words stay where they were."""
     for rendered, written in renderings:
-        text = re.sub(r"(?<!\w)" + re.escape(rendered) + r"(?!\w)", lambda _: written, text)
+        text = whole_words(re.escape(rendered)).sub(lambda _: written, text)
     return text
 
 
 def held_in(text: str, phrase: str) -> bool:
-    """Whether a translation holds ``phrase`` as written, whole words: no letter or digit goes
-    on at either end ("Bruder" is not in "Brudern"; "bicycle" is in "a bicycle.")."""
-    return re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", text) is not None
+    """Whether a translation holds ``phrase`` as written and as whole words (``whole_words``)."""
+    return whole_words(re.escape(phrase)).search(text) is not None

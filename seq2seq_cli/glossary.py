@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seq2seq_cli.constraints import whole_words
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.errors import UserError
 
@@ -30,8 +31,7 @@ class Glossary:
     def __post_init__(self):
         # One alternation, longest term first: at each place the longest term that starts there.
         longest_first = sorted(self.terms, key=len, reverse=True)
-        alternatives = "|".join(map(re.escape, longest_first)) or r"(?!)"
-        object.__setattr__(self, "_pattern", re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)"))
+        object.__setattr__(self, "_pattern", whole_words("|".join(map(re.escape, longest_first)) or r"(?!)"))
 
     @classmethod
     def read(cls, path: str | Path) -> "Glossary":
