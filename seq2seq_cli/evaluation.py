@@ -105,8 +105,7 @@ def wanted_phrases(sources: Sequence[str], constraints: bool, glossary: Optional
     ``constraints`` the line's own phrases (``SOURCE<TAB>PHRASE...``), then the target terms of
     the ``glossary``'s source terms the line holds."""
     fields = [split_line(line) if constraints else (line, []) for line in sources]
-    return [wanted + [term for term in (glossary.targets(text) if glossary else []) if term not in wanted]
-            for text, wanted in fields]
+    return [glossary.added_to(wanted, text) if glossary else wanted for text, wanted in fields]
 
 
 def phrase_report(translations: Sequence[str], phrases: Sequence[Sequence[str]]) -> dict[str, int]:

@@ -59,6 +59,11 @@ class Glossary:
         each once."""
         return list(dict.fromkeys(self.terms[match.group()] for match in self._pattern.finditer(text)))
 
+    def added_to(self, phrases: list[str], text: str) -> list[str]:
+        """``phrases`` (a line's own, ``--constraints``), then the target terms of the source
+        terms ``text`` holds that are not among them."""
+        return phrases + [term for term in self.targets(text) if term not in phrases]
+
     def without(self, targets: set[str]) -> "Glossary":
         """The glossary less the entries whose target term is one of ``targets``."""
         return Glossary({source: target for source, target in self.terms.items() if target not in targets})

@@ -584,10 +584,10 @@ class Translator:
             sentences = [self._fit([text], first_line + offset) for offset, text in enumerate(texts)]
         else:
             sentences = [[text] for text in texts]
-        if self.glossary is not None:  # each sentence's terms, after a line's own phrases
-            terms = [self.glossary.targets(sentence) for line in sentences for sentence in line]
-            phrases = terms if phrases is None else [
-                wanted + [term for term in found if term not in wanted] for wanted, found in zip(phrases, terms)]
+        if self.glossary is not None:  # each sentence's terms, after its line's own phrases (one sentence then)
+            flat = [sentence for line in sentences for sentence in line]
+            phrases = [self.glossary.added_to(wanted, sentence)
+                       for wanted, sentence in zip(phrases or [[] for _ in flat], flat)]
         first_sentence = self.sentences_read
         self.sentences_read += sum(len(line) for line in sentences)
         return _Lines(first_line, sentences, first_sentence, phrases)
