@@ -24,7 +24,7 @@ log-probabilities are those of the weighted mean of the models' distributions.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
@@ -54,13 +54,19 @@ class Hypothesis:
 
 @dataclass(frozen=True)
 class SpecialIds:
+    """The special tokens search needs, and how target tokens read as text."""
+
     pad: int
     bos: int
     eos: int
+    # The text of a translation's tokens (special tokens kept), so that an n-best list holds
+    # each text once: a word has more than one tokenization ("weißen", "weiße ##n"), all
+    # printed alike. None: every token sequence is a text of its own.
+    text: Optional[Callable[[Sequence[int]], str]] = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, tokenizers: Tokenizers) -> "SpecialIds":
-        return cls(tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id)
+        return cls(tokenizers.pad_id, tokenizers.bos_id, tokenizers.eos_id, tokenizers.tgt_text)
 
 
 @dataclass(frozen=True)
@@ -365,9 +371,8 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
 
     At each step the 2K best extensions of the K live beams are ranked. Those ending in [SEP]
     among the first K are finished; the K best others live on. A sentence is done when it has
-    K finished hypotheses, or when no live beam can still beat its n-th best finished one
-    (log-probabilities only fall and the length penalty is largest at the length limit).
-    Done sentences leave the batch.
+    K finished translations of different texts, or when no live beam can still beat its n-th
+    best one (``Ended``). Done sentences leave the batch.
     """
     device = src_ids.device
     batch_size, k = src_ids.size(0), beam_size
@@ -377,11 +382,10 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam to start with
     rank = torch.arange(2 * k, device=device)
-    best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()  # the largest penalty possible
     active = list(range(batch_size))  # original rows still searching, in batch order
     # Per step: the active rows, the parent beam and token of each new beam, attention weights.
     history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
-    finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]
+    ended = Ended(history, limits, length_penalty, k, nbest, ids)
     for t in range(int(limits.max()) + 1):
         n = len(active)
         log_probs, hidden, weights = step_log_probs(model, tokens, hidden, beam_state, ids)
@@ -397,10 +401,9 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
 
         ending = is_eos & (rank[: top_scores.size(1)] < k) & torch.isfinite(top_scores)
         if bool(ending.any()):
-            penalty = gnmt_penalty(t + 1, length_penalty)
             where = ending.nonzero().tolist()
             for (position, _), raw, beam in zip(where, top_scores[ending].tolist(), top_beam[ending].tolist()):
-                finished[active[position]].append((raw / penalty, raw, t, beam))
+                ended.add(active[position], raw, t, beam)
 
         live_scores, choice = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, K)
         parent = top_beam.gather(1, choice)
@@ -415,7 +418,7 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
         if no_repeat_ngram_size:
             generated = torch.cat([generated.index_select(0, parent_rows), tokens.unsqueeze(1)], dim=1)
 
-        keep = still_searching(active, finished, scores[:, 0].tolist(), best_bound, k, nbest)
+        keep = ended.searching(active, scores[:, 0].tolist())
         if not keep:
             break
         if len(keep) < n:
@@ -424,8 +427,8 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
             scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
             tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
 
-    return [backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]),
-                      keep_attention) for row in range(batch_size)]
+    return [backtrack(history, row, ended.best(row), int(src_lengths[row]), keep_attention)
+            for row in range(batch_size)]
 
 
 @torch.inference_mode()
@@ -452,11 +455,9 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
     scores[:, 0] = 0.0
     tables = [StateTable(sentence) for sentence in constraints]
     states = [[ConstraintState()] * k for _ in range(batch_size)]  # of the active sentences' beams
-    best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()
     active = list(range(batch_size))
     history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
-    finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]
-    unmet: list[list[tuple[float, float, int, int]]] = [[] for _ in range(batch_size)]  # endings short of them
+    ended = Ended(history, limits, length_penalty, k, nbest, ids)
     for t in range(int(limits.max()) + 1):
         n = len(active)
         log_probs, hidden, weights = step_log_probs(model, tokens, hidden, beam_state, ids)
@@ -481,10 +482,9 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
         banks = torch.where(is_eos, beam_banks[:, 2:3], banks)
         is_candidate = candidate_scores > float("-inf")
         ending_unmet = is_candidate & is_eos & (beam_banks[:, 3:4] == 0)
-        penalty = gnmt_penalty(t + 1, length_penalty)
         if bool(ending_unmet.any()):
             for beam_row, raw in zip(ending_unmet.nonzero()[:, 0].tolist(), candidate_scores[ending_unmet].tolist()):
-                unmet[active[beam_row // k]].append((raw / penalty, raw, t, beam_row % k))
+                ended.add(active[beam_row // k], raw, t, beam_row % k, short=True)
             candidate_scores = candidate_scores.masked_fill(ending_unmet, float("-inf"))
         special = _padded([summary.special for summary in summaries], device)  # (n*K, S)
         touching = (candidate_tokens.unsqueeze(2) == special.unsqueeze(1)).any(2) & is_candidate & ~is_eos
@@ -504,7 +504,7 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
         if bool(ending.any()):
             for (position, _), raw, beam in zip(ending.nonzero().tolist(), taken_scores[ending].tolist(),
                                                 taken_beams[ending].tolist()):
-                finished[active[position]].append((raw / penalty, raw, t, beam))
+                ended.add(active[position], raw, t, beam)
         living = is_taken & ~taken_eos
         live = (~living).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # the first K that live on, in turn
         live_ones = living.gather(1, live)
@@ -522,7 +522,7 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
         hidden = hidden.index_select(0, parent_rows)
         tokens = next_tokens.view(-1)
 
-        keep = still_searching(active, finished, scores.max(dim=1).values.tolist(), best_bound, k, nbest)
+        keep = ended.searching(active, scores.max(dim=1).values.tolist())
         if not keep:
             break
         if len(keep) < n:
@@ -531,9 +531,8 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
             scores, states = scores[rows], [states[p] for p in keep]
             beam_state, hidden, tokens, beam_limits = beam_state.select(beams), hidden[beams], tokens[beams], beam_limits[beams]
 
-    chosen = [(sorted(finished[row], reverse=True) + sorted(unmet[row], reverse=True))[:nbest]
-              for row in range(batch_size)]
-    return [backtrack(history, row, chosen[row], int(src_lengths[row]), keep_attention) for row in range(batch_size)]
+    return [backtrack(history, row, ended.best(row), int(src_lengths[row]), keep_attention)
+            for row in range(batch_size)]
 
 
 def _word_continuations(constraints: Sequence[Constraints], vocab_size: int,
@@ -571,11 +570,18 @@ def _holds_all(hypothesis: Hypothesis, constraints: Constraints) -> bool:
     return all(holds(hypothesis.tokens, phrase, constraints.continuation) for phrase in constraints.phrases)
 
 
-def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int) -> list[Hypothesis]:
+def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int,
+                  text: Optional[Callable[[Sequence[int]], str]]) -> list[Hypothesis]:
     """The ``nbest`` best of ``hypotheses`` that hold every phrase (the others after them, for a
-    sentence that cannot hold them all), each translation once."""
-    unique = {tuple(h.tokens): h for h in reversed(hypotheses)}.values()  # the first of each
-    return sorted(unique, key=lambda h: (_holds_all(h, constraints), h.score), reverse=True)[:nbest]
+    sentence that cannot hold them all), each text once where there are enough."""
+    ranked = sorted(hypotheses, key=lambda h: (_holds_all(h, constraints), h.score), reverse=True)
+    seen: set = set()
+    distinct, repeats = [], []
+    for h in ranked:
+        key = tuple(h.tokens) if text is None else text(h.tokens)
+        (repeats if key in seen else distinct).append(h)
+        seen.add(key)
+    return (distinct + repeats)[:nbest]
 
 
 def _kept_rows(keep: list[int], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -584,19 +590,76 @@ def _kept_rows(keep: list[int], k: int, device: torch.device) -> tuple[torch.Ten
     return rows, (rows.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
 
 
-def still_searching(active: list[int], finished: list[list[tuple]], best_live: list[float],
-                    best_bound: list[float], k: int, nbest: int) -> list[int]:
-    """Positions in ``active`` of the sentences not done: fewer than K finished hypotheses, and
-    a live beam could still beat the n-th best finished one."""
-    keep = []
-    for position, row in enumerate(active):
-        bound = best_live[position] / best_bound[row]  # no live beam can end better than this
-        ranked = sorted(finished[row], reverse=True)
-        done = (len(ranked) >= k or bound == float("-inf")
-                or (len(ranked) >= nbest and ranked[nbest - 1][0] >= bound))
-        if not done:
-            keep.append(position)
-    return keep
+Ending = tuple[float, float, int, int]  # score, log-probability, step, beam
+
+
+class Ended:
+    """The translations each sentence of a beam search has ended, as ``backtrack`` reads them:
+    (score, log-probability, the step that chose [SEP], the beam it chose it on).
+
+    A sentence is done when K translations have ended, or when no live beam can still beat its
+    n-th best one (log-probabilities only fall, and the length penalty is largest at the length
+    limit). Translations are told apart by their text (``SpecialIds.text``): one that prints
+    as an earlier one does (the same words tokenized another way) counts once, the better
+    scoring of the two, so an n-best list holds n different texts. Only where the search ends
+    with fewer (at the length limit) is the list filled up with such repeats.
+
+    Constrained search also keeps endings ``short`` of the phrases: they never count, and rank
+    after every ending that holds them."""
+
+    def __init__(self, history: list, limits: torch.Tensor, length_penalty: float, k: int, nbest: int,
+                 ids: SpecialIds):
+        self.history, self.length_penalty, self.k, self.nbest, self.text = history, length_penalty, k, nbest, ids.text
+        self.best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()  # the largest penalty
+        rows = limits.size(0)
+        self.distinct: list[dict[object, Ending]] = [{} for _ in range(rows)]  # by text
+        self.repeats: list[list[Ending]] = [[] for _ in range(rows)]
+        self.short: list[list[Ending]] = [[] for _ in range(rows)]
+        self._steps: dict[int, tuple[dict[int, int], list[list[int]], list[list[int]]]] = {}
+
+    def add(self, row: int, log_prob: float, step: int, beam: int, short: bool = False) -> None:
+        ending = (log_prob / gnmt_penalty(step + 1, self.length_penalty), log_prob, step, beam)
+        if short:
+            self.short[row].append(ending)
+            return
+        text = ending if self.text is None else self.text(self._tokens(row, step, beam))
+        earlier = self.distinct[row].get(text)
+        if earlier is not None:
+            self.repeats[row].append(min(earlier, ending))
+        if earlier is None or ending > earlier:
+            self.distinct[row][text] = ending
+
+    def searching(self, active: list[int], best_live: list[float]) -> list[int]:
+        """Positions in ``active`` of the sentences not done; ``best_live`` is the best score
+        of each one's live beams."""
+        keep = []
+        for position, row in enumerate(active):
+            bound = best_live[position] / self.best_bound[row]  # no live beam can end better than this
+            ranked = sorted(self.distinct[row].values(), reverse=True)
+            done = (len(ranked) >= self.k or bound == float("-inf")
+                    or (len(ranked) >= self.nbest and ranked[self.nbest - 1][0] >= bound))
+            if not done:
+                keep.append(position)
+        return keep
+
+    def best(self, row: int) -> list[Ending]:
+        """The ``nbest`` best endings of sentence ``row``, best first, each text once unless
+        there are too few texts; then those short of their phrases."""
+        ranked = sorted(self.distinct[row].values(), reverse=True)[: self.nbest]
+        ranked += sorted(self.repeats[row], reverse=True)[: self.nbest - len(ranked)]
+        return (sorted(ranked, reverse=True) + sorted(self.short[row], reverse=True))[: self.nbest]
+
+    def _tokens(self, row: int, step: int, beam: int) -> list[int]:
+        """The tokens before [SEP] of the translation that ended at ``step`` on ``beam``."""
+        tokens, current = [], beam
+        for s in range(step - 1, -1, -1):
+            if s not in self._steps:
+                positions, parents, chosen, _ = self.history[s]
+                self._steps[s] = positions, parents.tolist(), chosen.tolist()
+            positions, parents, chosen = self._steps[s]
+            tokens.append(chosen[positions[row]][current])
+            current = parents[positions[row]][current]
+        return tokens[::-1]
 
 
 def backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int]], source_length: int,
@@ -706,7 +769,7 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
         # translation that holds the phrases (a lower n-best entry) can score better than any
         # found under constraints: the better of both is kept.
         for position, found, sentence in zip(lacking, forced, wanted):
-            plain[position] = _best_holding(found + plain[position], sentence, nbest)
+            plain[position] = _best_holding(found + plain[position], sentence, nbest, ids.text)
         return plain
 
     was_training = model.training

@@ -11,7 +11,7 @@ are device tensors.
 
 The host looks at a batch once per replay: to stop when every sentence is done and, in beam
 search, to collect finished hypotheses from the steps' records by the eager search's own
-rules (``decoding.still_searching``, ``decoding.backtrack``), so both searches find the
+rules (``decoding.Ended``, ``decoding.backtrack``), so both searches find the
 same translations with the same scores. Attention weights and ``no_repeat_ngram_size`` need
 the eager search.
 
@@ -29,9 +29,8 @@ from typing import Callable, Optional
 import torch
 
 from seq2seq_cli.data import rounded_up
-from seq2seq_cli.decoding import (Ensemble, EnsembleState, Hypothesis, SpecialIds, backtrack, beam_search,
-                                  gnmt_penalty, greedy_search, only_end_at_limit, still_searching,
-                                  step_log_probs, top_by_blocks)
+from seq2seq_cli.decoding import (Ended, Ensemble, EnsembleState, Hypothesis, SpecialIds, backtrack, beam_search,
+                                  greedy_search, only_end_at_limit, step_log_probs, top_by_blocks)
 from seq2seq_cli.graphs import GraphCaptureError
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.precision import autocast
@@ -238,12 +237,11 @@ class SearchGraphs:
         """Replay until every real sentence is done, reading each step's records as the eager
         search reads its step (``decoding.beam_search``), and backtrack the best hypotheses."""
         rows = limits.size(0)
-        best_bound = gnmt_penalty(limits.double() + 1, length_penalty).float().tolist()
         last_step = int(limits.max())
         searching = list(range(rows))  # the sentences not done, in batch order
         positions = {row: row for row in range(rows)}  # rows never move here
         history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, None]] = []
-        finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(rows)]
+        ended = Ended(history, limits, length_penalty, k, nbest, self.ids)
         for start in range(0, last_step + 1, UNROLL):
             replay()
             records = [record[:, :rows].to("cpu", copy=True) for record in (  # a copy on the CPU too
@@ -256,19 +254,15 @@ class SearchGraphs:
                 still[searching] = True
                 ending = (is_eos & torch.isfinite(top_scores))[:, :k] & still  # among the K best extensions
                 if bool(ending.any()):
-                    penalty = gnmt_penalty(t + 1, length_penalty)
                     for row, column in ending.nonzero().tolist():
-                        raw = float(top_scores[row, column])
-                        finished[row].append((raw / penalty, raw, t, int(top_beams[row, column])))
+                        ended.add(row, float(top_scores[row, column]), t, int(top_beams[row, column]))
                 history.append((positions, parents, chosen, None))
                 best_live = top_scores.masked_fill(is_eos, float("-inf")).amax(dim=1).tolist()
-                keep = still_searching(searching, finished, [best_live[row] for row in searching], best_bound,
-                                        k, nbest)
+                keep = ended.searching(searching, [best_live[row] for row in searching])
                 searching = [searching[p] for p in keep]
             if not searching:
                 break
-        return [backtrack(history, row, sorted(finished[row], reverse=True)[:nbest], int(src_lengths[row]), False)
-                for row in range(rows)]
+        return [backtrack(history, row, ended.best(row), int(src_lengths[row]), False) for row in range(rows)]
 
     def _beam_steps(self, b: _BeamBuffers, k: int) -> None:
         """``UNROLL`` steps of beam search, in place on ``b``: the eager search's arithmetic, with

@@ -337,6 +337,11 @@ class Tokenizers:
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.batch_decode([list(s) for s in sequences], skip_special_tokens=True)
 
+    def tgt_text(self, ids: Sequence[int]) -> str:
+        """The text of target ids with special tokens kept: what tells translations apart
+        (``decoding.SpecialIds.text``), one [UNK] from another word included."""
+        return self.tgt.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
+
     def src_token_words(self, ids: Sequence[int]) -> list[Optional[int]]:
         """Each source token's word in the source text (``_word_indices``)."""
         return _word_indices(self.src, ids, skip_special_tokens=False)

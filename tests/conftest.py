@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -256,6 +257,16 @@ def png_size(path) -> tuple[int, int]:
 
 IDS = SpecialIds(pad=0, bos=2, eos=3)
 VOCAB = 6  # [PAD] [UNK] [CLS] [SEP] a b: three tokens to choose from, plus [SEP]
+
+
+def spelled(tokens) -> str:
+    """A text for tiny models' tokens where texts have several spellings, as in WordPiece
+    ("weißen", "weiße ##n"): [UNK] (1) reads "ab", the same as "a b" (4 5), and in a larger
+    vocabulary every even token reads "a", every odd one "b"."""
+    return "".join("ab" if t == 1 else "ab"[t % 2] for t in tokens)
+
+
+SPELLED_IDS = dataclasses.replace(IDS, text=spelled)
 
 
 def tiny_model(seed: int, vocab: int = VOCAB, sharpness: float = 1.0, hidden: int = 8):

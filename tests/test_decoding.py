@@ -13,7 +13,7 @@ import seq2seq_cli.decoding
 from seq2seq_cli.decoding import BLOCK, beam_search, gnmt_penalty, greedy_search, top_by_blocks, translate_ids
 from seq2seq_cli.device import map_in_order
 
-from conftest import IDS, SOURCES, make_batch, tiny_model
+from conftest import IDS, SOURCES, SPELLED_IDS, make_batch, spelled, tiny_model
 
 def sequence_log_prob(model, source, tokens, limit):
     """The model's score of one full hypothesis, computed teacher-forced (no search involved)."""
@@ -161,6 +161,44 @@ def test_nbest_lists_and_length_limits():
             torch.testing.assert_close(h.attention.sum(-1), torch.ones(len(h.tokens) + 1))
     greedy = greedy_search(model, src_ids, src_lengths, IDS, limits)
     assert all(len(g.tokens) <= limit for g, limit in zip(greedy, limits.tolist()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_nbest_list_holds_the_best_texts_once_each_as_exhaustive_search_finds_them(seed, alpha):
+    """With a beam wider than every hypothesis there is, the n-best list is exactly the n best
+    texts, each as its best-scoring tokenization: all sequences scored one by one, grouped by text."""
+    model = tiny_model(seed, sharpness=3.0)
+    source, limit, nbest = [4, 5, 1], 4, 8
+    best_of_text: dict = {}
+    for n in range(limit + 1):
+        for sequence in itertools.product([1, 4, 5], repeat=n):
+            score = sequence_log_prob(model, source, sequence, limit) / gnmt_penalty(n + 1, alpha)
+            best_of_text[spelled(sequence)] = max(best_of_text.get(spelled(sequence), (score, sequence)),
+                                                  (score, sequence))
+    expected = sorted(best_of_text.values(), reverse=True)[:nbest]
+    src_ids, src_lengths = pad_sources([source], IDS.pad, IDS.eos)
+    found = beam_search(model, src_ids, src_lengths, SPELLED_IDS, torch.tensor([limit]), beam_size=128,
+                        length_penalty=alpha, nbest=nbest)[0]
+    assert [tuple(h.tokens) for h in found] == [sequence for _, sequence in expected]
+    assert [h.score for h in found] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_first_of_an_nbest_list_of_texts_is_the_one_best(seed):
+    """Telling translations apart by text, an n-best list's first entry is still the translation
+    beam search gives without an n-best list (the same rule ends both searches), the list comes
+    best first, and it repeats a text only where the search ran out at the length limit."""
+    model = tiny_model(seed, vocab=12)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    for beam in (3, 5):
+        one = beam_search(model, src_ids, src_lengths, SPELLED_IDS, limits, beam_size=beam)
+        nbest = beam_search(model, src_ids, src_lengths, SPELLED_IDS, limits, beam_size=beam, nbest=beam)
+        for first, hypotheses, limit in zip(one, nbest, limits.tolist()):
+            assert hypotheses[0].tokens == first[0].tokens
+            assert [h.score for h in hypotheses] == sorted((h.score for h in hypotheses), reverse=True)
+            texts = [spelled(h.tokens) for h in hypotheses]
+            assert len(set(texts)) == beam or max(len(h.tokens) for h in hypotheses) == limit
 
 
 def test_ban_repeated_ngrams():

@@ -14,7 +14,7 @@ from seq2seq_cli.decoding import Ensemble, beam_search, greedy_search, max_lengt
 from seq2seq_cli.model import build_model
 from seq2seq_cli.search_graphs import UNROLL, SearchGraphs
 
-from conftest import IDS, toy_lines
+from conftest import IDS, SOURCES, SPELLED_IDS, make_batch, spelled, tiny_model, toy_lines
 
 CPU = torch.device("cpu")
 
@@ -111,6 +111,22 @@ def test_a_length_limit_ends_every_sentence_and_padding_rows_stay_out():
         assert [len(n[0].tokens) <= limit for n, limit in zip(fixed, limits.tolist())] == [True] * 5
         assert fixed[0][0].tokens == []
     assert [shape[1] for shape in graphs.shapes()] == [8, 8]
+
+
+def test_fixed_shape_beam_search_tells_translations_apart_by_text_as_the_eager_search_does():
+    """n-best lists hold each text once (``decoding.Ended``) in both searches, on a model whose
+    vocabulary spells a text several ways (``conftest.spelled``)."""
+    model = tiny_model(3, vocab=12)
+    src_ids, src_lengths, limits = make_batch(SOURCES)
+    for beam in (3, 5):
+        eager = beam_search(model, src_ids, src_lengths, SPELLED_IDS, limits, beam, 1.0, beam)
+        assert_same(eager, SearchGraphs(model, SPELLED_IDS, CPU).beam(src_ids, src_lengths, limits, beam, 1.0, beam))
+        plain = beam_search(model, src_ids, src_lengths, IDS, limits, beam, 1.0, beam)
+        repeats, plain_repeats = ([beam - len({spelled(h.tokens) for h in nbest}) for nbest in found]
+                                  for found in (eager, plain))
+        for count, nbest, limit in zip(repeats, eager, limits.tolist()):
+            assert count == 0 or max(len(h.tokens) for h in nbest) == limit  # repeats: the search ran out
+        assert sum(repeats) < sum(plain_repeats) or beam == 3
 
 
 def test_translating_through_graphs_gives_the_same_translations_with_few_shapes():

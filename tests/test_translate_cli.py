@@ -14,7 +14,8 @@ import pytest
 
 from seq2seq_cli.errors import UserError
 
-from conftest import TOY, assert_user_error, assert_user_errors, png_size, s2s, s2s_forked, tiny_config
+from conftest import (TOY, assert_user_error, assert_user_errors, png_size, s2s, s2s_forked, tiny_config,
+                      toy_domain)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,19 @@ def test_nbest_output(run_dir):
     best = s2s_forked("translate", "--checkpoint", run_dir, "--beam-size", "4", stdin="The man sees the dog.\n")
     assert best.stdout.decode().strip() == rows[0][1]
     assert_user_error(s2s_forked("translate", "--checkpoint", run_dir, "--nbest", "3", stdin="x\n"), "--beam-size")
+
+
+def test_an_nbest_list_holds_each_translation_once(learned_toy_run):
+    """WordPiece spells a word more than one way ("weißen", "weiße ##n"), printed alike: a
+    list of five translations that held both would show four. Each text once, the first of
+    them the 1-best translation."""
+    from seq2seq_cli import Translator
+
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=5)
+    sources = toy_domain("test", animals=False)[0][:300]
+    nbest = translator.translate_nbest(sources, 5)
+    assert [len({candidate.text for candidate in candidates}) for candidates in nbest] == [5] * len(sources)
+    assert [candidates[0].text for candidates in nbest] == translator.translate(sources)
 
 
 def test_beam_of_one_matches_greedy_output(run_dir, tmp_path):

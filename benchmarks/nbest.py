@@ -1,0 +1,62 @@
+"""n-best lists (``s2s translate --nbest``): how many texts do they hold, and what does telling
+translations apart by text cost?
+
+    python benchmarks/nbest.py --checkpoint RUN --src test.de [--beam-size 5] [--nbest 5] [--json out.json]
+
+WordPiece spells most words more than one way ("weißen", "weiße ##n"), all printed alike, so a
+list of token sequences can show one translation twice. For the 1-best translations and the
+n-best lists of a test set: seconds of each (one process, one after the other), the lists
+holding a text more than once, the texts they repeat, and the lists whose first entry is not
+the 1-best translation. Run it with ``PYTHONPATH`` at another checkout to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from seq2seq_cli.data import read_lines
+from seq2seq_cli.translation import Translator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--src", type=Path, required=True)
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--nbest", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes of each; the fastest counts")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sources = read_lines(args.src)
+    translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
+
+    def timed(work):
+        best, result = float("inf"), None
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            result = work()
+            best = min(best, time.perf_counter() - started)
+        return best, result
+
+    one_seconds, one_best = timed(lambda: translator.translate(sources))
+    list_seconds, lists = timed(lambda: translator.translate_nbest(sources, args.nbest))
+    texts = [[candidate.text for candidate in candidates] for candidates in lists]
+    result = {
+        "sentences": len(sources), "beam_size": args.beam_size, "nbest": args.nbest,
+        "one_best_seconds": round(one_seconds, 2), "nbest_seconds": round(list_seconds, 2),
+        "lists_with_a_repeated_text": sum(len(set(t)) < len(t) for t in texts),
+        "repeated_texts": sum(len(t) - len(set(t)) for t in texts),
+        "first_not_the_one_best": sum(t[0] != best for t, best in zip(texts, one_best)),
+    }
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
