@@ -49,6 +49,7 @@ class Search:
     alignment: bool = False  # the best translation's word alignment (seq2seq_cli.alignment)
     word_attention: bool = False  # each translation's word attention, to put inline HTML elements back
     constraints: bool = False  # each text is SOURCE<TAB>PHRASE...: its translations hold the phrases
+    glossary: Optional[Glossary] = None  # a request's own terms, beside (and before) the server's glossary
 
 
 @dataclass
@@ -71,9 +72,13 @@ class Decoded:
 
 def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
+    glossary = search.glossary
+    if glossary is not None and translator.glossary is not None:  # where both name a term, the request's wins
+        glossary = Glossary({**translator.glossary.terms, **glossary.terms})
     translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention or search.word_attention,
                                           beam_size=search.beam_size, split_sentences=search.split_sentences,
                                           alignment=search.alignment, constraints=search.constraints,
+                                          glossary=glossary,
                                           # A client sees no warning: cut nothing off (with
                                           # constraints the server has checked that each text fits).
                                           fit_long_lines=not search.constraints)

@@ -35,6 +35,7 @@ from seq2seq_cli.batching import (BatchingWorker, Decoded, DecoderProcess, LoadO
 from seq2seq_cli.device import select_device
 from seq2seq_cli.documents import has_inline_markup, html_pieces, reassemble, relabel_languages, runs, text_lines
 from seq2seq_cli.errors import ClientError
+from seq2seq_cli.glossary import Glossary
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.office import FILE_FORMATS, OFFICE_FORMATS, read_file
 from seq2seq_cli.precision import check_decoding_format
@@ -397,6 +398,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
         if beam < 2 and model.translator.glossary is not None:
             raise ClientError("this server puts a glossary's terms in, which needs beam search: set beam_size to 2 "
                               "or more")
+        glossary = _glossary(body.get("glossary"), model.translator)
+        if beam < 2 and glossary is not None:
+            raise ClientError("a glossary's terms are put in by beam search: set beam_size to 2 or more (5 is a good "
+                              "start)")
         nbest = _integer(body.get("nbest", 1), "nbest", 1, beam)
         attention, alignment = body.get("attention", False), body.get("alignment", False)
         phrases = _phrases(body.get("constraints"), len(texts))
@@ -410,7 +415,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, options: Load
             check_constrained(model, texts, beam, split)
             texts = [t.replace("\t", " ") + "".join("\t" + p for p in wanted) for t, wanted in zip(texts, phrases)]
         search = Search(beam_size=beam, nbest=nbest, attention=attention, split_sentences=split, alignment=alignment,
-                        constraints=phrases is not None)
+                        constraints=phrases is not None, glossary=glossary)
         outputs = await asyncio.wrap_future(model.worker.submit(texts, search))
         answer = []
         for sentence in outputs:
@@ -594,6 +599,7 @@ _DETECT_ANSWER = {
     "items": {"type": "object", "properties": {"confidence": {"type": "number", "description": "0 to 100"},
                                                "language": {"type": "string"}}},
 }
+MAX_TERMS = 1000  # in a request's glossary, each of at most MAX_PHRASE_CHARS
 _NATIVE_BODY = {
     "type": "object", "required": ["texts"],
     "properties": {
@@ -610,6 +616,11 @@ _NATIVE_BODY = {
         "constraints": {"type": "array", "items": {"type": "array", "items": {"type": "string"}},
                         "description": "one list per text: phrases its translations must hold (terminology), "
                                        "as s2s translate --constraints; needs beam_size 2 or more"},
+        "glossary": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "source term -> target term: each sentence holding a source term (as written, "
+                                    "whole words) gets its target term, as s2s translate --glossary; beside the "
+                                    f"server's --glossary, winning where both name a term; at most {MAX_TERMS} "
+                                    "terms; needs beam_size 2 or more"},
         "api_key": {"type": "string"},
     },
     "example": {"texts": ["Ein Mann fährt Fahrrad."], "beam_size": 5, "nbest": 2, "attention": True},
@@ -733,6 +744,25 @@ def _phrases(value: Any, texts: int) -> Optional[list[list[str]]]:
         if any(not p.strip() or "\t" in p or "\n" in p for p in phrases):
             raise ClientError("constraints: a phrase must hold a word, and no tab or line break")
     return value
+
+
+def _glossary(value: Any, translator) -> Optional[Glossary]:
+    """``/v1/translate``'s ``glossary``: source term -> target term, or None; a target term the
+    model's vocabulary cannot spell is refused, where a server's own glossary leaves it out."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(term, str) for pair in value.items() for term in pair):
+        raise ClientError('glossary must be an object of source term -> target term, e.g. {"Fahrrad": "bike"}')
+    if len(value) > MAX_TERMS or any(len(term) > MAX_PHRASE_CHARS for pair in value.items() for term in pair):
+        raise ClientError(f"glossary: at most {MAX_TERMS} terms, of at most {MAX_PHRASE_CHARS} characters each")
+    terms = {source.strip(): target.strip() for source, target in value.items()}
+    words = [term for pair in terms.items() for term in pair]
+    if len(terms) < len(value) or any(not term or "\t" in term or "\n" in term for term in words):
+        raise ClientError("glossary: a term must hold a word, and no tab or line break (and no source term twice)")
+    unspelled = translator.unspelled(list(dict.fromkeys(terms.values())))
+    if unspelled:
+        raise ClientError(f"glossary: the model's target vocabulary cannot spell {', '.join(map(repr, unspelled))}")
+    return Glossary(terms) if terms else None
 
 
 def _sentence_count(language: str, texts: list[str], search: Search) -> int:

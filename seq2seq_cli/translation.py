@@ -441,13 +441,15 @@ class Translator:
 
     def _spelled(self, glossary: Glossary) -> Glossary:
         """``glossary`` less the target terms the target vocabulary cannot spell, each named once."""
-        unknown = self.tokenizers.tgt_unk_id
-        unspelled = {target for target, ids in zip(glossary.terms.values(),
-                                                    self.tokenizers.encode_tgt(list(glossary.terms.values())))
-                     if unknown in ids}
+        unspelled = set(self.unspelled(list(glossary.terms.values())))
         for target in sorted(unspelled):
             log.warning("glossary: the target vocabulary cannot spell %r; its entries are left out", target)
         return glossary.without(unspelled) if unspelled else glossary
+
+    def unspelled(self, phrases: list[str]) -> list[str]:
+        """The ``phrases`` the target vocabulary cannot spell (they would need [UNK])."""
+        unknown = self.tokenizers.tgt_unk_id
+        return [phrase for phrase, ids in zip(phrases, self.tokenizers.encode_tgt(phrases)) if unknown in ids]
 
     def translate(self, texts: Iterable[str] | str) -> list[str] | str:
         """The best translation of each text (a text is one line; an empty text gives ""); a

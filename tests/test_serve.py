@@ -461,6 +461,29 @@ def test_native_endpoint_puts_constraints_in_as_the_cli_does(run, server):
         assert bad.status_code == 400 and fragment in bad.json()["error"], bad.text
 
 
+def test_native_endpoint_takes_a_glossary_of_its_own_as_the_cli_does(run, server, tmp_path):
+    """/v1/translate's glossary: each sentence holding a source term gets its target term, what
+    s2s translate --glossary prints for the same terms; what it needs is said in a 400."""
+    english = toy_lines("dev", 12)[0]
+    texts = [f"{a} {b}" for a, b in zip(english[::2], english[1::2])]
+    terms = {"bird": "Arzt", "sister": "Vater"}
+    file = tmp_path / "terms.tsv"
+    file.write_text("".join(f"{source}\t{target}\n" for source, target in terms.items()))
+    printed = cli_translations(run, texts, "--glossary", file, "--beam-size", "4", "--split-sentences")
+    assert printed != cli_translations(run, texts, "--beam-size", "4", "--split-sentences")
+    answer = httpx.post(f"{server.url}/v1/translate", json={"texts": texts, "beam_size": 4, "glossary": terms},
+                        timeout=60).json()
+    assert [item["translation"] for item in answer["translations"]] == printed
+    for body, fragment in (({"beam_size": 1}, "set beam_size to 2 or more"),
+                           ({"glossary": [["bird", "Arzt"]]}, "must be an object of source term -> target term"),
+                           ({"glossary": {"bird": "Arzt\tHund"}}, "no tab or line break"),
+                           ({"glossary": {"bird": " "}}, "a term must hold a word"),
+                           ({"glossary": {"bird": "ሰላም"}}, "vocabulary cannot spell 'ሰላም'"),
+                           ({"glossary": {f"w{i}": "Arzt" for i in range(1001)}}, "at most 1000 terms")):
+        bad = httpx.post(f"{server.url}/v1/translate", json={"texts": texts, "beam_size": 4, "glossary": terms, **body})
+        assert bad.status_code == 400 and fragment in bad.json()["error"], bad.text
+
+
 def test_a_glossary_goes_into_every_translation_served_as_the_cli_puts_it_in(run, three_pairs, tmp_path):
     """``serve --glossary en:de=FILE`` beside a de->en run: LibreTranslate's /translate (sentence
     by sentence) gives what s2s translate --glossary --split-sentences prints, each en->de
@@ -486,6 +509,13 @@ def test_a_glossary_goes_into_every_translation_served_as_the_cli_puts_it_in(run
         assert refused.status_code == 400 and "set beam_size to 2 or more" in refused.json()["error"]
         greedy = httpx.post(f"{served.url}/v1/translate", json={"texts": german, "beam_size": 1, "target": "en"})
         assert greedy.status_code == 200  # the pair without a glossary searches as it is asked
+        # A request's own terms go beside the server's, and win where both name a term.
+        merged = tmp_path / "merged.tsv"
+        merged.write_text("bird\tArzt\nsister\tMutter\n")
+        own = httpx.post(f"{served.url}/v1/translate", timeout=60,
+                         json={"texts": texts, "beam_size": 4, "target": "de", "glossary": {"sister": "Mutter"}})
+        assert [item["translation"] for item in own.json()["translations"]] == \
+            cli_translations(run, texts, "--glossary", merged, "--beam-size", "4", "--split-sentences")
     finally:
         code, log = served.stop()
     assert code == 0, log
@@ -730,8 +760,25 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
             ActionChains(browser).move_to_element(target_words[target_index]).perform()
             lit = [w.get_attribute("data-index") for w in source_words if "linked" in w.get_attribute("class")]
             assert lit == [str(source_index)]
+        # A glossary typed into the page puts its terms in, as s2s translate --glossary does.
+        assert "bird" in sentence.split()
+        terms = tmp_path / "terms.tsv"
+        terms.write_text("bird\tArzt\n")
+        # The page asks for 3 alternatives: each bank of the constrained search keeps 3 beams.
+        with_terms = cli_translations(run, [sentence], "--beam-size", "5", "--nbest", "3", "--split-sentences",
+                                      "--glossary", terms)[0].split(" ||| ")[1]
+        assert with_terms != expected and "Arzt" in with_terms
+        browser.find_element(By.CSS_SELECTOR, "#glossary-box summary").click()
+        browser.find_element(By.ID, "glossary").send_keys("# house style\nbird = Arzt")
+        browser.find_element(By.ID, "translate").click()
+        wait.until(lambda b: b.find_element(By.ID, "translation").text == with_terms)
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert png_size(tmp_path / "page.png")[0] >= 1000
+        browser.find_element(By.ID, "glossary").send_keys("\nbird")  # a line without its target term
+        browser.find_element(By.ID, "translate").click()
+        wait.until(lambda b: b.find_element(By.ID, "error").is_displayed())
+        assert "Glossary line 3" in browser.find_element(By.ID, "error").text
+        browser.find_element(By.ID, "glossary").clear()
         # Ctrl+Enter sends too; an error the server gives is shown in the page, and the button comes back.
         beam = browser.find_element(By.ID, "beam")
         beam.clear()
