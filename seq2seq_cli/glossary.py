@@ -3,8 +3,10 @@
 A glossary is a text file of ``SOURCE TERM<TAB>TARGET TERM`` lines (blank lines and lines
 starting with ``#`` are skipped). Every sentence that holds a source term, as written and as
 whole words, gets its target term as a constraint (``seq2seq_cli.constraints``): its
-translation holds that term at least once. Where source terms overlap ("New York" and
-"York"), the one that starts first wins, and of those the longest.
+translation holds that term at least once. A term written in lower case is also found with
+its first letter capitalized where a sentence begins ("dog" in "Dog owners ..."), as
+sentences are written. Where source terms overlap ("New York" and "York"), the one that
+starts first wins, and of those the longest.
 
 A glossary works sentence by sentence, so unlike phrases given per line (``--constraints``)
 it goes with translating a line sentence by sentence: a term goes to the sentence that holds it.
@@ -21,17 +23,28 @@ from seq2seq_cli.data import read_lines
 from seq2seq_cli.errors import UserError
 
 
+# Where a sentence begins: at the start of the text, after a sentence's end and a space, or after
+# an opening quote or bracket. A line and the sentences it is split into agree on it.
+SENTENCE_START = r"(?:(?<![\s\S])|(?<=[.!?…]\s)|(?<=[\"'„“‘«‹(\[¿¡]))"
+
+
 @dataclass(frozen=True, eq=False)  # hashable as itself (a dict is not), so settings holding it are too
 class Glossary:
     """Source terms and their target terms."""
 
     terms: dict[str, str]  # source term -> target term
     _pattern: re.Pattern = field(init=False, repr=False)
+    _capitalized: dict[str, str] = field(init=False, repr=False)  # "Dog" -> "dog", found where a sentence begins
 
     def __post_init__(self):
-        # One alternation, longest term first: at each place the longest term that starts there.
-        longest_first = sorted(self.terms, key=len, reverse=True)
-        object.__setattr__(self, "_pattern", whole_words("|".join(map(re.escape, longest_first)) or r"(?!)"))
+        capitalized = {term[0].upper() + term[1:]: term for term in self.terms if term[0].islower()}
+        capitalized = {written: term for written, term in capitalized.items() if written not in self.terms}
+        # One alternation, longest first: at each place the longest term that starts there.
+        alternatives = sorted([(term, re.escape(term)) for term in self.terms]
+                              + [(written, SENTENCE_START + re.escape(written)) for written in capitalized],
+                              key=lambda pair: len(pair[0]), reverse=True)
+        object.__setattr__(self, "_capitalized", capitalized)
+        object.__setattr__(self, "_pattern", whole_words("|".join(pattern for _, pattern in alternatives) or r"(?!)"))
 
     @classmethod
     def read(cls, path: str | Path) -> "Glossary":
@@ -57,7 +70,8 @@ class Glossary:
     def targets(self, text: str) -> list[str]:
         """The target terms of the source terms ``text`` holds, in the order they first occur,
         each once."""
-        return list(dict.fromkeys(self.terms[match.group()] for match in self._pattern.finditer(text)))
+        return list(dict.fromkeys(self.terms[self._capitalized.get(match.group(), match.group())]
+                                  for match in self._pattern.finditer(text)))
 
     def added_to(self, phrases: list[str], text: str) -> list[str]:
         """``phrases`` (a line's own, ``--constraints``), then the target terms of the source

@@ -22,6 +22,12 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
     assert glossary.targets("Two birds and a bird; no Bird, no birdsong.") == ["Vögel", "Vogel"]
     assert glossary.targets("York City") == ["NYC"] and glossary.targets("Yorkshire") == []
     assert glossary.without({"NY", "Vogel"}).targets("A bird in New York.") == ["YK"]
+    # A term in lower case is also found capitalized where a sentence begins, and only there.
+    assert glossary.targets("Birds fly. Bird seed, said he. Bird!") == ["Vögel", "Vogel"]
+    assert glossary.targets('He said: "Bird seed." (Birds.) ¿Bird?') == ["Vogel", "Vögel"]
+    assert glossary.targets("A Bird flies; the Birds sing.") == []
+    capital = Glossary({"bird": "Vogel", "Bird": "Piepmatz"})  # as written first: a capitalized term of its own
+    assert capital.targets("Bird. A bird.") == ["Piepmatz", "Vogel"]
     for text, fragment in (("bird\n", "line 1: 'bird' is not SOURCE TERM<TAB>TARGET TERM"),
                            ("bird\tVogel\tx\n", "line 1"), ("\tVogel\n", "line 1"),
                            ("bird\tVogel\nsun\tSonne\nbird\tSpatz\n",
@@ -33,8 +39,9 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
 
 def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_toy_run, tmp_path):
     """Lines of two sentences, translated sentence by sentence: a sentence holding a source term
-    holds its target term, in every n-best entry; one holding none is the plain translation."""
-    glossary = {"bird": "Telefon", "the doctor": "die Schwester", "sad": "glücklich,"}
+    holds its target term, in every n-best entry (a term in lower case found capitalized where
+    the sentence begins too); one holding none is the plain translation."""
+    glossary = {"bird": "Telefon", "the doctor": "die Schwester", "sad": "glücklich,", "she": "Morgen"}
     (tmp_path / "terms.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in glossary.items()))
     english, _ = toy_lines("dev", 24)
     lines = [f"{a} {b}" for a, b in zip(english[::2], english[1::2])]
@@ -44,17 +51,19 @@ def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_t
     joined = split.translate(lines)
     assert joined == [" ".join(pair) for pair in zip(with_terms.translate(english[::2]),
                                                        with_terms.translate(english[1::2]))]
-    found = untouched = 0
+    found = untouched = capitalized = 0
     for sentence, translated, alone, nbest in zip(english, with_terms.translate(english), plain.translate(english),
                                                   with_terms.with_settings(nbest=3).translate_nbest(english)):
-        wanted = [target for source, target in glossary.items() if held_in(sentence, source)]
+        starting = [target for source, target in glossary.items() if sentence.startswith(source.capitalize() + " ")]
+        wanted = [target for source, target in glossary.items() if held_in(sentence, source)] + starting
+        capitalized += bool(starting)
         if wanted:
             found += 1
             assert all(held_in(h.text, term) for h in nbest for term in wanted), (sentence, wanted, nbest)
         else:
             untouched += 1
             assert translated == alone
-    assert found >= 5 and untouched >= 10
+    assert found >= 5 and untouched >= 10 and capitalized >= 2
     document = with_terms.translate_html(f"<p>{english[3]} <b>{english[2]}</b></p>")  # as --html, sentence by sentence
     assert document.startswith("<p>") and held_in(document, "Telefon") and held_in(document, "die Schwester")
 
