@@ -1,12 +1,13 @@
 """Glossaries: terms that must be translated a given way (DeepL's and ModernMT's glossaries).
 
 A glossary is a text file of ``SOURCE TERM<TAB>TARGET TERM`` lines (blank lines and lines
-starting with ``#`` are skipped). Every sentence that holds a source term, as written and as
-whole words, gets its target term as a constraint (``seq2seq_cli.constraints``): its
-translation holds that term at least once. A term written in lower case is also found with
-its first letter capitalized where a sentence begins ("dog" in "Dog owners ..."), as
-sentences are written. Where source terms overlap ("New York" and "York"), the one that
-starts first wins, and of those the longest.
+starting with ``#`` are skipped), or a ``.csv`` file of ``SOURCE TERM,TARGET TERM`` rows as
+DeepL and spreadsheets write them (a term holding a comma in double quotes). Every sentence
+that holds a source term, as written and as whole words, gets its target term as a
+constraint (``seq2seq_cli.constraints``): its translation holds that term at least once. A
+term written in lower case is also found with its first letter capitalized where a sentence
+begins ("dog" in "Dog owners ..."), as sentences are written. Where source terms overlap ("New
+York" and "York"), the one that starts first wins, and of those the longest.
 
 A glossary works sentence by sentence, so unlike phrases given per line (``--constraints``)
 it goes with translating a line sentence by sentence: a term goes to the sentence that holds it.
@@ -14,9 +15,11 @@ it goes with translating a line sentence by sentence: a term goes to the sentenc
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from seq2seq_cli.constraints import whole_words
 from seq2seq_cli.data import read_lines
@@ -47,18 +50,35 @@ class Glossary:
         object.__setattr__(self, "_pattern", whole_words("|".join(pattern for _, pattern in alternatives) or r"(?!)"))
 
     @classmethod
+    def of(cls, terms: Mapping[str, str]) -> "Glossary":
+        """A glossary of ``terms`` (source term -> target term), each holding a word and no tab
+        or line break, no source term twice (a ``UserError`` otherwise)."""
+        for source, target in terms.items():
+            for term in (source, target):
+                if not isinstance(term, str) or not term.strip() or "\t" in term or "\n" in term:
+                    raise UserError(f"glossary: {source!r} -> {target!r}: a term must be text holding a word, "
+                                    "without tabs or line breaks")
+        stripped = {source.strip(): target.strip() for source, target in terms.items()}
+        if len(stripped) < len(terms):
+            raise UserError("glossary: a source term is given twice (as written without spaces at its ends)")
+        return cls(stripped)
+
+    @classmethod
     def read(cls, path: str | Path) -> "Glossary":
         """The glossary in ``path``; a line that is not two terms, or a source term given two
         translations, is refused with its line number."""
         terms: dict[str, str] = {}
         first_given: dict[str, int] = {}
+        comma_separated = Path(path).suffix.lower() == ".csv"
         for number, line in enumerate(read_lines(path), 1):
             if not line.strip() or line.startswith("#"):
                 continue
-            fields = [term.strip() for term in line.split("\t")]
-            if len(fields) != 2 or not all(fields):
-                raise UserError(f"glossary {path} line {number}: {line!r} is not SOURCE TERM<TAB>TARGET TERM; "
-                                "write one term pair per line, separated by a tab")
+            fields = [term.strip() for term in (_csv_fields(line) if comma_separated else line.split("\t"))]
+            if len(fields) != 2 or not all(fields) or any("\t" in term for term in fields):
+                layout = "SOURCE TERM,TARGET TERM" if comma_separated else "SOURCE TERM<TAB>TARGET TERM"
+                separator = 'a comma (a term with a comma in "double quotes")' if comma_separated else "a tab"
+                raise UserError(f"glossary {path} line {number}: {line!r} is not {layout}; "
+                                f"write one term pair per line, separated by {separator}")
             source, target = fields
             if terms.get(source, target) != target:
                 raise UserError(f"glossary {path} line {number}: {source!r} is given as {terms[source]!r} on line "
@@ -81,3 +101,11 @@ class Glossary:
     def without(self, targets: set[str]) -> "Glossary":
         """The glossary less the entries whose target term is one of ``targets``."""
         return Glossary({source: target for source, target in self.terms.items() if target not in targets})
+
+
+def _csv_fields(line: str) -> list[str]:
+    """The fields of one CSV line; a quote left open makes it no pair of terms."""
+    try:
+        return next(csv.reader([line], strict=True))
+    except csv.Error:
+        return []

@@ -34,7 +34,7 @@ from seq2seq_cli.batching import (BatchingWorker, Decoded, DecoderProcess, LoadO
                                   load_models)
 from seq2seq_cli.device import select_device
 from seq2seq_cli.documents import has_inline_markup, html_pieces, reassemble, relabel_languages, runs, text_lines
-from seq2seq_cli.errors import ClientError
+from seq2seq_cli.errors import ClientError, UserError
 from seq2seq_cli.glossary import Glossary
 from seq2seq_cli.language_id import LanguageDetector
 from seq2seq_cli.office import FILE_FORMATS, OFFICE_FORMATS, read_file
@@ -755,14 +755,14 @@ def _glossary(value: Any, translator) -> Optional[Glossary]:
         raise ClientError('glossary must be an object of source term -> target term, e.g. {"Fahrrad": "bike"}')
     if len(value) > MAX_TERMS or any(len(term) > MAX_PHRASE_CHARS for pair in value.items() for term in pair):
         raise ClientError(f"glossary: at most {MAX_TERMS} terms, of at most {MAX_PHRASE_CHARS} characters each")
-    terms = {source.strip(): target.strip() for source, target in value.items()}
-    words = [term for pair in terms.items() for term in pair]
-    if len(terms) < len(value) or any(not term or "\t" in term or "\n" in term for term in words):
-        raise ClientError("glossary: a term must hold a word, and no tab or line break (and no source term twice)")
-    unspelled = translator.unspelled(list(dict.fromkeys(terms.values())))
+    try:
+        glossary = Glossary.of(value)
+    except UserError as err:
+        raise ClientError(str(err)) from None
+    unspelled = translator.unspelled(list(dict.fromkeys(glossary.terms.values())))
     if unspelled:
         raise ClientError(f"glossary: the model's target vocabulary cannot spell {', '.join(map(repr, unspelled))}")
-    return Glossary(terms) if terms else None
+    return glossary if glossary.terms else None
 
 
 def _sentence_count(language: str, texts: list[str], search: Search) -> int:

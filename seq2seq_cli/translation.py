@@ -26,7 +26,7 @@ import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -351,7 +351,8 @@ class Translator:
              keep_attention: bool = False, dtype: str = "auto", quantize: str = "none",
              cuda_graphs: Optional[str] = None, sampling: Optional[Sampling] = None,
              split_sentences: bool = False, alignment: bool = False, copy_unknown: bool = True,
-             constraints: bool = False, glossary: Optional[Glossary | str | Path] = None) -> "Translator":
+             constraints: bool = False, glossary: Optional[Glossary | Mapping[str, str] | str | Path] = None
+             ) -> "Translator":
         """Load a run directory (its best checkpoint) or a checkpoint file; several of them are
         an ensemble (``weights``: one per model, default equal). Search settings left as None
         are the (first) run's ``decoding`` section. ``dtype``: auto, fp32 or bf16; ``quantize``:
@@ -365,8 +366,8 @@ class Translator:
         where the words that translate it would be (``seq2seq_cli.copying``); ``constraints``: each
         text is a source followed by tab-separated phrases of the target language that its
         translations must hold, e.g. ``"Ein Mann fährt Fahrrad.\tbicycle"`` (beam search of
-        ``beam_size`` 2 or more; ``seq2seq_cli.constraints``); ``glossary``: a ``Glossary`` or
-        the path of its file, whose target terms are put into the translation of each sentence
+        ``beam_size`` 2 or more; ``seq2seq_cli.constraints``); ``glossary``: a ``Glossary``, a dict
+        of source term -> target term or the path of a glossary file, whose target terms are put into the translation of each sentence
         that holds their source terms (``seq2seq_cli.glossary``; beam search too)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
@@ -412,7 +413,8 @@ class Translator:
                       sampling: Optional[Sampling] = None, split_sentences: Optional[bool] = None,
                       fit_long_lines: Optional[bool] = None, alignment: Optional[bool] = None,
                       copy_unknown: Optional[bool] = None, constraints: Optional[bool] = None,
-                      glossary: Optional[Glossary | str | Path] = None, **decoding_overrides) -> "Translator":
+                      glossary: Optional[Glossary | Mapping[str, str] | str | Path] = None,
+                      **decoding_overrides) -> "Translator":
         """A translator with other search settings that shares this one's model and tokenizers
         (settings left as None are this one's)."""
         sibling = copy.copy(self)
@@ -429,7 +431,9 @@ class Translator:
         if constraints is not None:
             sibling.constraints = bool(constraints)
         if glossary is not None:
-            sibling.glossary = self._spelled(glossary if isinstance(glossary, Glossary) else Glossary.read(glossary))
+            if not isinstance(glossary, Glossary):
+                glossary = Glossary.of(glossary) if isinstance(glossary, Mapping) else Glossary.read(glossary)
+            sibling.glossary = self._spelled(glossary)
         sibling.keep_attention = sibling.keep_attention or sibling.alignment  # alignments are read from it
         if sampling is not None:
             _check_sampling(sampling)

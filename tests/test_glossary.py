@@ -2,6 +2,7 @@
 its translation, and a sentence without one is translated as without a glossary."""
 
 import json
+import re
 
 import pytest
 
@@ -28,6 +29,16 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
     assert glossary.targets("A Bird flies; the Birds sing.") == []
     capital = Glossary({"bird": "Vogel", "Bird": "Piepmatz"})  # as written first: a capitalized term of its own
     assert capital.targets("Bird. A bird.") == ["Piepmatz", "Vogel"]
+    # A .csv file as DeepL and spreadsheets write one; a dict in Python.
+    csv_file = tmp_path / "terms.csv"
+    csv_file.write_text('\ufeffNew York,"NY, the city"\r\n"bird ""Tweety""", Vogel \r\n\r\n', encoding="utf-8")
+    assert Glossary.read(csv_file).terms == {"New York": "NY, the city", 'bird "Tweety"': "Vogel"}
+    assert Glossary.of({" bird ": "Vogel"}).terms == {"bird": "Vogel"}
+    for terms in ({"bird": "\t"}, {"bird": 5}, {"": "Vogel"}):
+        with pytest.raises(UserError, match="a term must be text holding a word"):
+            Glossary.of(terms)
+    with pytest.raises(UserError, match="a source term is given twice"):
+        Glossary.of({"bird": "Vogel", "bird ": "Spatz"})
     for text, fragment in (("bird\n", "line 1: 'bird' is not SOURCE TERM<TAB>TARGET TERM"),
                            ("bird\tVogel\tx\n", "line 1"), ("\tVogel\n", "line 1"),
                            ("bird\tVogel\nsun\tSonne\nbird\tSpatz\n",
@@ -35,6 +46,12 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
         path.write_text(text)
         with pytest.raises(UserError, match=fragment):
             Glossary.read(path)
+    for text, fragment in (("bird\n", "line 1: 'bird' is not SOURCE TERM,TARGET TERM; write one term pair per "
+                                       'line, separated by a comma (a term with a comma in "double quotes")'),
+                           ("bird,Vogel,x\n", "line 1"), ('"bird,Vogel\n', "line 1")):
+        csv_file.write_text(text)
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            Glossary.read(csv_file)
 
 
 def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_toy_run, tmp_path):
@@ -64,6 +81,7 @@ def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_t
             untouched += 1
             assert translated == alone
     assert found >= 5 and untouched >= 10 and capitalized >= 2
+    assert plain.with_settings(glossary=glossary).translate(english) == with_terms.translate(english)  # a dict
     document = with_terms.translate_html(f"<p>{english[3]} <b>{english[2]}</b></p>")  # as --html, sentence by sentence
     assert document.startswith("<p>") and held_in(document, "Telefon") and held_in(document, "die Schwester")
 

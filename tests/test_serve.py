@@ -476,8 +476,9 @@ def test_native_endpoint_takes_a_glossary_of_its_own_as_the_cli_does(run, server
     assert [item["translation"] for item in answer["translations"]] == printed
     for body, fragment in (({"beam_size": 1}, "set beam_size to 2 or more"),
                            ({"glossary": [["bird", "Arzt"]]}, "must be an object of source term -> target term"),
-                           ({"glossary": {"bird": "Arzt\tHund"}}, "no tab or line break"),
-                           ({"glossary": {"bird": " "}}, "a term must hold a word"),
+                           ({"glossary": {"bird": "Arzt\tHund"}}, "without tabs or line breaks"),
+                           ({"glossary": {"bird": " "}}, "a term must be text holding a word"),
+                           ({"glossary": {"bird": "Arzt", " bird": "Hund"}}, "a source term is given twice"),
                            ({"glossary": {"bird": "ሰላም"}}, "vocabulary cannot spell 'ሰላም'"),
                            ({"glossary": {f"w{i}": "Arzt" for i in range(1001)}}, "at most 1000 terms")):
         bad = httpx.post(f"{server.url}/v1/translate", json={"texts": texts, "beam_size": 4, "glossary": terms, **body})
