@@ -31,7 +31,7 @@ from seq2seq_cli.errors import UserError
 SENTENCE_START = r"(?:(?<![\s\S])|(?<=[.!?…]\s)|(?<=[\"'„“‘«‹(\[¿¡]))"
 
 
-@dataclass(frozen=True, eq=False)  # hashable as itself (a dict is not), so settings holding it are too
+@dataclass(frozen=True, eq=False)  # equal and hashable by its terms (a dict is not hashable): see __eq__
 class Glossary:
     """Source terms and their target terms."""
 
@@ -86,6 +86,14 @@ class Glossary:
             terms[source] = target
             first_given.setdefault(source, number)
         return cls(terms)
+
+    # Settings holding a glossary (a served request's search) are compared and hashed: two
+    # requests with the same terms are searched in one batch.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Glossary) and self.terms == other.terms
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self.terms.items()))
 
     def targets(self, text: str) -> list[str]:
         """The target terms of the source terms ``text`` holds, in the order they first occur,

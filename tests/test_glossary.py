@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from seq2seq_cli.batching import Search
 from seq2seq_cli.constraints import held_in
 from seq2seq_cli.errors import UserError
 from seq2seq_cli.glossary import Glossary
@@ -39,6 +40,10 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
             Glossary.of(terms)
     with pytest.raises(UserError, match="a source term is given twice"):
         Glossary.of({"bird": "Vogel", "bird ": "Spatz"})
+    # Equal by their terms, so served requests with the same terms are searched in one batch.
+    searches = {Search(4, glossary=Glossary.of({"bird": "Vogel"})), Search(4, glossary=Glossary({"bird": "Vogel"})),
+                Search(4, glossary=Glossary({"bird": "Spatz"})), Search(4)}
+    assert len(searches) == 3
     for text, fragment in (("bird\n", "line 1: 'bird' is not SOURCE TERM<TAB>TARGET TERM"),
                            ("bird\tVogel\tx\n", "line 1"), ("\tVogel\n", "line 1"),
                            ("bird\tVogel\nsun\tSonne\nbird\tSpatz\n",
