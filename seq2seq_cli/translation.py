@@ -367,8 +367,9 @@ class Translator:
         text is a source followed by tab-separated phrases of the target language that its
         translations must hold, e.g. ``"Ein Mann fährt Fahrrad.\tbicycle"`` (beam search of
         ``beam_size`` 2 or more; ``seq2seq_cli.constraints``); ``glossary``: a ``Glossary``, a dict
-        of source term -> target term or the path of a glossary file, whose target terms are put into the translation of each sentence
-        that holds their source terms (``seq2seq_cli.glossary``; beam search too)."""
+        of source term -> target term or the path of a glossary file, whose target terms are put
+        into the translation of each sentence that holds their source terms
+        (``seq2seq_cli.glossary``; beam search too)."""
         if cuda_graphs not in (None, "auto", "off"):
             raise UserError(f"--cuda-graphs {cuda_graphs}: unknown; use auto or off")
         if sampling is not None:
