@@ -28,7 +28,7 @@ from seq2seq_cli.errors import UserError
 
 # Where a sentence begins: at the start of the text, after a sentence's end and a space, or after
 # an opening quote or bracket. A line and the sentences it is split into agree on it.
-SENTENCE_START = r"(?:(?<![\s\S])|(?<=[.!?…]\s)|(?<=[\"'„“‘«‹(\[¿¡]))"
+SENTENCE_STARTS = re.compile(r"(?:(?<![\s\S])|(?<=[.!?…]\s)|(?<=[\"'„“‘«‹(\[¿¡]))(?=\w)")
 
 
 @dataclass(frozen=True, eq=False)  # equal and hashable by its terms (a dict is not hashable): see __eq__
@@ -38,16 +38,14 @@ class Glossary:
     terms: dict[str, str]  # source term -> target term
     _pattern: re.Pattern = field(init=False, repr=False)
     _capitalized: dict[str, str] = field(init=False, repr=False)  # "Dog" -> "dog", found where a sentence begins
+    _capitalized_pattern: re.Pattern = field(init=False, repr=False)
 
     def __post_init__(self):
         capitalized = {term[0].upper() + term[1:]: term for term in self.terms if term[0].islower()}
         capitalized = {written: term for written, term in capitalized.items() if written not in self.terms}
-        # One alternation, longest first: at each place the longest term that starts there.
-        alternatives = sorted([(term, re.escape(term)) for term in self.terms]
-                              + [(written, SENTENCE_START + re.escape(written)) for written in capitalized],
-                              key=lambda pair: len(pair[0]), reverse=True)
         object.__setattr__(self, "_capitalized", capitalized)
-        object.__setattr__(self, "_pattern", whole_words("|".join(pattern for _, pattern in alternatives) or r"(?!)"))
+        object.__setattr__(self, "_pattern", _longest_first(self.terms))
+        object.__setattr__(self, "_capitalized_pattern", _longest_first(capitalized))
 
     @classmethod
     def of(cls, terms: Mapping[str, str]) -> "Glossary":
@@ -98,8 +96,26 @@ class Glossary:
     def targets(self, text: str) -> list[str]:
         """The target terms of the source terms ``text`` holds, in the order they first occur,
         each once."""
-        return list(dict.fromkeys(self.terms[self._capitalized.get(match.group(), match.group())]
-                                  for match in self._pattern.finditer(text)))
+        # Terms capitalized where a sentence begins are looked for there only (a few places per
+        # text: one alternation tried everywhere with them took 8 times as long).
+        at_starts = [] if not self._capitalized else [
+            self._capitalized_pattern.match(text, start.start()) for start in SENTENCE_STARTS.finditer(text)]
+        capitalized = [match for match in at_starts if match is not None]  # in order, none overlapping
+        found: list[str] = []
+        position = 0
+        while True:  # the leftmost match of either kind, the longer where both start at one place
+            match = self._pattern.search(text, position)
+            capitalized = [start for start in capitalized if start.start() >= position]
+            if capitalized and (match is None or (capitalized[0].start(), -capitalized[0].end())
+                                < (match.start(), -match.end())):
+                match = capitalized[0]
+                found.append(self._capitalized[match.group()])
+            elif match is not None:
+                found.append(match.group())
+            else:
+                break
+            position = match.end()
+        return list(dict.fromkeys(self.terms[term] for term in found))
 
     def added_to(self, phrases: list[str], text: str) -> list[str]:
         """``phrases`` (a line's own, ``--constraints``), then the target terms of the source
@@ -117,3 +133,9 @@ def _csv_fields(line: str) -> list[str]:
         return next(csv.reader([line], strict=True))
     except csv.Error:
         return []
+
+
+def _longest_first(terms) -> re.Pattern:
+    """One alternation of ``terms`` as whole words, longest first: at each place the longest
+    term that starts there."""
+    return whole_words("|".join(map(re.escape, sorted(terms, key=len, reverse=True))) or r"(?!)")

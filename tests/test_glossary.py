@@ -30,6 +30,8 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
     assert glossary.targets("A Bird flies; the Birds sing.") == []
     capital = Glossary({"bird": "Vogel", "Bird": "Piepmatz"})  # as written first: a capitalized term of its own
     assert capital.targets("Bird. A bird.") == ["Piepmatz", "Vogel"]
+    overlapping = Glossary({"bird seed": "Vogelfutter", "seed bank": "Saatgutbank", "seed": "Samen"})
+    assert overlapping.targets("Bird seed bank. A seed bank.") == ["Vogelfutter", "Saatgutbank"]
     # A .csv file as DeepL and spreadsheets write one; a dict in Python.
     csv_file = tmp_path / "terms.csv"
     csv_file.write_text('\ufeffNew York,"NY, the city"\r\n"bird ""Tweety""", Vogel \r\n\r\n', encoding="utf-8")
