@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -51,6 +52,7 @@ def _one_line(err, command_path: str) -> UserError:
     return UserError(f"{message} (see {where} --help)")
 
 
+log = logging.getLogger(__name__)
 app = typer.Typer(cls=_Commands, help="Train and run attention RNN translation models.", no_args_is_help=True,
                   rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=True)
 
@@ -301,6 +303,7 @@ def translate(
         document = _read_document(input_file)
         _write_output(output_file, lambda out: out.write(translator.translate_html(document).encode("utf-8")),
                       "translate")
+        _report_glossary(glossary, translator, "paragraphs")
         return
     if office:
         try:
@@ -308,6 +311,7 @@ def translate(
         except ValueError as err:
             raise UserError(f"--input {input_file}: {err}") from None
         _write_output(output_file, lambda out: out.write(translated), "translate")
+        _report_glossary(glossary, translator, "paragraphs")
         return
     if plot_attention is not None:
         try:
@@ -330,6 +334,20 @@ def translate(
     count_total = (lambda: count_lines(input_file)) if input_file is not None else _stdin_lines
     with lines_progress(count_total, interactive=typed_or_shown) as advance:
         _write_output(output_file, lambda out: write_translations(out, advance), "translate")
+    _report_glossary(glossary, translator)
+
+
+def _report_glossary(path: Optional[Path], translator, pieces: str = "lines") -> None:
+    """How many of a glossary's terms went into the translation: none at all is most often a
+    glossary whose source terms are not written as the input writes them."""
+    if path is None:
+        return
+    if translator.glossary_terms:
+        log.info("--glossary %s: %d source terms found, in %d of %d %s", path, translator.glossary_terms,
+                 translator.glossary_lines, translator.lines_read, pieces)
+    elif translator.lines_read and translator.glossary.terms:  # (terms it cannot spell were named already)
+        log.warning("--glossary %s: none of its %d source terms occurs in the %d %s translated (terms are found as "
+                    "written and as whole words)", path, len(translator.glossary.terms), translator.lines_read, pieces)
 
 
 def _check_document_options(what: str, **given) -> None:

@@ -332,6 +332,7 @@ class Translator:
         self.lines_read = 0
         self.sentences_read = 0
         self.unknown_word_lines = 0  # input lines with a word read as [UNK]: the first few are named
+        self.glossary_terms = self.glossary_lines = 0  # target terms a glossary put in, and the lines they went to
         # A source word read as [UNK] is copied into the translation (seq2seq_cli.copying).
         self.copy_unknown = True
         # Each line is a source, then tab-separated phrases its translation must hold
@@ -593,8 +594,12 @@ class Translator:
             sentences = [[text] for text in texts]
         if self.glossary is not None:  # each sentence's terms, after its line's own phrases (one sentence then)
             flat = [sentence for line in sentences for sentence in line]
-            phrases = [self.glossary.added_to(wanted, sentence)
-                       for wanted, sentence in zip(phrases or [[] for _ in flat], flat)]
+            given = phrases or [[] for _ in flat]
+            phrases = [self.glossary.added_to(wanted, sentence) for wanted, sentence in zip(given, flat)]
+            added = iter(len(with_terms) - len(wanted) for with_terms, wanted in zip(phrases, given))
+            per_line = [sum(next(added) for _ in line) for line in sentences]
+            self.glossary_terms += sum(per_line)
+            self.glossary_lines += sum(1 for count in per_line if count)
         first_sentence = self.sentences_read
         self.sentences_read += sum(len(line) for line in sentences)
         return _Lines(first_line, sentences, first_sentence, phrases)

@@ -106,6 +106,14 @@ def test_s2s_translate_evaluate_and_their_errors_with_a_glossary(learned_toy_run
     assert translations == Translator.load(run, device="cpu", beam_size=4, glossary=tmp_path / "terms.tsv").translate(
         english)
     wanted = [[t for s, t in (("bird", "Telefon"), ("sister", "Mutter")) if held_in(line, s)] for line in english]
+    # What the glossary did is said at the end; a glossary whose terms the input never holds, in a warning.
+    assert (f"--glossary {tmp_path / 'terms.tsv'}: {sum(map(len, wanted))} source terms found, in "
+            f"{sum(map(bool, wanted))} of 20 lines") in printed.stderr.decode()
+    (tmp_path / "unused.tsv").write_text("Vogel\tbird\n")  # German terms for an English input
+    unused = s2s_forked("translate", "--checkpoint", run, "--glossary", tmp_path / "unused.tsv", "--beam-size", "4",
+                        stdin="\n".join(english[:3]) + "\n")
+    assert unused.returncode == 0 and "none of its 1 source terms occurs in the 3 lines translated" in \
+        unused.stderr.decode()
     evaluated = s2s_forked("evaluate", "--checkpoint", run, *glossary, "--src", tmp_path / "dev.en",
                            "--ref", tmp_path / "dev.de", "--json", tmp_path / "report.json")
     assert evaluated.returncode == 0, evaluated.stderr
