@@ -427,8 +427,7 @@ def beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, src_lengths: t
             scores, beam_state, hidden = scores[rows], beam_state.select(beams), hidden[beams]
             tokens, beam_limits, generated = tokens[beams], beam_limits[beams], generated[beams]
 
-    return [backtrack(history, row, ended.best(row), int(src_lengths[row]), keep_attention)
-            for row in range(batch_size)]
+    return [ended.hypotheses(row, int(src_lengths[row]), keep_attention) for row in range(batch_size)]
 
 
 @torch.inference_mode()
@@ -531,8 +530,7 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
             scores, states = scores[rows], [states[p] for p in keep]
             beam_state, hidden, tokens, beam_limits = beam_state.select(beams), hidden[beams], tokens[beams], beam_limits[beams]
 
-    return [backtrack(history, row, ended.best(row), int(src_lengths[row]), keep_attention)
-            for row in range(batch_size)]
+    return [ended.hypotheses(row, int(src_lengths[row]), keep_attention) for row in range(batch_size)]
 
 
 def _word_continuations(constraints: Sequence[Constraints], vocab_size: int,
@@ -594,8 +592,10 @@ Ending = tuple[float, float, int, int]  # score, log-probability, step, beam
 
 
 class Ended:
-    """The translations each sentence of a beam search has ended, as ``backtrack`` reads them:
-    (score, log-probability, the step that chose [SEP], the beam it chose it on).
+    """The translations each sentence of a beam search has ended, as (score, log-probability,
+    the step that chose [SEP], the beam it chose it on), read back through the search's
+    ``history`` (per step: the active rows' positions, each new beam's parent beam and token,
+    attention weights or None) into ``Hypothesis``es.
 
     A sentence is done when K translations have ended, or when no live beam can still beat its
     n-th best one (log-probabilities only fall, and the length penalty is largest at the length
@@ -622,7 +622,7 @@ class Ended:
         if short:
             self.short[row].append(ending)
             return
-        text = ending if self.text is None else self.text(self._tokens(row, step, beam))
+        text = ending if self.text is None else self.text(self._path(row, step, beam)[0])
         earlier = self.distinct[row].get(text)
         if earlier is not None:
             self.repeats[row].append(min(earlier, ending))
@@ -649,40 +649,31 @@ class Ended:
         ranked += sorted(self.repeats[row], reverse=True)[: self.nbest - len(ranked)]
         return (sorted(ranked, reverse=True) + sorted(self.short[row], reverse=True))[: self.nbest]
 
-    def _tokens(self, row: int, step: int, beam: int) -> list[int]:
-        """The tokens before [SEP] of the translation that ended at ``step`` on ``beam``."""
-        tokens, current = [], beam
+    def hypotheses(self, row: int, source_length: int, keep_attention: bool) -> list[Hypothesis]:
+        """Sentence ``row``'s ``best`` endings: their tokens, and with ``keep_attention`` the
+        attention row of each step, cut to the source's length."""
+        found = []
+        for score, log_prob, step, beam in self.best(row):
+            tokens, beams = self._path(row, step, beam)
+            attention = None
+            if keep_attention:
+                attention = torch.stack([self.history[s][3][self.history[s][0][row], beam_then]
+                                         for s, beam_then in enumerate(beams)])[:, :source_length]
+            found.append(Hypothesis(tokens, score, log_prob, attention))
+        return found
+
+    def _path(self, row: int, step: int, beam: int) -> tuple[list[int], list[int]]:
+        """The tokens before [SEP] of the translation that ended at ``step`` on ``beam``, and the
+        beam it was on at each step from the first to ``step``, read back through the parents."""
+        tokens, beams = [], [beam]
         for s in range(step - 1, -1, -1):
-            if s not in self._steps:
+            if s not in self._steps:  # each step's records once as lists: indexing tensors costs more
                 positions, parents, chosen, _ = self.history[s]
                 self._steps[s] = positions, parents.tolist(), chosen.tolist()
             positions, parents, chosen = self._steps[s]
-            tokens.append(chosen[positions[row]][current])
-            current = parents[positions[row]][current]
-        return tokens[::-1]
-
-
-def backtrack(history: list, row: int, chosen: list[tuple[float, float, int, int]], source_length: int,
-              keep_attention: bool) -> list[Hypothesis]:
-    """The tokens (and attention rows) of sentence ``row``'s chosen finished hypotheses, read
-    back through each step's parent beams."""
-    hypotheses = []
-    for score, raw, step, beam in chosen:
-        sequence, rows_of_attention, current = [], [], beam
-        for s in range(step, -1, -1):
-            positions, _, _, attention = history[s]
-            if attention is not None:
-                rows_of_attention.append(attention[positions[row], current])
-            if s > 0:
-                previous_positions, previous_parents, previous_chosen, _ = history[s - 1]
-                previous = previous_positions[row]
-                sequence.append(int(previous_chosen[previous, current]))
-                current = int(previous_parents[previous, current])
-        row_attention = None
-        if keep_attention:
-            row_attention = torch.stack(rows_of_attention[::-1])[:, :source_length]
-        hypotheses.append(Hypothesis(sequence[::-1], score, raw, row_attention))
-    return hypotheses
+            tokens.append(chosen[positions[row]][beams[-1]])
+            beams.append(parents[positions[row]][beams[-1]])
+        return tokens[::-1], beams[::-1]
 
 
 def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], ids: SpecialIds, device: torch.device,

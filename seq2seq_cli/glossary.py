@@ -100,7 +100,7 @@ class Glossary:
         # text: one alternation tried everywhere with them took 8 times as long).
         at_starts = [] if not self._capitalized else [
             self._capitalized_pattern.match(text, start.start()) for start in SENTENCE_STARTS.finditer(text)]
-        capitalized = [match for match in at_starts if match is not None]  # in order, none overlapping
+        capitalized = [match for match in at_starts if match is not None]  # in order
         found: list[str] = []
         position = 0
         while True:  # the leftmost match of either kind, the longer where both start at one place

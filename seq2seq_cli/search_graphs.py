@@ -11,7 +11,7 @@ are device tensors.
 
 The host looks at a batch once per replay: to stop when every sentence is done and, in beam
 search, to collect finished hypotheses from the steps' records by the eager search's own
-rules (``decoding.Ended``, ``decoding.backtrack``), so both searches find the
+rules (``decoding.Ended``), so both searches find the
 same translations with the same scores. Attention weights and ``no_repeat_ngram_size`` need
 the eager search.
 
@@ -29,8 +29,8 @@ from typing import Callable, Optional
 import torch
 
 from seq2seq_cli.data import rounded_up
-from seq2seq_cli.decoding import (Ended, Ensemble, EnsembleState, Hypothesis, SpecialIds, backtrack, beam_search,
-                                  greedy_search, only_end_at_limit, step_log_probs, top_by_blocks)
+from seq2seq_cli.decoding import (Ended, Ensemble, EnsembleState, Hypothesis, SpecialIds, beam_search, greedy_search,
+                                  only_end_at_limit, step_log_probs, top_by_blocks)
 from seq2seq_cli.graphs import GraphCaptureError
 from seq2seq_cli.model import EncoderState, Seq2Seq
 from seq2seq_cli.precision import autocast
@@ -235,7 +235,7 @@ class SearchGraphs:
                          src_lengths: torch.Tensor, k: int, length_penalty: float,
                          nbest: int) -> list[list[Hypothesis]]:
         """Replay until every real sentence is done, reading each step's records as the eager
-        search reads its step (``decoding.beam_search``), and backtrack the best hypotheses."""
+        search reads its step (``decoding.beam_search``), and read the best hypotheses back."""
         rows = limits.size(0)
         last_step = int(limits.max())
         searching = list(range(rows))  # the sentences not done, in batch order
@@ -262,7 +262,7 @@ class SearchGraphs:
                 searching = [searching[p] for p in keep]
             if not searching:
                 break
-        return [backtrack(history, row, ended.best(row), int(src_lengths[row]), False) for row in range(rows)]
+        return [ended.hypotheses(row, int(src_lengths[row]), False) for row in range(rows)]
 
     def _beam_steps(self, b: _BeamBuffers, k: int) -> None:
         """``UNROLL`` steps of beam search, in place on ``b``: the eager search's arithmetic, with
