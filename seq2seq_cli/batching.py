@@ -16,6 +16,7 @@ interpreter lock, and on two cores the server then decoded at about half the off
 """
 
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import signal
@@ -70,11 +71,19 @@ class Decoded:
         return self.translations if self.word_attention is None else list(zip(self.translations, self.word_attention))
 
 
+@functools.lru_cache(maxsize=32)
+def _with_request_terms(served: Glossary, requested: Glossary) -> Glossary:
+    """The server's glossary with a request's own terms beside it, the request's winning where
+    both name a term. Kept: requests with one set of terms come again, and the pattern of a
+    glossary of 5,000 terms takes a quarter of a second to build."""
+    return Glossary({**served.terms, **requested.terms})
+
+
 def decode_batch(translator: Translator, texts: list[str], search: Search) -> list[Decoded]:
     """One batched search over ``texts`` with ``search``'s settings: what ``s2s translate`` does."""
     glossary = search.glossary
-    if glossary is not None and translator.glossary is not None:  # where both name a term, the request's wins
-        glossary = Glossary({**translator.glossary.terms, **glossary.terms})
+    if glossary is not None and translator.glossary is not None:
+        glossary = _with_request_terms(translator.glossary, glossary)
     translator = translator.with_settings(nbest=search.nbest, keep_attention=search.attention or search.word_attention,
                                           beam_size=search.beam_size, split_sentences=search.split_sentences,
                                           alignment=search.alignment, constraints=search.constraints,

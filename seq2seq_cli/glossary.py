@@ -90,7 +90,7 @@ class Glossary:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Glossary) and self.terms == other.terms
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # not kept: a glossary sent to a decoder process is hashed there anew
         return hash(frozenset(self.terms.items()))
 
     def targets(self, text: str) -> list[str]:
