@@ -3,7 +3,10 @@
 A constraint is a phrase of the target language, given as its ways of being written in tokens:
 a vocabulary that splits at spaces only learns a word with the full stop on it ("bicycle.") as a
 token of its own, so "bicycle" is met by the token "bicycle" or by "bicycle.". A translation
-meets the constraint when the tokens of one of its ways follow one another somewhere in it.
+meets the constraint when the tokens of one of its ways follow one another somewhere in it. A
+phrase in lower case that begins the translation is written capitalized, as sentences are
+("Kids are playing." holds "kids", "kids are playing." does not): its ways so written
+(``Constraints.opening``) count only there, and its others only elsewhere.
 
 Beam search meets them with dynamic beam allocation (Post & Vilar 2018; fairseq's
 ``--constraints``, Hu et al. 2019): besides its best extensions, each beam is offered the tokens
@@ -35,21 +38,46 @@ class Constraints:
 
     phrases: Sequence[Phrase]
     continuation: frozenset[int] = frozenset()
-    starts: frozenset[int] = field(init=False)  # the first tokens of the phrases' ways
+    opening: frozenset[tuple[int, int]] = frozenset()  # (phrase, way): the ways met where the translation begins
+    starts: frozenset[int] = field(init=False)  # the first tokens of the phrases' ways met anywhere
+    opening_starts: frozenset[int] = field(init=False)  # and of those met where the translation begins
 
     def __post_init__(self):
-        object.__setattr__(self, "starts", frozenset(way[0] for phrase in self.phrases for way in phrase))
+        firsts = [((c, way) in self.opening, tokens[0]) for c, phrase in enumerate(self.phrases)
+                  for way, tokens in enumerate(phrase)]
+        object.__setattr__(self, "starts", frozenset(token for opening, token in firsts if not opening))
+        object.__setattr__(self, "opening_starts", frozenset(token for _, token in firsts))
+
+    def ways_from(self, c: int, opening: bool) -> list[int]:
+        """The ways phrase ``c`` may begin with where the translation begins (``opening``) or
+        elsewhere: its ways of ``opening`` there and its others elsewhere, where it has both."""
+        ways = [way for way in range(len(self.phrases[c])) if ((c, way) in self.opening) == opening]
+        return ways or list(range(len(self.phrases[c])))
+
+    def held(self, tokens: Sequence[int]) -> list[bool]:
+        """Whether ``tokens`` (a translation) holds each phrase (``holds``), beginning it with
+        ``ways_from(c, True)`` or further on with ``ways_from(c, False)``."""
+        def held(c: int) -> bool:
+            phrase, first, further = self.phrases[c], self.ways_from(c, True), self.ways_from(c, False)
+            if first == further:
+                return holds(tokens, phrase, self.continuation)
+            return (holds(tokens, [phrase[way] for way in first], self.continuation, range(1))
+                    or holds(tokens, [phrase[way] for way in further], self.continuation, range(1, len(tokens))))
+        return [held(c) for c in range(len(self.phrases))]
 
 
 @dataclass(frozen=True)
 class ConstraintState:
     """How far one hypothesis is: the constraints it has met; the one whose tokens it has just
-    put in, met once the next token starts a word (``pending``); and the ways of the phrase it
-    is in the middle of that its last tokens follow, as (constraint, way, tokens in place)."""
+    put in, met once the next token starts a word (``pending``); the ways of the phrase it
+    is in the middle of that its last tokens follow, as (constraint, way, tokens in place); and
+    whether it has no tokens yet (``opening``: a search starts there), where a phrase begins
+    with its ways of ``Constraints.opening``."""
 
     met: frozenset[int] = frozenset()
     partial: frozenset[tuple[int, int, int]] = frozenset()
     pending: Optional[int] = None
+    opening: bool = False
 
     def tokens_met(self, constraints: Constraints) -> int:
         """The bank of the hypothesis: constraint tokens in place, a phrase begun counting too."""
@@ -71,22 +99,22 @@ class ConstraintState:
         phrases = constraints.phrases
         if self.partial:
             return list(dict.fromkeys(phrases[c][way][done] for c, way, done in sorted(self.partial)))
-        return list(dict.fromkeys(tokens[0] for c, phrase in enumerate(phrases) if c not in self.met
-                                  and c != self.pending for tokens in phrase))
+        return list(dict.fromkeys(phrases[c][way][0] for c in range(len(phrases)) if c not in self.met
+                                  and c != self.pending for way in constraints.ways_from(c, self.opening)))
 
     def after(self, token: int, constraints: Constraints) -> "ConstraintState":
         """The state once ``token`` is appended. A phrase begun and not continued is dropped
         (its tokens stay in the translation, as ordinary words), and so is one just put in
         whose last word the token goes on; the token may begin another."""
-        if self.pending is None and not self.partial and token not in constraints.starts:
+        if self.pending is None and not self.partial and not self.opening and token not in constraints.starts:
             return self  # most tokens: nothing begun, nothing begins
         phrases = constraints.phrases
         starts_word = token not in constraints.continuation
         met = self.met | ({self.pending} if self.pending is not None and starts_word else set())
         going = {(c, way, done + 1) for c, way, done in self.partial if phrases[c][way][done] == token}
         if not going and starts_word:
-            going = {(c, way, 1) for c, phrase in enumerate(phrases) if c not in met
-                     for way, tokens in enumerate(phrase) if tokens[0] == token}
+            going = {(c, way, 1) for c in range(len(phrases)) if c not in met
+                     for way in constraints.ways_from(c, self.opening) if phrases[c][way][0] == token}
         complete = {c for c, way, done in going if done == len(phrases[c][way])}
         if complete:  # one phrase at a time: the first complete one waits for its word to end
             return ConstraintState(met, pending=min(complete))
@@ -130,7 +158,8 @@ class StateTable:
                 bank_starting_word=met + (len(phrases[state.pending][0]) if state.pending is not None else 0),
                 bank_going_on=met, bank_ended=ended.tokens_met(self.constraints),
                 may_end=ended.done(self.constraints), advancing=state.advancing(self.constraints),
-                special=sorted(self.constraints.starts | {phrases[c][way][done] for c, way, done in state.partial}))
+                special=sorted((self.constraints.opening_starts if state.opening else self.constraints.starts)
+                               | {phrases[c][way][done] for c, way, done in state.partial}))
             self._summaries[state] = found
         return found
 
@@ -170,14 +199,16 @@ def allocate(banks: torch.Tensor, scores: torch.Tensor, count: int) -> tuple[tor
     return by_score.gather(1, taken), is_candidate.gather(1, taken)
 
 
-def holds(tokens: Sequence[int], phrase: Phrase, continuation: frozenset[int] = frozenset()) -> bool:
-    """Whether one of ``phrase``'s ways occurs in ``tokens``, its tokens one after another and
-    the next token, if any, not one of ``continuation`` (going on its last word)."""
+def holds(tokens: Sequence[int], phrase: Phrase, continuation: frozenset[int] = frozenset(),
+          starts: Optional[range] = None) -> bool:
+    """Whether one of ``phrase``'s ways occurs in ``tokens`` (beginning at one of ``starts``, if
+    given), its tokens one after another and the next token, if any, not one of
+    ``continuation`` (going on its last word)."""
     tokens = list(tokens)
     for way in map(list, phrase):
-        for start in range(len(tokens) - len(way) + 1):
+        for start in range(len(tokens) - len(way) + 1) if starts is None else starts:
             end = start + len(way)
-            if tokens[start:end] == way and (end == len(tokens) or tokens[end] not in continuation):
+            if end <= len(tokens) and tokens[start:end] == way and (end == len(tokens) or tokens[end] not in continuation):
                 return True
     return False
 
@@ -220,6 +251,23 @@ def as_written(text: str, renderings: Sequence[tuple[str, str]]) -> str:
     return text
 
 
+# Where a sentence begins: at the start of the text, after a sentence's end and a space, or after
+# an opening quote or bracket. A line and the sentences it is split into agree on it.
+SENTENCE_STARTS = re.compile(r"(?:(?<![\s\S])|(?<=[.!?…]\s)|(?<=[\"'„“‘«‹(\[¿¡]))(?=\w)")
+
+
+def capitalized(term: str) -> Optional[str]:
+    """``term`` as it begins a sentence ("Kids" for "kids"), where it is written in lower case;
+    None for a term with a capital ("iPhone", "Berlin") or whose first letter has none."""
+    first = term[0].upper()
+    return first + term[1:] if term == term.lower() and len(first) == 1 and first != term[0] else None
+
+
 def held_in(text: str, phrase: str) -> bool:
-    """Whether a translation holds ``phrase`` as written and as whole words (``whole_words``)."""
-    return whole_words(re.escape(phrase)).search(text) is not None
+    """Whether a translation holds ``phrase`` as written and as whole words (``whole_words``),
+    or capitalized where a sentence begins (``capitalized``, ``SENTENCE_STARTS``)."""
+    if whole_words(re.escape(phrase)).search(text) is not None:
+        return True
+    capital = capitalized(phrase)
+    pattern = whole_words(re.escape(capital)) if capital else None
+    return pattern is not None and any(pattern.match(text, start.start()) for start in SENTENCE_STARTS.finditer(text))

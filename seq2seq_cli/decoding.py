@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seq2seq_cli.config import DecodingConfig
-from seq2seq_cli.constraints import Constraints, ConstraintState, StateTable, allocate, holds
+from seq2seq_cli.constraints import Constraints, ConstraintState, StateTable, allocate
 from seq2seq_cli.data import pad_sources
 from seq2seq_cli.device import cut_into_batches, fill_in_batches
 from seq2seq_cli.precision import autocast
@@ -453,7 +453,7 @@ def constrained_beam_search(model: Seq2Seq | Ensemble, src_ids: torch.Tensor, sr
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
     tables = [StateTable(sentence) for sentence in constraints]
-    states = [[ConstraintState()] * k for _ in range(batch_size)]  # of the active sentences' beams
+    states = [[ConstraintState(opening=True)] * k for _ in range(batch_size)]  # of the active sentences' beams
     active = list(range(batch_size))
     history: list[tuple[dict[int, int], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
     ended = Ended(history, limits, length_penalty, k, nbest, ids)
@@ -565,7 +565,7 @@ def constrained_beam_width(beam_size: int, constraints: Constraints, nbest: int 
 
 
 def _holds_all(hypothesis: Hypothesis, constraints: Constraints) -> bool:
-    return all(holds(hypothesis.tokens, phrase, constraints.continuation) for phrase in constraints.phrases)
+    return all(constraints.held(hypothesis.tokens))
 
 
 def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int,

@@ -111,7 +111,8 @@ def wanted_phrases(sources: Sequence[str], constraints: bool, glossary: Optional
 def phrase_report(translations: Sequence[str], phrases: Sequence[Sequence[str]]) -> dict[str, int]:
     """How many of each line's ``phrases`` (``--constraints``) its translation holds, as written
     and as whole words (``constraints.held_in``): the exact-match count of WMT's terminology
-    task, case and accents counting as BLEU counts them."""
+    task, case and accents counting as BLEU counts them, but for a phrase in lower case that
+    begins a sentence capitalized, as the search writes it there."""
     return {"lines": sum(1 for wanted in phrases if wanted), "phrases": sum(map(len, phrases)),
             "held": sum(held_in(text, phrase) for text, wanted in zip(translations, phrases) for phrase in wanted)}
 

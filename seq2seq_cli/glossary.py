@@ -6,7 +6,8 @@ DeepL and spreadsheets write them (a term holding a comma in double quotes). Eve
 that holds a source term, as written and as whole words, gets its target term as a
 constraint (``seq2seq_cli.constraints``): its translation holds that term at least once. A
 term written in lower case is also found with its first letter capitalized where a sentence
-begins ("dog" in "Dog owners ..."), as sentences are written. Where source terms overlap ("New
+begins ("dog" in "Dog owners ..."), as sentences are written, and a target term so written
+may begin the translation capitalized ("Kids are playing."). Where source terms overlap ("New
 York" and "York"), the one that starts first wins, and of those the longest.
 
 A glossary works sentence by sentence, so unlike phrases given per line (``--constraints``)
@@ -21,14 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from seq2seq_cli.constraints import whole_words
+from seq2seq_cli.constraints import SENTENCE_STARTS, capitalized, whole_words
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.errors import UserError
-
-
-# Where a sentence begins: at the start of the text, after a sentence's end and a space, or after
-# an opening quote or bracket. A line and the sentences it is split into agree on it.
-SENTENCE_STARTS = re.compile(r"(?:(?<![\s\S])|(?<=[.!?…]\s)|(?<=[\"'„“‘«‹(\[¿¡]))(?=\w)")
 
 
 @dataclass(frozen=True, eq=False)  # equal and hashable by its terms (a dict is not hashable): see __eq__
@@ -41,11 +37,11 @@ class Glossary:
     _capitalized_pattern: re.Pattern = field(init=False, repr=False)
 
     def __post_init__(self):
-        capitalized = {term[0].upper() + term[1:]: term for term in self.terms if term[0].islower()}
-        capitalized = {written: term for written, term in capitalized.items() if written not in self.terms}
-        object.__setattr__(self, "_capitalized", capitalized)
+        at_starts = {capitalized(term): term for term in self.terms if capitalized(term)}
+        at_starts = {written: term for written, term in at_starts.items() if written not in self.terms}
+        object.__setattr__(self, "_capitalized", at_starts)
         object.__setattr__(self, "_pattern", _longest_first(self.terms))
-        object.__setattr__(self, "_capitalized_pattern", _longest_first(capitalized))
+        object.__setattr__(self, "_capitalized_pattern", _longest_first(at_starts))
 
     @classmethod
     def of(cls, terms: Mapping[str, str]) -> "Glossary":

@@ -33,7 +33,8 @@ import torch
 from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
-from seq2seq_cli.constraints import TRAILING_PUNCTUATION, Constraints, as_written, holds, split_line, ways_of_writing
+from seq2seq_cli.constraints import (TRAILING_PUNCTUATION, Constraints, as_written, capitalized, split_line,
+                                     ways_of_writing)
 from seq2seq_cli.copying import Copied, UnknownSpan, copy_unknown, unknown_spans
 from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
@@ -659,20 +660,32 @@ class Translator:
         continuation = self.tokenizers.tgt_word_continuations  # a full stop after a phrase ends its word
         encoded, renderings = [], []
         for line_number, wanted in zip(line_numbers, phrases):
-            line, rewritten = [], []
+            line, opening, rewritten = [], set(), []
             for phrase in wanted:
-                own, *marked = self.tokenizers.encode_tgt([phrase] + [phrase + mark for mark in TRAILING_PUNCTUATION])
-                if self.tokenizers.tgt_unk_id in own:
+                ways, written = self._ways_of_writing(phrase)
+                if not ways:
                     log.warning("input line %d: the target vocabulary cannot spell the constraint %r; left out",
                                 line_number, phrase)
-                elif own:
-                    line.append(ways_of_writing(own, [ids for ids in marked if self.tokenizers.tgt_unk_id not in ids]))
-                    rendered = self.tokenizers.decode_tgt([own])[0]
-                    if rendered != phrase and len(rendered.split()) == len(phrase.split()):
-                        rewritten.append((rendered, phrase))
-            encoded.append(Constraints(line, continuation))
+                    continue
+                capital = capitalized(phrase)
+                opening_ways, opening_written = self._ways_of_writing(capital) if capital else ([], [])
+                opening_ways = [way for way in opening_ways if way not in ways]  # not where the vocabulary is uncased
+                opening |= {(len(line), way) for way in range(len(ways), len(ways) + len(opening_ways))}
+                line.append(ways + opening_ways)
+                rewritten += written + (opening_written if opening_ways else [])
+            encoded.append(Constraints(line, continuation, frozenset(opening)))
             renderings.append(rewritten)
         return encoded, renderings
+
+    def _ways_of_writing(self, phrase: str) -> tuple[list[list[int]], list[tuple[str, str]]]:
+        """A phrase's ways of being written in target tokens (none where the vocabulary cannot
+        spell it), and (rendering, phrase) where the vocabulary writes it otherwise."""
+        own, *marked = self.tokenizers.encode_tgt([phrase] + [phrase + mark for mark in TRAILING_PUNCTUATION])
+        if not own or self.tokenizers.tgt_unk_id in own:
+            return [], []
+        rendered = self.tokenizers.decode_tgt([own])[0]
+        rewritten = [(rendered, phrase)] if rendered != phrase and len(rendered.split()) == len(phrase.split()) else []
+        return ways_of_writing(own, [ids for ids in marked if self.tokenizers.tgt_unk_id not in ids]), rewritten
 
     def _with_phrases_as_written(self, hypotheses: list[Hypothesis], renderings: list[tuple[str, str]]
                                  ) -> list[Hypothesis]:
@@ -688,7 +701,7 @@ class Translator:
         """Warn of a sentence whose best translation could not hold its phrases within the length
         limit (the search then gives its best translations without them)."""
         for line_number, wanted, hypotheses in zip(line_numbers, constraints, results):
-            missing = [phrase for phrase in wanted.phrases if not holds(hypotheses[0].tokens, phrase, wanted.continuation)]
+            missing = [phrase for phrase, held in zip(wanted.phrases, wanted.held(hypotheses[0].tokens)) if not held]
             if missing:
                 log.warning("input line %d: no translation within the length limit holds %s",
                             line_number, ", ".join(repr(self.tokenizers.decode_tgt([phrase[0]])[0])

@@ -53,6 +53,23 @@ def test_a_phrase_is_met_only_where_its_last_word_ends():
     assert not holds([der, bruder, n], wanted.phrases[0], wanted.continuation)
 
 
+def test_a_phrase_in_lower_case_begins_a_translation_only_capitalized():
+    """Ways of writing a phrase where the translation begins ("Kids", here 17 8) count only
+    there, and its other ways ("kids", 7) only further on."""
+    wanted = Constraints([[[7], [17, 8]], [[9]]], opening=frozenset({(0, 1)}))
+    start = ConstraintState(opening=True)
+    assert sorted(start.advancing(wanted)) == [9, 17]
+    assert start.after(7, wanted) == ConstraintState()  # "kids" begins no phrase where a translation begins
+    assert start.after(17, wanted).after(8, wanted).pending == 0
+    later = start.after(9, wanted)
+    assert later.pending == 1 and later.advancing(wanted) == [7]
+    assert not later.after(17, wanted).partial and later.after(7, wanted).pending == 0
+    assert wanted.held([17, 8, 9]) == [True, True] and wanted.held([9, 17, 8]) == [False, True]
+    assert wanted.held([7, 9]) == [False, True] and wanted.held([9, 7]) == [True, True]
+    # Where the two are written alike (an uncased vocabulary), the phrase has no ways of its own there.
+    assert Constraints([[[7]]]).held([7, 9]) == [True] and ConstraintState(opening=True).after(7, Constraints([[[7]]])).pending == 0
+
+
 def test_a_phrase_is_also_written_with_a_mark_its_last_word_takes_in():
     """A vocabulary that splits at spaces reads "bicycle." as one token: that is a way to write
     "bicycle" too; "bicycle," read as "bicycle" "##," starts with the phrase and adds nothing."""
@@ -103,9 +120,10 @@ def test_a_state_table_knows_every_tokens_bank_as_after_does():
     """The search reads most candidates' banks from their beam's summary, computing ``after``
     only for its special tokens: for every state reachable in a few tokens and every token,
     that gives ``after``'s own bank."""
-    wanted = Constraints([[[7, 8, 9], [7, 10]], [[8]], [[11, 7]]], continuation=frozenset({30, 9}))
-    table, vocabulary = StateTable(wanted), [2, 7, 8, 9, 10, 11, 30, 31]
-    states = {ConstraintState()}
+    wanted = Constraints([[[7, 8, 9], [7, 10]], [[8]], [[11, 7]], [[12], [31, 12]]], continuation=frozenset({30, 9}),
+                         opening=frozenset({(3, 1)}))
+    table, vocabulary = StateTable(wanted), [2, 7, 8, 9, 10, 11, 12, 30, 31]
+    states = {ConstraintState(opening=True)}
     for _ in range(4):
         states |= {state.after(token, wanted) for state in states for token in vocabulary}
     assert len(states) > 10
@@ -138,6 +156,25 @@ def test_a_wide_constrained_beam_finds_the_best_translation_that_holds_the_phras
     assert tuple(found.tokens) == best[1]
     assert found.score == pytest.approx(best[0], abs=1e-4)
     assert found.log_prob == pytest.approx(sequence_log_prob(model, source, found.tokens, limit), abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_wide_constrained_beam_finds_the_best_translation_that_begins_or_holds_a_phrase_as_written_there(seed):
+    """A phrase written 5 1 where the translation begins ("Kids") and 4 elsewhere ("kids"):
+    exhaustive search over every translation of up to 4 tokens that holds it so."""
+    model = tiny_model(seed, sharpness=3.0)
+    source, limit, alpha = [4, 5, 1], 4, 1.0
+    wanted = Constraints([[[4], [5, 1]]], opening=frozenset({(0, 1)}))
+    sequences = [seq for n in range(limit + 1) for seq in itertools.product([1, 4, 5], repeat=n)]
+    holding = [seq for seq in sequences if seq[:2] == (5, 1) or 4 in seq[1:]]
+    assert [seq for seq in sequences if wanted.held(seq)[0]] == holding
+    best = max((sequence_log_prob(model, source, seq, limit) / gnmt_penalty(len(seq) + 1, alpha), seq)
+               for seq in holding)
+    src_ids, src_lengths = pad_sources([source], IDS.pad, IDS.eos)
+    found = constrained_beam_search(model, src_ids, src_lengths, IDS, torch.tensor([limit]), 128, [wanted],
+                                    length_penalty=alpha)[0][0]
+    assert tuple(found.tokens) == best[1]
+    assert found.score == pytest.approx(best[0], abs=1e-4)
 
 
 @pytest.mark.parametrize("beam", [2, 5])
@@ -187,6 +224,23 @@ def test_a_lines_translation_does_not_depend_on_the_lines_beside_it(learned_toy_
     assert [translator.translate([line])[0] for line in lines] == together
 
 
+def test_a_phrase_in_lower_case_begins_a_translation_capitalized(learned_toy_run):
+    """German writes "manchmal" "Manchmal" where a sentence begins: a translation beginning so
+    holds the phrase, and is kept as it is (a glossary's target term too); one that does not hold
+    it gets it, and where it begins the translation it begins capitalized."""
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=4)
+    english, _ = toy_lines("train", 400)
+    sometimes = [line for line in english if line.startswith("Sometimes ")][:6]
+    plain = translator.translate(sometimes)
+    assert len(plain) == 6 and all(text.startswith("Manchmal ") for text in plain), plain
+    assert translator.with_settings(constraints=True).translate([f"{e}\tmanchmal" for e in sometimes]) == plain
+    assert translator.with_settings(glossary={"sometimes": "manchmal"}).translate(sometimes) == plain
+    others = [line for line in english if not line.startswith("Sometimes ")][:12]
+    constrained = translator.with_settings(constraints=True, nbest=2).translate_nbest([f"{e}\tmanchmal" for e in others])
+    texts = [hypothesis.text for hypotheses in constrained for hypothesis in hypotheses]
+    assert all(held_in(text, "manchmal") and not text.startswith("manchmal") for text in texts), texts
+
+
 def test_s2s_translate_constraints(learned_toy_run):
     lines = "The man sees the dog.\tKatze\nThe man sees the dog.\t\u041c\u043e\u0441\u043a\u0432\u0430\n\n"
     result = s2s_forked("translate", "--checkpoint", learned_toy_run, "--constraints", "--beam-size", "4", stdin=lines)
@@ -225,6 +279,9 @@ def test_a_phrase_is_held_as_written_and_as_whole_words():
     assert held_in("A man rides a bicycle.", "bicycle") and held_in("the red car, and", "red car")
     assert not held_in("Der Brudern", "Bruder") and not held_in("a bored car", "red car")
     assert not held_in("a Bicycle", "bicycle") and held_in("Zoë's bike", "Zoë")
+    # A phrase in lower case is held capitalized where a sentence begins, as the search writes it.
+    assert held_in("Bicycles are red.", "bicycles") and held_in('He came. "Bicycles!"', "bicycles")
+    assert not held_in("The Bicycles", "bicycles") and not held_in("IPhone", "iPhone")
     assert split_line("Ein Mann.\t cyclist \t\tred car") == ("Ein Mann.", ["cyclist", "red car"])
 
 
