@@ -549,9 +549,13 @@ def _padded(lists: Sequence[Sequence[int]], device: torch.device) -> torch.Tenso
     """Lists of token ids as rows of one tensor, -1 after each list's end (one column at least)."""
     width = max(1, max(map(len, lists), default=0))
     return torch.tensor([list(row) + [-1] * (width - len(row)) for row in lists], dtype=torch.long, device=device)
+
+
 def phrase_tokens(constraints: Constraints) -> int:
-    """The most tokens a sentence's phrases put into its translation (each written its longest way)."""
-    return sum(max(map(len, phrase)) for phrase in constraints.phrases)
+    """The most tokens a sentence's phrases put into its translation (each written its longest way
+    but for those that begin a translation: "Sh ##irt" for "shirt" widened every line's beam)."""
+    return sum(max(len(phrase[way]) for way in constraints.ways_from(c, False))
+               for c, phrase in enumerate(constraints.phrases))
 
 
 def constrained_beam_width(beam_size: int, constraints: Constraints, nbest: int = 1) -> int:
