@@ -558,14 +558,16 @@ def phrase_tokens(constraints: Constraints) -> int:
                for c, phrase in enumerate(constraints.phrases))
 
 
-def constrained_beam_width(beam_size: int, constraints: Constraints, nbest: int = 1) -> int:
+def constrained_beam_width(beam_size: int, constraints: Constraints, per_bank: int = 2) -> int:
     """The beam that meets a sentence's constraints: each bank (constraint tokens in place, 0 to
-    all of them) keeps two beams at least, and ``nbest`` when more: with fewer, the words around
-    a phrase of many tokens are left to one beam each, and the last bank has too few to finish
-    ``nbest`` translations. A sentence without phrases keeps ``beam_size``."""
+    all of them) keeps ``per_bank`` beams, two at least; with one, the words around a phrase of
+    many tokens are left to one beam each. Two serve an n-best list too (translations end over
+    many steps, so the last bank's two beams finish n of them), so that it begins with the
+    1-best; a list they leave short is searched again with n a bank. A sentence without
+    phrases keeps ``beam_size``."""
     if not constraints.phrases:
         return beam_size
-    return max(beam_size, max(2, nbest) * (phrase_tokens(constraints) + 1))
+    return max(beam_size, max(2, per_bank) * (phrase_tokens(constraints) + 1))
 
 
 def _holds_all(hypothesis: Hypothesis, constraints: Constraints) -> bool:
@@ -573,10 +575,13 @@ def _holds_all(hypothesis: Hypothesis, constraints: Constraints) -> bool:
 
 
 def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest: int,
-                  text: Optional[Callable[[Sequence[int]], str]]) -> list[Hypothesis]:
+                  text: Optional[Callable[[Sequence[int]], str]], first: Optional[Hypothesis] = None
+                  ) -> list[Hypothesis]:
     """The ``nbest`` best of ``hypotheses`` that hold every phrase (the others after them, for a
-    sentence that cannot hold them all), each text once where there are enough."""
+    sentence that cannot hold them all), each text once where there are enough; ``first``, if
+    given, before them all."""
     ranked = sorted(hypotheses, key=lambda h: (_holds_all(h, constraints), h.score), reverse=True)
+    ranked = ranked if first is None else [first] + [h for h in ranked if h is not first]
     seen: set = set()
     distinct, repeats = [], []
     for h in ranked:
@@ -737,9 +742,9 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                 if decoding.beam_size == 1:
                     return [[h] for h in graphs.greedy(src_ids, src_lengths, limits)]
                 return graphs.beam(src_ids, src_lengths, limits, decoding.beam_size, decoding.length_penalty, nbest)
-            if constraints is not None:
+            if constraints is not None:  # the K best whatever nbest is: the same candidates for every list
                 return constrained(chunk, beam_search(model, src_ids, src_lengths, ids, limits, decoding.beam_size,
-                                                      decoding.length_penalty, nbest, keep_attention))
+                                                      decoding.length_penalty, decoding.beam_size, keep_attention))
             if decoding.beam_size == 1:
                 return [[h] for h in greedy_search(model, src_ids, src_lengths, ids, limits, keep_attention,
                                                    decoding.no_repeat_ngram_size)]
@@ -747,31 +752,49 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                                decoding.length_penalty, nbest, keep_attention, decoding.no_repeat_ngram_size)
 
     def constrained(chunk: list[int], plain: list[list[Hypothesis]]) -> list[list[Hypothesis]]:
-        """The plain translations ``plain`` of ``chunk``, but for the sentences whose n-best
-        entries do not all hold their phrases: the best of those searched under constraints
-        and plain ones that hold them. A phrase changes no translation that has it already."""
-        lacking = [position for position, (i, found) in enumerate(zip(chunk, plain))
-                   if not all(_holds_all(h, constraints[i]) for h in found)]
+        """The ``nbest`` first of the plain translations ``plain`` of ``chunk`` (each sentence's
+        K best), but for the sentences whose n-best entries do not all hold their phrases: the
+        best of those searched under constraints and plain ones that hold them. A phrase changes
+        no translation that has it already: a plain 1-best that holds them stays first, so an
+        n-best list begins with the 1-best."""
+        def short(positions: list[int]) -> list[int]:
+            return [p for p in positions if not all(_holds_all(h, constraints[chunk[p]]) for h in kept[p])]
+
+        def searched(positions: list[int], width: int) -> list[list[Hypothesis]]:
+            indices = [chunk[position] for position in positions]
+            wanted = [constraints[i] for i in indices]
+            src_ids, src_lengths, limits = batch(indices)
+            room = torch.tensor([phrase_tokens(sentence) for sentence in wanted])
+            return constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, width, wanted,
+                                           decoding.length_penalty, nbest, keep_attention)
+
+        kept = [found[:nbest] for found in plain]
+        lacking = short(range(len(chunk)))
         if not lacking:
-            return plain
-        indices = [chunk[position] for position in lacking]
-        wanted = [constraints[i] for i in indices]
-        src_ids, src_lengths, limits = batch(indices)
-        room = torch.tensor([phrase_tokens(sentence) for sentence in wanted])
-        forced = constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, widths[indices[0]], wanted,
-                                         decoding.length_penalty, nbest, keep_attention)
+            return kept
         # Beams shared out over banks leave fewer to the words before a phrase, so a plain
-        # translation that holds the phrases (a lower n-best entry) can score better than any
+        # translation that holds the phrases (a lower entry of the K) can score better than any
         # found under constraints: the better of both is kept.
-        for position, found, sentence in zip(lacking, forced, wanted):
-            plain[position] = _best_holding(found + plain[position], sentence, nbest, ids.text)
-        return plain
+        for position, found in zip(lacking, searched(lacking, widths[chunk[lacking[0]]])):
+            sentence, best_plain = constraints[chunk[position]], plain[position][0]
+            kept[position] = _best_holding(found + plain[position], sentence, nbest, ids.text,
+                                           best_plain if _holds_all(best_plain, sentence) else None)
+        if nbest > 2:  # lists still short of translations that hold the phrases: searched wider, their first kept
+            wider = {}
+            for position in short(lacking):
+                wider.setdefault(constrained_beam_width(decoding.beam_size, constraints[chunk[position]], nbest),
+                                 []).append(position)
+            for width, positions in wider.items():
+                for position, found in zip(positions, searched(positions, width)):
+                    kept[position] = _best_holding(found + kept[position] + plain[position], constraints[chunk[position]],
+                                                   nbest, ids.text, kept[position][0])
+        return kept
 
     was_training = model.training
     model.eval()
     widths = [decoding.beam_size] * len(sources)
     if constraints is not None:
-        widths = [constrained_beam_width(decoding.beam_size, sentence, nbest) for sentence in constraints]
+        widths = [constrained_beam_width(decoding.beam_size, sentence) for sentence in constraints]
     order = sorted((i for i, source in enumerate(sources) if source), key=lambda i: (widths[i], len(sources[i])),
                    reverse=True)
     batches = [batch for _, same_width in itertools.groupby(order, key=widths.__getitem__)

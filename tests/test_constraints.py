@@ -210,6 +210,28 @@ def test_every_translation_holds_its_phrases_and_the_rest_stays_the_models(learn
                        for word in words), (words, hypothesis.text)
 
 
+def test_an_nbest_list_under_constraints_begins_with_the_1_best(learned_toy_run):
+    """Asking for alternatives does not change the translation: an n-best list's first entry is
+    what the line translates to alone, with phrases and with a glossary, its entries different
+    texts that hold the phrases."""
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=5)
+    english, _ = toy_lines("dev", 40)
+    words = [max(text.rstrip(".").split()[1:], key=len) for text in translator.translate(english)]  # words it writes
+    lines = [f"{e}\t{words[(k + 3) % len(words)]}" + (f"\t{words[(k + 5) % len(words)]}" if k % 2 else "")
+             for k, e in enumerate(english)]
+    constrained = translator.with_settings(constraints=True)
+    best = constrained.translate(lines)
+    for n in (2, 4, 5):
+        lists = constrained.translate_nbest(lines, n)
+        assert [hypotheses[0].text for hypotheses in lists] == best, n
+        for line, hypotheses in zip(lines, lists):
+            assert len({h.text for h in hypotheses}) == n
+            assert all(held_in(h.text, phrase) for h in hypotheses for phrase in line.split("\t")[1:]), (
+                line, [h.text for h in hypotheses])
+    glossary = translator.with_settings(glossary={"the": "eine", "a": "der", "dog": "Katze"})
+    assert [hypotheses[0].text for hypotheses in glossary.translate_nbest(english, 4)] == glossary.translate(english)
+
+
 def test_a_lines_translation_does_not_depend_on_the_lines_beside_it(learned_toy_run):
     """Each line's beam is as wide as its own phrases need (a phrase of six tokens widens it to
     14): translated in a file among lines with longer and shorter phrases, and without phrases,
