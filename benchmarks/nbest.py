@@ -2,12 +2,16 @@
 translations apart by text cost?
 
     python benchmarks/nbest.py --checkpoint RUN --src test.de [--beam-size 5] [--nbest 5] [--json out.json]
+    python benchmarks/nbest.py --checkpoint RUN --src test.de --ref test.en --constrained-words 1
 
 WordPiece spells most words more than one way ("weißen", "weiße ##n"), all printed alike, so a
 list of token sequences can show one translation twice. For the 1-best translations and the
 n-best lists of a test set: seconds of each (one process, one after the other), the lists
 holding a text more than once, the texts they repeat, and the lists whose first entry is not
-the 1-best translation. Run it with ``PYTHONPATH`` at another checkout to compare.
+the 1-best translation. With ``--ref`` and ``--constrained-words N``, each line is translated
+under constraints (``--constraints``): the N longest reference words the plain translation
+lacks, as ``constraints.py`` picks them; then also the lists with an entry that lacks a phrase.
+Run it with ``PYTHONPATH`` at another checkout to compare.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from constraints import missing_words
+from seq2seq_cli.constraints import held_in
 from seq2seq_cli.data import read_lines
 from seq2seq_cli.translation import Translator
 
@@ -28,10 +34,20 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--nbest", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="timed passes of each; the fastest counts")
+    parser.add_argument("--ref", type=Path, help="the references the constrained words are taken from")
+    parser.add_argument("--constrained-words", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sources = read_lines(args.src)
     translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
+    phrases = [[] for _ in sources]
+    if args.constrained_words:
+        unknown = translator.tokenizers.tgt_unk_id
+        plain = translator.translate(sources)
+        phrases = [missing_words(translation, reference, lambda w: unknown not in translator.tokenizers.encode_tgt([w])[0])
+                   [:args.constrained_words] for translation, reference in zip(plain, read_lines(args.ref))]
+        sources = ["\t".join([source, *wanted]) for source, wanted in zip(sources, phrases)]
+        translator = translator.with_settings(constraints=True)
 
     def timed(work):
         best, result = float("inf"), None
@@ -51,6 +67,10 @@ def main() -> None:
         "repeated_texts": sum(len(t) - len(set(t)) for t in texts),
         "first_not_the_one_best": sum(t[0] != best for t, best in zip(texts, one_best)),
     }
+    if args.constrained_words:
+        result["constrained_lines"] = sum(1 for wanted in phrases if wanted)
+        result["lists_with_an_entry_lacking_a_phrase"] = sum(
+            not all(held_in(text, phrase) for text in t for phrase in wanted) for t, wanted in zip(texts, phrases))
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
