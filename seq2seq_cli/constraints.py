@@ -23,6 +23,7 @@ the sentences' candidates at once; ``decoding`` runs the search.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -265,7 +266,9 @@ def capitalized(term: str) -> Optional[str]:
 
 def held_in(text: str, phrase: str) -> bool:
     """Whether a translation holds ``phrase`` as written and as whole words (``whole_words``),
-    or capitalized where a sentence begins (``capitalized``, ``SENTENCE_STARTS``)."""
+    or capitalized where a sentence begins (``capitalized``, ``SENTENCE_STARTS``); accents
+    written composed or not alike (Unicode NFC, as the tokenizer reads them)."""
+    text, phrase = unicodedata.normalize("NFC", text), unicodedata.normalize("NFC", phrase)
     if whole_words(re.escape(phrase)).search(text) is not None:
         return True
     capital = capitalized(phrase)

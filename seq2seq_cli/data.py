@@ -236,8 +236,9 @@ def tokenize_corpus(tokenizers: Tokenizers, src_path: str, tgt_path: str, cache_
     src_lines, tgt_lines = lines if lines is not None else read_parallel(src_path, tgt_path)
     limit = None if max_len is None else exact_tokens(max_len)
     cache_folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    # "folded": ids read through CharacterFolding; a cache written before it is not reused.
-    recipe = f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:{limit}:folded"
+    # "folded", "composed": ids read through CharacterFolding and composed (``tokenization.composing``);
+    # a cache written before either is not reused.
+    recipe = f"{_file_digest(src_path)}:{_file_digest(tgt_path)}:{tokenizers.fingerprint()}:{limit}:folded:composed"
     if unknown_placeholders:  # absent when 0, so caches written before it are still read
         recipe += f":placeholders={unknown_placeholders}"
     key = hashlib.sha256(recipe.encode()).hexdigest()[:32]

@@ -8,7 +8,8 @@ constraint (``seq2seq_cli.constraints``): its translation holds that term at lea
 term written in lower case is also found with its first letter capitalized where a sentence
 begins ("dog" in "Dog owners ..."), as sentences are written, and a target term so written
 may begin the translation capitalized ("Kids are playing."). Where source terms overlap ("New
-York" and "York"), the one that starts first wins, and of those the longest.
+York" and "York"), the one that starts first wins, and of those the longest. Terms and text are compared
+composed (Unicode NFC), as the tokenizer reads them: accents match however they are written.
 
 A glossary works sentence by sentence, so unlike phrases given per line (``--constraints``)
 it goes with translating a line sentence by sentence: a term goes to the sentence that holds it.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -52,7 +54,7 @@ class Glossary:
                 if not isinstance(term, str) or not term.strip() or "\t" in term or "\n" in term:
                     raise UserError(f"glossary: {source!r} -> {target!r}: a term must be text holding a word, "
                                     "without tabs or line breaks")
-        stripped = {source.strip(): target.strip() for source, target in terms.items()}
+        stripped = {_composed(source.strip()): _composed(target.strip()) for source, target in terms.items()}
         if len(stripped) < len(terms):
             raise UserError("glossary: a source term is given twice (as written without spaces at its ends)")
         return cls(stripped)
@@ -67,7 +69,7 @@ class Glossary:
         for number, line in enumerate(read_lines(path), 1):
             if not line.strip() or line.startswith("#"):
                 continue
-            fields = [term.strip() for term in (_csv_fields(line) if comma_separated else line.split("\t"))]
+            fields = [_composed(term.strip()) for term in (_csv_fields(line) if comma_separated else line.split("\t"))]
             if len(fields) != 2 or not all(fields) or any("\t" in term for term in fields):
                 layout = "SOURCE TERM,TARGET TERM" if comma_separated else "SOURCE TERM<TAB>TARGET TERM"
                 separator = 'a comma (a term with a comma in "double quotes")' if comma_separated else "a tab"
@@ -92,6 +94,7 @@ class Glossary:
     def targets(self, text: str) -> list[str]:
         """The target terms of the source terms ``text`` holds, in the order they first occur,
         each once."""
+        text = _composed(text)
         # Terms capitalized where a sentence begins are looked for there only (a few places per
         # text: one alternation tried everywhere with them took 8 times as long).
         at_starts = [] if not self._capitalized else [
@@ -121,6 +124,12 @@ class Glossary:
     def without(self, targets: set[str]) -> "Glossary":
         """The glossary less the entries whose target term is one of ``targets``."""
         return Glossary({source: target for source, target in self.terms.items() if target not in targets})
+
+
+def _composed(text: str) -> str:
+    """``text`` composed (Unicode NFC), as the tokenizer reads it (``tokenization.composing``):
+    a term and a text that look alike match, however their accents are written."""
+    return unicodedata.normalize("NFC", text)
 
 
 def _csv_fields(line: str) -> list[str]:

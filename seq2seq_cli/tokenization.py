@@ -13,7 +13,9 @@ The pipeline is stored whole in ``tokenizer.json`` (``save_pretrained`` form), s
 ``AutoTokenizer.from_pretrained(run_dir / "tokenizer")`` rebuilds exactly this tokenizer; a
 ``vocab.txt`` is written beside it for tools that read BERT vocabularies. Before it, a
 character no piece of the vocabulary holds is read as a look-alike that one does
-(``CharacterFolding``), so one foreign letter does not make its whole word [UNK].
+(``CharacterFolding``), so one foreign letter does not make its whole word [UNK]; and text is
+read composed (Unicode NFC, ``composing``), so "ä" written as "a" and a combining diaeresis,
+as macOS and text taken from PDFs often write it, is the "ä" the vocabulary learned.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def train_wordpiece(lines: Iterable[str], vocab_size: int, min_frequency: int = 
     _silence_transformers()
     normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase)
+    # Learned from the text composed, as it is read (``composing``); saved without it, so that
+    # every tokenizer, trained or pretrained, is composed the same way and keeps its fingerprint.
+    reading = normalizers.Sequence([normalizers.NFC(), normalizer])
     specials = list(SPECIAL_TOKENS.values())
     # The trainer gives each "##c" piece its id in the order it meets words in a hash map, which
     # changes from process to process, and merges of equal count are ranked by those ids, so the
@@ -93,7 +98,7 @@ def train_wordpiece(lines: Iterable[str], vocab_size: int, min_frequency: int = 
         vocab_size=vocab_size, min_frequency=min_frequency, continuing_subword_prefix="##",
         special_tokens=specials + _continuation_pieces(lines, normalizer), show_progress=False)
     tokenizer = _wordpiece_pipeline(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"),
-                                    normalizer)
+                                    reading)
     tokenizer.train_from_iterator(lines, trainer)
     # Renumber (specials first, then sorted) and rebuild, so the "##c" pieces are ordinary
     # vocabulary again rather than special tokens that decoding would drop.
@@ -122,11 +127,11 @@ def _wordpiece_pipeline(model, normalizer) -> Tokenizer:
 
 
 def _continuation_pieces(lines: Iterable[str], normalizer) -> list[str]:
-    """Every "##c" piece the trainer can make from ``lines``, sorted: one for each character
-    the normalizer can leave inside a word (a superset of those that occur there)."""
+    """Every "##c" piece the trainer can make from ``lines``, composed, sorted: one for each
+    character the normalizer can leave inside a word (a superset of those that occur there)."""
     raw_characters: set[str] = set()
     for line in lines:
-        raw_characters.update(line)
+        raw_characters.update(unicodedata.normalize("NFC", line))
     characters: set[str] = set()
     for raw in raw_characters:
         # BERT's normalizer works character by character: clean-up, lowercasing, and spaces put
@@ -179,6 +184,19 @@ LOOK_ALIKES = {**dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2039\u203a", "'"
                **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb", '"'),
                **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
                "\u2026": ".", **dict(zip("ŁłØøĐđĦħıŦŧſƒ", "LlOoDdHhiTtsf"))}
+
+
+def composing(backend: Tokenizer) -> Tokenizer:
+    """A copy of the tokenizer ``backend`` that composes text (Unicode NFC) before its own
+    normalizer: a letter with an accent can be written as the letter and a combining mark (macOS,
+    text taken from PDFs, some keyboards) and looks the same, but without composing it, the
+    vocabulary, learned from composed text, reads the word as [UNK] ("Ein Mädchen fährt
+    Fahrrad." came out "Mädchen fährt."). Offsets stay those of the text as given. A copy, so
+    the tokenizer saved and its fingerprint are the tokenizer as given."""
+    copy = Tokenizer.from_str(backend.to_str())
+    own = backend.normalizer
+    copy.normalizer = normalizers.NFC() if own is None else normalizers.Sequence([normalizers.NFC(), own])
+    return copy
 
 
 class CharacterFolding:
@@ -250,8 +268,11 @@ class Tokenizers:
         self.pad_id: int = tgt.pad_token_id
         self.bos_id: int = tgt.cls_token_id
         self.eos_id: int = tgt.sep_token_id
-        self.src_folding = CharacterFolding(src.backend_tokenizer)
-        self.tgt_folding = self.src_folding if tgt is src else CharacterFolding(tgt.backend_tokenizer)
+        # What encodes: a copy of each tokenizer's pipeline reading text composed (``composing``).
+        self.src_encoder = composing(src.backend_tokenizer)
+        self.tgt_encoder = self.src_encoder if tgt is src else composing(tgt.backend_tokenizer)
+        self.src_folding = CharacterFolding(self.src_encoder)
+        self.tgt_folding = self.src_folding if tgt is src else CharacterFolding(self.tgt_encoder)
 
     @property
     def shared(self) -> bool:
@@ -287,20 +308,20 @@ class Tokenizers:
 
     def encode_src(self, lines: Sequence[str], limit: Optional[int] = None) -> list[list[int]]:
         """The ids of each source line; with ``limit``, see ``encode_up_to``."""
-        return _encode(self.src, self.src_folding(lines)) if limit is None else \
-            encode_up_to(self.src, lines, limit, self.src_folding)
+        return _encode(self.src_encoder, self.src_folding(lines)) if limit is None else \
+            encode_up_to(self.src_encoder, lines, limit, self.src_folding)
 
     def encode_tgt(self, lines: Sequence[str], limit: Optional[int] = None) -> list[list[int]]:
         """The ids of each target line; with ``limit``, see ``encode_up_to``."""
-        return _encode(self.tgt, self.tgt_folding(lines)) if limit is None else \
-            encode_up_to(self.tgt, lines, limit, self.tgt_folding)
+        return _encode(self.tgt_encoder, self.tgt_folding(lines)) if limit is None else \
+            encode_up_to(self.tgt_encoder, lines, limit, self.tgt_folding)
 
     def src_words(self, lines: Sequence[str]) -> list[list[tuple[int, int, int]]]:
         """Each source line's subwords as (first character, past-the-end character, index of
         the word it is part of), without special tokens: where a line can be cut between words."""
         if not lines:
             return []
-        encodings = self.src.backend_tokenizer.encode_batch(list(self.src_folding(lines)), add_special_tokens=False)
+        encodings = self.src_encoder.encode_batch(list(self.src_folding(lines)), add_special_tokens=False)
         return [[(start, end, word) for (start, end), word in zip(encoding.offsets, encoding.word_ids)]
                 for encoding in encodings]
 
@@ -330,8 +351,9 @@ class Tokenizers:
 
     def src_offsets(self, line: str) -> tuple[list[int], list[tuple[int, int]]]:
         """The ids of ``line`` as ``encode_src`` reads it, and each token's characters in it
-        (first, past the end): ``CharacterFolding`` changes one character for one."""
-        encoding = self.src.backend_tokenizer.encode(self.src_folding([line])[0], add_special_tokens=False)
+        (first, past the end): ``CharacterFolding`` changes one character for one, and the
+        tokenizer's offsets are those of the text before it is composed."""
+        encoding = self.src_encoder.encode(self.src_folding([line])[0], add_special_tokens=False)
         return encoding.ids, encoding.offsets
 
     def decode_tgt(self, sequences: Sequence[Sequence[int]]) -> list[str]:
@@ -449,16 +471,16 @@ def _word_indices(tokenizer, ids: Sequence[int], skip_special_tokens: bool) -> l
     return [len(text.split()) - 1 if text.split() else None for text in prefixes]
 
 
-def _encode(tokenizer, lines: Sequence[str]) -> list[list[int]]:
+def _encode(encoder: Tokenizer, lines: Sequence[str]) -> list[list[int]]:
     if not lines:
         return []
     # The Rust tokenizer's batch call, without the transformers wrapper around it: the same
     # ids (no special tokens, no truncation), 1.5x faster on a million lines.
-    encodings = tokenizer.backend_tokenizer.encode_batch(list(lines), add_special_tokens=False)
+    encodings = encoder.encode_batch(list(lines), add_special_tokens=False)
     return [encoding.ids for encoding in encodings]
 
 
-def encode_up_to(tokenizer, lines: Sequence[str], limit: int, folding: CharacterFolding) -> list[list[int]]:
+def encode_up_to(encoder: Tokenizer, lines: Sequence[str], limit: int, folding: CharacterFolding) -> list[list[int]]:
     """The ids of each line read through ``folding``, exact up to ``limit`` tokens: a line with
     more may give only a prefix of its ids, longer than ``limit``.
 
@@ -467,10 +489,10 @@ def encode_up_to(tokenizer, lines: Sequence[str], limit: int, folding: Character
     ``line_head`` is read; unless the head proves the line too long, giving more tokens than
     ``limit``, the whole line is read (a few very long words)."""
     heads = [line_head(line, limit) for line in lines]
-    ids = _encode(tokenizer, folding(heads))
+    ids = _encode(encoder, folding(heads))
     for index, (line, head) in enumerate(zip(lines, heads)):
         if len(head) < len(line) and len(ids[index]) <= limit:
-            ids[index] = _encode(tokenizer, folding([line]))[0]
+            ids[index] = _encode(encoder, folding([line]))[0]
     return ids
 
 

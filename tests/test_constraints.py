@@ -297,6 +297,17 @@ def test_a_phrase_the_vocabulary_spells_with_a_look_alike_comes_out_as_written(l
     assert sorted(target for _, target in links) == list(range(len(words)))
 
 
+def test_a_phrase_with_accents_written_as_combining_marks_is_put_in(learned_toy_run):
+    """ "Mädchen" typed with a combining diaeresis (macOS) looks like the word the vocabulary
+    spells and is put in as it, not left out as unspellable; counted held either way."""
+    import unicodedata
+
+    translator = Translator.load(learned_toy_run, device="cpu", beam_size=4).with_settings(constraints=True)
+    phrase = unicodedata.normalize("NFD", "Mädchen")
+    (text,) = translator.translate([f"The man sees the dog.\t{phrase}"])
+    assert held_in(text, phrase) and held_in(text, "Mädchen"), text
+
+
 def test_a_phrase_is_held_as_written_and_as_whole_words():
     assert held_in("A man rides a bicycle.", "bicycle") and held_in("the red car, and", "red car")
     assert not held_in("Der Brudern", "Bruder") and not held_in("a bored car", "red car")
@@ -304,6 +315,7 @@ def test_a_phrase_is_held_as_written_and_as_whole_words():
     # A phrase in lower case is held capitalized where a sentence begins, as the search writes it.
     assert held_in("Bicycles are red.", "bicycles") and held_in('He came. "Bicycles!"', "bicycles")
     assert not held_in("The Bicycles", "bicycles") and not held_in("IPhone", "iPhone")
+    assert held_in("Ein Ma\u0308dchen.", "Mädchen") and held_in("Ein Mädchen.", "Ma\u0308dchen")
     assert split_line("Ein Mann.\t cyclist \t\tred car") == ("Ein Mann.", ["cyclist", "red car"])
 
 

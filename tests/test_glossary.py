@@ -37,6 +37,11 @@ def test_terms_are_found_as_written_whole_words_the_first_and_longest_where_they
     csv_file.write_text('\ufeffNew York,"NY, the city"\r\n"bird ""Tweety""", Vogel \r\n\r\n', encoding="utf-8")
     assert Glossary.read(csv_file).terms == {"New York": "NY, the city", 'bird "Tweety"': "Vogel"}
     assert Glossary.of({" bird ": "Vogel"}).terms == {"bird": "Vogel"}
+    # Accents written as combining marks (macOS) or not: terms and text match as they look.
+    path.write_text("Ma\u0308dchen\tgirl\nboy\tJu\u0308ngling\n")
+    umlauts = Glossary.read(path)
+    assert umlauts.targets("Ein Mädchen.") == ["girl"] and umlauts.targets("Ein Ma\u0308dchen.") == ["girl"]
+    assert umlauts.targets("A boy.") == ["Jüngling"] and Glossary.of({"Ma\u0308dchen": "girl"}) == Glossary.of({"Mädchen": "girl"})
     for terms in ({"bird": "\t"}, {"bird": 5}, {"": "Vogel"}):
         with pytest.raises(UserError, match="a term must be text holding a word"):
             Glossary.of(terms)

@@ -145,6 +145,35 @@ def test_a_saved_tokenizer_reads_back_the_same_without_transformers(tmp_path):
         theirs.src.backend_tokenizer.to_str()
 
 
+def test_accents_written_as_combining_marks_read_as_the_letters_they_make(tmp_path):
+    """ "ä" can be written "a" and a combining diaeresis (macOS, text from PDFs): it looks the
+    same and reads the same, not as [UNK]; offsets are those of the text as given, and the
+    tokenizer saved is the one trained (its fingerprint, which caches and shards are keyed by,
+    unchanged). A vocabulary learned from such text is the one learned from composed text."""
+    import json
+    import unicodedata
+
+    en, de = toy_lines("train", 2000)
+    composed = [line for line in de if any(c in line for c in "äöüÄ")][:50]
+    decomposed = [unicodedata.normalize("NFD", line) for line in composed]
+    assert all(a != b for a, b in zip(composed, decomposed))
+    trained = build_tokenizers(TokenizerConfig(vocab_size=300), en, de)
+    ids = trained.encode_tgt(composed)
+    assert trained.tgt_unk_id not in sum(ids, []) and trained.encode_tgt(decomposed) == ids
+    assert trained.encode_src(decomposed) == trained.encode_src(composed)
+    line = decomposed[0]
+    _, offsets = trained.src_offsets(line)
+    words = [word for _, _, word in trained.src_words([line])[0]]
+    pieces = ["".join(line[start:end] for (start, end), w in zip(offsets, words) if w == word) for word in sorted(set(words))]
+    assert pieces == line.split() and trained.unknown_src_words(line) == []
+    trained.save(tmp_path / "tok")
+    saved = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert saved["normalizer"]["type"] == "BertNormalizer"
+    assert Tokenizers.load(tmp_path / "tok").fingerprint() == trained.fingerprint()
+    learned = build_tokenizers(TokenizerConfig(vocab_size=300), en, [unicodedata.normalize("NFD", line) for line in de])
+    assert learned.tgt.get_vocab() == trained.tgt.get_vocab() and learned.fingerprint() == trained.fingerprint()
+
+
 def test_a_character_the_vocabulary_lacks_is_read_as_a_look_alike_it_has():
     """A WordPiece vocabulary reads a word with one character it never learned as one [UNK]: a
     name with a foreign letter, a word with typographic punctuation attached. Such a character
