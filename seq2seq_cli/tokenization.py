@@ -178,6 +178,8 @@ def load_pretrained(name_or_path: str | Path):
     return tokenizer
 
 
+# Latin typographic ligatures (ﬀ ﬁ ﬂ ﬃ ﬄ ﬅ ﬆ), as text taken from PDFs holds them: ``composing``.
+LIGATURES = "\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"
 # Look-alikes of characters that do not come apart under NFKD: typographic punctuation, and
 # the letters of European alphabets drawn with a stroke or without a dot.
 LOOK_ALIKES = {**dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2039\u203a", "'"),
@@ -191,11 +193,20 @@ def composing(backend: Tokenizer) -> Tokenizer:
     normalizer: a letter with an accent can be written as the letter and a combining mark (macOS,
     text taken from PDFs, some keyboards) and looks the same, but without composing it, the
     vocabulary, learned from composed text, reads the word as [UNK] ("Ein Mädchen fährt
-    Fahrrad." came out "Mädchen fährt."). Offsets stay those of the text as given. A copy, so
-    the tokenizer saved and its fingerprint are the tokenizer as given."""
+    Fahrrad." came out "Mädchen fährt."). A typographic ligature of PDFs ("ﬁ") that no piece of
+    a WordPiece vocabulary holds is read as its letters ("ﬁndet" as "findet"). Offsets stay those
+    of the text as given. A copy, so the tokenizer saved and its fingerprint are the tokenizer
+    as given."""
     copy = Tokenizer.from_str(backend.to_str())
-    own = backend.normalizer
-    copy.normalizer = normalizers.NFC() if own is None else normalizers.Sequence([normalizers.NFC(), own])
+    steps = [normalizers.NFC()]
+    if isinstance(backend.model, models.WordPiece):
+        prefix = backend.model.continuing_subword_prefix
+        alphabet = set().union(*(piece.removeprefix(prefix) for piece in backend.get_vocab(with_added_tokens=False)))
+        steps += [normalizers.Replace(ligature, unicodedata.normalize("NFKD", ligature))
+                  for ligature in LIGATURES if ligature not in alphabet]
+    if backend.normalizer is not None:
+        steps.append(backend.normalizer)
+    copy.normalizer = normalizers.Sequence(steps)
     return copy
 
 

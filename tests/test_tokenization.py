@@ -145,7 +145,7 @@ def test_a_saved_tokenizer_reads_back_the_same_without_transformers(tmp_path):
         theirs.src.backend_tokenizer.to_str()
 
 
-def test_accents_written_as_combining_marks_read_as_the_letters_they_make(tmp_path):
+def test_accents_written_as_combining_marks_and_ligatures_read_as_the_letters_they_make(tmp_path):
     """ "ä" can be written "a" and a combining diaeresis (macOS, text from PDFs): it looks the
     same and reads the same, not as [UNK]; offsets are those of the text as given, and the
     tokenizer saved is the one trained (its fingerprint, which caches and shards are keyed by,
@@ -166,6 +166,11 @@ def test_accents_written_as_combining_marks_read_as_the_letters_they_make(tmp_pa
     words = [word for _, _, word in trained.src_words([line])[0]]
     pieces = ["".join(line[start:end] for (start, end), w in zip(offsets, words) if w == word) for word in sorted(set(words))]
     assert pieces == line.split() and trained.unknown_src_words(line) == []
+    # So are the ligatures of text taken from PDFs, which no piece of the vocabulary holds.
+    ligatures = "Er \ufb01ndet das Schi\ufb00."
+    assert trained.encode_src([ligatures]) == trained.encode_src(["Er findet das Schiff."])
+    _, offsets = trained.src_offsets(ligatures)
+    assert offsets[-1][1] == len(ligatures) and trained.unknown_src_words(ligatures) == []
     trained.save(tmp_path / "tok")
     saved = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
     assert saved["normalizer"]["type"] == "BertNormalizer"
