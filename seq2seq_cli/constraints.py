@@ -58,13 +58,13 @@ class Constraints:
     def held(self, tokens: Sequence[int]) -> list[bool]:
         """Whether ``tokens`` (a translation) holds each phrase (``holds``), beginning it with
         ``ways_from(c, True)`` or further on with ``ways_from(c, False)``."""
-        def held(c: int) -> bool:
+        def phrase_held(c: int) -> bool:
             phrase, first, further = self.phrases[c], self.ways_from(c, True), self.ways_from(c, False)
             if first == further:
                 return holds(tokens, phrase, self.continuation)
             return (holds(tokens, [phrase[way] for way in first], self.continuation, range(1))
                     or holds(tokens, [phrase[way] for way in further], self.continuation, range(1, len(tokens))))
-        return [held(c) for c in range(len(self.phrases))]
+        return [phrase_held(c) for c in range(len(self.phrases))]
 
 
 @dataclass(frozen=True)

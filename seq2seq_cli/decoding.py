@@ -757,6 +757,8 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
         best of those searched under constraints and plain ones that hold them. A phrase changes
         no translation that has it already: a plain 1-best that holds them stays first, so an
         n-best list begins with the 1-best."""
+        kept = [found[:nbest] for found in plain]
+
         def short(positions: list[int]) -> list[int]:
             return [p for p in positions if not all(_holds_all(h, constraints[chunk[p]]) for h in kept[p])]
 
@@ -768,7 +770,6 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
             return constrained_beam_search(model, src_ids, src_lengths, ids, limits + room, width, wanted,
                                            decoding.length_penalty, nbest, keep_attention)
 
-        kept = [found[:nbest] for found in plain]
         lacking = short(range(len(chunk)))
         if not lacking:
             return kept
@@ -779,7 +780,9 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
             sentence, best_plain = constraints[chunk[position]], plain[position][0]
             kept[position] = _best_holding(found + plain[position], sentence, nbest, ids.text,
                                            best_plain if _holds_all(best_plain, sentence) else None)
-        if nbest > 2:  # lists still short of translations that hold the phrases: searched wider, their first kept
+        # Lists still short of translations that hold the phrases are searched with nbest beams a
+        # bank (more than the two a bank that a list of two has had already), their first kept.
+        if nbest > 2:
             wider = {}
             for position in short(lacking):
                 wider.setdefault(constrained_beam_width(decoding.beam_size, constraints[chunk[position]], nbest),
