@@ -431,9 +431,9 @@ def evaluate(
 
     from seq2seq_cli.data import read_lines
     from seq2seq_cli.glossary import Glossary
-    from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, format_paired_report, format_report,
-                                        paired_report, phrase_report, run_bleu_metric, score_report, sentence_table,
-                                        wanted_phrases)
+    from seq2seq_cli.evaluation import (PAIRED_TESTS, bleu_metric, composition_warnings, format_paired_report,
+                                        format_report, paired_report, phrase_report, run_bleu_metric, score_report,
+                                        sentence_table, wanted_phrases)
 
     if paired is not None and paired not in PAIRED_TESTS:
         raise UserError(f"--paired {paired!r}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
@@ -491,6 +491,9 @@ def evaluate(
             if len(hypotheses) != len(references):
                 raise UserError(f"--hyp {path} has {len(hypotheses)} lines but {ref[0]} has {len(references)}; "
                                 "they must be line-aligned")
+        for warning in composition_warnings([*(("--ref " + str(path), lines) for path, lines in zip(ref, reference_sets)),
+                                             *(("--hyp " + name, lines) for name, lines in systems)]):
+            log.warning(warning)
         if len(systems) > 1:
             report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
             if phrases is not None:
@@ -512,6 +515,9 @@ def evaluate(
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
+        for warning in composition_warnings([*(("--ref " + str(path), lines) for path, lines in zip(ref, reference_sets)),
+                                             ("the translations", hypotheses)]):
+            log.warning(warning)
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")
     report = score_report(hypotheses, reference_sets, bleu)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import unicodedata
 from typing import Any, Optional, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF, TER
@@ -98,6 +99,21 @@ def sentence_table(systems: Sequence[tuple[str, Sequence[str]]], references: Seq
     rows += ["\t".join([str(index + 1)] + [f"{column[index]:.4f}" for column in columns])
              for index in range(len(systems[0][1]))]
     return "\n".join(rows) + "\n"
+
+
+def composition_warnings(texts: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """A warning for each of ``texts`` (name, lines: references, translations) that writes
+    accents as combining marks (not Unicode NFC) where another writes them composed: sacreBLEU
+    compares characters as written, so "Mädchen" so written does not match "Mädchen" composed,
+    and the score falls for no fault of the translation. s2s writes translations composed."""
+    uncomposed = {name: sum(not unicodedata.is_normalized("NFC", line) for line in lines) for name, lines in texts}
+    if all(uncomposed.values()):  # written alike, they match
+        return []
+    fix = ("python -c \"import sys, unicodedata; sys.stdout.write(unicodedata.normalize('NFC', sys.stdin.read()))\" "
+           "< IN > OUT")
+    return [f"{name}: {count} line{'s' if count > 1 else ''} write accents as combining marks (not Unicode NFC) "
+            "where the other text writes them composed; sacreBLEU compares characters as written, so those words "
+            f"count as wrong: compose the file first, e.g. {fix}" for name, count in uncomposed.items() if count]
 
 
 def wanted_phrases(sources: Sequence[str], constraints: bool, glossary: Optional[Glossary]) -> list[list[str]]:

@@ -109,6 +109,24 @@ def test_evaluate_matches_sacrebleu_cli(tmp_path):
     assert_user_error(s2s_forked("evaluate", "--hyp", short, "--ref", ref_path), "has 5 lines")
 
 
+def test_evaluate_warns_of_references_that_write_accents_otherwise(tmp_path):
+    """References with accents written as combining marks (macOS) against composed translations:
+    sacreBLEU counts those words wrong. The score stays sacreBLEU's; a warning says why and how
+    to compose the file. Files written alike get none."""
+    import unicodedata
+
+    refs = toy_lines("test", 60)[1]
+    decomposed = [unicodedata.normalize("NFD", line) for line in refs]
+    count = sum(a != b for a, b in zip(refs, decomposed))
+    hyp_path, ref_path = write_corpus(tmp_path, "x", refs, decomposed, src="hyp", tgt="ref")
+    result = s2s_forked("evaluate", "--hyp", hyp_path, "--ref", ref_path, "--json", tmp_path / "report.json")
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"--ref {ref_path}: {count} lines write accents as combining marks" in result.stderr.decode() and count > 10
+    assert json.loads((tmp_path / "report.json").read_text())["bleu"]["score"] < 90
+    alike = s2s_forked("evaluate", "--hyp", ref_path, "--ref", ref_path)
+    assert alike.returncode == 0 and b"combining marks" not in alike.stderr
+
+
 def test_evaluate_with_several_references_matches_sacrebleu_cli(tmp_path):
     """sacreBLEU's multi-reference scores (BLEU takes each n-gram's largest count over the
     references and the closest reference length), as `sacrebleu REF1 REF2 -i HYP` gives them."""
