@@ -90,8 +90,10 @@ def test_constrained_search_on_cuda_equals_cpu(seed):
     model = tiny_model(seed, vocab=12, sharpness=2.0)
     on_gpu = copy.deepcopy(model).to(CUDA)
     src_ids, src_lengths, limits = make_batch(SOURCES)
-    phrases = [[[[5, 4]]], [[[1]], [[5]]], [], [[[4, 4], [6]]]]
-    wanted = [Constraints(phrases[i % len(phrases)], continuation=frozenset({7})) for i in range(len(SOURCES))]
+    phrases = [[[[5, 4]]], [[[1]], [[5]]], [], [[[4, 4], [6]]], [[[4], [8, 1]]]]
+    opening = [frozenset(), frozenset(), frozenset(), frozenset(), frozenset({(0, 1)})]  # 8 1 only where it begins
+    wanted = [Constraints(phrases[i % len(phrases)], continuation=frozenset({7}), opening=opening[i % len(phrases)])
+              for i in range(len(SOURCES))]
     found = [constrained_beam_search(net, src_ids.to(device), src_lengths.to(device), IDS, limits.to(device) + 3, 6,
                                      wanted, 1.0, nbest=2) for net, device in ((model, CPU), (on_gpu, CUDA))]
     for on_cpu, on_cuda in zip(*found):
