@@ -7,9 +7,10 @@ that holds a source term, as written and as whole words, gets its target term as
 constraint (``seq2seq_cli.constraints``): its translation holds that term at least once. A
 term written in lower case is also found with its first letter capitalized where a sentence
 begins ("dog" in "Dog owners ..."), as sentences are written, and a target term so written
-may begin the translation capitalized ("Kids are playing."). Where source terms overlap ("New
-York" and "York"), the one that starts first wins, and of those the longest. Terms and text are compared
-composed (Unicode NFC), as the tokenizer reads them: accents match however they are written.
+begins the translation capitalized where it begins it ("Kids are playing."). Where source
+terms overlap ("New York" and "York"), the one that starts first wins, and of those the
+longest. Terms and text are compared composed (Unicode NFC), as the tokenizer reads them:
+accents match however they are written.
 
 A glossary works sentence by sentence, so unlike phrases given per line (``--constraints``)
 it goes with translating a line sentence by sentence: a term goes to the sentence that holds it.
