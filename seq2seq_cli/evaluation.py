@@ -107,13 +107,15 @@ def composition_warnings(texts: Sequence[tuple[str, Sequence[str]]]) -> list[str
     compares characters as written, so "Mädchen" so written does not match "Mädchen" composed,
     and the score falls for no fault of the translation. s2s writes translations composed."""
     uncomposed = {name: sum(not unicodedata.is_normalized("NFC", line) for line in lines) for name, lines in texts}
-    if all(uncomposed.values()):  # written alike, they match
+    composed = [name for name, count in uncomposed.items() if not count]
+    if not composed:  # written alike, they match
         return []
     fix = ("python -c \"import sys, unicodedata; sys.stdout.write(unicodedata.normalize('NFC', sys.stdin.read()))\" "
            "< IN > OUT")
     return [f"{name}: {count} line{'s' if count > 1 else ''} write accents as combining marks (not Unicode NFC) "
-            "where the other text writes them composed; sacreBLEU compares characters as written, so those words "
-            f"count as wrong: compose the file first, e.g. {fix}" for name, count in uncomposed.items() if count]
+            f"where {' and '.join(composed)} {'has' if len(composed) == 1 else 'have'} them composed; sacreBLEU "
+            f"compares characters as written, so those words count as wrong: compose the file first, e.g. {fix}"
+            for name, count in uncomposed.items() if count]
 
 
 def wanted_phrases(sources: Sequence[str], constraints: bool, glossary: Optional[Glossary]) -> list[list[str]]:

@@ -31,7 +31,7 @@ from seq2seq_cli.data import ParallelCorpus, TokenBatches, filter_pairs, read_sp
 from seq2seq_cli.device import select_device
 from seq2seq_cli.distributed import World, barrier, join, leave
 from seq2seq_cli.errors import UserError
-from seq2seq_cli.evaluation import run_bleu_tokenizer
+from seq2seq_cli.evaluation import composition_warnings, run_bleu_tokenizer
 from seq2seq_cli.files import atomic_write_text, remedy, save_atomically
 from seq2seq_cli.metrics import read_metrics, truncate_metrics
 from seq2seq_cli.model import Seq2Seq, build_model, load_bert_embeddings
@@ -138,6 +138,7 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
     # A resumed run has its own weights: the parent matters only to a fresh start.
     parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
+    _warn_of_uncomposed_references(config, texts)
     if world.is_main:
         run.lock()
     try:
@@ -254,6 +255,17 @@ def _same_bleu(config: Config, state: TrainingState, run: RunDir) -> Config:
                         f"sacreBLEU's {measured_with} tokenizer, and {config.training.bleu_tokenize} scores "
                         f"differently; drop training.bleu_tokenize={config.training.bleu_tokenize} or start a new run")
     return dataclasses.replace(config, training=dataclasses.replace(config.training, bleu_tokenize=measured_with))
+
+
+def _warn_of_uncomposed_references(config: Config, texts: _Texts) -> None:
+    """Dev and test BLEU compare the model's translations, written composed, with references
+    as written: a reference file with accents as combining marks scores low for no fault of
+    the model (``evaluation.composition_warnings``)."""
+    for split, pair in (("dev", texts.dev), ("test", texts.test)):
+        if pair is not None:
+            references = f"the {split} references {split_files(config.data, split)[1]}"
+            for warning in composition_warnings([(references, pair[1]), ("the translations", [])]):
+                log.warning(warning)
 
 
 def _read_texts(config: Config) -> _Texts:

@@ -171,6 +171,24 @@ def test_dev_bleu_is_the_score_evaluate_gives_the_best_weights(tmp_path, learned
     assert (report["bleu"]["score"], report["chrf"]["score"]) == (valid["dev_bleu"], valid["dev_chrf"])
 
 
+def test_dev_references_with_accents_as_combining_marks_are_named_before_training(tmp_path, caplog):
+    """The model writes composed text (the tokenizer reads it so) and dev BLEU compares it with
+    the references as written: references with accents as combining marks (macOS) would score
+    low all run long with no hint why. Training says so first, naming the file."""
+    import unicodedata
+
+    en, de = toy_lines("dev", 40)
+    decomposed = [unicodedata.normalize("NFD", line) for line in de]
+    dev_src, dev_tgt = write_corpus(tmp_path / "nfd", "dev", en, decomposed)
+    config = load_config(tiny_config(tmp_path, data={"dev_src": str(dev_src), "dev_tgt": str(dev_tgt)},
+                                     training={"max_steps": 1, "validate_every": 0}))
+    with caplog.at_level("WARNING", logger="seq2seq_cli"):
+        train(config)
+    count = sum(a != b for a, b in zip(de, decomposed))
+    assert count > 10 and any(f"the dev references {dev_tgt}: {count} lines write accents as combining marks"
+                              in record.getMessage() for record in caplog.records), caplog.text
+
+
 def test_dev_loss_leaves_out_only_lines_no_sentence_is_as_long_as(tmp_path, caplog):
     """Dev pairs over 1,024 tokens (a document without newlines), whose ids may be cut short,
     change dev BLEU but not dev loss; every other pair counts, longer than data.max_len or not."""
