@@ -138,8 +138,8 @@ def build_trainer(config: Config, overwrite: bool = False, resume: bool = False)
     # A resumed run has its own weights: the parent matters only to a fresh start.
     parent = _parent(config) if config.training.init_from and resume_from is None else None
     texts = _read_texts(config)
-    _warn_of_uncomposed_references(config, texts)
-    if world.is_main:
+    if world.is_main:  # the others log warnings too
+        _warn_of_uncomposed_references(config, texts)
         run.lock()
     try:
         if world.is_main:
