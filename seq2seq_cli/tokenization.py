@@ -199,15 +199,24 @@ def composing(backend: Tokenizer) -> Tokenizer:
     as given."""
     copy = Tokenizer.from_str(backend.to_str())
     steps = [normalizers.NFC()]
-    if isinstance(backend.model, models.WordPiece):
-        prefix = backend.model.continuing_subword_prefix
-        alphabet = set().union(*(piece.removeprefix(prefix) for piece in backend.get_vocab(with_added_tokens=False)))
+    alphabet = _wordpiece_alphabet(backend)
+    if alphabet is not None:
         steps += [normalizers.Replace(ligature, unicodedata.normalize("NFKD", ligature))
                   for ligature in LIGATURES if ligature not in alphabet]
     if backend.normalizer is not None:
         steps.append(backend.normalizer)
     copy.normalizer = normalizers.Sequence(steps)
     return copy
+
+
+def _wordpiece_alphabet(backend: Tokenizer) -> Optional[set[str]]:
+    """The characters of a WordPiece vocabulary's pieces (continuation prefix left off): a
+    character in none can be in no word it spells. None for other models (byte-level BPE),
+    which spell anything."""
+    if not isinstance(backend.model, models.WordPiece):
+        return None
+    prefix = backend.model.continuing_subword_prefix
+    return set().union(*(piece.removeprefix(prefix) for piece in backend.get_vocab(with_added_tokens=False)))
 
 
 class CharacterFolding:
@@ -223,14 +232,12 @@ class CharacterFolding:
     (byte-level BPE) spell anything and are left alone."""
 
     def __init__(self, backend: Tokenizer):
-        self.applies = isinstance(backend.model, models.WordPiece)
+        alphabet = _wordpiece_alphabet(backend)
+        self.applies = alphabet is not None
         if not self.applies:
             return
-        prefix = backend.model.continuing_subword_prefix
-        pieces = backend.get_vocab(with_added_tokens=False)
-        # A character in no piece can be in no spelled word: only such characters are folded,
-        # so a word the vocabulary can spell is never changed.
-        self._alphabet = set().union(*(piece.removeprefix(prefix) for piece in pieces))
+        # Only characters in no piece are folded, so a word the vocabulary can spell is never changed.
+        self._alphabet = alphabet
         self._normalizer = backend.normalizer
         # Lines with nothing outside the alphabet (almost all) are found by one regex search.
         self._outside = re.compile("[^%s\\s]" % "".join(map(re.escape, sorted(self._alphabet))))
