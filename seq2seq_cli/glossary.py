@@ -40,8 +40,8 @@ class Glossary:
     _capitalized_pattern: re.Pattern = field(init=False, repr=False)
 
     def __post_init__(self):
-        at_starts = {capitalized(term): term for term in self.terms if capitalized(term)}
-        at_starts = {written: term for written, term in at_starts.items() if written not in self.terms}
+        at_starts = {written: term for term in self.terms
+                     if (written := capitalized(term)) is not None and written not in self.terms}
         object.__setattr__(self, "_capitalized", at_starts)
         object.__setattr__(self, "_pattern", _longest_first(self.terms))
         object.__setattr__(self, "_capitalized_pattern", _longest_first(at_starts))
