@@ -476,6 +476,7 @@ def evaluate(
             raise UserError(f"--ref {reference_file} has {len(references)} lines but --ref {ref[0]} has "
                             f"{len(reference_sets[0])}; every reference file has one line per sentence")
     references = reference_sets[0]
+    named_references = [(f"--ref {path}", lines) for path, lines in zip(ref, reference_sets)]  # for warnings
     if not references:  # sacreBLEU has no score for no sentences
         raise UserError(f"--ref {ref[0]} is empty: there is nothing to score; give a file with one reference per line")
     sources = read_lines(src) if src is not None else None
@@ -491,8 +492,7 @@ def evaluate(
             if len(hypotheses) != len(references):
                 raise UserError(f"--hyp {path} has {len(hypotheses)} lines but {ref[0]} has {len(references)}; "
                                 "they must be line-aligned")
-        for warning in composition_warnings([*(("--ref " + str(path), lines) for path, lines in zip(ref, reference_sets)),
-                                             *(("--hyp " + name, lines) for name, lines in systems)]):
+        for warning in composition_warnings(named_references + [("--hyp " + name, lines) for name, lines in systems]):
             log.warning(warning)
         if len(systems) > 1:
             report = paired_report(systems, reference_sets, bleu, paired or "bs", paired_n)
@@ -515,8 +515,7 @@ def evaluate(
         with lines_progress(lambda: len(sources), interactive=False) as advance:  # the report comes after
             hypotheses, speed = translator.translate_lines(sources, advance)
         bleu = run_bleu_metric(translator.config, tokenize)  # the (first) run's
-        for warning in composition_warnings([*(("--ref " + str(path), lines) for path, lines in zip(ref, reference_sets)),
-                                             ("the translations", hypotheses)]):
+        for warning in composition_warnings(named_references + [("the translations", hypotheses)]):
             log.warning(warning)
     else:
         raise UserError("give --hyp FILE, or --checkpoint RUN with --src FILE, to score against --ref")

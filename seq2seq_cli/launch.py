@@ -264,6 +264,7 @@ def _warn_of_uncomposed_references(config: Config, texts: _Texts) -> None:
     for split, pair in (("dev", texts.dev), ("test", texts.test)):
         if pair is not None:
             references = f"the {split} references {split_files(config.data, split)[1]}"
+            # The translations are composed: an empty text stands for them.
             for warning in composition_warnings([(references, pair[1]), ("the translations", [])]):
                 log.warning(warning)
 
