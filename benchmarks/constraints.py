@@ -31,10 +31,13 @@ def words(text: str) -> list[str]:
     return [word.strip(string.punctuation + "„“”‚‘’") for word in text.split()]
 
 
-def missing_words(translation: str, reference: str, spells) -> list[str]:
-    """The reference's words of 4 letters or more that the translation lacks, longest first."""
+def missing_words(translation: str, reference: str, tokenizers) -> list[str]:
+    """The reference's words of 4 letters or more that the translation lacks and the target
+    vocabulary spells, longest first."""
     have = set(words(translation))
-    found = [w for w in dict.fromkeys(words(reference)) if len(w) >= 4 and w.isalpha() and w not in have and spells(w)]
+    unknown = tokenizers.tgt_unk_id
+    found = [w for w in dict.fromkeys(words(reference)) if len(w) >= 4 and w.isalpha() and w not in have
+             and unknown not in tokenizers.encode_tgt([w])[0]]
     return sorted(found, key=len, reverse=True)
 
 
@@ -48,16 +51,11 @@ def main() -> None:
     args = parser.parse_args()
     sources, references = read_lines(args.src), read_lines(args.ref)
     translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
-    unknown = translator.tokenizers.tgt_unk_id
-
-    def spells(word: str) -> bool:
-        return unknown not in translator.tokenizers.encode_tgt([word])[0]
-
     started = time.perf_counter()
     plain = translator.translate(sources)
     rows = [{"variant": f"plain beam {args.beam_size}", "lines": 0, "held": 0, "seconds": time.perf_counter() - started,
              **scores(plain, references)}]
-    missing = [missing_words(t, r, spells) for t, r in zip(plain, references)]
+    missing = [missing_words(t, r, translator.tokenizers) for t, r in zip(plain, references)]
     constrained = translator.with_settings(constraints=True)
     for count in (1, 2):
         phrases = [found[:count] if len(found) >= count else [] for found in missing]

@@ -42,10 +42,9 @@ def main() -> None:
     translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
     phrases = [[] for _ in sources]
     if args.constrained_words:
-        unknown = translator.tokenizers.tgt_unk_id
         plain = translator.translate(sources)
-        phrases = [missing_words(translation, reference, lambda w: unknown not in translator.tokenizers.encode_tgt([w])[0])
-                   [:args.constrained_words] for translation, reference in zip(plain, read_lines(args.ref))]
+        phrases = [missing_words(translation, reference, translator.tokenizers)[:args.constrained_words]
+                   for translation, reference in zip(plain, read_lines(args.ref))]
         sources = ["\t".join([source, *wanted]) for source, wanted in zip(sources, phrases)]
         translator = translator.with_settings(constraints=True)
 
