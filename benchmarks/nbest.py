@@ -11,6 +11,10 @@ holding a text more than once, the texts they repeat, and the lists whose first 
 the 1-best translation. With ``--ref`` and ``--constrained-words N``, each line is translated
 under constraints (``--constraints``): the N longest reference words the plain translation
 lacks, as ``constraints.py`` picks them; then also the lists with an entry that lacks a phrase.
+With ``--per-line N``, N consecutive sentences go to a line, translated with
+``--split-sentences`` (as ``s2s serve`` translates a text): a line's list is made from its
+sentences' lists; then also, over the entries after the first, how many of a line's sentences
+they change and how far their score is below the first's.
 Run it with ``PYTHONPATH`` at another checkout to compare.
 """
 
@@ -27,6 +31,16 @@ from seq2seq_cli.data import read_lines
 from seq2seq_cli.translation import Translator
 
 
+def sentences_of(tokens: list[int], separator: int) -> list[tuple[int, ...]]:
+    """A split line's translation cut back into its sentences' translations."""
+    sentences, start = [], 0
+    for end, token in enumerate([*tokens, separator]):
+        if token == separator:
+            sentences.append(tuple(tokens[start:end]))
+            start = end + 1
+    return sentences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -36,10 +50,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes of each; the fastest counts")
     parser.add_argument("--ref", type=Path, help="the references the constrained words are taken from")
     parser.add_argument("--constrained-words", type=int, default=0)
+    parser.add_argument("--per-line", type=int, default=1, help="sentences to a line, translated split")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sources = read_lines(args.src)
     translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
+    if args.per_line > 1:
+        if args.constrained_words:
+            parser.error("--per-line does not go with --constrained-words (--constraints translates lines whole)")
+        sentences = sources
+        sources = [" ".join(sentences[start:start + args.per_line]) for start in range(0, len(sentences), args.per_line)]
+        translator = translator.with_settings(split_sentences=True)
     phrases = [[] for _ in sources]
     if args.constrained_words:
         plain = translator.translate(sources)
@@ -66,6 +87,17 @@ def main() -> None:
         "repeated_texts": sum(len(t) - len(set(t)) for t in texts),
         "first_not_the_one_best": sum(t[0] != best for t, best in zip(texts, one_best)),
     }
+    if args.per_line > 1:  # what the alternatives change: whole sentences of the line's 1-best
+        eos = translator.tokenizers.eos_id  # which stands between a line's sentences in its tokens
+        changed, below = [], []
+        for hypotheses in translator.translate_raw([line.encode("utf-8") for line in sources], args.nbest)[1]:
+            first = sentences_of(hypotheses[0].tokens, eos)
+            for hypothesis in hypotheses[1:]:
+                changed.append(sum(a != b for a, b in zip(first, sentences_of(hypothesis.tokens, eos))))
+                below.append(hypotheses[0].score - hypothesis.score)
+        result["sentences_per_line"] = args.per_line
+        result["alternatives_sentences_changed_mean"] = round(sum(changed) / len(changed), 2)
+        result["alternatives_score_below_first_mean"] = round(sum(below) / len(below), 3)
     if args.constrained_words:
         result["constrained_lines"] = sum(1 for wanted in phrases if wanted)
         result["lists_with_an_entry_lacking_a_phrase"] = sum(

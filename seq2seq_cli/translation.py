@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import heapq
 import io
 import itertools
 import logging
@@ -149,11 +151,13 @@ class _Lines:
 
 
 def _join_sentences(sources: list[list[int]], results: list[list[Hypothesis]], counts: list[int],
-                    separator: int) -> tuple[list[list[int]], list[list[Hypothesis]]]:
-    """Each line's sentences put back together: their source ids, and their hypotheses rank by
-    rank (the line's best is every sentence's best), ``separator`` ([SEP]) between sentences.
-    Scores and log-probabilities add up; attention is block-diagonal, each sentence's
-    translation attending to its own source."""
+                    separator: int, combine: Callable[[list[list[Hypothesis]]], list[tuple[Hypothesis, ...]]]
+                    ) -> tuple[list[list[int]], list[list[Hypothesis]]]:
+    """Each line's sentences put back together: their source ids, and the hypotheses
+    ``combine`` makes of theirs, one from each sentence (``_best_combinations``, or
+    ``_rank_by_rank`` for samples), ``separator`` ([SEP]) between sentences. Scores and
+    log-probabilities add up; attention is block-diagonal, each sentence's translation
+    attending to its own source."""
     line_sources, line_results, start = [], [], 0
     for count in counts:
         parts, part_results = sources[start:start + count], results[start:start + count]
@@ -164,11 +168,56 @@ def _join_sentences(sources: list[list[int]], results: list[list[Hypothesis]], c
             continue
         line_sources.append(_joined(parts, separator))
         line_results.append([
-            Hypothesis(_joined([h.tokens for h in ranked], separator), sum(h.score for h in ranked),
-                       sum(h.log_prob for h in ranked),
-                       None if ranked[0].attention is None else torch.block_diag(*(h.attention for h in ranked)))
-            for ranked in zip(*part_results)])
+            Hypothesis(_joined([h.tokens for h in choice], separator), sum(h.score for h in choice),
+                       sum(h.log_prob for h in choice),
+                       None if choice[0].attention is None else torch.block_diag(*(h.attention for h in choice)))
+            for choice in combine(part_results)])
     return line_sources, line_results
+
+
+def _rank_by_rank(part_results: list[list[Hypothesis]]) -> list[tuple[Hypothesis, ...]]:
+    """The k-th of a line is every sentence's k-th: for samples, drawn sentence by sentence."""
+    return list(zip(*part_results))
+
+
+def _best_combinations(part_results: list[list[Hypothesis]], count: int, text: Callable[[list[int]], str]
+                       ) -> list[tuple[Hypothesis, ...]]:
+    """The ``count`` best translations of a line made from its sentences' n-best lists, one
+    hypothesis from each, by the sum of their scores: first every sentence's first (its 1-best,
+    which under constraints may score below its second), then the others best first, so the
+    second mostly differs from the first in one sentence, as the n-best list of the line read
+    whole would. Each prints a different text (``text`` tells a sentence's hypotheses apart);
+    where fewer differ than asked for, repeats fill the list, as they do a sentence's own."""
+    first = tuple(hypotheses[0] for hypotheses in part_results)
+    if count == 1:
+        return [first]
+    spelled = {id(h): text(h.tokens) for hypotheses in part_results for h in hypotheses}
+    ranked = []  # each sentence's hypotheses best first, one per text
+    for hypotheses in part_results:
+        by_text: dict[str, Hypothesis] = {}
+        for h in sorted(hypotheses, key=lambda h: -h.score):
+            by_text.setdefault(spelled[id(h)], h)
+        ranked.append(list(by_text.values()))
+    first_texts = tuple(spelled[id(h)] for h in first)
+    # A frontier search from the best of each sentence: a choice is its departures from those,
+    # (sentence, rank) pairs, and its successors each take one sentence's next hypothesis.
+    chosen = [first]
+    frontier, reached = [(-sum(hypotheses[0].score for hypotheses in ranked), ())], {()}
+    while frontier and len(chosen) < count:
+        negative_score, departures = heapq.heappop(frontier)
+        taken = dict(departures)
+        choice = tuple(hypotheses[taken.get(position, 0)] for position, hypotheses in enumerate(ranked))
+        if tuple(spelled[id(h)] for h in choice) != first_texts:
+            chosen.append(choice)
+        for position, hypotheses in enumerate(ranked):
+            rank = taken.get(position, 0)
+            if rank + 1 < len(hypotheses):
+                following = tuple(sorted({**taken, position: rank + 1}.items()))
+                if following not in reached:
+                    reached.add(following)
+                    heapq.heappush(frontier, (negative_score + hypotheses[rank].score - hypotheses[rank + 1].score,
+                                              following))
+    return chosen + list(zip(*part_results))[1:][:count - len(chosen)]
 
 
 def _joined(parts: list[list[int]], separator: int) -> list[int]:
@@ -638,7 +687,9 @@ class Translator:
         if constraints is not None:
             self._name_unmet_phrases(constraints, results, line_numbers)
         if split:
-            sources, results = _join_sentences(sources, results, counts, self.tokenizers.eos_id)
+            combine = _rank_by_rank if self.sampling is not None else functools.partial(
+                _best_combinations, count=nbest, text=self.tokenizers.tgt_text)
+            sources, results = _join_sentences(sources, results, counts, self.tokenizers.eos_id, combine)
             if renderings is not None:  # a line's phrases are its sentences'
                 starts = list(itertools.accumulate(counts, initial=0))
                 renderings = [sum(renderings[start:end], []) for start, end in zip(starts, starts[1:])]

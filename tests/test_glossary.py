@@ -80,6 +80,14 @@ def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_t
     joined = split.translate(lines)
     assert joined == [" ".join(pair) for pair in zip(with_terms.translate(english[::2]),
                                                        with_terms.translate(english[1::2]))]
+    # A line's n-best list begins with its translation, though under constraints a sentence's
+    # second may score above its first; then come other texts, each with its sentences' terms.
+    split_nbest = split.translate_nbest(lines, 3)
+    assert [candidates[0].text for candidates in split_nbest] == joined
+    assert all(len({candidate.text for candidate in candidates}) == 3 for candidates in split_nbest)
+    for line, candidates in zip(lines, split_nbest):
+        wanted = [target for source, target in glossary.items() if held_in(line, source)]
+        assert all(held_in(candidate.text, term) for candidate in candidates for term in wanted), (line, candidates)
     found = untouched = capitalized = 0
     for sentence, translated, alone, nbest in zip(english, with_terms.translate(english), plain.translate(english),
                                                   with_terms.with_settings(nbest=3).translate_nbest(english)):

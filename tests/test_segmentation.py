@@ -2,6 +2,8 @@
 translated sentence by sentence, and its translation is exactly its sentences' translations
 joined, whatever the search, the sampling seed's numbering or the batches."""
 
+import itertools
+
 import pytest
 import sacrebleu
 import torch
@@ -47,18 +49,27 @@ def test_a_paragraph_translates_as_its_sentences_joined(learned_toy_run):
         expected.append(" ".join(alone[start:start + len(group)]))
         start += len(group)
     assert split.translate(lines) == expected
-    # Beam search's n-best lists: the k-th candidate of a line joins its sentences' k-th, and
-    # its scores are theirs added up.
+    # Beam search's n-best lists: a line's are the best ways of taking one translation from
+    # each of its sentences' lists (searched through all of them here), the 1-best first, then
+    # by their scores added up; before, the k-th joined every sentence's k-th, so the second
+    # changed every sentence for a worse one.
     beam, beam_split = (translator.with_settings(beam_size=3) for translator in (whole, split))
-    alone_nbest = beam.translate_nbest(sentences, 2)
-    start = 0
-    for line, group, candidates in zip(lines, groups, beam_split.translate_nbest(lines, 2)):
+    alone_nbest = beam.translate_nbest(sentences, 3)
+    start, changed = 0, []
+    for group, candidates in zip(groups, beam_split.translate_nbest(lines, 3)):
         parts = alone_nbest[start:start + len(group)]
         start += len(group)
-        for rank, candidate in enumerate(candidates):
-            assert candidate.text == " ".join(part[rank].text for part in parts)
-            assert candidate.log_prob == pytest.approx(sum(part[rank].log_prob for part in parts), abs=1e-4)
-            assert candidate.score == pytest.approx(sum(part[rank].score for part in parts), abs=1e-4)
+        best = tuple(part[0] for part in parts)
+        others = sorted((choice for choice in itertools.product(*parts) if choice != best),
+                        key=lambda choice: -sum(t.score for t in choice))
+        for candidate, choice in zip(candidates, [best, *others], strict=False):
+            assert candidate.text == " ".join(t.text for t in choice)
+            assert candidate.log_prob == pytest.approx(sum(t.log_prob for t in choice), abs=1e-4)
+            assert candidate.score == pytest.approx(sum(t.score for t in choice), abs=1e-4)
+        assert len(candidates) == 3
+        if len(group) > 1:
+            changed.append(sum(a != b for a, b in zip(candidates[0].text.split(), candidates[1].text.split())))
+    assert changed and sorted(changed)[len(changed) // 2] <= 3  # the second is the first with a word or two changed
     # What it is for: on paragraphs the model (trained on single sentences) translates far
     # better one sentence at a time.
     joined_references = paragraphs(toy_lines("test", 30)[1])[0]
