@@ -690,7 +690,9 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
                   precision: str = "auto", graphs: Optional["SearchGraphs"] = None,
                   sampling: Optional[Sampling] = None, first_index: int = 0,
                   progress: Optional[Callable[[int], object]] = None,
-                  constraints: Optional[Sequence[Constraints]] = None) -> list[list[Hypothesis]]:
+                  constraints: Optional[Sequence[Constraints]] = None,
+                  placing: Optional[Callable[[list[int], list[Hypothesis]], list[Optional[Hypothesis]]]] = None
+                  ) -> list[list[Hypothesis]]:
     """Translate token-id sources (no special tokens): ``nbest`` hypotheses each, in input order,
     searched as ``decoding`` says (beam size, length penalty and limits, batch size), computing
     in ``precision`` (see ``seq2seq_cli.precision``: auto is bf16 autocast on CUDA, fp32 on the CPU).
@@ -706,6 +708,10 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     raised by their tokens and the beam widened as they need (``constrained_beam_width``); a
     batch holds sentences of one width, so that a translation never depends on its neighbours.
     A sentence whose plain beam search translations hold its phrases already keeps them.
+    ``placing``, given sources' indices and their plain 1-bests, may give each translation with
+    phrases put in place of words of its own (a glossary's terms, ``Translator``): where that
+    holds every phrase it is the translation, the first of an n-best list, and a 1-best is not
+    searched for under constraints. It is called in the search's thread, under its autocast.
 
     An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
     without a search: training never shows the model one (empty pairs are dropped).
@@ -773,13 +779,24 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
         lacking = short(range(len(chunk)))
         if not lacking:
             return kept
+        placed: dict[int, Hypothesis] = {}
+        if placing is not None:
+            for position, found in zip(lacking, placing([chunk[p] for p in lacking], [plain[p][0] for p in lacking])):
+                if found is not None and _holds_all(found, constraints[chunk[position]]):
+                    placed[position] = found
+            if nbest == 1:
+                for position, found in placed.items():
+                    kept[position] = [found]
+                lacking = [position for position in lacking if position not in placed]
+                if not lacking:
+                    return kept
         # Beams shared out over banks leave fewer to the words before a phrase, so a plain
         # translation that holds the phrases (a lower entry of the K) can score better than any
         # found under constraints: the better of both is kept.
         for position, found in zip(lacking, searched(lacking, widths[chunk[lacking[0]]])):
             sentence, best_plain = constraints[chunk[position]], plain[position][0]
-            kept[position] = _best_holding(found + plain[position], sentence, nbest, ids.text,
-                                           best_plain if _holds_all(best_plain, sentence) else None)
+            kept[position] = _best_holding(found + plain[position], sentence, nbest, ids.text, placed.get(
+                position, best_plain if _holds_all(best_plain, sentence) else None))
         # Lists still short of translations that hold the phrases are searched with nbest beams a
         # bank (more than the two a bank that a list of two has had already), their first kept.
         if nbest > 2:
@@ -817,7 +834,9 @@ def translate_corpus(model: Seq2Seq | Ensemble, tokenizers: Tokenizers, sources:
                      keep_attention: bool = False, precision: str = "auto",
                      graphs: Optional["SearchGraphs"] = None, sampling: Optional[Sampling] = None,
                      first_index: int = 0, progress: Optional[Callable[[int], object]] = None,
-                     constraints: Optional[Sequence[Constraints]] = None) -> list[list[Hypothesis]]:
+                     constraints: Optional[Sequence[Constraints]] = None,
+                     placing: Optional[Callable[[list[int], list[Hypothesis]], list[Optional[Hypothesis]]]] = None
+                     ) -> list[list[Hypothesis]]:
     """``translate_ids`` with the tokenizers' special ids."""
     return translate_ids(model, sources, SpecialIds.of(tokenizers), device, decoding, nbest, keep_attention, precision,
-                         graphs, sampling, first_index, progress, constraints)
+                         graphs, sampling, first_index, progress, constraints, placing)

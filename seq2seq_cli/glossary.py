@@ -95,13 +95,18 @@ class Glossary:
     def targets(self, text: str) -> list[str]:
         """The target terms of the source terms ``text`` holds, in the order they first occur,
         each once."""
+        return list(dict.fromkeys(target for _, target in self.found(text)))
+
+    def found(self, text: str) -> list[tuple[str, str]]:
+        """Each source term ``text`` holds, as written there (composed), and its target term, in
+        the order they occur."""
         text = _composed(text)
         # Terms capitalized where a sentence begins are looked for there only (a few places per
         # text: one alternation tried everywhere with them took 8 times as long).
         at_starts = [] if not self._capitalized else [
             self._capitalized_pattern.match(text, start.start()) for start in SENTENCE_STARTS.finditer(text)]
         capitalized = [match for match in at_starts if match is not None]  # in order
-        found: list[str] = []
+        found: list[tuple[str, str]] = []
         position = 0
         while True:  # the leftmost match of either kind, the longer where both start at one place
             match = self._pattern.search(text, position)
@@ -109,13 +114,13 @@ class Glossary:
             if capitalized and (match is None or (capitalized[0].start(), -capitalized[0].end())
                                 < (match.start(), -match.end())):
                 match = capitalized[0]
-                found.append(self._capitalized[match.group()])
+                found.append((match.group(), self.terms[self._capitalized[match.group()]]))
             elif match is not None:
-                found.append(match.group())
+                found.append((match.group(), self.terms[match.group()]))
             else:
                 break
             position = match.end()
-        return list(dict.fromkeys(self.terms[term] for term in found))
+        return found
 
     def added_to(self, phrases: list[str], text: str) -> list[str]:
         """``phrases`` (a line's own, ``--constraints``), then the target terms of the source

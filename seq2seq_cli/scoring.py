@@ -71,6 +71,20 @@ def score_ids_with_attention(model: Seq2Seq | Ensemble, sources: Sequence[Sequen
     return _score(model, sources, targets, ids, device, batch_size, precision, progress, keep_attention=True)
 
 
+def score_batch(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                ids: SpecialIds, device: torch.device, keep_attention: bool = False
+                ) -> tuple[list[list[float]], Optional[torch.Tensor]]:
+    """``score_ids`` of pairs scored as one batch on this thread, in its autocast, and the
+    batch's attention (B, target tokens + 1, source tokens + 1) where kept."""
+    src_ids, src_lengths = pad_sources(sources, ids.pad, ids.eos)
+    tgt_out, _ = pad_sources(targets, ids.pad, ids.eos)  # y1 .. yn [SEP], padded
+    # [CLS] y1 .. yn: a shorter row's [SEP] and padding are read only where no score is kept
+    tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], ids.bos), tgt_out[:, :-1]], dim=1)
+    scores, attention = token_log_probs(model, src_ids.to(device), src_lengths, tgt_in.to(device),
+                                        tgt_out.to(device), ids, keep_attention)
+    return [row[: len(target) + 1] for target, row in zip(targets, scores.double().tolist())], attention
+
+
 def _score(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
            ids: SpecialIds, device: torch.device, batch_size: int, precision: str,
            progress: Optional[Callable[[int], object]], keep_attention: bool
@@ -79,14 +93,9 @@ def _score(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], targets:
         raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
 
     def score(chunk: list[int]) -> list[tuple[list[float], Optional[torch.Tensor]]]:
-        src_ids, src_lengths = pad_sources([sources[i] for i in chunk], ids.pad, ids.eos)
-        tgt_out, _ = pad_sources([targets[i] for i in chunk], ids.pad, ids.eos)  # y1 .. yn [SEP], padded
-        # [CLS] y1 .. yn: a shorter row's [SEP] and padding are read only where no score is kept
-        tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], ids.bos), tgt_out[:, :-1]], dim=1)
         with autocast(device, precision):  # per thread: autocast is a thread's own state
-            scores, attention = token_log_probs(model, src_ids.to(device), src_lengths, tgt_in.to(device),
-                                                tgt_out.to(device), ids, keep_attention)
-        rows = [row[: len(targets[i]) + 1] for i, row in zip(chunk, scores.double().tolist())]
+            rows, attention = score_batch(model, [sources[i] for i in chunk], [targets[i] for i in chunk], ids,
+                                          device, keep_attention)
         if not keep_attention:
             return [(row, None) for row in rows]
         return [(row, weights[: len(targets[i]) + 1, : len(sources[i]) + 1].cpu())

@@ -309,12 +309,12 @@ class Tokenizers:
     def tgt_word_continuations(self) -> frozenset[int]:
         """The target pieces that go on a word, a letter or digit after the WordPiece prefix
         ("##en", not "##."): none for a vocabulary without such pieces (byte-level BPE)."""
-        model = self.tgt.backend_tokenizer.model
-        if not isinstance(model, models.WordPiece):
-            return frozenset()
-        prefix = model.continuing_subword_prefix
-        return frozenset(token for piece, token in self.tgt.backend_tokenizer.get_vocab(with_added_tokens=False).items()
-                         if piece.startswith(prefix) and piece[len(prefix):len(prefix) + 1].isalnum())
+        return _word_continuations(self.tgt)
+
+    @cached_property
+    def src_word_continuations(self) -> frozenset[int]:
+        """The source pieces that go on a word (``tgt_word_continuations``)."""
+        return _word_continuations(self.src)
 
     @property
     def src_size(self) -> int:
@@ -469,6 +469,15 @@ def _load_saved(folder: Path):
     except Exception:  # not one of ours, or damaged: the full loader says what is wrong
         pass
     return load_pretrained(folder)
+
+
+def _word_continuations(tokenizer) -> frozenset[int]:
+    model = tokenizer.backend_tokenizer.model
+    if not isinstance(model, models.WordPiece):
+        return frozenset()
+    prefix = model.continuing_subword_prefix
+    return frozenset(token for piece, token in tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False).items()
+                     if piece.startswith(prefix) and piece[len(prefix):len(prefix) + 1].isalnum())
 
 
 def _unk_id(tokenizer) -> Optional[int]:

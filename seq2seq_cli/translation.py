@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import select
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,10 @@ import torch
 from seq2seq_cli.alignment import WordIndices, format_alignment, word_alignment, word_attention, words_of_sentences
 from seq2seq_cli.checkpoint import load_model
 from seq2seq_cli.config import Config, DecodingConfig, check_decoding_settings, language_pair
-from seq2seq_cli.constraints import (TRAILING_PUNCTUATION, Constraints, as_written, capitalized, split_line,
+from seq2seq_cli.constraints import (TRAILING_PUNCTUATION, Constraints, as_written, capitalized, held_in, split_line,
                                      ways_of_writing)
 from seq2seq_cli.copying import Copied, UnknownSpan, copy_unknown, unknown_spans
-from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, translate_corpus
+from seq2seq_cli.decoding import Ensemble, Hypothesis, Sampling, SpecialIds, gnmt_penalty, translate_corpus
 from seq2seq_cli.device import decoding_threads, map_in_order, select_device
 from seq2seq_cli.documents import Rendering, has_inline_markup, html_pieces, reassemble, relabel_languages, runs
 from seq2seq_cli.errors import UserError
@@ -46,7 +47,7 @@ from seq2seq_cli.glossary import Glossary
 from seq2seq_cli.model import Seq2Seq
 from seq2seq_cli.office import OFFICE_FORMATS, OfficeDocument
 from seq2seq_cli.precision import check_decoding_format, for_decoding, resolve
-from seq2seq_cli.scoring import NBEST_SEPARATOR, score_ids, score_ids_with_attention
+from seq2seq_cli.scoring import NBEST_SEPARATOR, score_batch, score_ids, score_ids_with_attention
 from seq2seq_cli.search_graphs import SearchGraphs
 from seq2seq_cli.segmentation import fit_sentences, sentence_joiner, split_sentences
 from seq2seq_cli.tokenization import Tokenizers, line_head
@@ -139,6 +140,78 @@ class Score:
 
 
 @dataclass
+class _Placing:
+    """A translation taking a glossary's target terms in place of the model's own words for
+    their source terms, a term at a time (``Translator._with_terms_placed``)."""
+
+    source: list[int]
+    tokens: list[int]  # the translation, with the terms put in so far
+    missing: list[tuple[str, str]]  # (source term as written, target term) still to put in
+    taken: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # the token spans of those put in
+
+    def without_term(self, tokenizers: Tokenizers) -> tuple[list[int], int]:
+        """The source without the next source term wherever it stands as whole words, and how
+        many times it stands there (a whole word reads as the same pieces alone as in its
+        sentence)."""
+        term, goes_on = tokenizers.encode_src([self.missing[0][0]])[0], tokenizers.src_word_continuations
+        starts = [start for start in range(len(self.source) - len(term) + 1)
+                  if term and self.source[start:start + len(term)] == term
+                  and (start + len(term) == len(self.source) or self.source[start + len(term)] not in goes_on)]
+        places = {at for start in starts for at in range(start, start + len(term))}
+        return [token for at, token in enumerate(self.source) if at not in places], len(starts)
+
+    def put_in(self, with_term: list[float], without_term: list[float], times: int,
+               own_words: tuple[frozenset[str], ...], tokenizers: Tokenizers) -> bool:
+        """Put the next target term in place of the model's own word for its source term: of the
+        translation's words that the model writes for the term alone (``own_words``: those of
+        its 1-best, then of the others, lower case), the one whose log-probability falls
+        furthest without the term in the source (``with_term``, ``without_term``: each token's
+        log-probability), by half a nat at least, a word of the 1-best first ("bicycle" before
+        the "riding" of "Bicycle riding."); where the term stands ``times`` in the source, up to
+        as many of those words that are that same word. Punctuation at a word's ends stays.
+        False where there is none, or it holds a term put in already."""
+        falls = [a - b for a, b in zip(with_term[:len(self.tokens)], without_term)]
+        candidates = []  # (-tier, fall, start, end, word)
+        for start, end in _word_spans(self.tokens, tokenizers.tgt_word_continuations):
+            (word,) = tokenizers.decode_tgt([self.tokens[start:end]])
+            tiers = [tier for tier, words in enumerate(own_words) if _bare(word) in words]
+            if tiers and max(falls[start:end]) >= 0.5:
+                candidates.append((-tiers[0], max(falls[start:end]), start, end, word))
+        if not candidates:
+            return False
+        best, *others = sorted(candidates, key=lambda candidate: candidate[:2], reverse=True)
+        chosen = [best] + [other for other in others if _bare(other[4]) == _bare(best[4])][:times - 1]
+        if any(start < taken_end and taken_start < end for _, _, start, end, _ in chosen
+               for taken_start, taken_end in self.taken):
+            return False
+        target_term = self.missing.pop(0)[1]
+        for _, _, start, end, word in sorted(chosen, key=lambda candidate: -candidate[2]):  # the last first
+            bare = word.strip(_WORD_END_PUNCTUATION) or word
+            before, after = word[:word.index(bare)], word[word.index(bare) + len(bare):]
+            written = before + ((capitalized(target_term) or target_term) if start == 0 else target_term) + after
+            term_ids = tokenizers.encode_tgt([written])[0]
+            self.tokens[start:end] = term_ids
+            shift = len(term_ids) - (end - start)
+            self.taken = [(a + shift, b + shift) if a >= end else (a, b) for a, b in self.taken]
+            self.taken.append((start, start + len(term_ids)))
+        return True
+
+
+def _word_spans(tokens: list[int], continuation: frozenset[int]) -> list[tuple[int, int]]:
+    """The (start, end) of each whole word of ``tokens``, its pieces that go on it included."""
+    starts = [at for at, token in enumerate(tokens) if at == 0 or token not in continuation]
+    return list(zip(starts, starts[1:] + [len(tokens)]))
+
+
+_WORD_END_PUNCTUATION = string.punctuation + "«»„“”‘’¿¡"
+
+
+def _bare(word: str) -> str:
+    """A word without the punctuation at its ends, in lower case: as ``own_words`` hold them."""
+    return word.strip(_WORD_END_PUNCTUATION).lower()
+
+
+@dataclass
 class _Lines:
     """Input lines read for one search, as what is searched for each: the line itself, or with
     sentence splitting its sentences."""
@@ -148,6 +221,8 @@ class _Lines:
     first_sentence: int  # the position of sentences[0][0] among all sentences read, for sampling seeds
     # With constraints or a glossary: the phrases each sentence's translation must hold.
     phrases: Optional[list[list[str]]] = None
+    # With a glossary: the source terms each sentence holds, as written there, and their target terms.
+    terms: Optional[list[list[tuple[str, str]]]] = None
 
 
 def _join_sentences(sources: list[list[int]], results: list[list[Hypothesis]], counts: list[int],
@@ -383,6 +458,9 @@ class Translator:
         self.sentences_read = 0
         self.unknown_word_lines = 0  # input lines with a word read as [UNK]: the first few are named
         self.glossary_terms = self.glossary_lines = 0  # target terms a glossary put in, and the lines they went to
+        # The words the model writes for a glossary's source terms alone, by term and search
+        # (``_own_words``): shared with the siblings of ``with_settings``, whose searches differ.
+        self._words_for_terms: dict[tuple, tuple[frozenset[str], frozenset[str]]] = {}
         # A source word read as [UNK] is copied into the translation (seq2seq_cli.copying).
         self.copy_unknown = True
         # Each line is a source, then tab-separated phrases its translation must hold
@@ -650,9 +728,10 @@ class Translator:
             per_line = [sum(next(added) for _ in line) for line in sentences]
             self.glossary_terms += sum(per_line)
             self.glossary_lines += sum(1 for count in per_line if count)
+            terms = [self.glossary.found(sentence) for sentence in flat]
         first_sentence = self.sentences_read
         self.sentences_read += sum(len(line) for line in sentences)
-        return _Lines(first_line, sentences, first_sentence, phrases)
+        return _Lines(first_line, sentences, first_sentence, phrases, terms if self.glossary is not None else None)
 
     def _fit(self, sentences: list[str], line_number: int) -> list[str]:
         """A line's sentences, one longer than the model's limit cut into pieces that fit (with
@@ -680,10 +759,16 @@ class Translator:
         copies = unknown is not None and any(unknown in source for source in sources)
         constraints, renderings = (None, None) if lines.phrases is None else self._encode_phrases(lines.phrases,
                                                                                                   line_numbers)
+        placing = None
+        if lines.terms is not None and any(lines.terms):
+            own_words = self._own_words({source for sentence in lines.terms for source, _ in sentence})
+            placing = functools.partial(self._with_terms_placed, sources, lines.terms, own_words,
+                                        self.keep_attention or copies)
         results = translate_corpus(self.model, self.tokenizers, sources, self.decoding, self.device, nbest,
                                    self.keep_attention or copies,  # a copy is placed by the attention
                                    self.precision, self._search_graphs(), self.sampling,
-                                   first_index=lines.first_sentence, progress=progress, constraints=constraints)
+                                   first_index=lines.first_sentence, progress=progress, constraints=constraints,
+                                   placing=placing)
         if constraints is not None:
             self._name_unmet_phrases(constraints, results, line_numbers)
         if split:
@@ -727,6 +812,68 @@ class Translator:
             encoded.append(Constraints(line, continuation, frozenset(opening)))
             renderings.append(rewritten)
         return encoded, renderings
+
+    def _own_words(self, terms: set[str]) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+        """The words (``_bare``) of the translations the model gives each source term alone: of
+        its 1-best, and of the rest of its beam's n-best. A translation of a sentence holding the
+        term may have them for it ("dog", "a" for "Hund")."""
+        search = (id(self.model), self.decoding.beam_size, self.decoding.length_penalty,
+                  self.decoding.max_length_ratio, self.decoding.max_length_offset)
+        new = sorted(term for term in terms if (term, search) not in self._words_for_terms)
+        if new:
+            found = translate_corpus(self.model, self.tokenizers, self.tokenizers.encode_src(new),
+                                     dataclasses.replace(self.decoding, no_repeat_ngram_size=0), self.device,
+                                     self.decoding.beam_size, precision=self.precision)
+            for term, hypotheses in zip(new, found):
+                first, *others = (frozenset(map(_bare, text.split()))
+                                  for text in self.tokenizers.decode_tgt([h.tokens for h in hypotheses]))
+                self._words_for_terms[term, search] = (first, frozenset().union(*others) - first)
+        return {term: self._words_for_terms[term, search] for term in terms}
+
+    def _with_terms_placed(self, sources: list[list[int]], terms: list[list[tuple[str, str]]],
+                           own_words: dict[str, tuple[frozenset[str], frozenset[str]]], attention: bool,
+                           indices: list[int], bests: list[Hypothesis]) -> list[Optional[Hypothesis]]:
+        """Sentences' plain 1-bests ``bests`` with each glossary target term they lack put in
+        place of the model's own word for the source term, as a glossary user means it: "The
+        brown pup is standing on the sand." where the search under constraints, free to put the
+        term anywhere, gave "The brown dog is standing on the sandy pup.". The model's word is
+        the word whose log-probability falls furthest, by a nat at least, when the source term
+        is taken out of the source ("dog", not the "A" before it). None where a term has no such
+        word, or two terms the same one: the search places those. The sentences are scored
+        together, a term of each at a time."""
+        ids = SpecialIds.of(self.tokenizers)
+        placing: dict[int, _Placing] = {}
+        for position, (index, best) in enumerate(zip(indices, bests)):
+            (text,) = self.tokenizers.decode_tgt([best.tokens])
+            missing = [pair for pair in dict.fromkeys(terms[index]) if not held_in(text, pair[1])]
+            if missing and best.tokens:
+                placing[position] = _Placing(sources[index], list(best.tokens), missing)
+        while pending := [position for position, sentence in placing.items() if sentence.missing]:
+            pairs = {position: placing[position].without_term(self.tokenizers) for position in pending}
+            for position in [position for position, (_, times) in pairs.items() if not times]:
+                del placing[position], pairs[position]  # the term is beyond the source's cut
+            if not pairs:
+                continue
+            rows = [(placing[position].source, without) for position, (without, _) in pairs.items()]
+            scored, _ = score_batch(self.model, [source for pair in rows for source in pair],
+                                    [placing[position].tokens for position in pairs for _ in range(2)], ids,
+                                    self.device)
+            for number, position in enumerate(pairs):
+                sentence = placing[position]
+                if not sentence.put_in(scored[2 * number], scored[2 * number + 1], pairs[position][1],
+                                       own_words[sentence.missing[0][0]], self.tokenizers):
+                    del placing[position]
+        results: list[Optional[Hypothesis]] = [None] * len(bests)
+        if placing:
+            scored, weights = score_batch(self.model, [sentence.source for sentence in placing.values()],
+                                          [sentence.tokens for sentence in placing.values()], ids, self.device,
+                                          attention)
+            for row, (position, sentence) in enumerate(placing.items()):
+                log_prob, length = sum(scored[row]), len(sentence.tokens) + 1  # [SEP] counted
+                results[position] = Hypothesis(
+                    sentence.tokens, log_prob / gnmt_penalty(length, self.decoding.length_penalty), log_prob,
+                    None if weights is None else weights[row, :length, :len(sentence.source) + 1].float().cpu())
+        return results
 
     def _ways_of_writing(self, phrase: str) -> tuple[list[list[int]], list[tuple[str, str]]]:
         """A phrase's ways of being written in target tokens (none where the vocabulary cannot

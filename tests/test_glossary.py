@@ -106,6 +106,26 @@ def test_each_sentence_gets_its_terms_and_the_others_stay_as_they_were(learned_t
     assert document.startswith("<p>") and held_in(document, "Telefon") and held_in(document, "die Schwester")
 
 
+def test_a_term_takes_the_place_of_the_word_the_model_writes_for_its_source_term(learned_toy_run):
+    """A house-style term ("doctor" always "Doktor", where the model writes "Arzt") replaces the
+    model's own word, every time the source term stands, the rest of the translation as it
+    was; before, the search put "Doktor" wherever it fitted and kept "Arzt" ("Der lange Arzt
+    ist traurig, weil ... Doktor ..."). The first of an n-best list is that translation, and a
+    sentence translates so among others of a line (``--split-sentences``)."""
+    english = [line for line in toy_lines("dev")[0] if re.search(r"\bdoctor\b", line)][:14]
+    english += ["The doctor sees the doctor.", "The old doctor knows that the doctor is tired."]
+    plain = Translator.load(learned_toy_run, device="cpu", beam_size=4)
+    house = plain.with_settings(glossary={"doctor": "Doktor"})
+    replaced = [re.sub(r"\bArzt\b", "Doktor", text) for text in plain.translate(english)]
+    twice = [text for text in replaced if len(re.findall(r"\bDoktor\b", text)) == 2]
+    translated = house.translate(english)
+    assert len(english) == 16 and twice and sum(map(str.__eq__, translated, replaced)) >= 14, (translated, replaced)
+    assert sum(held_in(text, "Arzt") for text in translated) <= 1  # where the model wrote "Arzt" twice for one
+    assert [candidates[0].text for candidates in house.translate_nbest(english, 3)] == translated
+    split = house.with_settings(split_sentences=True).translate([f"{a} {b}" for a, b in zip(english[::2], english[1::2])])
+    assert split == [f"{a} {b}" for a, b in zip(translated[::2], translated[1::2])]
+
+
 def test_s2s_translate_evaluate_and_their_errors_with_a_glossary(learned_toy_run, tmp_path):
     (tmp_path / "terms.tsv").write_text("bird\tTelefon\nsister\tMutter\n")
     english, german = toy_lines("dev", 20)
