@@ -825,7 +825,7 @@ class Translator:
                                      dataclasses.replace(self.decoding, no_repeat_ngram_size=0), self.device,
                                      self.decoding.beam_size, precision=self.precision)
             for term, hypotheses in zip(new, found):
-                first, *others = (frozenset(map(_bare, text.split()))
+                first, *others = (frozenset(filter(None, map(_bare, text.split())))  # no bare punctuation
                                   for text in self.tokenizers.decode_tgt([h.tokens for h in hypotheses]))
                 self._words_for_terms[term, search] = (first, frozenset().union(*others) - first)
         return {term: self._words_for_terms[term, search] for term in terms}
