@@ -4,7 +4,9 @@ A glossary is a text file of ``SOURCE TERM<TAB>TARGET TERM`` lines (blank lines 
 starting with ``#`` are skipped), or a ``.csv`` file of ``SOURCE TERM,TARGET TERM`` rows as
 DeepL and spreadsheets write them (a term holding a comma in double quotes). Every sentence
 that holds a source term, as written and as whole words, gets its target term as a
-constraint (``seq2seq_cli.constraints``): its translation holds that term at least once. A
+constraint (``seq2seq_cli.constraints``): its translation holds that term at least once, in
+place of the model's own word for the source term where the model has one
+(``Translator._with_terms_placed``), else where the constrained search puts it. A
 term written in lower case is also found with its first letter capitalized where a sentence
 begins ("dog" in "Dog owners ..."), as sentences are written, and a target term so written
 begins the translation capitalized where it begins it ("Kids are playing."). Where source
