@@ -151,11 +151,21 @@ class _Placing:
 
     def without_term(self, tokenizers: Tokenizers) -> tuple[list[int], int]:
         """The source without the next source term wherever it stands as whole words, and how
-        many times it stands there (a whole word reads as the same pieces alone as in its
-        sentence)."""
+        many times it stands there. A whole word reads as the same pieces alone as in its
+        sentence, but for punctuation that a vocabulary may join to it ("Hund," one piece)."""
         term, goes_on = tokenizers.encode_src([self.missing[0][0]])[0], tokenizers.src_word_continuations
-        starts = [start for start in range(len(self.source) - len(term) + 1)
-                  if term and self.source[start:start + len(term)] == term
+        term_pieces, pieces = (tokenizers.src.convert_ids_to_tokens(ids) for ids in (term, self.source))
+
+        def bare_ends(found: list[str]) -> list[str]:
+            """Pieces less the punctuation before the first and after the last."""
+            found = [found[0].lstrip(_WORD_END_PUNCTUATION), *found[1:]]
+            return found[:-1] + [found[-1].rstrip(_WORD_END_PUNCTUATION)]
+
+        def stands_at(start: int) -> bool:
+            return (self.source[start] not in goes_on
+                    and bare_ends(pieces[start:start + len(term)]) == bare_ends(term_pieces))
+
+        starts = [start for start in range(len(self.source) - len(term) + 1) if term and stands_at(start)
                   and (start + len(term) == len(self.source) or self.source[start + len(term)] not in goes_on)]
         places = {at for start in starts for at in range(start, start + len(term))}
         return [token for at, token in enumerate(self.source) if at not in places], len(starts)
