@@ -13,7 +13,9 @@ way the glossary asks (in a line whose source holds "Hund", the reference's "dog
 rewritten references, and the lines holding a term together with a word it stands for ("The
 brown dog is standing on the sandy pup."). For both: the terms held (``constraints.held_in``,
 as ``s2s evaluate --glossary`` counts them), BLEU of the whole set against the references as
-they are, and seconds. Run it with ``PYTHONPATH`` at another checkout to compare.
+they are, and seconds; then the same count over the entries of n-best lists as long as the
+beam (``--nbest``, ``alternatives`` in ``s2s serve``), and their seconds. Run it with
+``PYTHONPATH`` at another checkout to compare.
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ def measure(translator: Translator, name: str, glossary: dict, sources: list[str
                held_in(translations[i], target) and any(holds_word(translations[i], word) for word in words)
                for i, target, words in wanted),
            "bleu": round(sacrebleu.corpus_bleu(translations, [references]).score, 2), "seconds": round(seconds, 1)}
+    started = time.perf_counter()
+    lists = translator.with_settings(glossary=terms).translate_nbest(sources, translator.decoding.beam_size)
+    row["nbest_seconds"] = round(time.perf_counter() - started, 1)
+    row["nbest_entries_with_a_term_and_a_word_it_stands_for"] = sum(
+        held_in(candidate.text, target) and any(holds_word(candidate.text, word) for word in words)
+        for i, target, words in wanted for candidate in lists[i])
     if any(words for _, words in glossary.values()):
         rewritten = house_references(sources, references, glossary)
         ours, theirs = [translations[i] for i in lines], [rewritten[i] for i in lines]

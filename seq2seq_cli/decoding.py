@@ -708,10 +708,11 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
     raised by their tokens and the beam widened as they need (``constrained_beam_width``); a
     batch holds sentences of one width, so that a translation never depends on its neighbours.
     A sentence whose plain beam search translations hold its phrases already keeps them.
-    ``placing``, given sources' indices and their plain 1-bests, may give each translation with
-    phrases put in place of words of its own (a glossary's terms, ``Translator``): where that
-    holds every phrase it is the translation, the first of an n-best list, and a 1-best is not
-    searched for under constraints. It is called in the search's thread, under its autocast.
+    ``placing``, given sources' indices and plain translations of them, may give each
+    translation with phrases put in place of words of its own (a glossary's terms,
+    ``Translator``): where the 1-best so made holds every phrase it is the translation, the
+    first of an n-best list, which the plain n-best so made fill (searching under constraints
+    only where they are too few). It is called in the search's thread, under its autocast.
 
     An empty source (a blank line, or one the tokenizer reads as nothing) translates to nothing,
     without a search: training never shows the model one (empty pairs are dropped).
@@ -779,24 +780,34 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
         lacking = short(range(len(chunk)))
         if not lacking:
             return kept
-        placed: dict[int, Hypothesis] = {}
+        # Plain translations with the phrases put in (``placing``): the 1-best's so made is the
+        # first; a list of enough of them is the n-best list, without a search under constraints.
+        placed_first: dict[int, Hypothesis] = {}
+        placed: dict[int, list[Hypothesis]] = {}
         if placing is not None:
-            for position, found in zip(lacking, placing([chunk[p] for p in lacking], [plain[p][0] for p in lacking])):
+            tried = [(position, h) for position in lacking for h in plain[position][:1 if nbest == 1 else None]]
+            for (position, h), found in zip(tried, placing([chunk[p] for p, _ in tried], [h for _, h in tried])):
                 if found is not None and _holds_all(found, constraints[chunk[position]]):
-                    placed[position] = found
-            if nbest == 1:
-                for position, found in placed.items():
-                    kept[position] = [found]
-                lacking = [position for position in lacking if position not in placed]
-                if not lacking:
-                    return kept
+                    placed.setdefault(position, []).append(found)
+                    if h is plain[position][0]:
+                        placed_first[position] = found
+            settled = set()
+            for position, first in placed_first.items():
+                made = _best_holding(placed[position], constraints[chunk[position]], nbest, ids.text, first)
+                if len({tuple(h.tokens) if ids.text is None else ids.text(h.tokens) for h in made}) == nbest:
+                    kept[position] = made
+                    settled.add(position)
+            lacking = [position for position in lacking if position not in settled]
+            if not lacking:
+                return kept
         # Beams shared out over banks leave fewer to the words before a phrase, so a plain
         # translation that holds the phrases (a lower entry of the K) can score better than any
         # found under constraints: the better of both is kept.
         for position, found in zip(lacking, searched(lacking, widths[chunk[lacking[0]]])):
             sentence, best_plain = constraints[chunk[position]], plain[position][0]
-            kept[position] = _best_holding(found + plain[position], sentence, nbest, ids.text, placed.get(
-                position, best_plain if _holds_all(best_plain, sentence) else None))
+            kept[position] = _best_holding(found + placed.get(position, []) + plain[position], sentence, nbest,
+                                           ids.text, placed_first.get(
+                                               position, best_plain if _holds_all(best_plain, sentence) else None))
         # Lists still short of translations that hold the phrases are searched with nbest beams a
         # bank (more than the two a bank that a list of two has had already), their first kept.
         if nbest > 2:

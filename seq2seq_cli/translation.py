@@ -148,6 +148,7 @@ class _Placing:
     tokens: list[int]  # the translation, with the terms put in so far
     missing: list[tuple[str, str]]  # (source term as written, target term) still to put in
     taken: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # the token spans of those put in
+    replaced: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # term pair -> own word
 
     def without_term(self, tokenizers: Tokenizers) -> tuple[list[int], int]:
         """The source without the next source term wherever it stands as whole words, and how
@@ -189,13 +190,23 @@ class _Placing:
                 candidates.append((-tiers[0], max(falls[start:end]), start, end, word))
         if not candidates:
             return False
-        best, *others = sorted(candidates, key=lambda candidate: candidate[:2], reverse=True)
-        chosen = [best] + [other for other in others if _bare(other[4]) == _bare(best[4])][:times - 1]
-        if any(start < taken_end and taken_start < end for _, _, start, end, _ in chosen
-               for taken_start, taken_end in self.taken):
+        best = max(candidates, key=lambda candidate: candidate[:2])
+        return self.put_in_place_of(_bare(best[4]), times, tokenizers, first=best[2])
+
+    def put_in_place_of(self, own_word: str, times: int, tokenizers: Tokenizers, first: Optional[int] = None) -> bool:
+        """Put the next target term in place of ``own_word`` (``_bare``), where the translation
+        has it: at token ``first`` and up to ``times`` in all (without ``first``: the first
+        ``times``). False where it has none, or one holds a term put in already."""
+        spans = [(start, end) for start, end in _word_spans(self.tokens, tokenizers.tgt_word_continuations)
+                 if _bare(tokenizers.decode_tgt([self.tokens[start:end]])[0]) == own_word]
+        chosen = ([span for span in spans if span[0] == first] + [span for span in spans if span[0] != first])[:times]
+        if not chosen or any(start < taken_end and taken_start < end for start, end in chosen
+                             for taken_start, taken_end in self.taken):
             return False
+        self.replaced[self.missing[0]] = own_word
         target_term = self.missing.pop(0)[1]
-        for _, _, start, end, word in sorted(chosen, key=lambda candidate: -candidate[2]):  # the last first
+        for start, end in sorted(chosen, reverse=True):  # the last first
+            (word,) = tokenizers.decode_tgt([self.tokens[start:end]])
             bare = word.strip(_WORD_END_PUNCTUATION) or word
             before, after = word[:word.index(bare)], word[word.index(bare) + len(bare):]
             written = before + ((capitalized(target_term) or target_term) if start == 0 else target_term) + after
@@ -843,21 +854,29 @@ class Translator:
     def _with_terms_placed(self, sources: list[list[int]], terms: list[list[tuple[str, str]]],
                            own_words: dict[str, tuple[frozenset[str], frozenset[str]]], attention: bool,
                            indices: list[int], bests: list[Hypothesis]) -> list[Optional[Hypothesis]]:
-        """Sentences' plain 1-bests ``bests`` with each glossary target term they lack put in
-        place of the model's own word for the source term, as a glossary user means it: "The
-        brown pup is standing on the sand." where the search under constraints, free to put the
-        term anywhere, gave "The brown dog is standing on the sandy pup.". The model's word is
-        the word whose log-probability falls furthest, by a nat at least, when the source term
-        is taken out of the source ("dog", not the "A" before it). None where a term has no such
-        word, or two terms the same one: the search places those. The sentences are scored
-        together, a term of each at a time."""
+        """Plain translations ``bests`` of sentences ``indices`` with each glossary target term
+        they lack put in place of the model's own word for the source term, as a glossary user
+        means it: "The brown pup is standing on the sand." where the search under constraints,
+        free to put the term anywhere, gave "The brown dog is standing on the sandy pup.". In a
+        sentence's first translation (its 1-best) the model's word is found by
+        ``_Placing.put_in``, the sentences scored together, a term of each at a time; its
+        further translations (an n-best list's) take the term in place of the same word, where
+        they have it. None where a term has no such word, or two terms the same one: the search
+        places those."""
         ids = SpecialIds.of(self.tokenizers)
         placing: dict[int, _Placing] = {}
+        followers: dict[int, int] = {}  # a sentence's further translations -> the position of its first
+        first_of: dict[int, int] = {}
         for position, (index, best) in enumerate(zip(indices, bests)):
             (text,) = self.tokenizers.decode_tgt([best.tokens])
             missing = [pair for pair in dict.fromkeys(terms[index]) if not held_in(text, pair[1])]
+            if index in first_of:
+                followers[position] = first_of[index]
+            else:
+                first_of[index] = position
             if missing and best.tokens:
                 placing[position] = _Placing(sources[index], list(best.tokens), missing)
+        follow = {position: placing.pop(position) for position in followers if position in placing}
         while pending := [position for position, sentence in placing.items() if sentence.missing]:
             pairs = {position: placing[position].without_term(self.tokenizers) for position in pending}
             for position in [position for position, (_, times) in pairs.items() if not times]:
@@ -873,6 +892,14 @@ class Translator:
                 if not sentence.put_in(scored[2 * number], scored[2 * number + 1], pairs[position][1],
                                        own_words[sentence.missing[0][0]], self.tokenizers):
                     del placing[position]
+        for position, sentence in follow.items():  # in place of the words the first's terms took
+            leader = placing.get(followers[position])
+            while leader is not None and sentence.missing and sentence.missing[0] in leader.replaced:
+                if not sentence.put_in_place_of(leader.replaced[sentence.missing[0]],
+                                                sentence.without_term(self.tokenizers)[1], self.tokenizers):
+                    break
+            if not sentence.missing:
+                placing[position] = sentence
         results: list[Optional[Hypothesis]] = [None] * len(bests)
         if placing:
             scored, weights = score_batch(self.model, [sentence.source for sentence in placing.values()],

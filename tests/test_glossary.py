@@ -121,7 +121,10 @@ def test_a_term_takes_the_place_of_the_word_the_model_writes_for_its_source_term
     translated = house.translate(english)
     assert len(english) == 16 and twice and sum(map(str.__eq__, translated, replaced)) >= 14, (translated, replaced)
     assert sum(held_in(text, "Arzt") for text in translated) <= 1  # where the model wrote "Arzt" twice for one
-    assert [candidates[0].text for candidates in house.translate_nbest(english, 3)] == translated
+    lists = house.translate_nbest(english, 3)
+    assert [candidates[0].text for candidates in lists] == translated
+    # The alternatives take the term in place of the same word, as the 1-best does.
+    assert sum(held_in(candidate.text, "Arzt") for candidates in lists for candidate in candidates) <= 3
     split = house.with_settings(split_sentences=True).translate([f"{a} {b}" for a, b in zip(english[::2], english[1::2])])
     assert split == [f"{a} {b}" for a, b in zip(translated[::2], translated[1::2])]
 
