@@ -41,8 +41,12 @@ def missing_words(translation: str, reference: str, tokenizers) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def plain_beam_search(description: str
+                      ) -> tuple[argparse.Namespace, list[str], list[str], Translator, list[str], float]:
+    """A script's command line (``--checkpoint``, ``--src``, ``--ref``, ``--beam-size``,
+    ``--json``), its test set, the translator, the test set's plain beam search translations
+    and their seconds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--src", type=Path, required=True)
     parser.add_argument("--ref", type=Path, required=True)
@@ -53,7 +57,12 @@ def main() -> None:
     translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
     started = time.perf_counter()
     plain = translator.translate(sources)
-    rows = [{"variant": f"plain beam {args.beam_size}", "lines": 0, "held": 0, "seconds": time.perf_counter() - started,
+    return args, sources, references, translator, plain, time.perf_counter() - started
+
+
+def main() -> None:
+    args, sources, references, translator, plain, seconds = plain_beam_search(__doc__.splitlines()[0])
+    rows = [{"variant": f"plain beam {args.beam_size}", "lines": 0, "held": 0, "seconds": seconds,
              **scores(plain, references)}]
     missing = [missing_words(t, r, translator.tokenizers) for t, r in zip(plain, references)]
     constrained = translator.with_settings(constraints=True)

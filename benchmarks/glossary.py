@@ -20,16 +20,14 @@ beam (``--nbest``, ``alternatives`` in ``s2s serve``), and their seconds. Run it
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
-from pathlib import Path
 
 import sacrebleu
 
+from constraints import plain_beam_search  # benchmarks/ is on sys.path when this runs
 from seq2seq_cli.constraints import held_in
-from seq2seq_cli.data import read_lines
 from seq2seq_cli.glossary import Glossary
 from seq2seq_cli.translation import Translator
 
@@ -96,19 +94,8 @@ def measure(translator: Translator, name: str, glossary: dict, sources: list[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--src", type=Path, required=True)
-    parser.add_argument("--ref", type=Path, required=True)
-    parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    sources, references = read_lines(args.src), read_lines(args.ref)
-    translator = Translator.load(args.checkpoint, device="cpu", beam_size=args.beam_size)
-    started = time.perf_counter()
-    plain = translator.translate(sources)
-    print(f"plain beam {args.beam_size}: BLEU {sacrebleu.corpus_bleu(plain, [references]).score:.2f}, "
-          f"{time.perf_counter() - started:.1f} s")
+    args, sources, references, translator, plain, seconds = plain_beam_search(__doc__.splitlines()[0])
+    print(f"plain beam {args.beam_size}: BLEU {sacrebleu.corpus_bleu(plain, [references]).score:.2f}, {seconds:.1f} s")
     rows = [measure(translator, "house style", HOUSE_STYLE, sources, references),
             measure(translator, "agreeing", AGREEING, sources, references)]
     for row in rows:
