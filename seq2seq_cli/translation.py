@@ -224,6 +224,9 @@ def _word_spans(tokens: list[int], continuation: frozenset[int]) -> list[tuple[i
     return list(zip(starts, starts[1:] + [len(tokens)]))
 
 
+# The source terms whose words ``Translator._own_words`` keeps, at most: a few MB.
+_MOST_TERMS_KEPT = 20_000
+
 _WORD_END_PUNCTUATION = string.punctuation + "«»„“”‘’¿¡"
 
 
@@ -841,6 +844,8 @@ class Translator:
         search = (id(self.model), self.decoding.beam_size, self.decoding.length_penalty,
                   self.decoding.max_length_ratio, self.decoding.max_length_offset)
         new = sorted(term for term in terms if (term, search) not in self._words_for_terms)
+        if len(self._words_for_terms) + len(new) > _MOST_TERMS_KEPT:  # served requests bring glossaries of their own
+            self._words_for_terms.clear()
         if new:
             found = translate_corpus(self.model, self.tokenizers, self.tokenizers.encode_src(new),
                                      dataclasses.replace(self.decoding, no_repeat_ngram_size=0), self.device,
