@@ -861,7 +861,7 @@ class Translator:
                            indices: list[int], bests: list[Hypothesis]) -> list[Optional[Hypothesis]]:
         """Plain translations ``bests`` of sentences ``indices`` with each glossary target term
         they lack put in place of the model's own word for the source term, as a glossary user
-        means it: "The brown pup is standing on the sand." where the search under constraints,
+        means it: "The brown pup is standing on the sandy beach." where the search under constraints,
         free to put the term anywhere, gave "The brown dog is standing on the sandy pup.". In a
         sentence's first translation (its 1-best) the model's word is found by
         ``_Placing.put_in``, the sentences scored together, a term of each at a time; its
