@@ -585,10 +585,15 @@ def _best_holding(hypotheses: list[Hypothesis], constraints: Constraints, nbest:
     seen: set = set()
     distinct, repeats = [], []
     for h in ranked:
-        key = tuple(h.tokens) if text is None else text(h.tokens)
+        key = _text_key(h, text)
         (repeats if key in seen else distinct).append(h)
         seen.add(key)
     return (distinct + repeats)[:nbest]
+
+
+def _text_key(hypothesis: Hypothesis, text: Optional[Callable[[Sequence[int]], str]]):
+    """What tells ``hypothesis`` apart from another: its text, or its tokens where ``text`` is None."""
+    return tuple(hypothesis.tokens) if text is None else text(hypothesis.tokens)
 
 
 def _kept_rows(keep: list[int], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -794,7 +799,7 @@ def translate_ids(model: Seq2Seq | Ensemble, sources: Sequence[Sequence[int]], i
             settled = set()
             for position, first in placed_first.items():
                 made = _best_holding(placed[position], constraints[chunk[position]], nbest, ids.text, first)
-                if len({tuple(h.tokens) if ids.text is None else ids.text(h.tokens) for h in made}) == nbest:
+                if len({_text_key(h, ids.text) for h in made}) == nbest:
                     kept[position] = made
                     settled.add(position)
             lacking = [position for position in lacking if position not in settled]

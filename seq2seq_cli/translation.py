@@ -182,31 +182,39 @@ class _Placing:
         as many of those words that are that same word. Punctuation at a word's ends stays.
         False where there is none, or it holds a term put in already."""
         falls = [a - b for a, b in zip(with_term[:len(self.tokens)], without_term)]
-        candidates = []  # (-tier, fall, start, end, word)
-        for start, end in _word_spans(self.tokens, tokenizers.tgt_word_continuations):
-            (word,) = tokenizers.decode_tgt([self.tokens[start:end]])
-            tiers = [tier for tier, words in enumerate(own_words) if _bare(word) in words]
-            if tiers and max(falls[start:end]) >= 0.5:
-                candidates.append((-tiers[0], max(falls[start:end]), start, end, word))
+        words = self._words(tokenizers)
+        candidates = [(-tiers[0], max(falls[start:end]), start, word) for start, end, word in words
+                      if (tiers := [tier for tier, own in enumerate(own_words) if _bare(word) in own])
+                      and max(falls[start:end]) >= 0.5]  # (-tier, fall, start, word)
         if not candidates:
             return False
-        best = max(candidates, key=lambda candidate: candidate[:2])
-        return self.put_in_place_of(_bare(best[4]), times, tokenizers, first=best[2])
+        _, _, start, word = max(candidates, key=lambda candidate: candidate[:2])
+        return self._put_in_place_of(words, _bare(word), times, tokenizers, first=start)
 
-    def put_in_place_of(self, own_word: str, times: int, tokenizers: Tokenizers, first: Optional[int] = None) -> bool:
-        """Put the next target term in place of ``own_word`` (``_bare``), where the translation
-        has it: at token ``first`` and up to ``times`` in all (without ``first``: the first
-        ``times``). False where it has none, or one holds a term put in already."""
-        spans = [(start, end) for start, end in _word_spans(self.tokens, tokenizers.tgt_word_continuations)
-                 if _bare(tokenizers.decode_tgt([self.tokens[start:end]])[0]) == own_word]
-        chosen = ([span for span in spans if span[0] == first] + [span for span in spans if span[0] != first])[:times]
-        if not chosen or any(start < taken_end and taken_start < end for start, end in chosen
+    def put_in_place_of(self, own_word: str, times: int, tokenizers: Tokenizers) -> bool:
+        """Put the next target term in place of ``own_word`` (``_bare``), the first ``times``
+        the translation has it. False where it has none, or one holds a term put in already."""
+        return self._put_in_place_of(self._words(tokenizers), own_word, times, tokenizers)
+
+    def _words(self, tokenizers: Tokenizers) -> list[tuple[int, int, str]]:
+        """The translation's whole words: (start, end) of their tokens, and their text."""
+        spans = _word_spans(self.tokens, tokenizers.tgt_word_continuations)
+        return [(start, end, word) for (start, end), word in
+                zip(spans, tokenizers.decode_tgt([self.tokens[start:end] for start, end in spans]))]
+
+    def _put_in_place_of(self, words: list[tuple[int, int, str]], own_word: str, times: int, tokenizers: Tokenizers,
+                         first: Optional[int] = None) -> bool:
+        """``put_in_place_of`` the translation's ``words``, at the word starting at token
+        ``first`` (where given) and the others after it."""
+        found = [(start, end, word) for start, end, word in words if _bare(word) == own_word]
+        chosen = ([found_word for found_word in found if found_word[0] == first] +
+                  [found_word for found_word in found if found_word[0] != first])[:times]
+        if not chosen or any(start < taken_end and taken_start < end for start, end, _ in chosen
                              for taken_start, taken_end in self.taken):
             return False
         self.replaced[self.missing[0]] = own_word
         target_term = self.missing.pop(0)[1]
-        for start, end in sorted(chosen, reverse=True):  # the last first
-            (word,) = tokenizers.decode_tgt([self.tokens[start:end]])
+        for start, end, word in sorted(chosen, reverse=True):  # the last first
             bare = word.strip(_WORD_END_PUNCTUATION) or word
             before, after = word[:word.index(bare)], word[word.index(bare) + len(bare):]
             written = before + ((capitalized(target_term) or target_term) if start == 0 else target_term) + after
@@ -870,18 +878,15 @@ class Translator:
         places those."""
         ids = SpecialIds.of(self.tokenizers)
         placing: dict[int, _Placing] = {}
-        followers: dict[int, int] = {}  # a sentence's further translations -> the position of its first
-        first_of: dict[int, int] = {}
-        for position, (index, best) in enumerate(zip(indices, bests)):
-            (text,) = self.tokenizers.decode_tgt([best.tokens])
+        first_of: dict[int, int] = {}  # each sentence's first translation's position
+        for position, (index, best, text) in enumerate(zip(indices, bests, self.tokenizers.decode_tgt(
+                [best.tokens for best in bests]))):
+            first_of.setdefault(index, position)
             missing = [pair for pair in dict.fromkeys(terms[index]) if not held_in(text, pair[1])]
-            if index in first_of:
-                followers[position] = first_of[index]
-            else:
-                first_of[index] = position
             if missing and best.tokens:
                 placing[position] = _Placing(sources[index], list(best.tokens), missing)
-        follow = {position: placing.pop(position) for position in followers if position in placing}
+        follow = {position: placing.pop(position) for position in list(placing)
+                  if first_of[indices[position]] != position}
         while pending := [position for position, sentence in placing.items() if sentence.missing]:
             pairs = {position: placing[position].without_term(self.tokenizers) for position in pending}
             for position in [position for position, (_, times) in pairs.items() if not times]:
@@ -898,7 +903,7 @@ class Translator:
                                        own_words[sentence.missing[0][0]], self.tokenizers):
                     del placing[position]
         for position, sentence in follow.items():  # in place of the words the first's terms took
-            leader = placing.get(followers[position])
+            leader = placing.get(first_of[indices[position]])
             while leader is not None and sentence.missing and sentence.missing[0] in leader.replaced:
                 if not sentence.put_in_place_of(leader.replaced[sentence.missing[0]],
                                                 sentence.without_term(self.tokenizers)[1], self.tokenizers):
